@@ -1,0 +1,75 @@
+"""Small helpers the generated code calls: spec handling, accumulation, identity starts."""
+from __future__ import annotations
+
+import torch
+
+from lirpac.ir.opdef import Interval, Linear
+from lirpac.ir.ops.common import split_pos_neg
+
+
+def acc(total, extra):
+    """Add coefficient contributions; None stands for 'side not computed'."""
+    if total is None:
+        return extra
+    if extra is None:
+        return total
+    return total + extra
+
+
+def identity_spec(batch: int, shape: tuple, like: torch.Tensor) -> torch.Tensor:
+    """(B, n, *shape) identity coefficients, expanded over the batch (no copy)."""
+    n = 1
+    for s in shape:
+        n *= s
+    eye = torch.eye(n, dtype=like.dtype, device=like.device)
+    return eye.expand(batch, n, n).reshape(batch, n, *shape)
+
+
+def spec_coeffs(C: torch.Tensor, batch: int, shape: tuple) -> torch.Tensor:
+    """The spec C (B or 1, S, n_out) as coefficients on the output node (B, S, *shape)."""
+    return C.expand(batch, *C.shape[1:]).reshape(batch, C.shape[1], *shape)
+
+
+def ibp_spec(C: torch.Tensor, out: Interval) -> Interval:
+    """Interval of C . y from the interval of y (C split into its positive and negative part)."""
+    lower = out.lower.reshape(out.lower.shape[0], -1, 1)
+    upper = out.upper.reshape(out.upper.shape[0], -1, 1)
+    pos, neg = split_pos_neg(C)
+    return Interval((pos.matmul(lower) + neg.matmul(upper)).squeeze(-1),
+                    (pos.matmul(upper) + neg.matmul(lower)).squeeze(-1))
+
+
+def ibp_spec_linear(C: torch.Tensor, x: Interval, weight: torch.Tensor, bias) -> Interval:
+    """IBP of C . (W x + b) with C folded into the layer (W' = C W): exact for the layer, and as
+    tight as IBP gets at the output (Gowal et al. 2018 fold the spec the same way)."""
+    w = C.matmul(weight)                                   # (B, S, in)
+    center = ((x.upper + x.lower) / 2).unsqueeze(-1)       # (B, in, 1)
+    radius = ((x.upper - x.lower) / 2).unsqueeze(-1)
+    mid = w.matmul(center).squeeze(-1)
+    dev = w.abs().matmul(radius).squeeze(-1)
+    if bias is not None:
+        mid = mid + C.matmul(bias)
+    return Interval(mid - dev, mid + dev)
+
+
+def input_linear(lower: torch.Tensor) -> Linear:
+    """Forward mode at the input: x <= x <= x, as identity weights (B, N, *shape)."""
+    batch, shape = lower.shape[0], tuple(lower.shape[1:])
+    eye = identity_spec(batch, shape, lower)
+    zero = torch.zeros_like(lower)
+    return Linear(eye, zero, eye, zero)
+
+
+def forward_spec(C, lin: Linear) -> Linear:
+    """Apply a spec to forward-mode output functions: (B, S, N) weights and (B, S) biases."""
+    batch = lin.lb.shape[0]
+    lw = lin.lw.reshape(batch, lin.lw.shape[1], -1)         # (B, N, n_out)
+    uw = lin.uw.reshape(batch, lin.uw.shape[1], -1)
+    lb, ub = lin.lb.reshape(batch, -1, 1), lin.ub.reshape(batch, -1, 1)
+    if C is None:
+        return Linear(lw.transpose(1, 2), lb.squeeze(-1), uw.transpose(1, 2), ub.squeeze(-1))
+    pos, neg = split_pos_neg(C)
+    new_lw = pos.matmul(lw.transpose(1, 2)) + neg.matmul(uw.transpose(1, 2))
+    new_uw = pos.matmul(uw.transpose(1, 2)) + neg.matmul(lw.transpose(1, 2))
+    return Linear(new_lw, (pos.matmul(lb) + neg.matmul(ub)).squeeze(-1),
+                  new_uw, (pos.matmul(ub) + neg.matmul(lb)).squeeze(-1))

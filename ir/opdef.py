@@ -1,0 +1,96 @@
+"""OpDef: the one place that knows an op, and the registry of all ops.
+
+Every rule works on full tensors whose dimension 0 is the batch. Arguments of a rule are given
+per input of the node, in order: a constant input is its ``torch.Tensor``; a perturbed input
+is described by the mode:
+
+- ``forward(*xs, **attrs)``: the concrete op (all tensors).
+- ``ibp(*xs, **attrs) -> Interval``: perturbed inputs are ``Interval(lower, upper)``.
+- ``backward(lA, uA, *xs, **attrs) -> (input_coeffs, lbias, ubias)``: ``lA``/``uA`` are the
+  coefficients of the lower/upper linear bound on this node, shape ``(B, S, *node_shape)``, or
+  ``None`` when that side is not wanted. Perturbed inputs are their ``Interval`` when the op is
+  ``nonlinear`` (its relaxation needs them) and ``None`` otherwise. ``input_coeffs`` has one
+  entry per input: ``(lA_i, uA_i)`` for a perturbed input, ``None`` for a constant. ``lbias`` and
+  ``ubias`` are ``(B, S)`` tensors or ``0``.
+- ``forward_mode(*xs, **attrs) -> Linear``: perturbed inputs are ``Linear(lw, lb, uw, ub,
+  bounds)``, linear functions of the perturbed input (``lw``: ``(B, N_in, *shape)``, ``lb``:
+  ``(B, *shape)``) with ``bounds`` their concretization when the op is ``nonlinear``.
+
+A mode whose rule is ``None`` is unsupported for that op; asking for it names the op and the
+modes it does support.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, NamedTuple
+
+import torch
+
+from lirpac.errors import UnsupportedOperationError
+
+
+class Interval(NamedTuple):
+    lower: torch.Tensor
+    upper: torch.Tensor
+
+
+class Linear(NamedTuple):
+    """Linear bounds ``lw . x + lb <= node <= uw . x + ub`` of a node in the perturbed input x."""
+    lw: torch.Tensor
+    lb: torch.Tensor
+    uw: torch.Tensor
+    ub: torch.Tensor
+    bounds: Interval | None = None
+
+
+MODES = ("ibp", "backward", "forward_mode")
+
+
+@dataclass(frozen=True)
+class OpDef:
+    name: str
+    forward: Callable[..., torch.Tensor]
+    ibp: Callable[..., Interval] | None = None
+    backward: Callable[..., Any] | None = None
+    forward_mode: Callable[..., Linear] | None = None
+    # Nonlinear ops relax around the bounds of their perturbed inputs, which must be computed.
+    nonlinear: bool = False
+    # Backward from this node with an identity spec, without materialising the identity:
+    # jacobian(batch, *xs, **attrs) -> (input_coeffs, bias) (an optional fast path).
+    jacobian: Callable[..., Any] | None = None
+    # The backward rule takes ``in_shapes=`` (the per-sample shape of each perturbed input,
+    # None for constants), for ops whose coefficients cannot tell the input's shape.
+    backward_needs_shapes: bool = False
+    # ATen ops (e.g. "sigmoid.default", "leaky_relu.default") the torch frontend lowers to this op
+    # generically: tensor arguments become inputs, the others attrs named as in the ATen schema.
+    aten: tuple[str, ...] = ()
+    doc: str = ""
+
+    def supported_modes(self) -> list[str]:
+        return [m for m in MODES if getattr(self, m) is not None]
+
+    def rule(self, mode: str, node=None) -> Callable:
+        fn = getattr(self, mode)
+        if fn is None:
+            where = f" at node %{node.name}" if node is not None else ""
+            src = f" ({node.source})" if node is not None and node.source else ""
+            raise UnsupportedOperationError(
+                f"op '{self.name}'{where}{src} has no {mode} rule; it supports "
+                f"{', '.join(self.supported_modes()) or 'no bound mode'}. Choose a method that "
+                f"uses only those modes (e.g. method='ibp'), or file an issue.")
+        return fn
+
+
+REGISTRY: dict[str, OpDef] = {}
+
+
+def register(op: OpDef) -> OpDef:
+    if op.name in REGISTRY:
+        raise ValueError(f"op {op.name!r} registered twice")
+    REGISTRY[op.name] = op
+    return op
+
+
+def get_op(name: str) -> OpDef:
+    import lirpac.ir.ops  # noqa: F401  (fills the registry)
+    return REGISTRY[name]

@@ -1,0 +1,2 @@
+"""All op families; importing this package fills the registry."""
+from lirpac.ir.ops import activations, arith, leaf, linear, shape  # noqa: F401

@@ -1,0 +1,190 @@
+"""Affine layers with constant weights: linear, matmul, convolutions, batch norm (eval).
+
+IBP uses centre and radius (y_c = W c + b, y_r = |W| r); backward multiplies coefficients by
+the transposed map (A W, conv_transpose); forward mode splits W into W+ and W- so that lower
+functions meet positive weights and upper functions negative ones.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from lirpac.ir.opdef import Interval, Linear, OpDef, register
+from lirpac.ir.ops.common import bias_of, fold, fold_opt, split_pos_neg
+
+
+def _affine_ibp(apply, x: Interval, weight, bias) -> Interval:
+    center = (x.upper + x.lower) / 2
+    radius = (x.upper - x.lower) / 2
+    mid = apply(center, weight, bias)
+    dev = apply(radius, weight.abs(), None)
+    return Interval(mid - dev, mid + dev)
+
+
+def _affine_forward_mode(apply, x: Linear, weight, bias) -> Linear:
+    w_pos, w_neg = split_pos_neg(weight)
+
+    def both(f_pos, f_neg, b):
+        return apply(f_pos, w_pos, b) + apply(f_neg, w_neg, None)
+
+    lw = fold(x.lw, lambda t: apply(t, w_pos, None)) + fold(x.uw, lambda t: apply(t, w_neg, None))
+    uw = fold(x.uw, lambda t: apply(t, w_pos, None)) + fold(x.lw, lambda t: apply(t, w_neg, None))
+    return Linear(lw, both(x.lb, x.ub, bias), uw, both(x.ub, x.lb, bias))
+
+
+# -- linear: y = x W^T + b -------------------------------------------------------------------
+
+def _linear(x, weight, bias=None):
+    return F.linear(x, weight, bias)
+
+
+def _linear_backward(lA, uA, x, weight, bias=None):
+    out = [(None if lA is None else lA.matmul(weight), None if uA is None else uA.matmul(weight))]
+    if bias is None:
+        return out + [None], 0, 0
+    return out + [None, None], _bias(lA, bias), _bias(uA, bias)
+
+
+def _bias(coeff, bias):
+    if coeff is None:
+        return 0
+    if coeff.dim() == 3:
+        return coeff.matmul(bias)
+    return bias_of(coeff, bias)
+
+
+def _linear_jacobian(batch, x, weight, bias=None):
+    """Backward from a linear node with an identity spec is its weight: no identity matmul."""
+    coeff = weight.expand(batch, *weight.shape)
+    if bias is None:
+        return [coeff, None], 0
+    return [coeff, None, None], bias.expand(batch, *bias.shape)
+
+
+register(OpDef(
+    name="linear", forward=_linear,
+    ibp=lambda x, weight, bias=None: _affine_ibp(_linear, x, weight, bias),
+    backward=_linear_backward,
+    forward_mode=lambda x, weight, bias=None: _affine_forward_mode(_linear, x, weight, bias),
+    jacobian=_linear_jacobian,
+    doc="y = x @ weight.T + bias; weight and bias constant"))
+
+
+# -- matmul with a constant operand ----------------------------------------------------------
+
+def _matmul_const_right(x, weight):
+    return torch.matmul(x, weight)
+
+
+register(OpDef(
+    name="matmul_const_right", forward=_matmul_const_right,
+    ibp=lambda x, weight: _affine_ibp(lambda a, w, b: a.matmul(w), x, weight, None),
+    backward=lambda lA, uA, x, weight: (
+        [(fold_opt(lA, lambda a: a.matmul(weight.transpose(-1, -2))),
+          fold_opt(uA, lambda a: a.matmul(weight.transpose(-1, -2)))), None], 0, 0),
+    forward_mode=lambda x, weight: _affine_forward_mode(lambda a, w, b: a.matmul(w), x, weight, None),
+    doc="y = x @ weight, weight a constant (2-D)"))
+
+
+def _matmul_const_left(weight, x):
+    return torch.matmul(weight, x)
+
+
+register(OpDef(
+    name="matmul_const_left", forward=_matmul_const_left,
+    ibp=lambda weight, x: _affine_ibp(lambda a, w, b: w.matmul(a), x, weight, None),
+    backward=lambda lA, uA, weight, x: (
+        [None, (fold_opt(lA, lambda a: weight.transpose(-1, -2).matmul(a)),
+                fold_opt(uA, lambda a: weight.transpose(-1, -2).matmul(a)))], 0, 0),
+    forward_mode=lambda weight, x: _affine_forward_mode(lambda a, w, b: w.matmul(a), x, weight, None),
+    doc="y = weight @ x, weight a constant (2-D), x (B, ..., k, n)"))
+
+
+# -- convolutions ----------------------------------------------------------------------------
+
+_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+_CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
+
+
+def _conv(x, weight, bias=None, *, stride, padding, dilation, groups):
+    return _CONV[weight.dim() - 2](x, weight, bias, stride, padding, dilation, groups)
+
+
+def _conv_transpose_of(a, weight, in_shape, stride, padding, dilation, groups):
+    """Adjoint of the convolution: coefficients on the output to coefficients on the input."""
+    nd = weight.dim() - 2
+    out_pad = []
+    for i in range(nd):
+        full = (a.shape[2 + i] - 1) * stride[i] - 2 * padding[i] + dilation[i] * (weight.shape[2 + i] - 1) + 1
+        out_pad.append(in_shape[1 + i] - full)
+    return _CONV_T[nd](a, weight, None, stride, padding, tuple(out_pad), groups, dilation)
+
+
+def _conv_backward(lA, uA, x, weight, bias=None, *, in_shapes, stride, padding, dilation, groups):
+    def back(a):
+        return _conv_transpose_of(a, weight, in_shapes[0], stride, padding, dilation, groups)
+    coeffs = [(fold_opt(lA, back), fold_opt(uA, back)), None]
+    if bias is None:
+        return coeffs, 0, 0
+    spatial = tuple(range(3, 3 + weight.dim() - 2))
+    lbias = 0 if lA is None else lA.sum(spatial).matmul(bias)
+    ubias = 0 if uA is None else uA.sum(spatial).matmul(bias)
+    return coeffs + [None], lbias, ubias
+
+
+def _conv_rules(**attrs):
+    def apply(x, w, b):
+        return _conv(x, w, b, **attrs)
+    return apply
+
+
+register(OpDef(
+    name="conv", forward=_conv,
+    ibp=lambda x, weight, bias=None, **kw: _affine_ibp(_conv_rules(**kw), x, weight, bias),
+    backward=_conv_backward,
+    forward_mode=lambda x, weight, bias=None, **kw: _affine_forward_mode(_conv_rules(**kw), x, weight, bias),
+    backward_needs_shapes=True,
+    doc="N-d convolution (1-3 spatial dims) with constant weight and bias"))
+
+
+# -- batch norm in eval mode: a per-channel scale and shift ----------------------------------
+
+def _bn_scale_shift(ndim, weight, bias, mean, var, eps):
+    scale = torch.rsqrt(var + eps)
+    if weight is not None:
+        scale = scale * weight
+    shift = -mean * scale
+    if bias is not None:
+        shift = shift + bias
+    view = (-1,) + (1,) * (ndim - 2)
+    return scale.reshape(view), shift.reshape(view)
+
+
+def _batch_norm(x, weight, bias, mean, var, *, eps):
+    scale, shift = _bn_scale_shift(x.dim(), weight, bias, mean, var, eps)
+    return x * scale + shift
+
+
+def _bn_ibp(x: Interval, weight, bias, mean, var, *, eps):
+    scale, shift = _bn_scale_shift(x.lower.dim(), weight, bias, mean, var, eps)
+    a, b = x.lower * scale, x.upper * scale
+    return Interval(torch.minimum(a, b) + shift, torch.maximum(a, b) + shift)
+
+
+def _bn_backward(lA, uA, x, weight, bias, mean, var, *, eps):
+    scale, shift = _bn_scale_shift(lA.dim() - 1 if lA is not None else uA.dim() - 1,
+                                   weight, bias, mean, var, eps)
+    return ([(None if lA is None else lA * scale, None if uA is None else uA * scale)]
+            + [None] * 4, bias_of(lA, shift), bias_of(uA, shift))
+
+
+def _bn_forward_mode(x: Linear, weight, bias, mean, var, *, eps):
+    scale, shift = _bn_scale_shift(x.lb.dim(), weight, bias, mean, var, eps)
+    pos, neg = split_pos_neg(scale)
+    return Linear(pos * x.lw + neg * x.uw, pos * x.lb + neg * x.ub + shift,
+                  pos * x.uw + neg * x.lw, pos * x.ub + neg * x.lb + shift)
+
+
+register(OpDef(name="batch_norm", forward=_batch_norm, ibp=_bn_ibp, backward=_bn_backward,
+               forward_mode=_bn_forward_mode,
+               doc="eval-mode batch norm: (x - mean) / sqrt(var + eps) * weight + bias"))

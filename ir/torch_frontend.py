@@ -1,0 +1,527 @@
+"""Lower an nn.Module to the bound IR with torch.export.
+
+The module is exported once with a free batch dimension (the example repeated to batch 2,
+since torch.export specialises sizes 0 and 1), then each ATen node is converted by a small
+converter from the table below, or generically through an OpDef's ``aten`` list. Nodes whose
+inputs are all constant become ``const_fn`` nodes that the generated code evaluates.
+"""
+from __future__ import annotations
+
+import operator
+import re
+import warnings
+from typing import Any, Callable
+
+import torch
+from torch.export import Dim, export
+
+from lirpac.errors import InputError, UnsupportedOperationError
+from lirpac.ir.graph import Graph, Node
+from lirpac.ir.opdef import REGISTRY, get_op
+
+_INT_MAX = 2 ** 62
+
+
+class _Batch:
+    """Stands for the symbolic batch size wherever the exported graph reads it."""
+
+    def __repr__(self):
+        return "B"
+
+
+BATCH = _Batch()
+
+
+def source_of(fx_node) -> str | None:
+    """Where a node came from: 'model.py:12' when the trace has a frame outside torch, else the
+    innermost module, e.g. 'layer1.0.conv1 (Conv2d)'."""
+    trace = fx_node.meta.get("stack_trace") or ""
+    frames = [(p, line) for p, line in re.findall(r'File "([^"]+)", line (\d+)', trace)
+              if "/torch/" not in p and not p.startswith("torch/")]
+    if frames:
+        path, line = frames[-1]
+        return f"{path.rsplit('/', 1)[-1]}:{line}"
+    stack = fx_node.meta.get("nn_module_stack") or {}
+    if stack:
+        path, cls = list(stack.values())[-1]
+        cls = cls.rsplit(".", 1)[-1] if isinstance(cls, str) else getattr(cls, "__name__", str(cls))
+        return f"{path} ({cls})" if path else f"{cls}.forward"
+    return None
+
+
+class _Lowering:
+    def __init__(self, exported, module: torch.nn.Module, perturbed_inputs: set[str]):
+        self.exported = exported
+        self.module = module
+        self.graph = Graph()
+        self.env: dict[Any, Any] = {}
+        self.perturbed_inputs = perturbed_inputs
+        self.fx_node = None
+
+    # -- helpers ---------------------------------------------------------------------------
+    def error(self, message: str) -> UnsupportedOperationError:
+        n = self.fx_node
+        src = source_of(n)
+        where = f"node %{n.name}" + (f" ({src})" if src else "")
+        return UnsupportedOperationError(f"{message} at {where}")
+
+    def value(self, arg):
+        if isinstance(arg, torch.fx.Node):
+            return self.env[arg]
+        if isinstance(arg, (list, tuple)):
+            return type(arg)(self.value(a) for a in arg)
+        return arg
+
+    def meta_shape(self, fx_node=None):
+        val = (fx_node or self.fx_node).meta.get("val")
+        return tuple(val.shape), val.dtype
+
+    def add(self, op: str, inputs: list[Node], name: str | None = None, **attrs) -> Node:
+        n = self.fx_node
+        shape, dtype = self.meta_shape()
+        batched = any(i.batched for i in inputs)
+        if batched:
+            if not shape or not isinstance(shape[0], torch.SymInt):
+                raise self.error(f"'{n.target}' mixes the batch dimension with others "
+                                 "(lirpac keeps dim 0 as the batch); reshape per sample instead")
+            shape = shape[1:]
+        node = self.graph.add(op, inputs, name=name or n.name, attrs=attrs,
+                              shape=tuple(int(s) for s in shape), dtype=dtype, batched=batched,
+                              perturbed=any(i.perturbed for i in inputs), source=source_of(n))
+        get_op(op)  # every op the frontend emits must be registered
+        return node
+
+    def constant(self, value, like: Node) -> Node:
+        tensor = torch.as_tensor(value, dtype=like.dtype)
+        return self.graph.add("constant", [], name="const", shape=tuple(tensor.shape),
+                              dtype=tensor.dtype, value=tensor)
+
+    def operand(self, arg, like: Node) -> Node:
+        v = self.value(arg)
+        return v if isinstance(v, Node) else self.constant(v, like)
+
+    # -- the walk --------------------------------------------------------------------------
+    def run(self) -> Graph:
+        sig = self.exported.graph_signature
+        params = sig.inputs_to_parameters
+        buffers = sig.inputs_to_buffers
+        constants = getattr(sig, "inputs_to_lifted_tensor_constants", {})
+        user_inputs = list(sig.user_inputs)
+        for n in self.exported.graph.nodes:
+            self.fx_node = n
+            if n.op == "placeholder":
+                if n.name in params:
+                    target = params[n.name]
+                    t = self.module.get_parameter(target)
+                    self.env[n] = self.graph.add("param", [], name=n.name, attrs={"target": target},
+                                                 shape=tuple(t.shape), dtype=t.dtype, value=t)
+                elif n.name in buffers or n.name in constants:
+                    target = buffers.get(n.name) or constants[n.name]
+                    t = (self.module.get_buffer(target) if n.name in buffers
+                         else self.exported.constants[target])
+                    self.env[n] = self.graph.add("constant", [], name=n.name, attrs={"target": target},
+                                                 shape=tuple(t.shape), dtype=t.dtype, value=t)
+                elif n.name in user_inputs:
+                    shape, dtype = self.meta_shape()
+                    self.env[n] = self.graph.add("input", [], name=n.name, shape=tuple(int(s) for s in shape[1:]),
+                                                 dtype=dtype, batched=True,
+                                                 perturbed=n.name in self.perturbed_inputs)
+                else:
+                    raise self.error("unexpected exported input")
+            elif n.op == "call_function":
+                self.env[n] = self.convert(n)
+            elif n.op == "output":
+                outs = [a for a in n.args[0] if a is not None]
+                if len(outs) != 1:
+                    raise self.error(f"the model returns {len(outs)} tensors; lirpac bounds one "
+                                     "output tensor (wrap the model to return one)")
+                out = self.env[outs[0]]
+                if not isinstance(out, Node) or not out.perturbed:
+                    raise self.error("the model's output does not depend on its perturbed input")
+                self.graph.output = out
+        return self.graph
+
+    def convert(self, n):
+        val = n.meta.get("val")
+        if n.target is operator.getitem:
+            return self.env[n.args[0]][n.args[1]]
+        if isinstance(val, torch.SymInt):
+            # sizes read from the graph: only the batch size is symbolic
+            return BATCH if not val.node.is_constant() else int(val)
+        name = str(n.target)  # 'aten.relu.default'
+        key = name[len("aten."):] if name.startswith("aten.") else name
+        inputs = [self.env[a] for a in n.all_input_nodes]
+        tensor_inputs = [i for i in inputs if isinstance(i, Node)]
+        if tensor_inputs and not any(i.perturbed for i in tensor_inputs) and key not in _ALIASES:
+            return self.const_fn(n, name)
+        if not tensor_inputs:
+            return self.const_fn(n, name)
+        if key in _ALIASES:
+            return self.value(n.args[0])
+        if key in _CONVERTERS:
+            return _CONVERTERS[key](self, *n.args, **n.kwargs)
+        if key in _GENERIC:
+            return self.generic(n, _GENERIC[key])
+        if key.startswith("_assert") or key in ("_assert_tensor_metadata.default",):
+            return None
+        raise self.error(
+            f"unsupported op '{name}': lirpac has no bound rule for it. Supported ATen ops are "
+            "listed in docs/ops.md; rewrite the model with those, or add an OpDef")
+
+    def const_fn(self, n, name: str) -> Node:
+        inputs: list[Node] = []
+
+        def slot(a):
+            if isinstance(a, torch.fx.Node):
+                v = self.env[a]
+                if isinstance(v, Node):
+                    inputs.append(v)
+                    return ("%input", len(inputs) - 1)
+                if v is BATCH:
+                    raise self.error(f"'{name}' on constants reads the batch size")
+                return v
+            if isinstance(a, (list, tuple)):
+                return [slot(v) for v in a]
+            return a
+        args = tuple(slot(a) for a in n.args)
+        kwargs = {k: slot(v) for k, v in n.kwargs.items()}
+        if not isinstance(n.meta.get("val"), torch.Tensor):
+            raise self.error(f"'{name}' does not produce a tensor")
+        return self.add("const_fn", inputs, target=name, args=args, kwargs=kwargs)
+
+    def generic(self, n, op: str) -> Node:
+        schema = n.target._schema
+        inputs, attrs = [], {}
+        for i, arg in enumerate(schema.arguments):
+            given = n.args[i] if i < len(n.args) else n.kwargs.get(arg.name, arg.default_value
+                                                                   if arg.has_default_value() else None)
+            if isinstance(given, torch.fx.Node):
+                inputs.append(self.env[given])
+            elif "Tensor" in str(arg.type):
+                if given is not None:
+                    raise self.error(f"unexpected tensor argument {arg.name}")
+            else:
+                attrs[arg.name] = given
+        return self.add(op, inputs, **attrs)
+
+
+def _dims(x: Node, dims, lowering: _Lowering) -> list[int]:
+    rank = len(x.shape) + 1
+    out = []
+    for d in ([dims] if isinstance(dims, int) else dims):
+        d = d + rank if d < 0 else d
+        if d == 0:
+            raise lowering.error("an op along the batch dimension (dim 0) cannot be bounded per sample")
+        out.append(d)
+    return out
+
+
+# -- converters: (lowering, *aten args) -> Node ---------------------------------------------------
+
+def _linear(lw: _Lowering, x, weight, bias=None):
+    x, weight = lw.value(x), lw.value(weight)
+    if weight.perturbed:
+        raise lw.error("linear with a perturbed weight (weight perturbation) is not supported yet")
+    inputs = [x, weight] + ([lw.value(bias)] if bias is not None else [])
+    return lw.add("linear", inputs)
+
+
+def _addmm(lw: _Lowering, bias, x, mat2, beta=1, alpha=1):
+    if beta != 1 or alpha != 1:
+        raise lw.error("addmm with beta/alpha != 1")
+    x, mat2 = lw.value(x), lw.value(mat2)
+    out = lw.add("matmul_const_right", [x, mat2])
+    return lw.add("add", [out, lw.operand(bias, out)], name=lw.fx_node.name + "_bias")
+
+
+def _matmul(lw: _Lowering, a, b):
+    a, b = lw.value(a), lw.value(b)
+    if a.perturbed and b.perturbed:
+        raise lw.error("matmul of two perturbed tensors is not supported yet")
+    if b.perturbed:
+        return lw.add("matmul_const_left", [a, b])
+    return lw.add("matmul_const_right", [a, b])
+
+
+def _conv(lw: _Lowering, x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    x, weight = lw.value(x), lw.value(weight)
+    nd = len(weight.shape) - 2
+    if isinstance(padding, str):
+        raise lw.error(f"conv with padding='{padding}'; use explicit integer padding")
+
+    def tup(v):
+        v = list(v) if isinstance(v, (list, tuple)) else [v]
+        return tuple(v * nd if len(v) == 1 else v)
+    inputs = [x, weight] + ([lw.value(bias)] if bias is not None else [])
+    return lw.add("conv", inputs, stride=tup(stride), padding=tup(padding), dilation=tup(dilation),
+                  groups=groups)
+
+
+def _convolution(lw: _Lowering, x, weight, bias, stride, padding, dilation, transposed, output_padding, groups):
+    if transposed:
+        raise lw.error("transposed convolution is not supported yet")
+    return _conv(lw, x, weight, bias, stride, padding, dilation, groups)
+
+
+def _batch_norm(lw: _Lowering, x, weight, bias, mean, var, training, momentum, eps, *rest):
+    if training:
+        raise lw.error("batch norm in training mode (batch statistics); call model.eval() first")
+    return _bn(lw, x, weight, bias, mean, var, eps)
+
+
+def _bn(lw, x, weight, bias, mean, var, eps):
+    x = lw.value(x)
+    like = x
+    ins = [x] + [lw.value(v) if v is not None else lw.constant(1.0 if i == 0 else 0.0, like)
+                 for i, v in enumerate((weight, bias))]
+    ins += [lw.value(mean), lw.value(var)]
+    return lw.add("batch_norm", ins, eps=float(eps))
+
+
+def _bn_no_training(lw: _Lowering, x, weight, bias, mean, var, momentum, eps):
+    return (_bn(lw, x, weight, bias, mean, var, eps), None, None)
+
+
+def _reshape(lw: _Lowering, x, *rest, **kw):
+    x = lw.value(x)
+    shape, _ = lw.meta_shape()
+    if not shape or not isinstance(shape[0], torch.SymInt):
+        raise lw.error("this reshape merges the batch dimension with others; keep dim 0 as the "
+                       "batch (e.g. x.view(x.shape[0], -1) or x.flatten(1))")
+    per_sample = tuple(int(s) for s in shape[1:])
+    if per_sample == x.shape:
+        return x
+    return lw.add("reshape", [x], shape=per_sample)
+
+
+def _flatten(lw: _Lowering, x, start_dim=0, end_dim=-1):
+    node = lw.value(x)
+    if start_dim == 0 and len(node.shape) > 0:
+        raise lw.error("flatten from dim 0 merges the batch; use torch.flatten(x, 1)")
+    return _reshape(lw, x)
+
+
+def _permute(lw: _Lowering, x, dims):
+    node = lw.value(x)
+    rank = len(node.shape) + 1
+    dims = [d + rank if d < 0 else d for d in dims]
+    if dims[0] != 0:
+        raise lw.error("a permute that moves the batch dimension")
+    if dims == list(range(rank)):
+        return node
+    return lw.add("permute", [node], dims=tuple(dims))
+
+
+def _transpose(lw: _Lowering, x, d0, d1):
+    node = lw.value(x)
+    rank = len(node.shape) + 1
+    dims = list(range(rank))
+    d0, d1 = d0 % rank, d1 % rank
+    dims[d0], dims[d1] = dims[d1], dims[d0]
+    return _permute(lw, x, dims)
+
+
+def _binary(op: str):
+    def convert(lw: _Lowering, a, b, alpha=1):
+        a_v, b_v = lw.value(a), lw.value(b)
+        like = a_v if isinstance(a_v, Node) else b_v
+        a_n, b_n = lw.operand(a, like), lw.operand(b, like)
+        if alpha != 1:
+            b_n = lw.add("mul", [b_n, lw.constant(alpha, like)], name=lw.fx_node.name + "_alpha")
+        if op in ("mul", "div") and a_n.perturbed and b_n.perturbed:
+            raise lw.error(f"{op} of two perturbed tensors is not supported yet")
+        if op == "div" and b_n.perturbed:
+            raise lw.error("division by a perturbed tensor is not supported yet")
+        return lw.add(op, [a_n, b_n])
+    return convert
+
+
+def _rsub(lw: _Lowering, a, b, alpha=1):
+    return _binary("sub")(lw, b, a) if alpha == 1 else _binary("sub")(lw, lw.value(b), a)
+
+
+def _slice(lw: _Lowering, x, dim=0, start=None, end=None, step=1):
+    node = lw.value(x)
+    rank = len(node.shape) + 1
+    dim = dim + rank if dim < 0 else dim
+    if dim == 0:
+        if (start in (None, 0)) and (end is None or end >= _INT_MAX // 4 or end is BATCH) and step == 1:
+            return node
+        raise lw.error("slicing the batch dimension")
+    size = node.shape[dim - 1]
+    start, stop, step = slice(start, end if end is not BATCH else None, step).indices(size)
+    if (start, stop, step) == (0, size, 1):
+        return node
+    return lw.add("slice", [node], dim=dim, start=start, end=stop, step=step)
+
+
+def _select(lw: _Lowering, x, dim, index):
+    node = lw.value(x)
+    rank = len(node.shape) + 1
+    dim = dim + rank if dim < 0 else dim
+    if dim == 0:
+        raise lw.error("selecting along the batch dimension")
+    index = index % node.shape[dim - 1]
+    sliced = lw.add("slice", [node], name=lw.fx_node.name + "_slice", dim=dim, start=index,
+                    end=index + 1, step=1) if node.shape[dim - 1] != 1 else node
+    shape, _ = lw.meta_shape()
+    return lw.add("reshape", [sliced], shape=tuple(int(s) for s in shape[1:]))
+
+
+def _cat(lw: _Lowering, tensors, dim=0):
+    nodes = [lw.value(t) for t in tensors]
+    like = next(n for n in nodes if n.perturbed)
+    dim = _dims(like, dim, lw)[0]
+    sizes = tuple(n.shape[dim - 1] if n.batched else n.shape[dim] for n in nodes)
+    return lw.add("cat", nodes, dim=dim, sizes=sizes)
+
+
+def _pad(lw: _Lowering, x, pad, value=0.0):
+    if all(p == 0 for p in pad):
+        return lw.value(x)
+    return lw.add("pad", [lw.value(x)], pad=tuple(pad), value=float(value))
+
+
+def _pad_mode(lw: _Lowering, x, pad, mode="constant", value=None):
+    if mode != "constant":
+        raise lw.error(f"pad with mode='{mode}' (only constant padding is supported)")
+    return _pad(lw, x, pad, value or 0.0)
+
+
+def _avg_pool(lw: _Lowering, x, kernel_size, stride=(), padding=0, ceil_mode=False,
+              count_include_pad=True, divisor_override=None):
+    node = lw.value(x)
+    nd = len(node.shape) - 1
+
+    def tup(v):
+        v = list(v) if isinstance(v, (list, tuple)) else [v]
+        return tuple(v * nd if len(v) == 1 else v)
+    stride = tup(stride) if stride not in ((), [], None) else tup(kernel_size)
+    attrs = dict(kernel_size=tup(kernel_size), stride=stride, padding=tup(padding),
+                 ceil_mode=bool(ceil_mode), count_include_pad=bool(count_include_pad))
+    if divisor_override is not None:
+        attrs["divisor_override"] = divisor_override
+    return lw.add("avg_pool", [node], **attrs)
+
+
+def _adaptive_avg_pool(lw: _Lowering, x, output_size):
+    node = lw.value(x)
+    spatial = node.shape[1:]
+    output_size = tuple(output_size)
+    if all(o == 1 for o in output_size):
+        dims = tuple(range(2, 2 + len(spatial)))
+        return lw.add("mean", [node], dims=dims, keepdim=True)
+    if all(s % o == 0 for s, o in zip(spatial, output_size)):
+        kernel = tuple(s // o for s, o in zip(spatial, output_size))
+        return lw.add("avg_pool", [node], kernel_size=kernel, stride=kernel,
+                      padding=(0,) * len(kernel), ceil_mode=False, count_include_pad=True)
+    return lw.add("adaptive_avg_pool", [node], output_size=output_size)
+
+
+def _reduce(op: str):
+    def convert(lw: _Lowering, x, dim=None, keepdim=False, dtype=None):
+        node = lw.value(x)
+        dims = list(range(1, len(node.shape) + 1)) if dim in (None, []) else _dims(node, dim, lw)
+        return lw.add(op, [node], dims=tuple(dims), keepdim=bool(keepdim))
+    return convert
+
+
+_CONVERTERS: dict[str, Callable] = {
+    "linear.default": _linear,
+    "addmm.default": _addmm,
+    "matmul.default": _matmul,
+    "mm.default": _matmul,
+    "conv1d.default": _conv,
+    "conv2d.default": _conv,
+    "conv3d.default": _conv,
+    "convolution.default": _convolution,
+    "batch_norm.default": _batch_norm,
+    "_native_batch_norm_legit_no_training.default": _bn_no_training,
+    "view.default": _reshape,
+    "reshape.default": _reshape,
+    "_unsafe_view.default": _reshape,
+    "flatten.using_ints": _flatten,
+    "squeeze.dim": _reshape,
+    "squeeze.dims": _reshape,
+    "squeeze.default": _reshape,
+    "unsqueeze.default": _reshape,
+    "permute.default": _permute,
+    "transpose.int": _transpose,
+    "add.Tensor": _binary("add"),
+    "sub.Tensor": _binary("sub"),
+    "mul.Tensor": _binary("mul"),
+    "div.Tensor": _binary("div"),
+    "rsub.Scalar": _rsub,
+    "slice.Tensor": _slice,
+    "select.int": _select,
+    "cat.default": _cat,
+    "constant_pad_nd.default": _pad,
+    "pad.default": _pad_mode,
+    "avg_pool1d.default": _avg_pool,
+    "avg_pool2d.default": _avg_pool,
+    "avg_pool3d.default": _avg_pool,
+    "adaptive_avg_pool1d.default": _adaptive_avg_pool,
+    "adaptive_avg_pool2d.default": _adaptive_avg_pool,
+    "mean.dim": _reduce("mean"),
+    "mean.default": _reduce("mean"),
+    "sum.dim_IntList": _reduce("sum"),
+    "sum.default": _reduce("sum"),
+    "neg.default": lambda lw, x: lw.add("neg", [lw.value(x)]),
+}
+
+# ops that return their (first) input unchanged in eval mode
+_ALIASES = {"dropout.default", "clone.default", "contiguous.default", "alias.default",
+            "detach.default", "lift_fresh_copy.default", "feature_dropout.default",
+            "alpha_dropout.default", "_to_copy.default", "to.dtype", "to.dtype_layout",
+            "to.device", "identity.default"}
+
+
+def _generic_table() -> dict[str, str]:
+    get_op("input")
+    return {aten: op.name for op in REGISTRY.values() for aten in op.aten}
+
+
+_GENERIC: dict[str, str] = {}
+
+
+def supported_aten_ops() -> list[str]:
+    """Every ATen op (overload) the torch frontend lowers."""
+    return sorted(set(_CONVERTERS) | _ALIASES | set(_generic_table()))
+
+
+def _example_batch(example: torch.Tensor) -> torch.Tensor:
+    if example.dim() == 0:
+        raise InputError("the example input must have a batch dimension (dim 0)")
+    if example.shape[0] >= 2:
+        return example
+    return torch.cat([example, example], 0)
+
+
+def lower_module(module: torch.nn.Module, example: torch.Tensor) -> Graph:
+    """Export ``module`` at the example's per-sample shape with a free batch and lower it."""
+    if not isinstance(example, torch.Tensor):
+        raise InputError(f"example_input must be a torch.Tensor, got {type(example).__name__}")
+    _GENERIC.update(_generic_table())
+    if module.training:
+        warnings.warn("lirpac.compile: the model is in training mode; it is bounded in eval mode "
+                      "(call model.eval() to silence this)", stacklevel=3)
+        module = module.eval()
+    example = _example_batch(example)
+    try:
+        exported = export(module, (example,), dynamic_shapes=({0: Dim("batch")},), strict=False)
+    except Exception as err:  # torch.export raises many types; report them as one
+        raise UnsupportedOperationError(
+            f"torch.export could not trace the model with a free batch dimension: "
+            f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}. Models must be "
+            "traceable by torch.export and treat dim 0 as the batch.") from err
+    names = [s.arg.name for s in exported.graph_signature.input_specs if s.kind.name == "USER_INPUT"]
+    graph = _Lowering(exported, module, {names[0]}).run()
+    remove_dead_nodes(graph)
+    return graph
+
+
+def remove_dead_nodes(graph: Graph) -> None:
+    """Drop nodes the output does not depend on (unused buffers, shape reads)."""
+    live = graph.ancestors(graph.output) | {graph.output} | set(graph.inputs)
+    graph.nodes = [n for n in graph.nodes if n in live]
+    graph._names = {n.name for n in graph.nodes}

@@ -1,0 +1,15 @@
+"""lirpac: a compiler for neural-network bound propagation.
+
+    net = lirpac.compile(model, example_input)
+    lower, upper = net.bounds(x, lirpac.LpBall(eps=0.03), method="crown")
+"""
+from lirpac.api import CompiledNet, LinearBounds, compile
+from lirpac.codegen.torch_backend import METHODS
+from lirpac.errors import (InputError, LirpacError, ModelFormatError, SpecFormatError,
+                           UnsupportedOperationError)
+from lirpac.perturbation import Box, LpBall, Perturbation
+
+__version__ = "0.1.0"
+__all__ = ["compile", "CompiledNet", "LinearBounds", "LpBall", "Box", "Perturbation", "METHODS",
+           "LirpacError", "InputError", "UnsupportedOperationError", "ModelFormatError",
+           "SpecFormatError"]

@@ -1,0 +1,179 @@
+"""The public entry point: ``lirpac.compile`` and the compiled network it returns."""
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+
+import torch
+
+from lirpac.codegen import torch_backend
+from lirpac.codegen.torch_backend import METHODS, Plan
+from lirpac.errors import InputError
+from lirpac.ir.graph import Graph
+from lirpac.perturbation import LpBall, Perturbation
+from lirpac.passes import run_passes
+
+
+def _dump_enabled(stage: str) -> bool:
+    value = os.environ.get("LIRPAC_DUMP", "")
+    stages = {s.strip().lower() for s in value.split(",") if s.strip()}
+    return bool(stages & {stage, "all", "1"})
+
+
+def _print_stage(title: str, text: str) -> None:
+    print(f"==== lirpac: {title} ====\n{text}", file=sys.stderr)
+
+
+@dataclass
+class LinearBounds:
+    """Linear bounds valid over the whole perturbation set:
+    ``lower_coeff . x + lower_bias <= C f(x) <= upper_coeff . x + upper_bias``.
+    Coefficients have shape (batch, n_spec, *input_shape), biases (batch, n_spec)."""
+    lower_coeff: torch.Tensor | None
+    lower_bias: torch.Tensor | None
+    upper_coeff: torch.Tensor | None
+    upper_bias: torch.Tensor | None
+    lower: torch.Tensor | None
+    upper: torch.Tensor | None
+
+
+class CompiledNet:
+    """A model lowered to the bound IR, with generated bound functions cached per plan."""
+
+    def __init__(self, graph: Graph, passes: list[str] | None = None, module=None):
+        self.source_graph = graph
+        self.module = module
+        dump = _print_stage if _dump_enabled("passes") else None
+        if _dump_enabled("ir"):
+            _print_stage("IR from the frontend", str(graph))
+        self.graph, self.pass_timings = run_passes(graph, passes, dump)
+        self._leaves = [n for n in self.graph.nodes if n.op in ("param", "constant")]
+        self._cache: dict[Plan, tuple] = {}
+        x = self.graph.perturbed_input
+        self.input_shape = x.shape
+        self.output_shape = self.graph.output.shape
+
+    # -- code -----------------------------------------------------------------------------
+    def function(self, plan: Plan):
+        if plan not in self._cache:
+            fn, source = torch_backend.build(self.graph, plan)
+            self._cache[plan] = (fn, source)
+            if _dump_enabled("code"):
+                _print_stage(f"generated code ({plan.method})", source)
+        return self._cache[plan][0]
+
+    def source(self, method: str = "crown", spec: bool = False) -> str:
+        plan = Plan(method=method, spec=spec)
+        self.function(plan)
+        return self._cache[plan][1]
+
+    def dump(self, method: str | None = None) -> str:
+        """The IR after passes, the pass timings, and the generated source of the methods
+        used so far (or of ``method``)."""
+        parts = ["# IR after passes", str(self.graph), "", "# passes"]
+        parts += [f"#   {name}: {t * 1e3:.2f} ms, nodes {a} -> {b}" for name, t, a, b in self.pass_timings]
+        if method is not None:
+            self.source(method)
+        for plan, (_, source) in self._cache.items():
+            if method is None or plan.method == method:
+                parts += ["", f"# generated: {plan}", source]
+        return "\n".join(parts)
+
+    # -- bounds ---------------------------------------------------------------------------
+    def _params(self, x: torch.Tensor) -> list[torch.Tensor]:
+        out = []
+        for n in self._leaves:
+            v = n.value
+            if v.is_floating_point() and (v.dtype != x.dtype or v.device != x.device):
+                v = v.to(dtype=x.dtype, device=x.device)
+            elif v.device != x.device:
+                v = v.to(device=x.device)
+            out.append(v)
+        return out
+
+    def _check(self, x, perturbation, method, C):
+        if not isinstance(x, torch.Tensor):
+            raise InputError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        if tuple(x.shape[1:]) != tuple(self.input_shape):
+            raise InputError(f"input shape {tuple(x.shape)} does not match the compiled model's "
+                             f"(batch, {', '.join(map(str, self.input_shape))})")
+        if not x.is_floating_point():
+            raise InputError(f"x must be a floating-point tensor, got {x.dtype}")
+        if not isinstance(perturbation, Perturbation):
+            raise InputError("perturbation must be a lirpac perturbation such as "
+                             f"lirpac.LpBall(eps=...) or lirpac.Box(lower, upper), got {type(perturbation).__name__}")
+        if method not in METHODS:
+            raise InputError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+        if C is not None:
+            n_out = 1
+            for s in self.output_shape:
+                n_out *= s
+            if not isinstance(C, torch.Tensor) or C.dim() != 3 or C.shape[2] != n_out or \
+                    C.shape[0] not in (1, x.shape[0]):
+                shape = tuple(C.shape) if isinstance(C, torch.Tensor) else type(C).__name__
+                raise InputError(f"C must have shape (batch, n_spec, {n_out}) (batch {x.shape[0]} or 1), "
+                                 f"got {shape}")
+            C = C.to(dtype=x.dtype, device=x.device)
+        return C
+
+    def _run(self, x, perturbation, method, C, bound_lower, bound_upper, return_A):
+        method = method.lower()
+        C = self._check(x, perturbation, method, C)
+        if not (bound_lower or bound_upper):
+            raise InputError("at least one of bound_lower and bound_upper must be True")
+        plan = Plan(method=method, spec=C is not None, lower=bound_lower, upper=bound_upper,
+                    return_A=return_A)
+        fn = self.function(plan)
+        inp = perturbation.bind(x)
+        return fn(inp, C, self._params(x))
+
+    def bounds(self, x: torch.Tensor, perturbation: Perturbation, method: str = "crown", C=None,
+               bound_lower: bool = True, bound_upper: bool = True):
+        """Lower and upper bounds of f(x') (or C f(x')) for all x' in the perturbation set:
+        tensors of shape (batch, n_out) or (batch, n_spec); a side not asked for is None."""
+        lower, upper, _ = self._run(x, perturbation, method, C, bound_lower, bound_upper, False)
+        return lower, upper
+
+    def linear_bounds(self, x: torch.Tensor, perturbation: Perturbation, method: str = "crown", C=None,
+                      bound_lower: bool = True, bound_upper: bool = True) -> LinearBounds:
+        """Linear functions of the input that bound C f(x) over the whole set (backward and
+        forward methods), with their concretized values."""
+        if method.lower() in ("ibp",):
+            raise InputError("linear_bounds needs a linear method (crown, crown-ibp, forward, "
+                             "forward+crown); IBP gives intervals only")
+        lower, upper, A = self._run(x, perturbation, method, C, bound_lower, bound_upper, True)
+        lA, lb, uA, ub = A
+        shape = (x.shape[0], -1, *self.input_shape)
+        lb = lb if isinstance(lb, torch.Tensor) or lower is None else torch.zeros_like(lower)
+        ub = ub if isinstance(ub, torch.Tensor) or upper is None else torch.zeros_like(upper)
+        return LinearBounds(None if lA is None else lA.reshape(shape), lb if lower is not None else None,
+                            None if uA is None else uA.reshape(shape), ub if upper is not None else None,
+                            lower, upper)
+
+    def __call__(self, x):
+        """The model's own output (for convenience: checks and counterexamples)."""
+        if self.module is None:
+            raise InputError("this compiled network has no torch module to run")
+        return self.module(x)
+
+
+def compile(model, example_input=None, *, passes: list[str] | None = None) -> CompiledNet:
+    """Lower ``model`` (an nn.Module, or an ONNX path/ModelProto) to the bound IR, run passes,
+    and return a CompiledNet whose bound functions are generated on first use."""
+    if isinstance(model, torch.nn.Module):
+        from lirpac.ir.torch_frontend import lower_module
+        if example_input is None:
+            raise InputError("compile(model, example_input): an example input is needed to trace "
+                             "an nn.Module (any batch size; only the per-sample shape matters)")
+        graph = lower_module(model, example_input)
+        return CompiledNet(graph, passes, module=model)
+    try:
+        from lirpac.ir.onnx_frontend import lower_onnx
+    except ImportError as err:
+        raise InputError(f"compile: cannot load {type(model).__name__} ({err})") from err
+    graph, runner = lower_onnx(model)
+    return CompiledNet(graph, passes, module=runner)
+
+
+__all__ = ["compile", "CompiledNet", "LinearBounds", "LpBall"]

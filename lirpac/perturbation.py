@@ -1,0 +1,147 @@
+"""Perturbation sets and their run-time form.
+
+A perturbation describes a set around the input; ``bind(x)`` checks it against the input and
+returns an ``InputSet``: the box that contains the set (used by IBP and as the bounds of the
+input node) and ``concretize``, which turns linear bounds ``A x + b`` into numbers. For an Lp ball
+that is ``A x0 ± eps ||A||_q`` (1/p + 1/q = 1); with a domain box (pixels in [0, 1], say) the
+inf-ball becomes a box, and for p in {1, 2} the tighter of the ball and box answers is kept
+(both are sound over the intersection).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from lirpac.errors import InputError
+
+_NORMS = {float("inf"): float("inf"), 2.0: 2.0, 1.0: 1.0}
+
+
+def _as_norm(norm) -> float:
+    if isinstance(norm, str):
+        norm = {"inf": math.inf, "linf": math.inf, "l2": 2, "l1": 1}.get(norm.lower(), norm)
+    try:
+        value = float(norm)
+    except (TypeError, ValueError):
+        value = None
+    if value not in _NORMS:
+        raise InputError(f"norm must be inf, 2 or 1, got {norm!r}")
+    return value
+
+
+def _per_sample(value, x: torch.Tensor, what: str) -> torch.Tensor:
+    """A float, a (B,) tensor or a tensor broadcastable to x, as a tensor that broadcasts to x."""
+    t = torch.as_tensor(value, dtype=x.dtype, device=x.device)
+    if t.dim() == 1 and t.shape[0] == x.shape[0] and x.dim() > 1:
+        t = t.reshape(-1, *([1] * (x.dim() - 1)))
+    try:
+        torch.broadcast_shapes(t.shape, x.shape)
+    except RuntimeError:
+        raise InputError(f"{what} of shape {tuple(t.shape)} does not broadcast to the input "
+                         f"{tuple(x.shape)}; give a float, a (batch,) tensor or one of x's shape") from None
+    if torch.isnan(t).any():
+        raise InputError(f"{what} contains NaN")
+    return t
+
+
+class Perturbation:
+    """Base class: a set of inputs around x."""
+
+    def bind(self, x: torch.Tensor) -> "InputSet":
+        raise NotImplementedError
+
+
+@dataclass
+class LpBall(Perturbation):
+    """{x' : ||x' - x||_p <= eps} ∩ [lower, upper] (the box is optional)."""
+    eps: float | torch.Tensor
+    norm: float | str = math.inf
+    lower: float | torch.Tensor | None = None
+    upper: float | torch.Tensor | None = None
+
+    def __post_init__(self):
+        self.norm = _as_norm(self.norm)
+        if not isinstance(self.eps, torch.Tensor):
+            try:
+                eps = float(self.eps)
+            except (TypeError, ValueError):
+                raise InputError(f"eps must be a number or a tensor, got {self.eps!r}") from None
+            if math.isnan(eps) or eps < 0:
+                raise InputError(f"eps must be a nonnegative number, got {self.eps!r}")
+
+    def bind(self, x: torch.Tensor) -> "InputSet":
+        eps = _per_sample(self.eps, x, "eps")
+        if (eps < 0).any():
+            raise InputError(f"eps must be nonnegative, got a minimum of {eps.min().item():g}")
+        lower, upper = x - eps, x + eps
+        if self.lower is not None:
+            lower = torch.maximum(lower, _per_sample(self.lower, x, "lower"))
+        if self.upper is not None:
+            upper = torch.minimum(upper, _per_sample(self.upper, x, "upper"))
+        if self.lower is not None or self.upper is not None:
+            if (lower > upper).any():
+                raise InputError("the eps-ball around x does not meet the domain box [lower, upper] "
+                                 "(x lies outside it by more than eps)")
+        if self.norm == math.inf:
+            return InputSet(lower, upper)
+        has_box = self.lower is not None or self.upper is not None
+        return InputSet(lower, upper, center=x, eps=eps, norm=self.norm, use_box=has_box)
+
+
+@dataclass
+class Box(Perturbation):
+    """The box [lower, upper] (elementwise); x is only used for its shape."""
+    lower: float | torch.Tensor
+    upper: float | torch.Tensor
+
+    def bind(self, x: torch.Tensor) -> "InputSet":
+        lower = _per_sample(self.lower, x, "lower").expand_as(x)
+        upper = _per_sample(self.upper, x, "upper").expand_as(x)
+        if (lower > upper).any():
+            raise InputError("Box: lower > upper for some elements")
+        return InputSet(lower.to(x.dtype), upper.to(x.dtype))
+
+
+class InputSet:
+    """The run-time form of a perturbation: a containing box and a concretization rule."""
+
+    def __init__(self, lower, upper, center=None, eps=None, norm=math.inf, use_box=True):
+        self.lower, self.upper = lower, upper
+        self.norm = norm
+        self.center = center
+        self.eps = eps
+        self.use_box = use_box or norm == math.inf
+        self.batch = lower.shape[0]
+        if norm != math.inf:
+            self.dual = {2.0: 2.0, 1.0: math.inf}[norm]
+            self.eps_flat = eps.reshape(eps.shape[0], -1)[:, :1] if eps.dim() > 0 else eps.reshape(1, 1)
+            if eps.dim() > 0 and eps.reshape(eps.shape[0], -1).shape[1] > 1 and \
+                    not bool((eps.reshape(eps.shape[0], -1) == self.eps_flat).all()):
+                raise InputError(f"an L{int(norm)} ball needs one eps per sample, not per element")
+
+    def concretize(self, coeff: torch.Tensor, bias, upper: bool) -> torch.Tensor:
+        """max (upper) or min (lower) of coeff . x + bias over the set; coeff (B, S, *in)."""
+        a = coeff.reshape(coeff.shape[0], coeff.shape[1], -1)
+        sign = 1.0 if upper else -1.0
+        result = None
+        if self.use_box:
+            mid = ((self.upper + self.lower) / 2).reshape(self.batch, -1, 1)
+            rad = ((self.upper - self.lower) / 2).reshape(self.batch, -1, 1)
+            result = a.matmul(mid).squeeze(-1) + sign * a.abs().matmul(rad).squeeze(-1)
+        if self.norm != math.inf:
+            x0 = self.center.reshape(self.batch, -1, 1)
+            ball = a.matmul(x0).squeeze(-1) + sign * self.eps_flat * a.norm(p=self.dual, dim=-1)
+            result = ball if result is None else (torch.minimum(result, ball) if upper
+                                                  else torch.maximum(result, ball))
+        return result + bias
+
+    def concretize_linear(self, lin) -> tuple[torch.Tensor, torch.Tensor]:
+        """Bounds of a node from its forward-mode linear functions (lw: (B, N, *shape))."""
+        shape = lin.lb.shape
+        lw = lin.lw.reshape(lin.lw.shape[0], lin.lw.shape[1], -1).transpose(1, 2)
+        uw = lin.uw.reshape(lin.uw.shape[0], lin.uw.shape[1], -1).transpose(1, 2)
+        lower = self.concretize(lw, lin.lb.reshape(shape[0], -1), upper=False).reshape(shape)
+        upper = self.concretize(uw, lin.ub.reshape(shape[0], -1), upper=True).reshape(shape)
+        return lower, upper

@@ -1,0 +1,483 @@
+"""Read VNN-COMP property files (VNNLIB) into input boxes and output polytopes.
+
+A VNNLIB file is a small SMT-LIB script: ``(declare-const X_i Real)`` for the network's
+inputs, ``(declare-const Y_j Real)`` for its outputs, and ``(assert ...)`` formulas built from
+``and``, ``or`` and comparisons (``<=``, ``>=``, ``<``, ``>``, ``=``) between a variable and a
+number or between two variables. The asserts together state the *unsafe* condition: the
+property holds iff no input satisfying the input constraints produces an output satisfying the
+output constraints. A verifier therefore wants the asserts in disjunctive normal form,
+grouped by input box::
+
+    unsafe  =  OR over regions r:  x in box_r  and  OR over polytopes p of r:  C_p y <= d_p
+
+which is what `parse_vnnlib` returns as a `Spec`. The conjunction of all asserts is expanded
+(``and`` distributes over ``or``); each resulting conjunct splits into its input part, a box
+(a top-level box applies to every region, a disjunct's input bounds intersect with it), and its
+output part, the rows of one polytope. Conjuncts with the same box share one `Region`.
+
+Strict comparisons are read as non-strict: the closed unsafe set contains the open one, so a
+property proved for the closed set holds for the file's, which is the sound direction.
+
+The parser is one regular expression over the text (`re.finditer`) feeding a stack that builds
+the S-expressions, and an explicit stack for the DNF expansion, so a 300 KB CIFAR spec parses in
+tens of milliseconds and no nesting depth can exhaust Python's recursion limit. Top-level
+conjunctions (the huge per-pixel boxes) never go through the expansion: their bounds are
+applied to the box arrays in one vectorised step, which keeps the cost linear in the file size.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from lirpac.errors import SpecFormatError
+
+__all__ = ["OutputPolytope", "Region", "Spec", "parse_vnnlib"]
+
+
+@dataclass(eq=False)  # arrays have no truth value, so the generated __eq__ would raise
+class OutputPolytope:
+    """The conjunction ``C @ y <= d`` (all rows) over the network's outputs.
+
+    A polytope with no rows is the whole output space: every output is unsafe.
+    """
+
+    C: np.ndarray  # (k, n_out) float64
+    d: np.ndarray  # (k,) float64
+
+    def satisfied(self, y: np.ndarray, tol: float = 0.0) -> bool:
+        """Whether the output ``y`` (any shape with n_out entries) meets every row within tol.
+
+        Used to confirm a counterexample: an output inside this polytope violates the property.
+        """
+        y = np.asarray(y, dtype=np.float64).reshape(-1)
+        if y.shape[0] != self.C.shape[1]:
+            raise SpecFormatError(
+                f"output has {y.shape[0]} entries but the spec has {self.C.shape[1]} outputs"
+            )
+        return bool(np.all(self.C @ y <= self.d + tol))
+
+
+@dataclass(eq=False)
+class Region:
+    """One input box and the union of output polytopes that are unsafe for inputs in it."""
+
+    lower: np.ndarray  # (n_in,) float64
+    upper: np.ndarray  # (n_in,) float64
+    outputs: list[OutputPolytope]
+
+    def contains(self, x: np.ndarray, tol: float = 0.0) -> bool:
+        """Whether the input ``x`` (any shape with n_in entries, e.g. an image) lies in the box.
+
+        A counterexample must come from the box it claims; tol absorbs rounding of the search.
+        """
+        x = np.asarray(x, dtype=np.float64).reshape(-1)
+        if x.shape[0] != self.lower.shape[0]:
+            raise SpecFormatError(
+                f"input has {x.shape[0]} entries but the spec has {self.lower.shape[0]} inputs"
+            )
+        return bool(np.all(x >= self.lower - tol) and np.all(x <= self.upper + tol))
+
+
+@dataclass(eq=False)
+class Spec:
+    """A VNNLIB property in DNF: the unsafe set is the union of the regions' unsafe sets."""
+
+    n_inputs: int
+    n_outputs: int
+    regions: list[Region]
+
+
+# One pass over the text. The first alternative takes a whole simple comparison such as
+# (<= X_0 0.5) in one match (group 1 is the operator): nearly every line of a real spec is one,
+# and five matches and a list apiece would triple the cost. Then parentheses, comments (skipped)
+# and atoms; whitespace matches nothing.
+_TOKEN = re.compile(r"\(\s*(<=|>=|<|>|=)\s+([^\s();]+)\s+([^\s();]+)\s*\)|[()]|;[^\n]*|[^\s();]+")
+_VARIABLE = re.compile(r"([XY])_(0|[1-9]\d*)")  # no leading zeros: X_01 must not alias X_1
+# Decimal numbers only: float() alone would also take "inf", "nan" and "1_000".
+_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+_COMPARISONS = frozenset(("<=", ">=", "<", ">", "="))
+_IGNORED_COMMANDS = frozenset(("check-sat", "get-model", "set-logic", "set-info", "exit"))
+
+# Compiled comparison atoms are tuples whose first entry is the kind:
+#   (_X_LOWER, index, value, pos), (_X_UPPER, index, value, pos): one bound on input `index`;
+#   (_Y_ROW, i, ci, j, cj, b, pos): the row ci*y_i + cj*y_j <= b (j = -1 when one variable).
+_X_LOWER, _X_UPPER, _Y_ROW = 0, 1, 2
+# Distributing `and` over `or` multiplies the disjunctions' sizes; past this many conjuncts a
+# clear error beats exhausting memory (real specs have at most a few thousand).
+_MAX_CONJUNCTS = 1_000_000
+
+
+class _List(list):
+    """A parenthesised S-expression; pos is the offset of its '(' for error messages."""
+
+    __slots__ = ("pos",)
+
+
+class _Comparison:
+    """A comparison read by the tokenizer's fast path: operator, operands and their offsets."""
+
+    __slots__ = ("op", "left", "right", "pos", "left_pos", "right_pos")
+
+    def __init__(self, match: re.Match):
+        self.op, self.left, self.right = match.group(1, 2, 3)
+        self.pos, self.left_pos, self.right_pos = match.start(), match.start(2), match.start(3)
+
+
+class _Parser:
+    """One parse of one text: declarations first (any order in the file), then the asserts."""
+
+    def __init__(self, text: str, origin: str):
+        self.text = text
+        self.origin = origin
+        self.inputs: dict[int, int] = {}  # index -> offset of its declaration
+        self.outputs: dict[int, int] = {}
+        self.terms: dict[str, tuple[str, int | float]] = {}  # operand text -> term, once valid
+
+    # -- errors -------------------------------------------------------------------------------
+
+    def where(self, pos: int) -> str:
+        """'line L, column C' (both from 1) of a text offset; computed only when failing."""
+        line = self.text.count("\n", 0, pos) + 1
+        column = pos - self.text.rfind("\n", 0, pos)
+        return f"line {line}, column {column}"
+
+    def error(self, pos: int, message: str) -> SpecFormatError:
+        return SpecFormatError(f"{self.origin}{self.where(pos)}: {message}")
+
+    # -- S-expressions ------------------------------------------------------------------------
+
+    def read_forms(self) -> _List:
+        """All top-level forms; atoms are (text, offset) pairs, lists are `_List`s, and simple
+        comparisons `_Comparison`s."""
+        top = current = _List()
+        top.pos = 0
+        stack = []
+        for match in _TOKEN.finditer(self.text):
+            if match.lastindex:
+                current.append(_Comparison(match))
+                continue
+            token = match.group()
+            if token == "(":
+                node = _List()
+                node.pos = match.start()
+                current.append(node)
+                stack.append(current)
+                current = node
+            elif token == ")":
+                if not stack:
+                    raise self.error(match.start(), "unbalanced ')': no '(' is open here")
+                current = stack.pop()
+            elif token[0] != ";":
+                current.append((token, match.start()))
+        if stack:
+            raise self.error(current.pos, "unbalanced '(': it is never closed (expected ')')")
+        return top
+
+    # -- declarations -------------------------------------------------------------------------
+
+    def declare(self, form: _List) -> None:
+        if len(form) != 3 or not all(isinstance(item, tuple) for item in form[1:]):
+            raise self.error(form.pos, "expected (declare-const X_<i> Real) or (declare-const Y_<i> Real)")
+        (name, name_pos), (sort, sort_pos) = form[1], form[2]
+        match = _VARIABLE.fullmatch(name)
+        if match is None:
+            raise self.error(name_pos, f"unknown variable {name!r}: expected X_<i> (input) or Y_<i> (output)")
+        if sort != "Real":
+            raise self.error(sort_pos, f"unknown sort {sort!r}: expected Real")
+        table = self.inputs if match.group(1) == "X" else self.outputs
+        index = int(match.group(2))
+        if index in table:
+            raise self.error(name_pos, f"{name} is declared twice (first at {self.where(table[index])})")
+        table[index] = name_pos
+
+    def check_declared(self, table: dict[int, int], letter: str, expected: int | None, role: str) -> int:
+        """The variable count; indices must be 0..n-1 (they address a flat tensor) and match the model."""
+        count = len(table)
+        if table and max(table) != count - 1:
+            last = max(table)
+            missing = min(set(range(last + 1)) - set(table))
+            raise self.error(table[last], f"{letter}_{last} is declared but {letter}_{missing} is not: "
+                             f"{role} indices must run from 0 without gaps")
+        if expected is not None and count != expected:
+            pos = table[0] if table else 0
+            raise self.error(pos, f"the spec declares {count} {role}s ({letter}_0..{letter}_{count - 1}) "
+                             f"but {expected} were expected")
+        return count
+
+    # -- comparisons --------------------------------------------------------------------------
+
+    def term(self, token: str, pos: int) -> tuple[str, int | float]:
+        """('X', index), ('Y', index) or ('num', value) for one side of a comparison."""
+        known = self.terms.get(token)
+        if known is not None:
+            return known
+        self.terms[token] = term = self.new_term(token, pos)
+        return term
+
+    def new_term(self, token: str, pos: int) -> tuple[str, int | float]:
+        match = _VARIABLE.fullmatch(token)
+        if match is not None:
+            letter, index = match.group(1), int(match.group(2))
+            if index not in (self.inputs if letter == "X" else self.outputs):
+                raise self.error(pos, f"undeclared variable {token}: add (declare-const {token} Real)")
+            return letter, index
+        if token[0] in "0123456789+-.":
+            if _NUMBER.fullmatch(token) is None:
+                raise self.error(pos, f"malformed number {token!r}: expected e.g. 0.5, -3, 1e-05")
+            return "num", float(token)
+        raise self.error(pos, f"unknown variable {token!r}: expected X_<i>, Y_<i> or a number")
+
+    def comparison(self, node: _Comparison | _List) -> list[tuple]:
+        """Compile ``(op a b)`` into atoms: bounds on one input, or rows over the outputs."""
+        if isinstance(node, _Comparison):
+            op = node.op
+            left, right = self.term(node.left, node.left_pos), self.term(node.right, node.right_pos)
+        else:  # the slow path's list: a comment inside, a nested expression, a wrong arity
+            op = node[0][0]
+            if len(node) != 3:
+                raise self.error(node.pos, f"({op} ...) takes exactly two operands, found {len(node) - 1}")
+            for operand in node[1:]:
+                if not isinstance(operand, tuple):
+                    raise self.error(operand.pos, "expected a variable or a number, "
+                                     "found a parenthesised expression")
+            left, right = self.term(*node[1]), self.term(*node[2])
+        if op in (">=", ">"):  # a >= b  is  b <= a
+            left, right = right, left
+        atoms = self.less_equal(left, right, node)
+        if op == "=":
+            atoms += self.less_equal(right, left, node)
+        return atoms
+
+    def less_equal(self, left, right, node: _Comparison | _List) -> list[tuple]:
+        """Atoms for ``left <= right``."""
+        pos = node.pos
+        (left_kind, a), (right_kind, b) = left, right
+        if left_kind == "X" and right_kind == "num":
+            return [(_X_UPPER, a, b, pos)]
+        if left_kind == "num" and right_kind == "X":
+            return [(_X_LOWER, b, a, pos)]
+        if left_kind == "Y" and right_kind == "num":
+            return [(_Y_ROW, a, 1.0, -1, 0.0, b, pos)]
+        if left_kind == "num" and right_kind == "Y":
+            return [(_Y_ROW, b, -1.0, -1, 0.0, -a, pos)]
+        if left_kind == "Y" and right_kind == "Y":
+            return [(_Y_ROW, a, 1.0, b, -1.0, 0.0, pos)]
+        if left_kind == "num" and right_kind == "num":
+            raise self.error(pos, "comparison of two numbers: expected a variable on one side")
+        raise self.error(pos, "an input (X) may only be compared with a number: expected a box, "
+                         "not a relation between variables")
+
+    # -- formulas -----------------------------------------------------------------------------
+
+    def operator(self, node) -> str:
+        """The connective or comparison heading a formula; anything else is an error here."""
+        if isinstance(node, _Comparison):
+            return node.op
+        if not isinstance(node, _List) or not node or not isinstance(node[0], tuple):
+            pos = node.pos if isinstance(node, _List) else node[1]
+            raise self.error(pos, "expected a formula (and ...), (or ...) or a comparison (<= a b)")
+        op = node[0][0]
+        if op not in _COMPARISONS and op not in ("and", "or"):
+            raise self.error(node[0][1], f"unknown operator {op!r}: expected and, or, <=, >=, <, >, =")
+        return op
+
+    def dnf(self, formula: _List) -> list[list[tuple]]:
+        """The formula as a list of conjuncts (lists of atoms), expanded with an explicit stack.
+
+        Comparisons directly under an ``and`` join one shared conjunct, and one-term children
+        fold into it too, so only genuine disjunctions are multiplied out.
+        """
+        # A frame is [node, next child index, is_and, shared atoms (and) or terms (or), or-children]
+        stack = [[formula, 1, self.operator(formula) == "and", [], []]]
+        result = None
+        while True:
+            frame = stack[-1]
+            node, is_and = frame[0], frame[2]
+            if result is not None:
+                if is_and and len(result) == 1:
+                    frame[3].extend(result[0])
+                elif is_and:
+                    frame[4].append(result)
+                else:
+                    frame[3].extend(result)
+                result = None
+            if frame[1] < len(node):
+                child = node[frame[1]]
+                frame[1] += 1
+                op = self.operator(child)
+                if op in _COMPARISONS:
+                    atoms = self.comparison(child)
+                    if is_and:
+                        frame[3].extend(atoms)
+                    else:
+                        frame[3].append(atoms)
+                else:
+                    stack.append([child, 1, op == "and", [], []])
+                continue
+            stack.pop()
+            if is_and:
+                result = self.distribute(frame[3], frame[4], node.pos)
+            else:
+                result = frame[3]
+            if not stack:
+                return result
+
+    def distribute(self, shared: list[tuple], disjunctions: list[list[list[tuple]]],
+                   pos: int) -> list[list[tuple]]:
+        """DNF of ``shared and disjunction_1 and ...``: one conjunct per choice of alternatives."""
+        count = 1
+        for disjunction in disjunctions:
+            count *= len(disjunction)
+            if count > _MAX_CONJUNCTS:
+                raise self.error(pos, f"the conjunction of these disjunctions expands to more than "
+                                 f"{_MAX_CONJUNCTS} conjuncts: expected fewer, smaller (or ...)")
+        terms = [shared]
+        for disjunction in disjunctions:
+            terms = [term + alternative for term in terms for alternative in disjunction]
+        return terms
+
+    # -- the whole file -----------------------------------------------------------------------
+
+    def parse(self, n_inputs: int | None, n_outputs: int | None) -> Spec:
+        forms = self.read_forms()
+        asserts = []
+        for form in forms:
+            if isinstance(form, _Comparison):
+                raise self.error(form.pos, f"unknown command {form.op!r}: expected (assert ({form.op} ...))")
+            if not isinstance(form, _List):
+                raise self.error(form[1], f"expected '(' to start a command, found {form[0]!r}")
+            if not form or not isinstance(form[0], tuple):
+                raise self.error(form.pos, "expected a command: (declare-const ...) or (assert ...)")
+            command, command_pos = form[0]
+            if command == "declare-const":
+                self.declare(form)
+            elif command == "assert":
+                if len(form) != 2:
+                    raise self.error(form.pos, "(assert ...) takes exactly one formula, "
+                                     f"found {len(form) - 1}")
+                asserts.append(form[1])
+            elif command not in _IGNORED_COMMANDS:
+                raise self.error(command_pos, f"unknown command {command!r}: "
+                                 "expected declare-const or assert")
+        n_in = self.check_declared(self.inputs, "X", n_inputs, "input")
+        n_out = self.check_declared(self.outputs, "Y", n_outputs, "output")
+
+        # Conjunctions are folded into one base conjunct; only disjunctions are multiplied out.
+        base: list[tuple] = []
+        disjunctions: list[list[list[tuple]]] = []
+        last_disjunction = 0  # where an over-large expansion is reported
+        for formula in asserts:
+            if self.operator(formula) in _COMPARISONS:
+                base.extend(self.comparison(formula))
+                continue
+            terms = self.dnf(formula)
+            if len(terms) == 1:
+                base.extend(terms[0])
+            else:
+                disjunctions.append(terms)
+                last_disjunction = formula.pos
+        terms = self.distribute([], disjunctions, last_disjunction)
+
+        base_lower, base_upper = self.box(np.full(n_in, -np.inf), np.full(n_in, np.inf), base)
+        base_rows = [atom for atom in base if atom[0] == _Y_ROW]
+        base_key = (base_lower.tobytes(), base_upper.tobytes())
+        regions: dict[tuple[bytes, bytes], Region] = {}  # conjuncts with equal boxes share a region
+        for term in terms:
+            if any(atom[0] != _Y_ROW for atom in term):
+                lower, upper = self.box(base_lower.copy(), base_upper.copy(), term, base)
+                key = (lower.tobytes(), upper.tobytes())
+            else:
+                lower, upper, key = base_lower, base_upper, base_key
+            region = regions.get(key)
+            if region is None:
+                region = regions[key] = Region(lower, upper, [])
+            rows = base_rows + [atom for atom in term if atom[0] == _Y_ROW]
+            region.outputs.append(self.polytope(rows, n_out))
+
+        for number, region in enumerate(regions.values()):
+            for bound, name in ((region.lower, "lower"), (region.upper, "upper")):
+                missing = np.flatnonzero(~np.isfinite(bound))
+                if missing.size:
+                    index = int(missing[0])
+                    which = f" in region {number} (an input box of an (or ...))" if len(regions) > 1 else ""
+                    raise self.error(self.inputs[index], f"input X_{index} has no {name} bound{which}: "
+                                     f"expected (assert (<= X_{index} ...)) and (assert (>= X_{index} ...))")
+        return Spec(n_in, n_out, list(regions.values()))
+
+    def box(self, lower: np.ndarray, upper: np.ndarray, atoms: list[tuple], applied: list[tuple] = ()):
+        """Tighten lower/upper by the input atoms; applied: atoms already in lower/upper (for errors)."""
+        lowers = [(atom[1], atom[2]) for atom in atoms if atom[0] == _X_LOWER]
+        uppers = [(atom[1], atom[2]) for atom in atoms if atom[0] == _X_UPPER]
+        if lowers:
+            index, value = zip(*lowers)
+            np.maximum.at(lower, np.array(index), np.array(value))
+        if uppers:
+            index, value = zip(*uppers)
+            np.minimum.at(upper, np.array(index), np.array(value))
+        empty = np.flatnonzero(lower > upper)
+        if empty.size:
+            index = int(empty[0])
+            culprit = max((atom[3] for atom in [*applied, *atoms]
+                           if atom[0] != _Y_ROW and atom[1] == index), default=0)
+            raise self.error(culprit, f"input X_{index} has lower bound {float(lower[index])!r} > upper bound "
+                             f"{float(upper[index])!r}: the box is empty (expected lower <= upper)")
+        return lower, upper
+
+    @staticmethod
+    def polytope(rows: list[tuple], n_out: int) -> OutputPolytope:
+        """The matrix form of _Y_ROW atoms; += so that (<= Y_0 Y_0) gives a zero row, not y0 <= 0."""
+        C = np.zeros((len(rows), n_out))
+        d = np.array([row[5] for row in rows], dtype=np.float64)
+        for r, (_, i, ci, j, cj, _b, _pos) in enumerate(rows):
+            C[r, i] += ci
+            if j >= 0:
+                C[r, j] += cj
+        return OutputPolytope(C, d)
+
+
+def parse_vnnlib(source: str | os.PathLike, n_inputs: int | None = None,
+                 n_outputs: int | None = None) -> Spec:
+    """Parse a VNNLIB property (a path, or the text itself) into a `Spec` in DNF.
+
+    A str containing ``(declare-const`` is the text; any other str or PathLike is a file path
+    (``.gz`` files are decompressed). n_inputs/n_outputs, when given, must equal the declared
+    counts, which catches a spec paired with the wrong model. Raises `SpecFormatError` with
+    line and column for anything malformed.
+    """
+    if isinstance(source, str) and "(declare-const" in source:
+        text, origin = source, ""
+    else:
+        path = os.fspath(source)
+        if not os.path.isfile(path):
+            raise SpecFormatError(f"{path!r} is neither an existing file nor VNNLIB text "
+                                  "(text must contain '(declare-const')")
+        opener = gzip.open if path.endswith(".gz") else open
+        with opener(path, "rt", encoding="utf-8") as file:
+            text = file.read()
+        origin = f"{path}: "
+    return _Parser(text, origin).parse(n_inputs, n_outputs)
+
+
+def _main(paths: list[str]) -> None:
+    """Print a summary and the parse time of each file: ``python -m lirpac.vnnlib FILE...``."""
+    for path in paths:
+        start = time.perf_counter()
+        spec = parse_vnnlib(path)
+        seconds = time.perf_counter() - start
+        polytopes = sum(len(region.outputs) for region in spec.regions)
+        rows = sum(len(p.d) for region in spec.regions for p in region.outputs)
+        print(f"{path}: n_inputs={spec.n_inputs} n_outputs={spec.n_outputs} regions={len(spec.regions)} "
+              f"polytopes={polytopes} rows={rows} parse_seconds={seconds:.4f}")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 2:
+        sys.exit("usage: python -m lirpac.vnnlib FILE [FILE...]")
+    _main(sys.argv[1:])
