@@ -35,7 +35,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+    sys.path.append(str(REPO))
 
 METHODS = ("ibp", "crown-ibp", "forward", "forward+crown", "crown")
 BATCHES = (1, 32)
@@ -272,7 +272,8 @@ def run_config(cfg, timeout):
     base = {"model": cfg["model"], "method": cfg["method"], "batch": cfg["batch"], "eps": cfg["eps"]}
     cmd = [sys.executable, str(Path(__file__).resolve()), "--_worker", json.dumps(cfg)]
     env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    # the repository root (for examples.models) after any user PYTHONPATH entries
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [env.get("PYTHONPATH"), str(REPO)]))
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=env, start_new_session=True)
     try:
@@ -302,14 +303,14 @@ def _fmt(v, spec):
     return format(v, spec)
 
 
-COLUMNS = [("model", "<", 10), ("method", "<", 13), ("batch", ">", 5), ("time (ms)", ">", 10),
+COLUMNS = [("model", "<", 10), ("method", "<", 13), ("batch", ">", 5), ("time (ms)", ">", 12),
            ("peak mem (MB)", ">", 13), ("mean width", ">", 11), ("compile (s)", ">", 11)]
 
 
 def table_header():
     cells = [f"{name:{al}{w}}" for name, al, w in COLUMNS]
-    rule = [("-" * (w - 1) + ":") if al == ">" else "-" * w for name, al, w in COLUMNS]
-    return "| " + " | ".join(cells) + " |\n|" + "|".join(f"-{r}-" for r in rule) + "|"
+    rule = [("-" * (w + 1) + ":") if al == ">" else "-" * (w + 2) for name, al, w in COLUMNS]
+    return "| " + " | ".join(cells) + " |\n|" + "|".join(rule) + "|"
 
 
 def table_row(r):

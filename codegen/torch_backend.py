@@ -212,6 +212,10 @@ class _Emitter:
         ret_A = "None"
         if final == "ibp":
             self.final_ibp(out)
+            if not lo:
+                self.emit("lower = None")
+            if not up:
+                self.emit("upper = None")
         elif final == "forward":
             self.emit(f"_out = forward_spec({'C' if plan.spec else 'None'}, {out.name}_lin)")
             self.emit(f"lower = inp.concretize(_out.lw, _out.lb, upper=False)" if lo else "lower = None")

@@ -57,13 +57,17 @@ class _Lowering:
         self.env: dict[Any, Any] = {}
         self.perturbed_inputs = perturbed_inputs
         self.fx_node = None
+        self.batch_symbol = None    # the SymInt of the batch size, read off the first input
+
+    def is_batch_dim(self, size) -> bool:
+        return isinstance(size, torch.SymInt) and str(size) == str(self.batch_symbol)
 
     # -- helpers ---------------------------------------------------------------------------
-    def error(self, message: str) -> UnsupportedOperationError:
+    def error(self, message: str, hint: str = "") -> UnsupportedOperationError:
         n = self.fx_node
         src = source_of(n)
         where = f"node %{n.name}" + (f" ({src})" if src else "")
-        return UnsupportedOperationError(f"{message} at {where}")
+        return UnsupportedOperationError(f"{message} at {where}" + (f". {hint}" if hint else ""))
 
     def value(self, arg):
         if isinstance(arg, torch.fx.Node):
@@ -81,7 +85,7 @@ class _Lowering:
         shape, dtype = self.meta_shape()
         batched = any(i.batched for i in inputs)
         if batched:
-            if not shape or not isinstance(shape[0], torch.SymInt):
+            if not shape or not self.is_batch_dim(shape[0]):
                 raise self.error(f"'{n.target}' mixes the batch dimension with others "
                                  "(lirpac keeps dim 0 as the batch); reshape per sample instead")
             shape = shape[1:]
@@ -123,6 +127,8 @@ class _Lowering:
                                                  shape=tuple(t.shape), dtype=t.dtype, value=t)
                 elif n.name in user_inputs:
                     shape, dtype = self.meta_shape()
+                    if self.batch_symbol is None:
+                        self.batch_symbol = shape[0]
                     self.env[n] = self.graph.add("input", [], name=n.name, shape=tuple(int(s) for s in shape[1:]),
                                                  dtype=dtype, batched=True,
                                                  perturbed=n.name in self.perturbed_inputs)
@@ -165,8 +171,9 @@ class _Lowering:
         if key.startswith("_assert") or key in ("_assert_tensor_metadata.default",):
             return None
         raise self.error(
-            f"unsupported op '{name}': lirpac has no bound rule for it. Supported ATen ops are "
-            "listed in docs/ops.md; rewrite the model with those, or add an OpDef")
+            f"unsupported op '{name}'",
+            "lirpac has no bound rule for it. Supported ATen ops are listed in docs/ops.md: "
+            "rewrite the model with those, or add an OpDef for it (see docs/ops.md)")
 
     def const_fn(self, n, name: str) -> Node:
         inputs: list[Node] = []
@@ -285,7 +292,7 @@ def _bn_no_training(lw: _Lowering, x, weight, bias, mean, var, momentum, eps):
 def _reshape(lw: _Lowering, x, *rest, **kw):
     x = lw.value(x)
     shape, _ = lw.meta_shape()
-    if not shape or not isinstance(shape[0], torch.SymInt):
+    if not shape or not lw.is_batch_dim(shape[0]):
         raise lw.error("this reshape merges the batch dimension with others; keep dim 0 as the "
                        "batch (e.g. x.view(x.shape[0], -1) or x.flatten(1))")
     per_sample = tuple(int(s) for s in shape[1:])
@@ -426,7 +433,21 @@ def _reduce(op: str):
     return convert
 
 
+def _filled_like(fill):
+    def convert(lw: _Lowering, x, *args, **kwargs):
+        """A tensor of the input's shape whose values do not depend on it: a constant with
+        a batch dim of 1 that broadcasts over the batch."""
+        node = lw.value(x)
+        value = fill(node, args, kwargs)
+        return lw.graph.add("constant", [], name=lw.fx_node.name, shape=tuple(value.shape),
+                            dtype=value.dtype, value=value, source=source_of(lw.fx_node))
+    return convert
+
+
 _CONVERTERS: dict[str, Callable] = {
+    "ones_like.default": _filled_like(lambda n, a, k: torch.ones((1, *n.shape), dtype=n.dtype)),
+    "zeros_like.default": _filled_like(lambda n, a, k: torch.zeros((1, *n.shape), dtype=n.dtype)),
+    "full_like.default": _filled_like(lambda n, a, k: torch.full((1, *n.shape), float(a[0]), dtype=n.dtype)),
     "linear.default": _linear,
     "addmm.default": _addmm,
     "matmul.default": _matmul,

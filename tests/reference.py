@@ -265,8 +265,13 @@ def _ibp_affine_lp(W, b, inp):
     return c - r, c + r
 
 
-def _ibp_all(layers, inp, lp_dual_first_layer=False):
-    """bounds[i] = (lo, hi) of the input of layer i; bounds[-1] is the output."""
+def _ibp_all(layers, inp, lp_dual_first_layer=False, relu_inputs=None):
+    """bounds[i] = (lo, hi) of the input of layer i; bounds[-1] is the output.
+
+    relu_inputs: optional {i: (l, u)}; at ReLU layer i these bounds replace the
+    propagated interval (used to restart IBP from already computed bounds).
+    """
+    relu_inputs = relu_inputs or {}
     bounds = [(inp.box_lo, inp.box_hi)]
     for i, layer in enumerate(layers):
         lo, hi = bounds[-1]
@@ -276,32 +281,42 @@ def _ibp_all(layers, inp, lp_dual_first_layer=False):
             else:
                 bounds.append(_ibp_affine(layer[1], layer[2], lo, hi))
         else:
+            lo, hi = relu_inputs.get(i, (lo, hi))
             bounds.append((lo.clamp(min=0), hi.clamp(min=0)))
     return bounds
+
+
+def _fold_c_into_last_linear(model, layers, C):
+    """If the model's last module is nn.Linear, return layers with C folded in
+    (W' = C W, b' = C b, batched); otherwise return None.
+
+    This is what auto_LiRPA does for IBP and forward mode: only a final
+    BoundLinear node absorbs C (a final Conv2d or Flatten does not).
+    """
+    if C is None or not isinstance(list(model)[-1], nn.Linear):
+        return None
+    _, W, b = layers[-1]
+    return layers[:-1] + [("affine", C @ W, C @ b)]
 
 
 def ref_ibp(model, x, eps, norm, C=None, x_lower=None, x_upper=None,
             lp_dual_first_layer=False):
     """Interval bound propagation.
 
-    If C is given and the last layer is affine (Linear/Conv2d, Flatten ignored),
-    C is folded into it (W' = C W, b' = C b) before the last IBP step;
-    otherwise C is applied to the output interval with centre/radius.
+    If C is given and the model's last module is nn.Linear, C is folded into it
+    (W' = C W, b' = C b) before the last IBP step; otherwise C is applied to
+    the output interval with centre/radius (C c ± |C| r).
 
-    ``lp_dual_first_layer=True`` mimics auto_LiRPA for norms 2/1: if the first
-    layer is affine its output bounds are ``W x + b ± eps ||W_row||_q`` instead
-    of interval arithmetic on the box ``x ± eps`` (ignores the domain box).
+    ``lp_dual_first_layer=True`` mimics auto_LiRPA's Linear layer for norms 2/1:
+    if the first layer is affine its output bounds are ``W x + b ± eps ||W_row||_q``
+    instead of interval arithmetic on the box ``x ± eps`` (ignores the domain box).
     """
     layers, inp, widths = _setup(model, x, eps, norm, x_lower, x_upper)
     if C is None:
-        lo, hi = _ibp_all(layers, inp, lp_dual_first_layer)[-1]
-        return lo, hi
+        return _ibp_all(layers, inp, lp_dual_first_layer)[-1]
     C = _spec(C, inp.batch, widths[-1])
-    if layers and layers[-1][0] == "affine":
-        _, W, b = layers[-1]
-        W_folded = C @ W                      # (batch, n_spec, n_in)
-        b_folded = C @ b                      # (batch, n_spec)
-        folded = layers[:-1] + [("affine", W_folded, b_folded)]
+    folded = _fold_c_into_last_linear(model, layers, C)
+    if folded is not None:
         return _ibp_all(folded, inp, lp_dual_first_layer)[-1]
     lo, hi = _ibp_all(layers, inp, lp_dual_first_layer)[-1]
     return _ibp_affine(C, torch.zeros(C.shape[:2], dtype=DTYPE), lo, hi)
@@ -348,14 +363,27 @@ def _backward(layers, pre_bounds, end, A, inp):
     return lower, upper
 
 
-def _crown_pre_bounds(layers, inp, widths):
-    """Pre-activation bounds of every ReLU, each by a full backward pass."""
+def _crown_pre_bounds(layers, inp, widths, sparse_ibp=False):
+    """Pre-activation bounds of every ReLU, each by a full backward pass.
+
+    sparse_ibp=True mimics auto_LiRPA's default ``sparse_intermediate_bounds``:
+    a reference interval is computed by IBP restarted from the bounds already
+    computed for earlier ReLUs; neurons that this reference proves stable for
+    *every* batch element keep the reference interval, the others get CROWN.
+    """
     pre_bounds = {}
     for i, layer in enumerate(layers):
         if layer[0] == "relu":
             n = widths[i]
             eye = torch.eye(n, dtype=DTYPE).expand(inp.batch, n, n)
-            pre_bounds[i] = _backward(layers, pre_bounds, i, eye, inp)
+            l, u = _backward(layers, pre_bounds, i, eye, inp)
+            if sparse_ibp:
+                ref_l, ref_u = _ibp_all(layers[:i], inp, lp_dual_first_layer=True,
+                                        relu_inputs=pre_bounds)[-1]
+                unstable_somewhere = ((ref_l < 0) & (ref_u > 0)).any(dim=0)
+                l = torch.where(unstable_somewhere, l, ref_l)
+                u = torch.where(unstable_somewhere, u, ref_u)
+            pre_bounds[i] = (l, u)
     return pre_bounds
 
 
@@ -364,10 +392,15 @@ def _ibp_pre_bounds(layers, inp, lp_dual_first_layer=False):
     return {i: bounds[i] for i, layer in enumerate(layers) if layer[0] == "relu"}
 
 
-def ref_crown(model, x, eps, norm, C=None, x_lower=None, x_upper=None):
-    """CROWN: intermediate and final bounds by backward passes."""
+def ref_crown(model, x, eps, norm, C=None, x_lower=None, x_upper=None,
+              sparse_ibp=False):
+    """CROWN: intermediate and final bounds by backward passes.
+
+    sparse_ibp: see ``_crown_pre_bounds`` (auto_LiRPA's default heuristic; it
+    makes the result depend on the other batch elements).
+    """
     layers, inp, widths = _setup(model, x, eps, norm, x_lower, x_upper)
-    pre_bounds = _crown_pre_bounds(layers, inp, widths)
+    pre_bounds = _crown_pre_bounds(layers, inp, widths, sparse_ibp)
     A = _spec(C, inp.batch, widths[-1])
     return _backward(layers, pre_bounds, len(layers), A, inp)
 
@@ -399,10 +432,11 @@ def _forward_all(layers, inp):
     pre_bounds = {}
     for i, layer in enumerate(layers):
         if layer[0] == "affine":
-            _, W, b = layer
+            _, W, b = layer  # W may be batched (C folded in): (batch, n_out, n_in)
             Wp, Wn = W.clamp(min=0), W.clamp(max=0)
             lw, uw = Wp @ lw + Wn @ uw, Wp @ uw + Wn @ lw
-            lb, ub = lb @ Wp.t() + ub @ Wn.t() + b, ub @ Wp.t() + lb @ Wn.t() + b
+            lb, ub = (_matvec(Wp, lb) + _matvec(Wn, ub) + b,
+                      _matvec(Wp, ub) + _matvec(Wn, lb) + b)
         else:
             l = _concretize(lw, inp, -1) + lb
             u = _concretize(uw, inp, +1) + ub
@@ -417,16 +451,25 @@ def _forward_all(layers, inp):
     return pre_bounds, (lw, lb, uw, ub)
 
 
-def ref_forward(model, x, eps, norm, C=None, x_lower=None, x_upper=None):
-    """Forward mode; the final C is applied with a sign split."""
+def ref_forward(model, x, eps, norm, C=None, x_lower=None, x_upper=None,
+                fold_c=False):
+    """Forward mode; the final C is applied with a sign split.
+
+    fold_c=True mimics auto_LiRPA: if the model's last module is nn.Linear,
+    C is folded into it (W' = C W) instead (tighter); otherwise sign split.
+    """
     layers, inp, widths = _setup(model, x, eps, norm, x_lower, x_upper)
-    _, (lw, lb, uw, ub) = _forward_all(layers, inp)
     C = _spec(C, inp.batch, widths[-1])
+    folded = _fold_c_into_last_linear(model, layers, C) if fold_c else None
+    if folded is not None:
+        layers = folded
+        C = _spec(None, inp.batch, C.shape[1])
+    _, (lw, lb, uw, ub) = _forward_all(layers, inp)
     Cp, Cn = C.clamp(min=0), C.clamp(max=0)
     spec_lw = Cp @ lw + Cn @ uw
     spec_uw = Cp @ uw + Cn @ lw
-    spec_lb = torch.einsum("bso,bo->bs", Cp, lb) + torch.einsum("bso,bo->bs", Cn, ub)
-    spec_ub = torch.einsum("bso,bo->bs", Cp, ub) + torch.einsum("bso,bo->bs", Cn, lb)
+    spec_lb = _matvec(Cp, lb) + _matvec(Cn, ub)
+    spec_ub = _matvec(Cp, ub) + _matvec(Cn, lb)
     lower = _concretize(spec_lw, inp, -1) + spec_lb
     upper = _concretize(spec_uw, inp, +1) + spec_ub
     return lower, upper

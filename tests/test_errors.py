@@ -1,0 +1,94 @@
+"""Bad input gives a precise lirpac error, never a deep traceback or a silent wrong bound."""
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+
+import lirpac
+from lirpac.errors import InputError, UnsupportedOperationError
+
+
+@pytest.fixture(scope="module")
+def net():
+    torch.manual_seed(0)
+    return lirpac.compile(nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)).eval(), torch.randn(1, 4))
+
+
+class Unsupported(nn.Module):
+    def forward(self, x):
+        return torch.linalg.qr(x.reshape(x.shape[0], 2, 2)).Q.flatten(1)
+
+
+def test_unsupported_op_names_op_node_and_source():
+    with pytest.raises(UnsupportedOperationError) as info:
+        lirpac.compile(Unsupported().eval(), torch.randn(1, 4))
+    msg = str(info.value)
+    assert "unsupported op 'aten.linalg_qr.default' at node %linalg_qr (test_errors.py:" in msg
+    assert "docs/ops.md" in msg
+
+
+@pytest.mark.parametrize("eps", [-0.1, float("nan")])
+def test_bad_eps(eps):
+    with pytest.raises(InputError, match="eps"):
+        lirpac.LpBall(eps=eps)
+
+
+def test_bad_per_sample_eps(net):
+    with pytest.raises(InputError, match="eps"):
+        net.bounds(torch.randn(2, 4), lirpac.LpBall(eps=torch.tensor([0.1, -0.1])))
+    with pytest.raises(InputError, match="eps"):
+        net.bounds(torch.randn(2, 4), lirpac.LpBall(eps=torch.tensor([0.1, float("nan")])))
+    with pytest.raises(InputError, match="broadcast"):
+        net.bounds(torch.randn(2, 4), lirpac.LpBall(eps=torch.ones(3)))
+
+
+@pytest.mark.parametrize("norm", [0, 3, "l3", None])
+def test_bad_norm(norm):
+    with pytest.raises(InputError, match="norm"):
+        lirpac.LpBall(eps=0.1, norm=norm)
+
+
+def test_norm_names_accepted():
+    assert lirpac.LpBall(eps=0.1, norm="inf").norm == math.inf
+    assert lirpac.LpBall(eps=0.1, norm="l2").norm == 2.0
+
+
+def test_wrong_input_shape(net):
+    with pytest.raises(InputError, match=r"input shape \(2, 5\)"):
+        net.bounds(torch.randn(2, 5), lirpac.LpBall(eps=0.1))
+
+
+def test_lower_above_upper(net):
+    with pytest.raises(InputError, match="lower > upper"):
+        net.bounds(torch.zeros(1, 4), lirpac.Box(torch.ones(1, 4), torch.zeros(1, 4)))
+
+
+def test_ball_outside_domain(net):
+    with pytest.raises(InputError, match="domain"):
+        net.bounds(torch.full((1, 4), 5.0), lirpac.LpBall(eps=0.1, lower=0.0, upper=1.0))
+
+
+def test_bad_method_and_spec(net):
+    with pytest.raises(InputError, match="unknown method"):
+        net.bounds(torch.randn(1, 4), lirpac.LpBall(eps=0.1), method="crwn")
+    with pytest.raises(InputError, match="C must have shape"):
+        net.bounds(torch.randn(1, 4), lirpac.LpBall(eps=0.1), C=torch.ones(1, 2, 3))
+    with pytest.raises(InputError, match="perturbation"):
+        net.bounds(torch.randn(1, 4), 0.1)
+    with pytest.raises(InputError, match="floating"):
+        net.bounds(torch.ones(1, 4, dtype=torch.int64), lirpac.LpBall(eps=0.1))
+
+
+def test_batch_dependent_model_is_rejected():
+    class MixesBatch(nn.Module):
+        def forward(self, x):
+            return x.reshape(-1)
+    with pytest.raises(UnsupportedOperationError, match="batch"):
+        lirpac.compile(MixesBatch().eval(), torch.randn(1, 4))
+
+
+def test_batchnorm_in_training_mode_is_bounded_in_eval_mode_with_a_warning():
+    model = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3))
+    with pytest.warns(UserWarning, match="training mode"):
+        lirpac.compile(model, torch.randn(1, 4))
