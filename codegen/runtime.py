@@ -73,3 +73,35 @@ def forward_spec(C, lin: Linear) -> Linear:
     new_uw = pos.matmul(uw.transpose(1, 2)) + neg.matmul(lw.transpose(1, 2))
     return Linear(new_lw, (pos.matmul(lb) + neg.matmul(ub)).squeeze(-1),
                   new_uw, (pos.matmul(ub) + neg.matmul(lb)).squeeze(-1))
+
+
+# -- sparse intermediate bounds: backward passes only for the neurons that need them ----------
+
+def straddling_rows(bounds: Interval) -> torch.Tensor:
+    """Indices of neurons whose reference bounds straddle 0 in some sample of the batch: only
+    those change a ReLU-like relaxation when tightened."""
+    lower, upper = bounds.lower.flatten(1), bounds.upper.flatten(1)
+    return ((lower < 0) & (upper > 0)).any(0).nonzero().squeeze(1)
+
+
+def identity_rows(batch: int, rows: torch.Tensor, shape: tuple, like: torch.Tensor) -> torch.Tensor:
+    """(B, k, *shape) coefficients selecting the neurons ``rows``."""
+    n = 1
+    for s in shape:
+        n *= s
+    onehot = torch.zeros(rows.shape[0], n, dtype=like.dtype, device=like.device)
+    onehot[torch.arange(rows.shape[0], device=like.device), rows] = 1.0
+    return onehot.reshape(rows.shape[0], *shape).expand(batch, rows.shape[0], *shape)
+
+
+def tighten(reference: Interval, lower: torch.Tensor, upper: torch.Tensor, rows=None) -> Interval:
+    """Intersect reference bounds with (B, k) bounds of the neurons ``rows`` (all if None):
+    both are sound, so their intersection is, and no neuron gets looser than its reference."""
+    ref_lower, ref_upper = reference.lower.flatten(1), reference.upper.flatten(1)
+    if rows is None:
+        new_lower, new_upper = torch.maximum(ref_lower, lower), torch.minimum(ref_upper, upper)
+    else:
+        new_lower = ref_lower.index_copy(1, rows, torch.maximum(ref_lower.index_select(1, rows), lower))
+        new_upper = ref_upper.index_copy(1, rows, torch.minimum(ref_upper.index_select(1, rows), upper))
+    shape = reference.lower.shape
+    return Interval(new_lower.reshape(shape), new_upper.reshape(shape))

@@ -41,6 +41,7 @@ class Plan:
     lower: bool = True
     upper: bool = True
     return_A: bool = False      # also return the linear bounds at the input
+    sparse: bool = True         # CROWN: backward passes only for neurons an IBP reference leaves unstable
 
 
 def _literal(value, consts: dict) -> str:
@@ -129,27 +130,31 @@ class _Emitter:
             if n in self.needs:
                 self.bounds[n] = f"{n.name}_lin.bounds"
 
-    def backward(self, target: Node, spec: bool, lower: bool, upper: bool) -> None:
-        """Emit a backward pass from ``target``; leaves lA_<x>, uA_<x>, lbias, ubias."""
+    def backward(self, target: Node, spec: bool, lower: bool, upper: bool, rows: str | None = None) -> None:
+        """Emit a backward pass from ``target``; leaves lA_<x>, uA_<x>, lbias, ubias.
+        ``rows`` names a tensor of neuron indices: the pass then bounds those neurons only."""
         nodes = self.region([target])
         have: set[Node] = set()
-        self.emit(f"# backward from %{target.name} ({'spec C' if spec else 'identity spec'})")
+        what = "spec C" if spec else ("identity spec" if rows is None else f"identity rows {rows}")
+        self.emit(f"# backward from %{target.name} ({what})")
+        pick = "" if rows is None else f".index_select(1, {rows})"
         op = get_op(target.op)
         skip_target = False
         if not spec and op.jacobian is not None:
             args = ["None" if i.perturbed else i.name for i in target.inputs]
             self.emit(f"_coeffs, _bias = {self.call(self.rule(target.op, 'jacobian', target), ['B'] + args, self.attrs(target))}")
-            self.emit(f"lbias = {'_bias' if lower else 0}")
-            self.emit(f"ubias = {'_bias' if upper else 0}")
+            self.emit(f"lbias = {'_bias' + pick if lower else 0}")
+            self.emit(f"ubias = {('lbias' if lower else '_bias' + pick) if upper else 0}")
             for k, i in enumerate(target.inputs):
                 if i.perturbed:
-                    self.emit(f"lA_{i.name} = {f'_coeffs[{k}]' if lower else None}")
-                    self.emit(f"uA_{i.name} = {f'_coeffs[{k}]' if upper else None}")
+                    self.emit(f"lA_{i.name} = {f'_coeffs[{k}]{pick}' if lower else None}")
+                    self.emit(f"uA_{i.name} = {(f'lA_{i.name}' if lower else f'_coeffs[{k}]{pick}') if upper else None}")
                     have.add(i)
             skip_target = True
         else:
             start = (f"spec_coeffs(C, B, {target.shape!r})" if spec
-                     else f"identity_spec(B, {target.shape!r}, inp.lower)")
+                     else f"identity_spec(B, {target.shape!r}, inp.lower)" if rows is None
+                     else f"identity_rows(B, {rows}, {target.shape!r}, inp.lower)")
             self.emit(f"lA_{target.name} = {start if lower else None}")
             self.emit(f"uA_{target.name} = {(f'lA_{target.name}' if lower else start) if upper else None}")
             self.emit("lbias = ubias = 0")
@@ -177,15 +182,26 @@ class _Emitter:
                     have.add(i)
 
     def intermediate_backward(self) -> None:
+        """CROWN's intermediate bounds: a backward pass per node that needs bounds, tightening
+        an IBP reference. When every nonlinear user of the node is exact once the sign is
+        known (ReLU), only neurons whose reference straddles 0 get a pass (their rows of the
+        identity spec); the others keep the reference, which changes no relaxation."""
+        self.ibp(self.region(self.needs))
+        users = self.graph.users()
+        x = self.x.name
         for n in self.needs:
             if n is self.x:
                 self.emit(f"{n.name}_bounds = Interval(inp.lower, inp.upper)")
-            else:
-                self.backward(n, spec=False, lower=True, upper=True)
-                x = self.x.name
-                shape = f"B, {', '.join(map(str, n.shape))}" if n.shape else "B"
-                self.emit(f"{n.name}_bounds = Interval(inp.concretize(lA_{x}, lbias, upper=False).reshape({shape}), "
-                          f"inp.concretize(uA_{x}, ubias, upper=True).reshape({shape}))")
+                self.bounds[n] = f"{n.name}_bounds"
+                continue
+            sparse = self.plan.sparse and all(
+                get_op(u.op).exact_when_sign_known for u in users[n] if get_op(u.op).nonlinear)
+            rows = f"{n.name}_rows" if sparse else None
+            if sparse:
+                self.emit(f"{rows} = straddling_rows({n.name})")
+            self.backward(n, spec=False, lower=True, upper=True, rows=rows)
+            self.emit(f"{n.name}_bounds = tighten({n.name}, inp.concretize(lA_{x}, lbias, upper=False), "
+                      f"inp.concretize(uA_{x}, ubias, upper=True){', ' + rows if rows else ''})")
             self.bounds[n] = f"{n.name}_bounds"
 
     # -- the whole function ----------------------------------------------------------------
@@ -254,7 +270,9 @@ def generate(graph: Graph, plan: Plan) -> tuple[str, dict]:
     namespace = {"Interval": Interval, "Linear": Linear, "acc": runtime.acc,
                  "identity_spec": runtime.identity_spec, "spec_coeffs": runtime.spec_coeffs,
                  "ibp_spec": runtime.ibp_spec, "ibp_spec_linear": runtime.ibp_spec_linear,
-                 "input_linear": runtime.input_linear, "forward_spec": runtime.forward_spec}
+                 "input_linear": runtime.input_linear, "forward_spec": runtime.forward_spec,
+                 "straddling_rows": runtime.straddling_rows, "identity_rows": runtime.identity_rows,
+                 "tighten": runtime.tighten}
     for op, mode in emitter.rules:
         opdef = REGISTRY[op]
         namespace[f"{_MODE_PREFIX[mode]}_{op}"] = getattr(opdef, mode)

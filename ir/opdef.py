@@ -61,6 +61,9 @@ class OpDef:
     # The backward rule takes ``in_shapes=`` (the per-sample shape of each perturbed input,
     # None for constants), for ops whose coefficients cannot tell the input's shape.
     backward_needs_shapes: bool = False
+    # The relaxation is exact whenever the input's bounds do not straddle 0 (ReLU, leaky ReLU,
+    # abs): bounds of such inputs are only worth tightening where they straddle 0.
+    exact_when_sign_known: bool = False
     # ATen ops (e.g. "sigmoid.default", "leaky_relu.default") the torch frontend lowers to this op
     # generically: tensor arguments become inputs, the others attrs named as in the ATen schema.
     aten: tuple[str, ...] = ()
@@ -82,6 +85,19 @@ class OpDef:
 
 
 REGISTRY: dict[str, OpDef] = {}
+
+# ATen overload name ('max_pool2d.default') -> converter(lowering, *args, **kwargs) -> Node, for
+# ops whose lowering needs more than the generic `OpDef.aten` mapping. Op files register them
+# next to their OpDef with @aten_lowering, so an op stays one place to touch.
+ATEN_LOWERINGS: dict[str, Callable] = {}
+
+
+def aten_lowering(*names: str):
+    def decorate(fn):
+        for name in names:
+            ATEN_LOWERINGS[name] = fn
+        return fn
+    return decorate
 
 
 def register(op: OpDef) -> OpDef:

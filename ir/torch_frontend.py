@@ -17,7 +17,7 @@ from torch.export import Dim, export
 
 from lirpac.errors import InputError, UnsupportedOperationError
 from lirpac.ir.graph import Graph, Node
-from lirpac.ir.opdef import REGISTRY, get_op
+from lirpac.ir.opdef import ATEN_LOWERINGS, REGISTRY, get_op
 
 _INT_MAX = 2 ** 62
 
@@ -166,6 +166,8 @@ class _Lowering:
             return self.value(n.args[0])
         if key in _CONVERTERS:
             return _CONVERTERS[key](self, *n.args, **n.kwargs)
+        if key in ATEN_LOWERINGS:
+            return ATEN_LOWERINGS[key](self, *n.args, **n.kwargs)
         if key in _GENERIC:
             return self.generic(n, _GENERIC[key])
         if key.startswith("_assert") or key in ("_assert_tensor_metadata.default",):
@@ -507,7 +509,7 @@ _GENERIC: dict[str, str] = {}
 
 def supported_aten_ops() -> list[str]:
     """Every ATen op (overload) the torch frontend lowers."""
-    return sorted(set(_CONVERTERS) | _ALIASES | set(_generic_table()))
+    return sorted(set(_CONVERTERS) | _ALIASES | set(_generic_table()) | set(ATEN_LOWERINGS))
 
 
 def _example_batch(example: torch.Tensor) -> torch.Tensor:

@@ -123,7 +123,7 @@ class InputSet:
 
     def concretize(self, coeff: torch.Tensor, bias, upper: bool) -> torch.Tensor:
         """max (upper) or min (lower) of coeff . x + bias over the set; coeff (B, S, *in)."""
-        a = coeff.reshape(coeff.shape[0], coeff.shape[1], -1)
+        a = coeff.flatten(2)
         sign = 1.0 if upper else -1.0
         result = None
         if self.use_box:
@@ -140,8 +140,8 @@ class InputSet:
     def concretize_linear(self, lin) -> tuple[torch.Tensor, torch.Tensor]:
         """Bounds of a node from its forward-mode linear functions (lw: (B, N, *shape))."""
         shape = lin.lb.shape
-        lw = lin.lw.reshape(lin.lw.shape[0], lin.lw.shape[1], -1).transpose(1, 2)
-        uw = lin.uw.reshape(lin.uw.shape[0], lin.uw.shape[1], -1).transpose(1, 2)
+        lw = lin.lw.flatten(2).transpose(1, 2)
+        uw = lin.uw.flatten(2).transpose(1, 2)
         lower = self.concretize(lw, lin.lb.reshape(shape[0], -1), upper=False).reshape(shape)
         upper = self.concretize(uw, lin.ub.reshape(shape[0], -1), upper=True).reshape(shape)
         return lower, upper

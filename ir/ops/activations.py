@@ -24,4 +24,5 @@ def relu_relax(lower, upper):
     return l_slope, torch.zeros_like(lo), u_slope, u_bias
 
 
-elementwise("relu", torch.relu, relu_relax, aten=("relu.default",), doc="max(x, 0)")
+elementwise("relu", torch.relu, relu_relax, aten=("relu.default",), doc="max(x, 0)",
+            exact_when_sign_known=True)

@@ -99,7 +99,8 @@ def monotone_ibp(fn):
     return ibp
 
 
-def elementwise(name: str, fn, relax, ibp=None, aten: tuple[str, ...] = (), doc: str = "") -> OpDef:
+def elementwise(name: str, fn, relax, ibp=None, aten: tuple[str, ...] = (), doc: str = "",
+                exact_when_sign_known: bool = False) -> OpDef:
     """Register a unary elementwise nonlinear op from its function and relaxation.
 
     ``relax(lower, upper, **attrs)`` returns (l_slope, l_bias, u_slope, u_bias); ``ibp``
@@ -112,7 +113,8 @@ def elementwise(name: str, fn, relax, ibp=None, aten: tuple[str, ...] = (), doc:
         return relaxed_forward(x, relax(x.bounds.lower, x.bounds.upper, **attrs))
 
     return register(OpDef(name=name, forward=fn, ibp=ibp or monotone_ibp(fn), backward=backward,
-                          forward_mode=forward_mode, nonlinear=True, aten=aten, doc=doc))
+                          forward_mode=forward_mode, nonlinear=True, aten=aten, doc=doc,
+                          exact_when_sign_known=exact_when_sign_known))
 
 
 # -- ops that are linear maps of their single perturbed input ------------------------------

@@ -1,0 +1,960 @@
+"""Lower an ONNX model to the bound IR.
+
+The model is read as a function of ONE sample: VNN-COMP files fix the batch to 1 (or leave it
+symbolic, or have no batch dimension at all), and a property is stated for one input. Every
+perturbed ONNX tensor is tracked as an IR node plus one flag, ``batch``:
+
+- ``batch=True``: the tensor's ONNX dim 0 is the size-1 batch and is the IR's free batch
+  dimension; the node's per-sample shape is the ONNX shape without dim 0.
+- ``batch=False``: the IR prepends a batch dimension the ONNX tensor does not have; the
+  per-sample shape is the whole ONNX shape (rank-1 inputs such as ACAS Xu-style vectors).
+
+An ONNX axis ``a`` is IR dim ``a`` in the first case and ``a + 1`` in the second. An op that acts
+on ONNX dim 0 of a ``batch=True`` tensor (a transpose moving it, a concat along it, a reshape
+mixing it) first *absorbs* the batch: a reshape to the per-sample shape ``(1, *shape)``, which
+is exact because the ONNX batch is 1. Ops that need the N, C, spatial layout (Conv, pooling,
+BatchNormalization) do the reverse when the leading dim is 1.
+
+Constant subgraphs (initializers, Constant nodes, shape arithmetic) are folded at load time
+with ONNX's reference evaluator, so the IR only sees perturbed nodes and constant tensors.
+Shapes come from running each new IR node's forward rule on a dummy batch of 2 (2, so that a
+mix-up of the batch with a size-1 dim shows). After lowering, the IR is evaluated against
+onnxruntime on random inputs; a disagreement above 1e-4 (relative to max(1, |output|)) raises.
+
+``lower_onnx`` returns the graph and a runner: a callable that runs the ORIGINAL model with
+onnxruntime on a torch batch (samples one by one when the model's batch is fixed), used to
+confirm counterexamples.
+"""
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from lirpac.errors import ModelFormatError, UnsupportedOperationError
+from lirpac.ir.graph import Graph, Node
+from lirpac.ir.opdef import REGISTRY, get_op
+from lirpac.ir.torch_frontend import remove_dead_nodes
+
+# relative tolerance of the load-time check against onnxruntime
+CHECK_TOLERANCE = 1e-4
+
+_FLOAT_TYPES = {1: torch.float32, 11: torch.float64}   # onnx.TensorProto.FLOAT / DOUBLE
+_NP_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
+_INT_MAX = 2 ** 62
+
+
+@dataclass
+class _Value:
+    """A perturbed ONNX tensor: its IR node and whether ONNX dim 0 is the IR batch dim."""
+    node: Node
+    batch: bool
+
+    @property
+    def onnx_shape(self) -> tuple[int, ...]:
+        return ((1,) + self.node.shape) if self.batch else self.node.shape
+
+    @property
+    def rank(self) -> int:
+        return len(self.onnx_shape)
+
+
+def _attrs(node) -> dict[str, Any]:
+    import onnx
+    out = {}
+    for a in node.attribute:
+        v = onnx.helper.get_attribute_value(a)
+        if isinstance(v, bytes):
+            v = v.decode()
+        elif isinstance(v, onnx.TensorProto):
+            v = onnx.numpy_helper.to_array(v)
+        out[a.name] = v
+    return out
+
+
+def _norm_axis(axis: int, rank: int) -> int:
+    a = axis + rank if axis < 0 else axis
+    if not 0 <= a < max(rank, 1):
+        raise IndexError(axis)
+    return a
+
+
+class _Lowering:
+    def __init__(self, model, opset: int):
+        self.model = model
+        self.opset = opset
+        self.graph = Graph()
+        self.env: dict[str, np.ndarray | _Value] = {}
+        self.dummy: dict[Node, torch.Tensor] = {}
+        self.const_nodes: dict[int, Node] = {}
+        self.skip: set[int] = set()          # ids of ONNX nodes already lowered by a fusion
+        self.onnx_node = None
+        self.dtype = torch.float32
+        g = model.graph
+        self.consumers: dict[str, list] = {}
+        for n in g.node:
+            for name in n.input:
+                self.consumers.setdefault(name, []).append(n)
+        self.graph_outputs = {o.name for o in g.output}
+
+    # -- errors ------------------------------------------------------------------------------
+    def where(self) -> str:
+        n = self.onnx_node
+        return f"ONNX {n.op_type} node '{n.name or n.output[0]}'"
+
+    def unsupported(self, message: str) -> UnsupportedOperationError:
+        return UnsupportedOperationError(f"{self.where()}: {message}")
+
+    # -- building ----------------------------------------------------------------------------
+    def base_name(self, node=None) -> str:
+        """A readable name for IR nodes made from an ONNX node: its name, else op and output."""
+        n = node or self.onnx_node
+        return n.name or f"{n.op_type.lower()}_{n.output[0]}"
+
+    def add(self, op: str, inputs: list[Node], suffix: str = "", **attrs) -> Node:
+        """Add an IR node; its shape comes from its forward rule on the dummy batch."""
+        opdef = get_op(op)
+        n = self.onnx_node
+        base = self.base_name() + suffix
+        try:
+            value = opdef.forward(*[self.dummy[i] for i in inputs], **attrs)
+        except Exception as err:  # a shape the op cannot take: a frontend limitation, say so
+            raise self.unsupported(f"lowering to IR op '{op}' failed on the example batch "
+                                   f"({type(err).__name__}: {err})") from err
+        node = self.graph.add(op, inputs, name=base, attrs=attrs, shape=tuple(value.shape[1:]),
+                              dtype=value.dtype, batched=True,
+                              perturbed=any(i.perturbed for i in inputs),
+                              source=f"{n.op_type} '{n.name or n.output[0]}'")
+        self.dummy[node] = value
+        return node
+
+    def const(self, array: np.ndarray, name: str = "const") -> Node:
+        """A constant IR node (one per array object)."""
+        key = id(array)
+        if key in self.const_nodes:
+            return self.const_nodes[key]
+        tensor = torch.from_numpy(np.array(array))
+        if tensor.is_floating_point():
+            tensor = tensor.to(self.dtype)
+        node = self.graph.add("constant", [], name=name, shape=tuple(tensor.shape), dtype=tensor.dtype,
+                              value=tensor)
+        self.const_nodes[key] = node
+        self.dummy[node] = tensor
+        self._keep = getattr(self, "_keep", [])
+        self._keep.append(array)  # the id stays valid while the lowering lives
+        return node
+
+    def reshape(self, v: _Value, onnx_shape: tuple[int, ...], suffix: str = "") -> _Value:
+        """The value reshaped to ``onnx_shape`` (same number of elements); a leading 1 of a
+        tensor of rank 2 or more becomes the batch dim."""
+        onnx_shape = tuple(int(s) for s in onnx_shape)
+        if onnx_shape == v.onnx_shape:
+            return v
+        batch = len(onnx_shape) >= 2 and onnx_shape[0] == 1
+        per_sample = onnx_shape[1:] if batch else onnx_shape
+        if per_sample == v.node.shape:
+            return _Value(v.node, batch)
+        return _Value(self.add("reshape", [v.node], suffix or "_reshape", shape=per_sample), batch)
+
+    def absorb(self, v: _Value) -> _Value:
+        """Make the size-1 ONNX batch dim a per-sample dim (exact: the ONNX batch is 1)."""
+        if not v.batch:
+            return v
+        return _Value(self.add("reshape", [v.node], "_unbatch", shape=v.onnx_shape), False)
+
+    def batched(self, v: _Value) -> _Value:
+        """The value with its leading ONNX dim as the IR batch (needs that dim to be 1)."""
+        if v.batch:
+            return v
+        if not v.node.shape or v.node.shape[0] != 1:
+            raise self.unsupported(f"the op needs a batch dim first (N, C, ...) but the input has "
+                                   f"shape {list(v.onnx_shape)}; lirpac bounds one sample (N = 1)")
+        return self.reshape(v, v.onnx_shape, "_batch")
+
+    def expand_rank(self, v: _Value, rank: int) -> _Value:
+        """Prepend size-1 dims so the ONNX rank is ``rank`` (for broadcasting)."""
+        if v.rank >= rank:
+            return v
+        v = self.absorb(v)
+        return _Value(self.add("reshape", [v.node], "_expand",
+                               shape=(1,) * (rank - v.rank) + v.node.shape), False)
+
+    def ir_dims(self, v: _Value, axes) -> tuple[_Value, list[int]]:
+        """IR dims of ONNX axes, absorbing the batch first when an axis is ONNX dim 0."""
+        try:
+            axes = [_norm_axis(int(a), v.rank) for a in axes]
+        except IndexError as err:
+            raise self.unsupported(f"axis {err} out of range for rank {v.rank}") from None
+        if v.batch and 0 in axes:
+            v = self.absorb(v)
+        return v, [a + (0 if v.batch else 1) for a in axes]
+
+    def input_value(self, name: str):
+        if name == "":
+            return None
+        if name not in self.env:
+            raise ModelFormatError(f"{self.where()} reads '{name}', which no node, input or "
+                                   "initializer defines (the graph is not topologically sorted?)")
+        return self.env[name]
+
+    # -- the walk ----------------------------------------------------------------------------
+    def run(self, input_info) -> Graph:
+        import onnx
+        g = self.model.graph
+        for init in g.initializer:
+            self.env[init.name] = onnx.numpy_helper.to_array(init)
+        name, per_sample, batch, dtype = input_info
+        self.dtype = dtype
+        x = self.graph.add("input", [], name=name, shape=per_sample, dtype=dtype, batched=True,
+                           perturbed=True)
+        self.dummy[x] = torch.rand(2, *per_sample, dtype=dtype, generator=torch.Generator().manual_seed(0))
+        self.env[name] = _Value(x, batch)
+        for node in g.node:
+            self.onnx_node = node
+            if id(node) in self.skip:
+                continue
+            if node.domain not in ("", "ai.onnx"):
+                raise self.unsupported(f"operator domain '{node.domain}' is not supported; export "
+                                       "with standard ONNX operators only")
+            inputs = [self.input_value(i) for i in node.input]
+            if not any(isinstance(i, _Value) for i in inputs):
+                outputs = self.fold(node, inputs)
+            else:
+                converter = _CONVERTERS.get(node.op_type)
+                if converter is None:
+                    raise self.unsupported(
+                        f"operator '{node.op_type}' is not supported by lirpac's ONNX frontend "
+                        f"(supported: {', '.join(sorted(_CONVERTERS))}). Re-export the model with "
+                        "those operators, or open an issue with the model attached")
+                outputs = converter(self, node, inputs)
+                if not isinstance(outputs, (list, tuple)):
+                    outputs = [outputs]
+            for out_name, value in zip(node.output, outputs):
+                if out_name:
+                    self.env[out_name] = value
+        if len(g.output) != 1:
+            raise UnsupportedOperationError(
+                f"the ONNX model has {len(g.output)} outputs ({', '.join(o.name for o in g.output)}); "
+                "lirpac bounds a model with one output tensor")
+        out = self.env.get(g.output[0].name)
+        if not isinstance(out, _Value):
+            raise UnsupportedOperationError(f"the ONNX model's output '{g.output[0].name}' does not "
+                                            "depend on its input")
+        self.graph.output = out.node
+        remove_dead_nodes(self.graph)
+        return self.graph
+
+    def fold(self, node, inputs: list) -> list[np.ndarray]:
+        """Evaluate a node whose inputs are all constant with ONNX's reference evaluator."""
+        if node.op_type == "Constant":
+            attrs = _attrs(node)
+            if "value" in attrs:
+                return [np.asarray(attrs["value"])]
+            for key in ("value_float", "value_int"):
+                if key in attrs:
+                    return [np.asarray(attrs[key], dtype=np.float32 if key == "value_float" else np.int64)]
+            for key in ("value_floats", "value_ints"):
+                if key in attrs:
+                    return [np.asarray(attrs[key], dtype=np.float32 if key == "value_floats" else np.int64)]
+        if node.op_type == "Identity":
+            return [inputs[0]]
+        import onnx
+        from onnx import helper
+        from onnx.reference import ReferenceEvaluator
+        feeds = {f"in{i}": v for i, v in enumerate(inputs) if v is not None}
+        renamed = helper.make_node(node.op_type, [f"in{i}" if v is not None else "" for i, v in enumerate(inputs)],
+                                   [f"out{i}" for i in range(len(node.output))], domain=node.domain)
+        renamed.attribute.extend(node.attribute)
+        graph = helper.make_graph(
+            [renamed], "fold",
+            [helper.make_tensor_value_info(k, onnx.TensorProto.UNDEFINED, None) for k in feeds],
+            [helper.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None) for o in renamed.output])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", self.opset)])
+        try:
+            return [np.asarray(v) for v in ReferenceEvaluator(model).run(None, feeds)]
+        except Exception as err:
+            raise self.unsupported(f"could not evaluate this constant computation "
+                                   f"({type(err).__name__}: {err})") from err
+
+
+# -- converters: (lowering, onnx node, inputs) -> value(s) --------------------------------------
+# inputs are np.ndarray (constants), _Value (perturbed) or None (an omitted optional input)
+
+def _perturbed(lw: _Lowering, v, what: str = "this input") -> _Value:
+    if not isinstance(v, _Value):
+        raise lw.unsupported(f"{what} must depend on the model input")
+    return v
+
+
+def _const_input(lw: _Lowering, v, what: str) -> np.ndarray:
+    if isinstance(v, _Value):
+        raise lw.unsupported(f"{what} depends on the model input; lirpac needs it constant "
+                             "(weights, shapes and axes must be initializers or Constant nodes)")
+    return v
+
+
+def _unary(op: str):
+    def convert(lw: _Lowering, node, inputs):
+        if op not in REGISTRY:
+            raise lw.unsupported(f"lirpac has no '{op}' op registered (yet); it cannot bound "
+                                 f"{node.op_type}")
+        v = _perturbed(lw, inputs[0])
+        return _Value(lw.add(op, [v.node]), v.batch)
+    return convert
+
+
+def _identity(lw: _Lowering, node, inputs):
+    if node.op_type == "Dropout" and len(node.output) > 1 and node.output[1] and \
+            lw.consumers.get(node.output[1]):
+        raise lw.unsupported("the Dropout mask output is used; only inference-mode Dropout is supported")
+    return [inputs[0]] + [None] * (len(node.output) - 1)
+
+
+def _cast(lw: _Lowering, node, inputs):
+    to = _attrs(node).get("to")
+    if to not in (1, 10, 11, 16):  # float, float16, double, bfloat16
+        raise lw.unsupported("a cast of the perturbed tensor to a non-float type")
+    return inputs[0]
+
+
+def _is_all(c: np.ndarray, value: float) -> bool:
+    return c.dtype.kind in "fiu" and bool(np.all(c == value))
+
+
+def _broadcast_noop(v: _Value, c: np.ndarray) -> bool:
+    try:
+        return tuple(np.broadcast_shapes(v.onnx_shape, c.shape)) == v.onnx_shape
+    except ValueError:
+        return False
+
+
+def _align_const(lw: _Lowering, v: _Value, c: np.ndarray) -> tuple[_Value, np.ndarray]:
+    """Make ONNX broadcasting of (v, c) equal torch broadcasting of (IR node, c)."""
+    if c.ndim > v.rank:
+        v = lw.expand_rank(v, c.ndim)
+    if v.batch and c.ndim == v.rank:
+        if c.shape[0] == 1:
+            c = c.reshape(c.shape[1:])
+        else:
+            v = lw.absorb(v)
+    return v, c
+
+
+def _align_pair(lw: _Lowering, a: _Value, b: _Value) -> tuple[_Value, _Value]:
+    """Make two perturbed operands broadcast in the IR as they do in ONNX."""
+    if a.batch and b.batch and a.rank == b.rank:
+        return a, b
+    rank = max(a.rank, b.rank)
+    return lw.expand_rank(lw.absorb(a), rank), lw.expand_rank(lw.absorb(b), rank)
+
+
+def _binary(op: str):
+    def convert(lw: _Lowering, node, inputs):
+        a, b = inputs
+        if isinstance(a, _Value) and isinstance(b, _Value):
+            if op in ("mul", "div"):
+                raise lw.unsupported(f"{node.op_type} of two tensors that both depend on the input "
+                                     "is not supported (only products with constants are linear)")
+            a, b = _align_pair(lw, a, b)
+            return _Value(lw.add(op, [a.node, b.node]), a.batch)
+        const_first = not isinstance(a, _Value)
+        v, c = (b, a) if const_first else (a, b)
+        c = np.asarray(c)
+        if op == "div" and const_first:
+            raise lw.unsupported("division by a tensor that depends on the input is not supported")
+        # no-ops real models carry: x - 0, x + 0, x * 1, x / 1 (normalisation with defaults)
+        if _broadcast_noop(v, c) and ((op == "add" and _is_all(c, 0)) or
+                                      (op == "sub" and not const_first and _is_all(c, 0)) or
+                                      (op in ("mul", "div") and _is_all(c, 1))):
+            return v
+        if c.dtype.kind not in "f":
+            c = c.astype(_NP_DTYPES[lw.dtype])
+        v, c = _align_const(lw, v, c)
+        const = lw.const(c, name=f"{lw.base_name()}_const")
+        ins = [const, v.node] if const_first else [v.node, const]
+        return _Value(lw.add(op, ins), v.batch)
+    return convert
+
+
+# -- matmul / gemm ---------------------------------------------------------------------------------
+
+def _fusable_bias(lw: _Lowering, node, n_out: int):
+    """If the node's only consumer is an Add of a constant bias of n_out entries (the
+    MatMul + Add form of a dense layer), return (that Add node, bias vector)."""
+    out = node.output[0]
+    users = lw.consumers.get(out, [])
+    if out in lw.graph_outputs or len(users) != 1 or users[0].op_type != "Add":
+        return None, None
+    add = users[0]
+    other = add.input[1] if add.input[0] == out else add.input[0]
+    c = lw.env.get(other)
+    if c is None or isinstance(c, _Value) or add.input[0] == add.input[1]:
+        return None, None
+    c = np.asarray(c)
+    if c.size != n_out or c.shape[-1:] != (n_out,) or c.ndim > 2:
+        return None, None
+    return add, c.reshape(n_out)
+
+
+def _linear(lw: _Lowering, node, x: _Value, weight: np.ndarray, bias: np.ndarray | None,
+            fuse: bool = True) -> _Value:
+    """y = x W^T + b for a per-sample vector x; with ``fuse``, a following Add of a constant
+    bias (the MatMul + Add form of a dense layer) becomes the bias."""
+    add = None
+    if bias is None and fuse:
+        add, bias = _fusable_bias(lw, node, weight.shape[0])
+    prefix = lw.base_name(node)
+    ins = [x.node, lw.const(np.ascontiguousarray(weight), name=f"{prefix}_weight")]
+    if bias is not None:
+        ins.append(lw.const(np.ascontiguousarray(bias), name=f"{prefix}_bias"))
+    result = _Value(lw.add("linear", ins), x.batch)
+    if add is not None:
+        lw.skip.add(id(add))
+        lw.env[add.output[0]] = result
+    return result
+
+
+def _per_sample_vector(v: _Value) -> bool:
+    return len(v.node.shape) == 1
+
+
+def _matmul(lw: _Lowering, node, inputs):
+    a, b = inputs
+    if isinstance(a, _Value) and isinstance(b, _Value):
+        raise lw.unsupported("MatMul of two tensors that both depend on the input is not supported")
+    if isinstance(a, _Value):                       # x @ W
+        x, w = a, np.asarray(b)
+        if w.ndim == 1:                              # (..., k) @ (k,) -> (...)
+            out = _matmul(lw, node, [x, w.reshape(-1, 1)])
+            return lw.reshape(out, out.onnx_shape[:-1])
+        if x.rank == 1 and w.ndim > 2:
+            raise lw.unsupported("a vector times a stack of matrices")
+        if w.ndim == 2 and _per_sample_vector(x) and x.rank <= 2:
+            return _linear(lw, node, x, w.T, None)
+        x, w = _align_const(lw, x, w)
+        return _Value(lw.add("matmul_const_right", [x.node, lw.const(w, name=f"{lw.base_name()}_weight")]),
+                      x.batch)
+    w, x = np.asarray(a), b                          # W @ x
+    if x.rank == 1:                                  # (m, k) @ (k,) -> (m,): a dense layer
+        if w.ndim == 1:
+            out = _linear(lw, node, x, w.reshape(1, -1), None, fuse=False)
+            return lw.reshape(out, ())
+        if w.ndim > 2:
+            raise lw.unsupported("a stack of matrices times a vector")
+        return _linear(lw, node, x, w, None)
+    if w.ndim == 1:
+        raise lw.unsupported("a vector times a matrix that depends on the input")
+    if x.batch and x.rank == 2:                      # the contraction runs over ONNX dim 0
+        x = lw.absorb(x)
+    if w.ndim > 2:
+        x, w = _align_const(lw, x, w)
+    return _Value(lw.add("matmul_const_left", [lw.const(w, name=f"{lw.base_name()}_weight"), x.node]),
+                  x.batch)
+
+
+def _transpose_last2(lw: _Lowering, v: _Value) -> _Value:
+    v, dims = lw.ir_dims(v, [v.rank - 2, v.rank - 1])
+    perm = list(range(len(v.node.shape) + 1))
+    perm[dims[0]], perm[dims[1]] = perm[dims[1]], perm[dims[0]]
+    return _Value(lw.add("permute", [v.node], "_transpose", dims=tuple(perm)), v.batch)
+
+
+def _gemm(lw: _Lowering, node, inputs):
+    """Y = alpha A' B' + beta C (A' = A^T with transA, B' likewise): a dense layer when A is the
+    (one-row) input and B constant; W @ x otherwise."""
+    at = _attrs(node)
+    alpha, beta = float(at.get("alpha", 1.0)), float(at.get("beta", 1.0))
+    trans_a, trans_b = int(at.get("transA", 0)), int(at.get("transB", 0))
+    a, b = inputs[0], inputs[1]
+    c = inputs[2] if len(inputs) > 2 and beta != 0 else None
+    if isinstance(c, _Value):
+        raise lw.unsupported("Gemm with an input-dependent C")
+    dtype = _NP_DTYPES[lw.dtype]
+    c = None if c is None else np.asarray(c, dtype=dtype) * dtype(beta)
+    prefix = lw.base_name()
+    if isinstance(a, _Value) and isinstance(b, _Value):
+        raise lw.unsupported("Gemm of two tensors that both depend on the input is not supported")
+    x = a if isinstance(a, _Value) else b
+    if x.rank != 2:
+        raise lw.unsupported(f"Gemm inputs must be 2-D, got shape {list(x.onnx_shape)}")
+    if isinstance(a, _Value):
+        if trans_a:
+            x = _transpose_last2(lw, x)
+        w = np.asarray(b, dtype=dtype)
+        w = (w.T if trans_b else w) * dtype(alpha)               # (k, n)
+        n = w.shape[1]
+        if x.onnx_shape[0] == 1 and (c is None or c.size in (1, n)):
+            bias = None if c is None else np.broadcast_to(c.reshape(-1), (n,)).copy()
+            return _linear(lw, node, lw.batched(x), w.T, bias, fuse=False)
+        out = _Value(lw.add("matmul_const_right", [x.node, lw.const(w, name=f"{prefix}_weight")]), x.batch)
+    else:
+        x = lw.absorb(x)                                           # W @ x contracts ONNX dim 0
+        if trans_b:
+            x = _transpose_last2(lw, x)
+        w = np.asarray(a, dtype=dtype)
+        w = (w.T if trans_a else w) * dtype(alpha)
+        out = _Value(lw.add("matmul_const_left", [lw.const(w, name=f"{prefix}_weight"), x.node]), False)
+    if c is None:
+        return out
+    out, c = _align_const(lw, out, c)
+    return _Value(lw.add("add", [out.node, lw.const(c, name=f"{prefix}_bias")], "_bias"), out.batch)
+
+
+# -- convolution, normalisation, pooling ----------------------------------------------------------
+
+def _spatial_pads(lw: _Lowering, at: dict, in_spatial, kernel, strides, dilations):
+    """(begin, end) pads per spatial dim from pads / auto_pad."""
+    nd = len(in_spatial)
+    auto = at.get("auto_pad", "NOTSET")
+    if auto in ("NOTSET", ""):
+        pads = list(at.get("pads", [0] * (2 * nd)))
+        return pads[:nd], pads[nd:]
+    if auto == "VALID":
+        return [0] * nd, [0] * nd
+    if auto not in ("SAME_UPPER", "SAME_LOWER"):
+        raise lw.unsupported(f"auto_pad={auto!r}")
+    begin, end = [], []
+    for size, k, s, d in zip(in_spatial, kernel, strides, dilations):
+        total = max((math.ceil(size / s) - 1) * s + (k - 1) * d + 1 - size, 0)
+        small, big = total // 2, total - total // 2
+        begin.append(small if auto == "SAME_UPPER" else big)
+        end.append(big if auto == "SAME_UPPER" else small)
+    return begin, end
+
+
+def _explicit_pad(lw: _Lowering, v: _Value, begin, end, value: float = 0.0) -> _Value:
+    """A pad node on the trailing spatial dims (F.pad order: last dim first)."""
+    pad = []
+    for b, e in zip(reversed(begin), reversed(end)):
+        pad += [int(b), int(e)]
+    return _Value(lw.add("pad", [v.node], "_pad", pad=tuple(pad), value=float(value)), v.batch)
+
+
+def _conv(lw: _Lowering, node, inputs):
+    at = _attrs(node)
+    x = lw.batched(_perturbed(lw, inputs[0]))
+    w = np.asarray(_const_input(lw, inputs[1], "the Conv weight"))
+    bias = inputs[2] if len(inputs) > 2 else None
+    if bias is not None:
+        bias = np.asarray(_const_input(lw, bias, "the Conv bias"))
+    nd = w.ndim - 2
+    if nd not in (1, 2, 3) or len(x.node.shape) != nd + 1:
+        raise lw.unsupported(f"Conv with weight {list(w.shape)} on input {list(x.onnx_shape)}")
+    kernel = list(at.get("kernel_shape", w.shape[2:]))
+    strides = list(at.get("strides", [1] * nd))
+    dilations = list(at.get("dilations", [1] * nd))
+    begin, end = _spatial_pads(lw, at, x.node.shape[1:], kernel, strides, dilations)
+    if begin != end:
+        x = _explicit_pad(lw, x, begin, end)
+        begin = [0] * nd
+    ins = [x.node, lw.const(w, name=f"{lw.base_name()}_weight")]
+    if bias is not None:
+        ins.append(lw.const(bias, name=f"{lw.base_name()}_bias"))
+    return _Value(lw.add("conv", ins, stride=tuple(int(s) for s in strides),
+                         padding=tuple(int(p) for p in begin), dilation=tuple(int(d) for d in dilations),
+                         groups=int(at.get("group", 1))), True)
+
+
+def _batch_norm(lw: _Lowering, node, inputs):
+    at = _attrs(node)
+    if int(at.get("training_mode", 0)):
+        raise lw.unsupported("BatchNormalization in training mode; export the model in eval mode")
+    x = lw.batched(_perturbed(lw, inputs[0]))
+    params = [np.asarray(_const_input(lw, p, "a BatchNormalization parameter")) for p in inputs[1:5]]
+    names = ("weight", "bias", "mean", "var")
+    ins = [x.node] + [lw.const(p.reshape(-1), name=f"{lw.base_name()}_{n}") for p, n in zip(params, names)]
+    out = _Value(lw.add("batch_norm", ins, eps=float(at.get("epsilon", 1e-5))), True)
+    return [out] + [None] * (len(node.output) - 1)
+
+
+def _avg_pool(lw: _Lowering, node, inputs):
+    at = _attrs(node)
+    x = lw.batched(_perturbed(lw, inputs[0]))
+    kernel = list(at["kernel_shape"])
+    nd = len(kernel)
+    strides = list(at.get("strides", [1] * nd))
+    if any(d != 1 for d in at.get("dilations", [1] * nd)):
+        raise lw.unsupported("AveragePool with dilations")
+    begin, end = _spatial_pads(lw, at, x.node.shape[1:], kernel, strides, [1] * nd)
+    include = bool(int(at.get("count_include_pad", 0)))
+    if begin != end or any(2 * b > k for b, k in zip(begin, kernel)):
+        if not include and any(begin + end):
+            raise lw.unsupported("AveragePool with asymmetric pads and count_include_pad=0")
+        x = _explicit_pad(lw, x, begin, end)
+        begin = [0] * nd
+    return _Value(lw.add("avg_pool", [x.node], kernel_size=tuple(kernel), stride=tuple(strides),
+                         padding=tuple(begin), ceil_mode=bool(int(at.get("ceil_mode", 0))),
+                         count_include_pad=include), True)
+
+
+def _global_avg_pool(lw: _Lowering, node, inputs):
+    x = lw.batched(_perturbed(lw, inputs[0]))
+    dims = tuple(range(2, len(x.node.shape) + 1))
+    return _Value(lw.add("mean", [x.node], dims=dims, keepdim=True), True)
+
+
+def _axes_input(lw: _Lowering, node, inputs, attr_until: int, index: int = 1):
+    """Axes from the attribute (opset < attr_until) or the optional input (later opsets)."""
+    if lw.opset < attr_until:
+        return _attrs(node).get("axes")
+    if len(inputs) > index and inputs[index] is not None:
+        return [int(a) for a in np.asarray(_const_input(lw, inputs[index], "axes")).reshape(-1)]
+    return None
+
+
+def _reduce(op: str, attr_until: int):
+    def convert(lw: _Lowering, node, inputs):
+        at = _attrs(node)
+        v = _perturbed(lw, inputs[0])
+        axes = _axes_input(lw, node, inputs, attr_until)
+        keepdims = bool(int(at.get("keepdims", 1)))
+        if not axes:
+            if int(at.get("noop_with_empty_axes", 0)):
+                return v
+            axes = list(range(v.rank))
+        v, dims = lw.ir_dims(v, axes)
+        if not dims:
+            return v
+        return _Value(lw.add(op, [v.node], dims=tuple(sorted(dims)), keepdim=keepdims),
+                      v.batch)
+    return convert
+
+
+# -- shapes ---------------------------------------------------------------------------------------
+
+def _shape(lw: _Lowering, node, inputs):
+    shape = np.asarray(inputs[0].onnx_shape, dtype=np.int64)
+    at = _attrs(node)
+    start, end = at.get("start", 0), at.get("end", None)
+    return shape[start:end]
+
+
+def _size(lw: _Lowering, node, inputs):
+    return np.asarray(int(np.prod(inputs[0].onnx_shape)), dtype=np.int64)
+
+
+def _flatten(lw: _Lowering, node, inputs):
+    v = _perturbed(lw, inputs[0])
+    axis = int(_attrs(node).get("axis", 1))
+    axis = axis + v.rank if axis < 0 else axis
+    shape = v.onnx_shape
+    return lw.reshape(v, (int(np.prod(shape[:axis])), int(np.prod(shape[axis:]))))
+
+
+def _reshape(lw: _Lowering, node, inputs):
+    v = _perturbed(lw, inputs[0])
+    if lw.opset < 5:
+        target = list(_attrs(node)["shape"])
+    else:
+        target = [int(s) for s in np.asarray(_const_input(lw, inputs[1], "the Reshape shape")).reshape(-1)]
+    allow_zero = int(_attrs(node).get("allowzero", 0))
+    shape = v.onnx_shape
+    out = [shape[i] if (s == 0 and not allow_zero) else s for i, s in enumerate(target)]
+    if out.count(-1) > 1:
+        raise lw.unsupported(f"Reshape to {target} with more than one -1")
+    if -1 in out:
+        known = int(np.prod([s for s in out if s != -1]))
+        out[out.index(-1)] = int(np.prod(shape)) // max(known, 1)
+    if int(np.prod(out)) != int(np.prod(shape)):
+        raise ModelFormatError(f"{lw.where()}: cannot reshape {list(shape)} to {target}")
+    return lw.reshape(v, tuple(out))
+
+
+def _squeeze(lw: _Lowering, node, inputs):
+    v = _perturbed(lw, inputs[0])
+    axes = _axes_input(lw, node, inputs, 13)
+    shape = v.onnx_shape
+    if axes is None:
+        axes = [i for i, s in enumerate(shape) if s == 1]
+    axes = {_norm_axis(int(a), v.rank) for a in axes}
+    return lw.reshape(v, tuple(s for i, s in enumerate(shape) if i not in axes))
+
+
+def _unsqueeze(lw: _Lowering, node, inputs):
+    v = _perturbed(lw, inputs[0])
+    axes = _axes_input(lw, node, inputs, 13)
+    rank = v.rank + len(axes)
+    axes = sorted(_norm_axis(int(a), rank) for a in axes)
+    out = list(v.onnx_shape)
+    for a in axes:
+        out.insert(a, 1)
+    return lw.reshape(v, tuple(out))
+
+
+def _transpose(lw: _Lowering, node, inputs):
+    v = _perturbed(lw, inputs[0])
+    perm = list(_attrs(node).get("perm", reversed(range(v.rank))))
+    if perm == list(range(v.rank)):
+        return v
+    if not (v.batch and perm[0] == 0):
+        v = lw.absorb(v)
+    dims = tuple(perm) if v.batch else (0,) + tuple(p + 1 for p in perm)
+    return _Value(lw.add("permute", [v.node], dims=dims), v.batch)
+
+
+def _concat(lw: _Lowering, node, inputs):
+    axis = int(_attrs(node)["axis"])
+    values = [i for i in inputs if isinstance(i, _Value)]
+    rank = values[0].rank
+    axis = _norm_axis(axis, rank)
+    if not all(v.batch for v in values) or axis == 0:
+        values = [lw.absorb(v) for v in values]
+    batch = values[0].batch
+    dim = axis + (0 if batch else 1)
+    it = iter(values)
+    nodes, sizes = [], []
+    for i in inputs:
+        if isinstance(i, _Value):
+            v = next(it)
+            nodes.append(v.node)
+            sizes.append(v.onnx_shape[axis])
+        else:
+            c = np.asarray(i)
+            if c.shape[axis] == 0:
+                continue
+            if batch:
+                if c.shape[0] != 1:
+                    raise lw.unsupported(f"Concat of a constant with leading dim {c.shape[0]}")
+            else:
+                c = c[None]
+            if c.dtype.kind != "f":
+                c = c.astype(_NP_DTYPES[lw.dtype])
+            nodes.append(lw.const(c, name=f"{lw.base_name()}_const"))
+            sizes.append(int(np.shape(i)[axis]))
+    return _Value(lw.add("cat", nodes, dim=dim, sizes=tuple(sizes)), batch)
+
+
+def _slice(lw: _Lowering, node, inputs):
+    v = _perturbed(lw, inputs[0])
+    if lw.opset < 10:
+        at = _attrs(node)
+        starts, ends = at["starts"], at["ends"]
+        axes = at.get("axes", list(range(len(starts))))
+        steps = [1] * len(starts)
+    else:
+        def arg(i, default):
+            if len(inputs) > i and inputs[i] is not None:
+                return [int(a) for a in np.asarray(_const_input(lw, inputs[i], "Slice arguments")).reshape(-1)]
+            return default
+        starts, ends = arg(1, None), arg(2, None)
+        axes = arg(3, list(range(len(starts))))
+        steps = arg(4, [1] * len(starts))
+    for axis, start, end, step in zip(axes, starts, ends, steps):
+        axis = _norm_axis(int(axis), v.rank)
+        if step <= 0:
+            raise lw.unsupported("Slice with a negative step")
+        size = v.onnx_shape[axis]
+        start, stop, step = slice(max(min(start, _INT_MAX), -_INT_MAX), max(min(end, _INT_MAX), -_INT_MAX),
+                                  step).indices(size)
+        if (start, stop, step) == (0, size, 1):
+            continue
+        if stop <= start:
+            raise lw.unsupported("an empty Slice")
+        v, (dim,) = lw.ir_dims(v, [axis])
+        v = _Value(lw.add("slice", [v.node], dim=dim, start=start, end=stop, step=step), v.batch)
+    return v
+
+
+def _pad(lw: _Lowering, node, inputs):
+    v = _perturbed(lw, inputs[0])
+    at = _attrs(node)
+    mode = at.get("mode", "constant")
+    if lw.opset < 11:
+        pads, value = list(at.get("pads", at.get("paddings", []))), float(at.get("value", 0.0))
+        axes = list(range(v.rank))
+    else:
+        pads = [int(p) for p in np.asarray(_const_input(lw, inputs[1], "the Pad pads")).reshape(-1)]
+        value = 0.0
+        if len(inputs) > 2 and inputs[2] is not None and np.size(inputs[2]):
+            value = float(np.asarray(_const_input(lw, inputs[2], "the Pad value")).reshape(-1)[0])
+        axes = list(range(v.rank))
+        if len(inputs) > 3 and inputs[3] is not None:
+            axes = [_norm_axis(int(a), v.rank) for a in np.asarray(inputs[3]).reshape(-1)]
+    if not any(pads):
+        return v
+    if mode != "constant":
+        raise lw.unsupported(f"Pad with mode={mode!r} (only constant padding is supported)")
+    if any(p < 0 for p in pads):
+        raise lw.unsupported("Pad with negative pads (cropping)")
+    k = len(axes)
+    begin = dict(zip(axes, pads[:k]))
+    end = dict(zip(axes, pads[k:]))
+    padded = [a for a in range(v.rank) if begin.get(a, 0) or end.get(a, 0)]
+    v, _ = lw.ir_dims(v, padded)
+    first = min(padded)
+    return _explicit_pad(lw, v, [begin.get(a, 0) for a in range(first, v.rank)],
+                         [end.get(a, 0) for a in range(first, v.rank)], value)
+
+
+_CONVERTERS: dict[str, Callable] = {
+    "Add": _binary("add"), "Sub": _binary("sub"), "Mul": _binary("mul"), "Div": _binary("div"),
+    "Neg": _unary("neg"), "Relu": _unary("relu"), "Sigmoid": _unary("sigmoid"), "Tanh": _unary("tanh"),
+    "MatMul": _matmul, "Gemm": _gemm,
+    "Conv": _conv, "BatchNormalization": _batch_norm,
+    "AveragePool": _avg_pool, "GlobalAveragePool": _global_avg_pool,
+    "ReduceMean": _reduce("mean", 18), "ReduceSum": _reduce("sum", 13),
+    "Flatten": _flatten, "Reshape": _reshape, "Squeeze": _squeeze, "Unsqueeze": _unsqueeze,
+    "Transpose": _transpose, "Concat": _concat, "Slice": _slice, "Pad": _pad,
+    "Shape": _shape, "Size": _size,
+    "Identity": _identity, "Dropout": _identity, "Cast": _cast,
+}
+
+
+def supported_onnx_ops() -> list[str]:
+    """ONNX operator types the frontend lowers (on input-dependent tensors)."""
+    return sorted(_CONVERTERS)
+
+
+# -- loading, the input, the runner, the check ------------------------------------------------------
+
+def load_model(model):
+    """A ModelProto from a path or a ModelProto, checked; ModelFormatError otherwise."""
+    import onnx
+    if isinstance(model, onnx.ModelProto):
+        proto, origin = model, "the ONNX model"
+    elif isinstance(model, (str, os.PathLike)):
+        path = os.fspath(model)
+        origin = repr(path)
+        if not os.path.isfile(path):
+            raise ModelFormatError(f"ONNX file {path!r} does not exist (or is not a file)")
+        try:
+            proto = onnx.load(path)
+        except Exception as err:  # protobuf DecodeError and friends
+            raise ModelFormatError(f"{path!r} is not a readable ONNX model: {type(err).__name__}: "
+                                   f"{err}") from err
+    else:
+        raise ModelFormatError(f"expected an ONNX file path or onnx.ModelProto, got {type(model).__name__}")
+    if not proto.graph.node:
+        raise ModelFormatError(f"{origin} has an empty graph (is it an ONNX model?)")
+    try:
+        onnx.checker.check_model(proto)
+    except Exception as err:
+        raise ModelFormatError(f"{origin} is not a valid ONNX model: {str(err).splitlines()[0]}") from err
+    return proto
+
+
+def _opset(proto) -> int:
+    for o in proto.opset_import:
+        if o.domain in ("", "ai.onnx"):
+            return int(o.version)
+    return 1
+
+
+def _model_input(proto):
+    """(name, per-sample shape, batch flag, dtype, ONNX mode) of the one real input.
+
+    mode: 'symbolic' (free batch dim 0), 'fixed' (batch dim 0 of size 1), 'none' (no batch dim).
+    """
+    inits = {i.name for i in proto.graph.initializer}
+    real = [i for i in proto.graph.input if i.name not in inits]
+    if len(real) != 1:
+        raise UnsupportedOperationError(
+            f"the ONNX model has {len(real)} inputs ({', '.join(i.name for i in real)}); lirpac bounds "
+            "models with one input tensor")
+    inp = real[0]
+    tt = inp.type.tensor_type
+    if tt.elem_type not in _FLOAT_TYPES:
+        raise UnsupportedOperationError(f"input '{inp.name}' has element type {tt.elem_type}; "
+                                        "lirpac supports float32 and float64 models")
+    dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tt.shape.dim]
+    if not dims:
+        raise UnsupportedOperationError(f"input '{inp.name}' has no (or a scalar) shape; lirpac needs "
+                                        "the input's shape in the model")
+    if len(dims) >= 2 and dims[0] in (None, 1):
+        batch, per_sample, mode = True, dims[1:], "symbolic" if dims[0] is None else "fixed"
+    else:
+        batch, per_sample, mode = False, dims, "none"
+    if any(d is None for d in per_sample):
+        raise UnsupportedOperationError(f"input '{inp.name}' has symbolic dims {[d or '?' for d in dims]} "
+                                        "besides the batch; fix them in the model")
+    return inp.name, tuple(per_sample), batch, _FLOAT_TYPES[tt.elem_type], mode
+
+
+class OnnxRunner:
+    """Runs the original ONNX model with onnxruntime on a torch batch (batch, *input_shape) and
+    returns (batch, *output_shape). Samples go one at a time unless the batch is free."""
+
+    def __init__(self, proto, input_name: str, input_shape: tuple, output_shape: tuple, mode: str,
+                 dtype: torch.dtype):
+        import onnxruntime as ort
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        options.log_severity_level = 3
+        self.session = ort.InferenceSession(proto.SerializeToString(), options,
+                                            providers=["CPUExecutionProvider"])
+        self.input_name = input_name
+        self.output_name = proto.graph.output[0].name
+        self.input_shape = tuple(input_shape)
+        self.output_shape = tuple(output_shape)
+        self.mode = mode
+        self.np_dtype = _NP_DTYPES[dtype]
+        self.max_error: float | None = None   # of the load-time check against the IR
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        arr = np.ascontiguousarray(x.detach().cpu().numpy().astype(self.np_dtype))
+        batch = arr.shape[0]
+        arr = arr.reshape(batch, *self.input_shape)
+        if self.mode == "symbolic":
+            out = self.session.run([self.output_name], {self.input_name: arr})[0].reshape(batch, -1)
+        else:
+            sample_shape = ((1,) if self.mode == "fixed" else ()) + self.input_shape
+            out = np.stack([self.session.run([self.output_name], {self.input_name: s.reshape(sample_shape)})[0]
+                            .reshape(-1) for s in arr]) if batch else np.zeros((0, 1), self.np_dtype)
+        return torch.from_numpy(out.reshape(batch, *self.output_shape)).to(x.device)
+
+
+def check_against(graph: Graph, runner: Callable, samples: int = 4, seed: int = 0) -> float:
+    """Max error of the IR's forward against ``runner`` on random inputs, relative to
+    max(1, max |output|)."""
+    from lirpac.ir.interpret import evaluate
+    x_node = graph.perturbed_input
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(samples, *x_node.shape, dtype=x_node.dtype, generator=gen)
+    x[0] = 0.0
+    with torch.no_grad():
+        ours = evaluate(graph, x).reshape(samples, -1).double()
+    ref = runner(x).reshape(samples, -1).double()
+    if ours.shape != ref.shape:
+        raise ModelFormatError(f"the lowered IR gives outputs of shape {tuple(ours.shape)}, onnxruntime "
+                               f"{tuple(ref.shape)}")
+    if not torch.isfinite(ref).all():
+        return 0.0 if torch.equal(ours.isfinite(), ref.isfinite()) else math.inf
+    return float((ours - ref).abs().max() / max(1.0, float(ref.abs().max())))
+
+
+def lower_onnx(model, *, check: bool = True, check_samples: int = 4):
+    """Lower an ONNX model (path or ModelProto) to (Graph, runner).
+
+    ``runner`` runs the original model with onnxruntime (None, with a warning, when onnxruntime
+    is not installed); ``runner.max_error`` is the error of the load-time check. Raises
+    ModelFormatError for unreadable or malformed files and when the IR disagrees with
+    onnxruntime; UnsupportedOperationError names the ONNX op and node the IR cannot express.
+    """
+    proto = load_model(model)
+    opset = _opset(proto)
+    if opset < 7 or opset > 22:
+        warnings.warn(f"ONNX opset {opset} is outside the tested range 8-21", stacklevel=2)
+    name, per_sample, batch, dtype, mode = _model_input(proto)
+    lowering = _Lowering(proto, opset)
+    graph = lowering.run((name, per_sample, batch, dtype))
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        warnings.warn("onnxruntime is not installed: the ONNX model is not checked against it and "
+                      "counterexamples cannot be confirmed (pip install onnxruntime)", stacklevel=2)
+        return graph, None
+    runner = OnnxRunner(proto, name, per_sample, graph.output.shape, mode, dtype)
+    if check:
+        error = check_against(graph, runner, check_samples)
+        runner.max_error = error
+        if not error <= CHECK_TOLERANCE:
+            raise ModelFormatError(
+                f"lirpac's IR of this ONNX model disagrees with onnxruntime (max relative error "
+                f"{error:.3g} > {CHECK_TOLERANCE:g}); this is a frontend bug: please report it with "
+                "the model (lower_onnx(..., check=False) skips the check)")
+    return graph, runner

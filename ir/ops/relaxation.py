@@ -1,0 +1,322 @@
+"""Sound linear relaxations of scalar functions on intervals, computed in floating point.
+
+A relaxation of f on [l, u] is a pair of lines ``l_slope*x + l_bias <= f(x) <= u_slope*x + u_bias``
+for every x in [l, u] (elementwise over tensors). Here the *slopes* are chosen for tightness
+(chords, midpoint tangents, CROWN's tangent through the far endpoint for S-shaped functions,
+Zhang et al. 2018), and each *bias* is then derived rigorously from its slope: the bias of an
+upper line of slope s bounds g(x) = f(x) - s*x from above on [l, u], piece by piece from f's
+convexity (where f is convex, so is g, and its maximum is at the piece's ends; where f is
+concave, g lies below its tangent at any point p). A slope that bisection found only roughly
+therefore costs tightness, never soundness. The bound is finally moved outward by
+``SLACK_ULPS`` units in the last place of the magnitudes it was computed from, which absorbs the
+rounding of f, f' and the arithmetic (f and f' must be accurate to a few ulps, see ``Curve``).
+
+Where a line cannot be computed (infinite inputs, overflow, poles) ``finish`` falls back to the
+constant lines given by the op's interval (IBP) bounds, so no relaxation is ever NaN; an
+unbounded side is a slope-0 line with an infinite bias.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, NamedTuple
+
+import torch
+
+SLACK_ULPS = 8.0
+BISECT_STEPS = 24
+HALF_TYPES = (torch.float16, torch.bfloat16)
+
+
+class Lines(NamedTuple):
+    l_slope: torch.Tensor
+    l_bias: torch.Tensor
+    u_slope: torch.Tensor
+    u_bias: torch.Tensor
+
+
+def slack(scale: torch.Tensor) -> torch.Tensor:
+    """SLACK_ULPS ulps of ``scale`` (plus the smallest normal, for underflow)."""
+    info = torch.finfo(scale.dtype)
+    return SLACK_ULPS * info.eps * scale + info.tiny
+
+
+def pad_down(value: torch.Tensor, scale=None) -> torch.Tensor:
+    return value - slack(value.abs() if scale is None else scale)
+
+
+def pad_up(value: torch.Tensor, scale=None) -> torch.Tensor:
+    return value + slack(value.abs() if scale is None else scale)
+
+
+def exact(slope, bias, like: torch.Tensor) -> Lines:
+    """Lines that are exactly f (a constant or linear f): both sides equal."""
+    s = torch.full_like(like, float(slope))
+    b = torch.full_like(like, float(bias))
+    return Lines(s, b, s, b)
+
+
+class Curve:
+    """A scalar function for relaxation: ``f`` and ``df`` accurate to a few ulps (``df`` a
+    subgradient at kinks). ``dmag(x)`` bounds the magnitude of the terms ``df`` sums (its
+    rounding scale) where that exceeds |df| (cancellation, e.g. GELU' = Phi + x*phi);
+    ``arg_cond`` marks an ``f`` that rounds a scaled argument inside (erfc(x/sqrt 2)), whose
+    error then scales with |x f'(x)|."""
+
+    def __init__(self, f, df, dmag=None, arg_cond=False):
+        self.f, self.df, self.dmag, self.arg_cond = f, df, dmag, arg_cond
+
+    def scaled(self, sigma) -> "Curve":
+        """sigma * f for a sign sigma (a float or a tensor of +-1)."""
+        f, df = self.f, self.df
+        return Curve(lambda x: sigma * f(x), lambda x: sigma * df(x), self.dmag, self.arg_cond)
+
+
+def flip(lines: Lines, sigma) -> Lines:
+    """Lines of f from lines of sigma*f (sigma = -1 swaps and negates the two sides)."""
+    ls, lb, us, ub = lines
+    if isinstance(sigma, (int, float)):
+        return lines if sigma > 0 else Lines(-us, -ub, -ls, -lb)
+    pos = sigma > 0
+    return Lines(torch.where(pos, ls, -us), torch.where(pos, lb, -ub),
+                 torch.where(pos, us, -ls), torch.where(pos, ub, -lb))
+
+
+def select(mask: torch.Tensor, a: Lines, b: Lines) -> Lines:
+    return Lines(*(torch.where(mask, x, y) for x, y in zip(a, b)))
+
+
+class Bound:
+    """Running bound of g(x) = f(x) - slope*x over [l, u]: the max (upper line) or the min
+    (lower line) over candidates, each with the magnitude scale its rounding error is ulps of."""
+
+    def __init__(self, curve: Curve, slope: torch.Tensor, upper: bool):
+        self.curve, self.slope, self.upper = curve, slope, upper
+        self.value = self.scale = None
+
+    def _cond(self, x, dfx=None):
+        if not self.curve.arg_cond:
+            return 0
+        return (x * (self.curve.df(x) if dfx is None else dfx)).abs()
+
+    def _add(self, value, scale):
+        if self.value is None:
+            self.value, self.scale = value, scale
+            return
+        pick = torch.maximum if self.upper else torch.minimum
+        self.value = pick(self.value, value)
+        self.scale = torch.maximum(self.scale, scale)
+
+    def point(self, x, fx):
+        """g(x) at an end of a piece on which f is convex (upper) / concave (lower), or a kink."""
+        sx = self.slope * x
+        self._add(fx - sx, fx.abs() + sx.abs() + self._cond(x))
+
+    def tangent(self, p, fp, dfp, a, b):
+        """Bound on a piece [a, b] containing p where f is concave (upper) / convex (lower):
+        g(x) <= g(p) + g'(p)(x - p) (resp. >=), extreme at x = a or x = b."""
+        t = dfp - self.slope
+        ta, tb = t * (a - p), t * (b - p)
+        corr = torch.maximum(ta, tb) if self.upper else torch.minimum(ta, tb)
+        sp = self.slope * p
+        dist = torch.maximum((a - p).abs(), (b - p).abs())
+        dmag = self.curve.dmag(p) if self.curve.dmag is not None else dfp.abs()
+        scale = fp.abs() + sp.abs() + (dmag + self.slope.abs()) * dist + self._cond(p, dfp)
+        self._add(fp - sp + corr, scale)
+
+    def bias(self) -> torch.Tensor:
+        pad = slack(self.scale + self.value.abs())
+        return self.value + pad if self.upper else self.value - pad
+
+
+def _midpoint(l, u):
+    return 0.5 * l + 0.5 * u          # no overflow near the largest floats
+
+
+def _chord(fl, fu, l, u, fallback):
+    """Slope of the chord, or ``fallback`` where l and u are too close for it to be more than
+    rounding noise (the bias stays sound for any slope)."""
+    width = u - l
+    far = width > 4 * torch.finfo(l.dtype).eps * torch.maximum(l.abs(), u.abs())
+    return torch.where(far, (fu - fl) / torch.where(far, width, torch.ones_like(width)), fallback)
+
+
+def _bisect(pred, lo, hi, steps=BISECT_STEPS):
+    """Vectorised bisection keeping pred(hi) true and pred(lo) false; returns (lo, hi)."""
+    with torch.no_grad():
+        lo, hi = lo.detach().clone(), hi.detach().clone()
+        for _ in range(steps):
+            mid = _midpoint(lo, hi)
+            go = pred(mid)
+            hi = torch.where(go, mid, hi)
+            lo = torch.where(go, lo, mid)
+    return lo, hi
+
+
+# -- shapes of f on [l, u] -------------------------------------------------------------------
+
+def convex_lines(curve: Curve, l, u, p=None) -> Lines:
+    """f convex on [l, u]: the upper line is the chord, the lower the tangent at the midpoint
+    (or at ``p``), which minimises the area between line and f among tangents."""
+    p = _midpoint(l, u) if p is None else p
+    fl, fu, fp, dfp = curve.f(l), curve.f(u), curve.f(p), curve.df(p)
+    su = _chord(fl, fu, l, u, dfp)
+    up = Bound(curve, su, True)
+    up.point(l, fl)
+    up.point(u, fu)
+    lo = Bound(curve, dfp, False)
+    lo.tangent(p, fp, dfp, l, u)
+    return Lines(dfp, lo.bias(), su, up.bias())
+
+
+def concave_lines(curve: Curve, l, u, p=None) -> Lines:
+    return flip(convex_lines(curve.scaled(-1.0), l, u, p), -1.0)
+
+
+def s_lower(curve: Curve, l, u, c, fl, fu, fc, dfl, k) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lower line of an f convex on [l, c] whose lower bound on [c, u] is at c or u (concave or
+    linear there): the chord if it stays below f (f'(l) >= chord slope), else the tangent at
+    d in [l, c] through (u, f(u)), d by bisection kept on the sound side."""
+    f, df = curve.f, curve.df
+    direct = dfl >= k
+    d = l
+    if not bool(direct.all()):
+        d, _ = _bisect(lambda x: f(x) + df(x) * (u - x) > fu, l, c)
+    p = torch.where(direct, l, d)
+    fp, dfp = f(p), df(p)
+    slope = torch.where(direct, k, dfp)
+    lo = Bound(curve, slope, False)
+    lo.tangent(p, fp, dfp, l, c)
+    lo.point(c, fc)
+    lo.point(u, fu)
+    return slope, lo.bias()
+
+
+def s_lines(curve: Curve, l, u, c) -> Lines:
+    """f convex on [l, c] and concave on [c, u] (sigmoid-like around its inflection c): each
+    line is the chord when that stays on its side of f, else CROWN's tangent through the far
+    endpoint (Zhang et al. 2018, sec. 3.3)."""
+    f, df = curve.f, curve.df
+    c = torch.minimum(torch.maximum(c, l), u)
+    fl, fu, fc, dfl, dfu = f(l), f(u), f(c), df(l), df(u)
+    k = _chord(fl, fu, l, u, df(c))
+    # upper: chord if f'(u) >= k, else tangent at d in [c, u] passing over (l, f(l))
+    direct = k <= dfu
+    d = u
+    if not bool(direct.all()):
+        _, d = _bisect(lambda x: f(x) + df(x) * (l - x) >= fl, c, u)
+    p = torch.where(direct, u, d)
+    fp, dfp = f(p), df(p)
+    su = torch.where(direct, k, dfp)
+    up = Bound(curve, su, True)
+    up.point(l, fl)
+    up.point(c, fc)
+    up.tangent(p, fp, dfp, c, u)
+    sl, bl = s_lower(curve, l, u, c, fl, fu, fc, dfl, k)
+    return Lines(sl, bl, su, up.bias())
+
+
+def valley_lines(curve: Curve, l, u, c1, c2) -> Lines:
+    """f concave on [l, c1], convex on [c1, c2], concave on [c2, u] (GELU, SiLU over their
+    dip): the upper line has the chord's slope, the lower one is tangent at the midpoint clamped
+    into the convex piece; both biases account for every piece."""
+    f, df = curve.f, curve.df
+    c1 = torch.minimum(torch.maximum(torch.full_like(l, c1), l), u)
+    c2 = torch.minimum(torch.maximum(torch.full_like(l, c2), c1), u)
+    fl, fu, f1, f2, dfl, dfu = f(l), f(u), f(c1), f(c2), df(l), df(u)
+    k = _chord(fl, fu, l, u, df(_midpoint(l, u)))
+    up = Bound(curve, k, True)
+    up.tangent(l, fl, dfl, l, c1)
+    up.point(c1, f1)
+    up.point(c2, f2)
+    up.tangent(u, fu, dfu, c2, u)
+    p = torch.minimum(torch.maximum(_midpoint(l, u), c1), c2)
+    fp, dfp = f(p), df(p)
+    lo = Bound(curve, dfp, False)
+    for x, fx in ((l, fl), (c1, f1), (c2, f2), (u, fu)):
+        lo.point(x, fx)
+    lo.tangent(p, fp, dfp, c1, c2)
+    return Lines(dfp, lo.bias(), k, up.bias())
+
+
+def inflection_lines(curve: Curve, l, u, cuts: tuple[float, ...] = (),
+                     convex_first: bool = True) -> Lines:
+    """Relax an f whose convexity alternates at the points ``cuts`` (at most two), starting
+    convex (or concave) left of the first: per element, the interval lies in one piece
+    (convex_lines, mirrored for concave), straddles one cut (s_lines, mirrored), or two
+    (valley_lines)."""
+    if not cuts:
+        sigma = 1.0 if convex_first else -1.0
+        return flip(convex_lines(curve.scaled(sigma), l, u), sigma)
+    iu = sum((u > c).long() for c in cuts)
+    il = torch.minimum(sum((l >= c).long() for c in cuts), iu)
+    convex = (il % 2 == 0) == convex_first
+    sigma = torch.where(convex, 1.0, -1.0).to(l.dtype)
+    lines = flip(convex_lines(curve.scaled(sigma), l, u), sigma)
+    span = iu - il
+    if bool((span == 1).any()):
+        cut = torch.tensor(cuts + (math.inf,), dtype=l.dtype, device=l.device)
+        c = torch.take(cut, il)
+        lines = select(span == 1, flip(s_lines(curve.scaled(sigma), l, u, c), sigma), lines)
+    if len(cuts) == 2 and bool((span == 2).any()):
+        s3 = -1.0 if convex_first else 1.0
+        lines = select(span == 2, flip(valley_lines(curve.scaled(s3), l, u, *cuts), s3), lines)
+    return lines
+
+
+# -- finishing: fallbacks, dtypes ------------------------------------------------------------
+
+def finish(lines: Lines, l, u, lo, hi) -> Lines:
+    """Replace every line that came out non-finite (or whose input bound is infinite) by the
+    constant line at the interval bound ``lo`` / ``hi`` (moved out by a few ulps, since those
+    are f's values as torch rounds them)."""
+    ok = torch.isfinite(l) & torch.isfinite(u)
+    ls, lb, us, ub = lines
+    okl = ok & torch.isfinite(ls) & torch.isfinite(lb)
+    oku = ok & torch.isfinite(us) & torch.isfinite(ub)
+    zero = torch.zeros_like(l)
+    return Lines(torch.where(okl, ls, zero), torch.where(okl, lb, pad_down(lo).to(lb.dtype)),
+                 torch.where(oku, us, zero), torch.where(oku, ub, pad_up(hi).to(ub.dtype)))
+
+
+def round_out(x: torch.Tensor, dtype, up: bool) -> torch.Tensor:
+    """Cast to ``dtype`` rounding toward +inf (``up``) or -inf."""
+    if x.dtype == dtype:
+        return x
+    y = x.to(dtype)
+    back = y.to(x.dtype)
+    wrong = back < x if up else back > x
+    toward = torch.full_like(y, math.inf if up else -math.inf)
+    return torch.where(wrong, torch.nextafter(y, toward), y)
+
+
+def narrow(lines: Lines, l, u, dtype) -> Lines:
+    """Lines computed in a wider dtype, cast to ``dtype`` and still sound on [l, u]: the bias
+    absorbs the rounding of the slope (|s - s'| max(|l|, |u|)) and is rounded outward."""
+    ls, lb, us, ub = lines
+    reach = torch.maximum(l.abs(), u.abs())
+    out = []
+    for slope, bias, up in ((ls, lb, False), (us, ub, True)):
+        s = slope.to(dtype)
+        shift = (slope - s.to(slope.dtype)).abs() * reach
+        b = bias + shift if up else bias - shift
+        b = pad_up(b, bias.abs() + shift) if up else pad_down(b, bias.abs() + shift)
+        out += [s, round_out(b, dtype, up)]
+    return Lines(*out)
+
+
+def sound_relax(relax: Callable[..., Lines], ibp: Callable, wide=None) -> Callable:
+    """Wrap ``relax(l, u, **attrs) -> Lines`` for an op: compute in ``wide`` (or float32 for
+    half types), fall back to the interval bounds where a line is not finite, cast back."""
+    from lirpac.ir.opdef import Interval
+
+    def run(lower, upper, **attrs):
+        dtype = lower.dtype
+        work = wide or (torch.float32 if dtype in HALF_TYPES else dtype)
+        l, u = lower.to(work), upper.to(work)
+        lines = relax(l, u, **attrs)
+        lines = finish(lines, l, u, *ibp(Interval(l, u), **attrs))
+        if work != dtype:
+            lines = finish(narrow(lines, l, u, dtype), lower, upper,
+                           *ibp(Interval(lower, upper), **attrs))
+        return tuple(lines)
+    return run
