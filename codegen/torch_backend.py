@@ -29,6 +29,8 @@ _INTERMEDIATE = {"ibp": "ibp", "crown": "backward", "forward": "forward",
                  "crown-ibp": "ibp", "forward+crown": "forward"}
 _FINAL = {"ibp": "ibp", "crown": "backward", "forward": "forward",
           "crown-ibp": "backward", "forward+crown": "backward"}
+# ops that only select, reorder or pad coordinates: a chain of them keeps inputs distinct
+_SELECTION_OPS = frozenset({"reshape", "permute", "slice", "pad"})
 _MODE_PREFIX = {"ibp": "ibp", "backward": "bwd", "forward_mode": "fwd", "forward": "val",
                 "jacobian": "jac"}
 
@@ -66,6 +68,7 @@ class _Emitter:
         self.graph = graph
         self.plan = plan
         self.lines: list[str] = []
+        self.indent = 0
         self.consts: dict = {}
         self.rules: set[tuple[str, str]] = set()
         self.bounds: dict[Node, str] = {}      # node -> expression of its intermediate bounds
@@ -73,7 +76,7 @@ class _Emitter:
         self.x = graph.perturbed_input
 
     def emit(self, line: str = "") -> None:
-        self.lines.append(("    " + line) if line else "")
+        self.lines.append(("    " * (1 + self.indent) + line) if line else "")
 
     def rule(self, op: str, mode: str, node: Node) -> str:
         opdef = get_op(op)
@@ -194,15 +197,39 @@ class _Emitter:
                 self.emit(f"{n.name}_bounds = Interval(inp.lower, inp.upper)")
                 self.bounds[n] = f"{n.name}_bounds"
                 continue
+            single_affine = self.single_affine_of_input(n)
+            if single_affine:
+                self.emit("if inp.is_box:  # one affine map of a box: IBP is already exact")
+                self.emit(f"    {n.name}_bounds = {n.name}")
+                self.emit("else:")
+                self.indent += 1
             sparse = self.plan.sparse and all(
                 get_op(u.op).exact_when_sign_known for u in users[n] if get_op(u.op).nonlinear)
             rows = f"{n.name}_rows" if sparse else None
             if sparse:
                 self.emit(f"{rows} = straddling_rows({n.name})")
             self.backward(n, spec=False, lower=True, upper=True, rows=rows)
-            self.emit(f"{n.name}_bounds = tighten({n.name}, inp.concretize(lA_{x}, lbias, upper=False), "
-                      f"inp.concretize(uA_{x}, ubias, upper=True){', ' + rows if rows else ''})")
+            self.emit(f"{n.name}_bounds = tighten({n.name}, *inp.concretize_pair(lA_{x}, lbias, uA_{x}, ubias)"
+                      f"{', ' + rows if rows else ''})")
+            if single_affine:
+                self.indent -= 1
             self.bounds[n] = f"{n.name}_bounds"
+
+    def single_affine_of_input(self, target: Node) -> bool:
+        """``target`` is one affine op (with a Jacobian rule) of the input reached through
+        coordinate selections only (reshape, permute, slice, pad): each of its outputs is then
+        an affine function of distinct input coordinates, and IBP's centre/radius rule gives
+        its exact range over a box, so a backward pass cannot tighten it."""
+        if get_op(target.op).jacobian is None:
+            return False
+        for n in self.region([target]):
+            if n is self.x:
+                continue
+            if sum(i.perturbed for i in n.inputs) != 1:
+                return False
+            if n is not target and n.op not in _SELECTION_OPS:
+                return False
+        return True
 
     # -- the whole function ----------------------------------------------------------------
     def generate(self, fn_name: str) -> str:

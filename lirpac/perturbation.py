@@ -121,6 +121,23 @@ class InputSet:
                     not bool((eps.reshape(eps.shape[0], -1) == self.eps_flat).all()):
                 raise InputError(f"an L{int(norm)} ball needs one eps per sample, not per element")
 
+    @property
+    def is_box(self) -> bool:
+        """The set is exactly the box [lower, upper] (an L-inf ball or a Box)."""
+        return self.norm == math.inf
+
+    def concretize_pair(self, lower_coeff, lower_bias, upper_coeff, upper_bias):
+        """Both sides at once; when the two coefficient tensors are the same object (an
+        identity start, before any relaxation), the centre and radius terms are shared."""
+        if lower_coeff is not upper_coeff or not self.is_box:
+            return (self.concretize(lower_coeff, lower_bias, upper=False),
+                    self.concretize(upper_coeff, upper_bias, upper=True))
+        a = lower_coeff.flatten(2)
+        mid = ((self.upper + self.lower) / 2).reshape(self.batch, -1, 1)
+        rad = ((self.upper - self.lower) / 2).reshape(self.batch, -1, 1)
+        centre, radius = a.matmul(mid).squeeze(-1), a.abs().matmul(rad).squeeze(-1)
+        return centre - radius + lower_bias, centre + radius + upper_bias
+
     def concretize(self, coeff: torch.Tensor, bias, upper: bool) -> torch.Tensor:
         """max (upper) or min (lower) of coeff . x + bias over the set; coeff (B, S, *in)."""
         a = coeff.flatten(2)
