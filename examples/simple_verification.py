@@ -40,13 +40,6 @@ def load_model(path):
     return model.eval()
 
 
-def margin_spec(labels, n_classes=10):
-    """C of shape (batch, n_classes - 1, n_classes): rows e_y - e_j for every j != y."""
-    eye = torch.eye(n_classes)
-    rows = [torch.stack([eye[y] - eye[j] for j in range(n_classes) if j != y]) for y in labels.tolist()]
-    return torch.stack(rows)
-
-
 def timed(fn, *args, **kwargs):
     t0 = time.perf_counter()
     fn(*args, **kwargs)
@@ -72,7 +65,7 @@ def main():
 
     # 2. The perturbation set: an Lp ball around each image, intersected with the pixel range.
     ball = lirpac.LpBall(eps=eps, norm=args.norm, lower=0.0, upper=1.0)
-    C = margin_spec(labels)
+    C = lirpac.margin_spec(labels, 10)
 
     with torch.no_grad():
         logits = model(images)
