@@ -8,9 +8,10 @@ from lirpac.codegen.torch_backend import METHODS
 from lirpac.errors import (InputError, LirpacError, ModelFormatError, SpecFormatError,
                            UnsupportedOperationError)
 from lirpac.perturbation import Box, LpBall, Perturbation
+from lirpac.verify import verify
 from lirpac.specs import margin_spec
 
 __version__ = "0.1.0"
 __all__ = ["compile", "CompiledNet", "LinearBounds", "LpBall", "Box", "Perturbation", "METHODS", "margin_spec",
            "LirpacError", "InputError", "UnsupportedOperationError", "ModelFormatError",
-           "SpecFormatError"]
+           "SpecFormatError", "verify"]
