@@ -72,7 +72,7 @@ class CompiledNet:
         """The IR after passes, the pass timings, and the generated source of the methods
         used so far (or of ``method``)."""
         parts = ["# IR after passes", str(self.graph), "", "# passes"]
-        parts += [f"#   {name}: {t * 1e3:.2f} ms, nodes {a} -> {b}" for name, t, a, b in self.pass_timings]
+        parts += [f"#   {r.name}: {r.seconds * 1e3:.2f} ms, {r.summary}" for r in self.pass_timings]
         if method is not None:
             self.source(method)
         for plan, (_, source) in self._cache.items():

@@ -1,2 +1,3 @@
 """All op families; importing this package fills the registry."""
 from lirpac.ir.ops import activations, arith, leaf, linear, shape  # noqa: F401
+from lirpac.ir.ops import folding  # noqa: F401

@@ -1,0 +1,217 @@
+"""Every rewrite pass leaves the bounds of every method unchanged (with and without a spec C),
+really fires on a model made for it, and leaves a graph that verifies."""
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import lirpac
+from lirpac.api import CompiledNet
+from lirpac.ir.torch_frontend import lower_module
+from lirpac.ir.verify import verify_graph
+from models import ARCHS, reinit
+
+METHODS = ["ibp", "crown", "forward", "crown-ibp", "forward+crown"]
+
+
+class Canonical(nn.Module):
+    """Reshape chains, x * 1, x + 0, 0 + x, x / 1, x - 0 (all no-ops)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(12, 8), nn.Linear(8, 3)
+
+    def forward(self, x):                           # (B, 3, 4)
+        h = x.view(x.shape[0], 12).view(x.shape[0], 2, 6).flatten(1)
+        h = (h * 1.0 + 0.0) / 1.0 - 0.0
+        return self.fc2(0.0 + F.relu(self.fc1(h)) * 1.0)
+
+
+class Constants(nn.Module):
+    """A subgraph of literal constants (torch.arange, arithmetic on it)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(6, 3)
+
+    def forward(self, x):                           # (B, 6)
+        offset = torch.arange(6.0) * 0.25 - 0.5
+        return self.fc(F.relu(x + offset.exp()))
+
+
+class BatchNormFirst(nn.Module):
+    """BN with no layer before it: folds into the conv and the linear after it."""
+
+    def __init__(self, padding=0):
+        super().__init__()
+        self.bn0 = nn.BatchNorm2d(2)
+        self.conv = nn.Conv2d(2, 3, 3, padding=padding)
+        self.bn1 = nn.BatchNorm1d(3 * (4 + 2 * padding) ** 2)
+        self.fc = nn.Linear(3 * (4 + 2 * padding) ** 2, 3)
+
+    def forward(self, x):                           # (B, 2, 6, 6)
+        h = F.relu(self.conv(self.bn0(x))).flatten(1)
+        return self.fc(self.bn1(F.relu(h)))
+
+
+class LinearBN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.bn, self.fc2 = nn.Linear(5, 7), nn.BatchNorm1d(7), nn.Linear(7, 2)
+        self.bn_out = nn.BatchNorm1d(2)
+
+    def forward(self, x):
+        return self.bn_out(self.fc2(F.relu(self.bn(self.fc1(x)))))
+
+
+class Normalized(nn.Module):
+    """Input normalisation (x - mean) / std before a conv (padded or not) and an MLP."""
+
+    def __init__(self, padding):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor([0.4, -0.2]).reshape(1, 2, 1, 1))
+        self.register_buffer("std", torch.tensor([0.5, 2.0]).reshape(2, 1, 1))
+        self.conv = nn.Conv2d(2, 3, 3, padding=padding, stride=2)
+        self.fc = nn.Linear(3 * ((6 + 2 * padding - 3) // 2 + 1) ** 2, 3)
+
+    def forward(self, x):                           # (B, 2, 6, 6)
+        h = F.relu(self.conv((x - self.mean) / self.std * 2.0 + 0.1))
+        return self.fc(h.flatten(1))
+
+
+class NormalizedMLP(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("mean", torch.linspace(-1, 1, 6))
+        self.fc1, self.fc2 = nn.Linear(6, 5), nn.Linear(5, 3)
+
+    def forward(self, x):                           # (B, 6)
+        return self.fc2(F.relu(self.fc1((x - self.mean) / 0.3)))
+
+
+class LinearChain(nn.Module):
+    """Consecutive linear layers: 20 -> 30 -> 3 merges (60 < 690 weights)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc0, self.fc1, self.fc2 = nn.Linear(4, 20), nn.Linear(20, 30), nn.Linear(30, 3)
+
+    def forward(self, x):
+        return self.fc2(self.fc1(F.relu(self.fc0(x))))
+
+
+CUSTOM = {
+    "canonical": (Canonical, (3, 4)),
+    "constants": (Constants, (6,)),
+    "bn_first": (BatchNormFirst, (2, 6, 6)),
+    "bn_first_padded": (lambda: BatchNormFirst(padding=1), (2, 6, 6)),
+    "linear_bn": (LinearBN, (5,)),
+    "normalized": (lambda: Normalized(0), (2, 6, 6)),
+    "normalized_padded": (lambda: Normalized(1), (2, 6, 6)),
+    "normalized_mlp": (NormalizedMLP, (6,)),
+    "linear_chain": (LinearChain, (4,)),
+}
+MODELS = {**ARCHS, **CUSTOM}
+_LOWERED = {}
+
+
+def lowered(name):
+    if name not in _LOWERED:
+        cls, shape = MODELS[name]
+        model = reinit(cls(), 0)
+        _LOWERED[name] = (model, lower_module(model, torch.zeros(2, *shape)), shape)
+    return _LOWERED[name]
+
+
+def count(graph, op, perturbed_only=False):
+    return sum(n.op == op and (n.perturbed or not perturbed_only) for n in graph.nodes)
+
+
+def assert_same_bounds(name, passes, methods=METHODS, seed=1, tighter_ok=()):
+    model, graph, shape = lowered(name)
+    reinit(model, seed)
+    before, after = CompiledNet(graph, []), CompiledNet(graph, passes)
+    verify_graph(after.graph, torch.zeros(2, *shape))
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, *shape, generator=g, dtype=torch.float64)
+    C = torch.randn(2, 2, before.output_shape[0], generator=g, dtype=torch.float64)
+    for method in methods:
+        for spec in (None, C):
+            ball = lirpac.LpBall(eps=0.1)
+            lo0, up0 = before.bounds(x, ball, method=method, C=spec)
+            lo1, up1 = after.bounds(x, ball, method=method, C=spec)
+            # a fold that makes the output a linear layer lets IBP fold C into it (tighter)
+            spec_folds = method == "ibp" and spec is not None and after.graph.output.op == "linear" \
+                and before.graph.output.op != "linear"
+            if method in tighter_ok or spec_folds:
+                assert torch.all(lo1 >= lo0 - 1e-9) and torch.all(up1 <= up0 + 1e-9), (name, method)
+            else:
+                torch.testing.assert_close(lo1, lo0, rtol=1e-5, atol=1e-7, msg=f"{name} {method} {spec is not None}")
+                torch.testing.assert_close(up1, up0, rtol=1e-5, atol=1e-7, msg=f"{name} {method} {spec is not None}")
+    return after.graph
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_default_passes_keep_bounds(name):
+    assert_same_bounds(name, None)
+
+
+def test_canonicalize_fires():
+    graph = assert_same_bounds("canonical", ["canonicalize"])
+    _, original, _ = lowered("canonical")
+    assert count(graph, "reshape") == 1 < count(original, "reshape")
+    assert count(graph, "mul") == count(graph, "add") == count(graph, "div") == count(graph, "sub") == 0
+
+
+def test_fold_constants_fires():
+    graph = assert_same_bounds("constants", ["fold_constants"])
+    assert count(graph, "const_fn") == 0 < count(lowered("constants")[1], "const_fn")
+
+
+@pytest.mark.parametrize("name", ["convnet", "resnet_tiny", "residual", "linear_bn", "bn_first",
+                                  "bn_first_padded"])
+def test_fold_batchnorm_fires(name):
+    graph = assert_same_bounds(name, ["fold_batchnorm"])
+    assert count(graph, "batch_norm") == 0 < count(lowered(name)[1], "batch_norm")
+
+
+@pytest.mark.parametrize("name", ["normalized", "normalized_padded", "normalized_mlp"])
+def test_fold_normalization_fires(name):
+    graph = assert_same_bounds(name, ["fold_normalization"])
+    perturbed_arith = [n for n in graph.nodes if n.perturbed and n.op in ("sub", "div", "mul")]
+    assert not perturbed_arith
+    # a zero-padded conv keeps the shift as a bias map (one add after the conv)
+    adds = [n for n in graph.nodes if n.perturbed and n.op == "add"]
+    assert len(adds) == (1 if name == "normalized_padded" else 0)
+
+
+def test_fold_into_padded_conv_bias_would_be_wrong():
+    """The reason for the bias map: with padding, W t in the bias differs at the borders."""
+    model = Normalized(1).eval()
+    x = torch.randn(1, 2, 6, 6)
+    shifted = model.conv((x - model.mean) / model.std)
+    w = model.conv.weight / model.std.reshape(1, 2, 1, 1)
+    naive_bias = model.conv.bias - (w * model.mean.reshape(1, 2, 1, 1)).sum((1, 2, 3))
+    naive = F.conv2d(x, w, naive_bias, stride=2, padding=1)
+    assert not torch.allclose(naive, shifted, atol=1e-4)
+
+
+def test_merge_linear_fires_and_only_tightens_interval_rules():
+    graph = assert_same_bounds("linear_chain", ["merge_linear"],
+                               tighter_ok=("ibp", "forward", "crown-ibp", "forward+crown"))
+    assert count(graph, "linear", perturbed_only=True) == 2
+
+
+def test_merge_linear_skips_when_not_cheaper():
+    graph = assert_same_bounds("mlp", ["merge_linear"])
+    assert count(graph, "linear", perturbed_only=True) == 3
+
+
+def test_dead_code_removes_dead_nonlinear_nodes():
+    _, graph, shape = lowered("mlp")
+    graph = graph.copy()
+    hidden = next(n for n in graph.nodes if n.op == "linear")
+    graph.add("relu", [hidden], name="dead_relu", shape=hidden.shape, batched=True, perturbed=True)
+    net = CompiledNet(graph, ["dead_code"])
+    assert "dead_relu" not in {n.name for n in net.graph.nodes}
+    assert "dead_relu" in {n.name for n in graph.nodes}     # the given graph is untouched
