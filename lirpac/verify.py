@@ -13,7 +13,10 @@ The steps, cheapest first, all within one time budget:
 2. Bounds with the cheap method ("crown"), then with the default method ("alpha-crown" once the
    backend has it) on the polytopes still open. Every region is one sample of one batched call;
    bounds are computed in float64 so rounding in the bound code cannot make a proof unsound.
-3. PGD again with the time that is left.
+3. For models with few inputs (ACAS Xu has 5): branch and bound on the input box, CROWN on
+   batches of sub-boxes, splitting each undecided one in two along the input dim its linear
+   bounds depend on most; the sub-box centres are tried as counterexamples on the way.
+4. PGD again with the time that is left.
 
 "holds" is only ever reported from step 2; "violated" only with a confirmed counterexample.
 """
@@ -28,6 +31,7 @@ import numpy as np
 import torch
 
 from lirpac.errors import InputError
+from lirpac.perturbation import Box
 from lirpac.vnnlib import Spec, parse_vnnlib
 
 __all__ = ["VerificationResult", "verify", "default_method", "STATUSES"]
@@ -37,6 +41,10 @@ STATUSES = ("holds", "violated", "unknown", "timeout", "error")
 FIRST_ATTACK_SHARE = 0.1
 # PGD rounds (new seeds) after the bounds failed; past them the answer is "unknown"
 LATE_ATTACK_ROUNDS = 20
+# input splitting (branch and bound on the box) for models with at most this many inputs
+SPLIT_MAX_INPUTS = 16
+SPLIT_BATCH = 256          # sub-boxes per bound call
+SPLIT_MAX_BOXES = 200_000  # queue size past which splitting gives up
 
 
 @dataclass
@@ -99,6 +107,7 @@ class _Instance:
 
     def __init__(self, net, spec: Spec, deadline: float, log: list[str]):
         self.net, self.spec, self.deadline, self.log = net, spec, deadline, log
+        self.found = None   # a confirmed counterexample from input splitting
         self.shape = tuple(net.input_shape)
         self.dtype = net.graph.perturbed_input.dtype
         n_in = int(np.prod(self.shape)) if self.shape else 1
@@ -109,8 +118,9 @@ class _Instance:
                              "spec for this model?")
         if net.module is None:
             raise InputError("onnxruntime is needed to confirm counterexamples (pip install onnxruntime)")
-        # polytopes still open, per region index: proved ones leave
-        self.open = {r: list(range(len(region.outputs))) for r, region in enumerate(spec.regions)}
+        # the parts of the input left to prove: at first each region's whole box
+        self.boxes = [_SubBox(r, list(range(len(region.outputs))), torch.from_numpy(region.lower),
+                              torch.from_numpy(region.upper)) for r, region in enumerate(spec.regions)]
 
     def time_left(self) -> float:
         return self.deadline - time.monotonic()
@@ -148,44 +158,107 @@ class _Instance:
         return None
 
     # -- proof --------------------------------------------------------------------------
-    def prove(self, method: str) -> bool:
-        """Bound every open polytope with ``method``; drop the proved ones. True when none
-        is left open. All open regions go through one batched call."""
-        regions = [r for r, open_ in self.open.items() if open_]
-        if not regions:
-            return True
-        rows = []   # per region: list of (polytope index, C rows, d)
-        for r in regions:
-            polys = [(p, self.spec.regions[r].outputs[p]) for p in self.open[r]]
-            rows.append(polys)
-        n_rows = max(sum(len(poly.d) for _, poly in polys) for polys in rows)
-        n_out = self.spec.n_outputs
-        C = torch.zeros(len(regions), max(n_rows, 1), n_out, dtype=torch.float64)
-        d = torch.full((len(regions), max(n_rows, 1)), math.inf, dtype=torch.float64)
-        for b, polys in enumerate(rows):
+    def bound(self, boxes: list[_SubBox], method: str, split: bool = False) -> list[_SubBox]:
+        """Bound the open polytopes of ``boxes`` (one batched call) and return the boxes that
+        still have open polytopes; with ``split``, each of those comes back as its two
+        halves along the input dim that the linear lower bounds depend on most."""
+        polys = [[self.spec.regions[b.region].outputs[p] for p in b.open] for b in boxes]
+        n_rows = max(1, max(sum(len(poly.d) for poly in ps) for ps in polys))
+        C = torch.zeros(len(boxes), n_rows, self.spec.n_outputs, dtype=torch.float64)
+        d = torch.full((len(boxes), n_rows), math.inf, dtype=torch.float64)
+        for b, ps in enumerate(polys):
             k = 0
-            for _, poly in polys:
+            for poly in ps:
                 C[b, k:k + len(poly.d)] = torch.from_numpy(poly.C)
                 d[b, k:k + len(poly.d)] = torch.from_numpy(poly.d)
                 k += len(poly.d)
-        lower = torch.stack([torch.from_numpy(self.spec.regions[r].lower) for r in regions]).reshape(-1, *self.shape)
-        upper = torch.stack([torch.from_numpy(self.spec.regions[r].upper) for r in regions]).reshape(-1, *self.shape)
-        from lirpac.perturbation import Box
+        lower = torch.stack([b.lower for b in boxes])
+        upper = torch.stack([b.upper for b in boxes])
+        box = Box(lower.reshape(-1, *self.shape), upper.reshape(-1, *self.shape))
+        centre = ((lower + upper) / 2).reshape(-1, *self.shape)
         with torch.no_grad():
-            lb, _ = self.net.bounds((lower + upper) / 2, Box(lower, upper), method=method, C=C,
-                                    bound_upper=False)
-        margin = (lb.double() - d)   # > 0: that row is never met over the box
-        for b, (r, polys) in enumerate(zip(regions, rows)):
-            k, still_open = 0, []
-            for p, poly in polys:
-                proved = len(poly.d) > 0 and bool((margin[b, k:k + len(poly.d)] > 0).any())
-                if not proved:
+            if split:
+                lin = self.net.linear_bounds(centre, box, method=method, C=C, bound_upper=False)
+                lb, coeff = lin.lower, lin.lower_coeff.reshape(len(boxes), n_rows, -1).abs()
+            else:
+                lb, _ = self.net.bounds(centre, box, method=method, C=C, bound_upper=False)
+        margin = lb.double() - d   # > 0: that row is never met in the box
+        left = []
+        for b, (sub, ps) in enumerate(zip(boxes, polys)):
+            k, still_open, rows = 0, [], []
+            for p, poly in zip(sub.open, ps):
+                n = len(poly.d)
+                if n == 0 or not bool((margin[b, k:k + n] > 0).any()):
                     still_open.append(p)
-                k += len(poly.d)
-            self.open[r] = still_open
-        left = sum(len(v) for v in self.open.values())
-        self.log.append(f"{method}: {left} unsafe polytope(s) not excluded")
-        return left == 0
+                    rows.extend(range(k, k + n))
+                k += n
+            if not still_open:
+                continue
+            if not split:
+                left.append(_SubBox(sub.region, still_open, sub.lower, sub.upper))
+                continue
+            width = sub.upper - sub.lower
+            score = (coeff[b, rows].sum(0) * width) if rows else width
+            left.extend(_SubBox(sub.region, still_open, lo, hi) for lo, hi in _halves(sub, int(score.argmax())))
+        return left
+
+    def prove(self, method: str) -> bool:
+        """Bound the open boxes with ``method``; True when every unsafe polytope is excluded."""
+        if self.boxes:
+            self.boxes = self.bound(self.boxes, method)
+        self.log.append(f"{method}: {sum(len(b.open) for b in self.boxes)} unsafe polytope(s) not excluded")
+        return not self.boxes
+
+    def prove_by_splitting(self, method: str = "crown") -> bool | None:
+        """Branch and bound on the input box: bound sub-boxes in batches, split the undecided
+        ones in two. True when all are proved; None when time or the box budget ran out.
+        Each batch's box centres are also tried as counterexamples (``self.found``)."""
+        queue, bounded = list(self.boxes), 0
+        while queue:
+            if self.time_left() <= 0 or len(queue) > SPLIT_MAX_BOXES:
+                self.log.append(f"input splitting: {bounded} boxes bounded, {len(queue)} left")
+                self.boxes = queue
+                return None
+            batch, queue = queue[-SPLIT_BATCH:], queue[:-SPLIT_BATCH]
+            self.found = self.try_centres(batch)
+            if self.found:
+                return False
+            queue.extend(self.bound(batch, method, split=True))
+            bounded += len(batch)
+        self.log.append(f"input splitting: proved with {bounded} boxes bounded")
+        self.boxes = []
+        return True
+
+    def try_centres(self, boxes: list[_SubBox]):
+        """A confirmed counterexample among the boxes' centres, by the IR first."""
+        from lirpac.ir.interpret import evaluate
+        centre = torch.stack([(b.lower + b.upper) / 2 for b in boxes]).to(self.dtype).reshape(-1, *self.shape)
+        with torch.no_grad():
+            y = evaluate(self.net.graph, centre).double().reshape(len(boxes), -1).numpy()
+        for b, sub in enumerate(boxes):
+            region = self.spec.regions[sub.region]
+            if any(region.outputs[p].satisfied(y[b]) for p in sub.open):
+                found = self.confirm(region, centre[b])
+                if found:
+                    return found
+        return None
+
+
+@dataclass
+class _SubBox:
+    """Part of a region's input box (flat float64 bounds) and its polytopes still open."""
+    region: int
+    open: list[int]
+    lower: torch.Tensor
+    upper: torch.Tensor
+
+
+def _halves(box: _SubBox, dim: int):
+    """The box's two halves along ``dim``; together they cover it (both hold the midpoint)."""
+    mid = (box.lower[dim] + box.upper[dim]) / 2
+    upper, lower = box.upper.clone(), box.lower.clone()
+    upper[dim], lower[dim] = mid, mid
+    return (box.lower, upper), (lower, box.upper)
 
 
 def _load(model, spec):
@@ -231,6 +304,12 @@ def verify(model, spec, method: str | None = None, timeout: float = 60.0, *,
                 return result("timeout")
             if inst.prove(m):
                 return result("holds", message=f"proved by {m}")
+        if spec.n_inputs <= SPLIT_MAX_INPUTS:
+            proved = inst.prove_by_splitting()
+            if proved:
+                return result("holds", message="proved by crown with input splitting")
+            if inst.found:
+                return result("violated", counterexample=inst.found, message="counterexample from input splitting")
         if attack:
             for round_ in range(1, LATE_ATTACK_ROUNDS + 1):
                 if inst.time_left() <= 0:

@@ -94,10 +94,30 @@ def test_accepts_modelproto_compiled_net_and_parsed_spec(files):
     assert verify(net, str(files["violated"]), method="crown").status == "violated"
 
 
-def test_never_holds_without_proof(files):
-    """Without the attack a violated property can only be unknown (the bounds cannot prove it)."""
+def test_never_holds_without_proof(files, monkeypatch):
+    """Without the attack and splitting, a violated property can only be unknown."""
+    monkeypatch.setattr(sys.modules["lirpac.verify"], "SPLIT_MAX_INPUTS", 0)  # the module, not lirpac.verify()
     result = verify(str(files["model"]), str(files["violated"]), attack=False, timeout=20)
     assert result.status == "unknown" and result.counterexample is None
+
+
+def test_input_splitting_proves_what_crown_alone_cannot(tmp_path):
+    """|x| = relu(x) + relu(-x) >= 0 on [-1, 2]: CROWN's relaxation gives only >= -1."""
+    nodes = [helper.make_node("Gemm", ["x", "w1", "b"], ["h"], transB=1), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("Gemm", ["r", "w2", "b1"], ["y"], transB=1)]
+    inits = [numpy_helper.from_array(np.array([[1.0], [-1.0]], np.float32), "w1"),
+             numpy_helper.from_array(np.zeros(2, np.float32), "b"),
+             numpy_helper.from_array(np.array([[1.0, 1.0]], np.float32), "w2"),
+             numpy_helper.from_array(np.zeros(1, np.float32), "b1")]
+    graph = helper.make_graph(nodes, "abs", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1])], inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    spec = "(declare-const X_0 Real)\n(declare-const Y_0 Real)\n(assert (>= X_0 -1))\n(assert (<= X_0 2))\n"
+    result = verify(proto, spec + "(assert (<= Y_0 -0.1))\n", method="crown", timeout=20)
+    assert result.status == "holds" and "splitting" in result.message, result
+    assert result.log[0].startswith("crown: 1 ")   # CROWN alone did not prove it
+    violated = verify(proto, spec + "(assert (>= Y_0 1.9))\n", method="crown", timeout=20)
+    assert violated.status == "violated" and violated.counterexample[0][0] >= 1.9
 
 
 def test_timeout(files):
