@@ -1,9 +1,13 @@
 """Every rewrite pass leaves the bounds of every method unchanged (with and without a spec C),
 really fires on a model made for it, and leaves a graph that verifies."""
+import math
+
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from hypothesis import given, settings, strategies as st
 
 import lirpac
 from lirpac.api import CompiledNet
@@ -154,6 +158,33 @@ def assert_same_bounds(name, passes, methods=METHODS, seed=1, tighter_ok=()):
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_default_passes_keep_bounds(name):
     assert_same_bounds(name, None)
+
+
+_NETS = {}
+
+
+@settings(max_examples=30, deadline=None)
+@given(name=st.sampled_from(sorted(MODELS)), seed=st.integers(0, 10_000), eps=st.floats(0.0, 0.3),
+       norm=st.sampled_from([math.inf, 2.0, 1.0]), method=st.sampled_from(METHODS),
+       use_spec=st.booleans())
+def test_default_passes_keep_bounds_on_random_weights(name, seed, eps, norm, method, use_spec):
+    model, graph, shape = lowered(name)
+    if name not in _NETS:
+        _NETS[name] = (CompiledNet(graph, []), CompiledNet(graph, None))
+    before, after = _NETS[name]
+    reinit(model, seed)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, *shape, generator=g, dtype=torch.float64)
+    C = torch.randn(1, 3, before.output_shape[0], generator=g, dtype=torch.float64) if use_spec else None
+    ball = lirpac.LpBall(eps=eps, norm=norm)
+    lo0, up0 = before.bounds(x, ball, method=method, C=C)
+    lo1, up1 = after.bounds(x, ball, method=method, C=C)
+    spec_folds = after.graph.output.op == "linear" and before.graph.output.op != "linear"
+    if method == "ibp" and use_spec and spec_folds:
+        assert torch.all(lo1 >= lo0 - 1e-9) and torch.all(up1 <= up0 + 1e-9)
+    else:
+        torch.testing.assert_close(lo1, lo0, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(up1, up0, rtol=1e-5, atol=1e-7)
 
 
 def test_canonicalize_fires():
