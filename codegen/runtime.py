@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from lirpac.codegen.patches import Patches, acc_patches, to_dense
 from lirpac.ir.opdef import Interval, Linear
 from lirpac.ir.ops.common import split_pos_neg
 
@@ -13,7 +14,15 @@ def acc(total, extra):
         return extra
     if extra is None:
         return total
+    if isinstance(total, Patches) or isinstance(extra, Patches):
+        return acc_patches(total, extra)
     return total + extra
+
+
+def dense_pair(lower_coeff, upper_coeff):
+    """Both sides as matrices (converted once when they are the same Patches)."""
+    dense = to_dense(lower_coeff)
+    return dense, dense if upper_coeff is lower_coeff else to_dense(upper_coeff)
 
 
 def identity_spec(batch: int, shape: tuple, like: torch.Tensor) -> torch.Tensor:
@@ -105,3 +114,26 @@ def tighten(reference: Interval, lower: torch.Tensor, upper: torch.Tensor, rows=
         new_upper = ref_upper.index_copy(1, rows, torch.minimum(ref_upper.index_select(1, rows), upper))
     shape = reference.lower.shape
     return Interval(new_lower.reshape(shape), new_upper.reshape(shape))
+
+
+# Bytes of coefficients one backward pass may hold before its rows are split into chunks.
+DEFAULT_MAX_MEMORY = 1 << 30
+
+
+def all_rows(bounds: Interval) -> torch.Tensor:
+    """Every neuron of a node, as row indices (for nodes whose users need all of them)."""
+    return torch.arange(bounds.lower[0].numel(), device=bounds.lower.device)
+
+
+def tighten_chunks(reference: Interval, rows: torch.Tensor, run, bytes_per_row: int,
+                   max_memory: int) -> Interval:
+    """``tighten`` the neurons ``rows`` by ``run(chunk) -> (lower, upper)``, a backward pass
+    over a chunk of rows, with chunks small enough for ``max_memory`` bytes: rows are
+    independent, so the bounds are those of one pass, without running out of memory. No rows
+    (no unstable neuron): no pass at all."""
+    size = max(1, max_memory // max(1, bytes_per_row))
+    results = [run(chunk) for chunk in rows.split(size)]
+    if not results:
+        return reference
+    return tighten(reference, torch.cat([r[0] for r in results], 1),
+                   torch.cat([r[1] for r in results], 1), rows)

@@ -17,7 +17,7 @@ import linecache
 import math
 from dataclasses import dataclass
 
-from lirpac.codegen import runtime
+from lirpac.codegen import patches, runtime
 from lirpac.errors import InputError
 from lirpac.ir.graph import Graph, Node
 from lirpac.ir.opdef import Interval, Linear, REGISTRY, get_op
@@ -32,7 +32,17 @@ _FINAL = {"ibp": "ibp", "crown": "backward", "forward": "forward",
 # ops that only select, reorder or pad coordinates: a chain of them keeps inputs distinct
 _SELECTION_OPS = frozenset({"reshape", "permute", "slice", "pad"})
 _MODE_PREFIX = {"ibp": "ibp", "backward": "bwd", "forward_mode": "fwd", "forward": "val",
-                "jacobian": "jac"}
+                "jacobian": "jac", "backward_patches": "pat"}
+
+
+@dataclass(frozen=True)
+class _PassLayout:
+    """Representation of one backward pass's coefficients: ``patched`` nodes carry Patches
+    (with their static window geometry), ``densify`` nodes may receive Patches but turn them
+    into matrices before their rule; ``row_elements`` is the largest coefficient row."""
+    patched: dict
+    densify: set
+    row_elements: int
 
 
 @dataclass(frozen=True)
@@ -44,6 +54,8 @@ class Plan:
     upper: bool = True
     return_A: bool = False      # also return the linear bounds at the input
     sparse: bool = True         # CROWN: backward passes only for neurons an IBP reference leaves unstable
+    conv_mode: str = "auto"     # backward through convs on "patches", "matrix", or by a cost model
+    max_memory: int | None = None   # bytes of coefficients one backward pass may hold (rows chunked)
 
 
 def _literal(value, consts: dict) -> str:
@@ -133,17 +145,26 @@ class _Emitter:
             if n in self.needs:
                 self.bounds[n] = f"{n.name}_lin.bounds"
 
-    def backward(self, target: Node, spec: bool, lower: bool, upper: bool, rows: str | None = None) -> None:
+    def backward(self, target: Node, spec: bool, lower: bool, upper: bool, rows: str | None = None,
+                 layout: "_PassLayout | None" = None) -> None:
         """Emit a backward pass from ``target``; leaves lA_<x>, uA_<x>, lbias, ubias.
-        ``rows`` names a tensor of neuron indices: the pass then bounds those neurons only."""
+        ``rows`` names a tensor of neuron indices: the pass then bounds those neurons only.
+        ``layout`` says which nodes carry Patches (codegen/patches.py) instead of matrices."""
         nodes = self.region([target])
+        patched = layout.patched if layout is not None else {}
         have: set[Node] = set()
         what = "spec C" if spec else ("identity spec" if rows is None else f"identity rows {rows}")
-        self.emit(f"# backward from %{target.name} ({what})")
+        self.emit(f"# backward from %{target.name} ({what}{', patches' if patched else ''})")
         pick = "" if rows is None else f".index_select(1, {rows})"
         op = get_op(target.op)
         skip_target = False
-        if not spec and op.jacobian is not None:
+        if target in patched:
+            start = f"identity_patches(B, {rows}, {target.shape!r}, inp.lower)"
+            self.emit(f"lA_{target.name} = {start if lower else None}")
+            self.emit(f"uA_{target.name} = {(f'lA_{target.name}' if lower else start) if upper else None}")
+            self.emit("lbias = ubias = 0")
+            have.add(target)
+        elif not spec and op.jacobian is not None:
             args = ["None" if i.perturbed else i.name for i in target.inputs]
             self.emit(f"_coeffs, _bias = {self.call(self.rule(target.op, 'jacobian', target), ['B'] + args, self.attrs(target))}")
             self.emit(f"lbias = {'_bias' + pick if lower else 0}")
@@ -168,7 +189,12 @@ class _Emitter:
             opdef = get_op(n.op)
             args = [(self.bounds[i] if opdef.nonlinear else "None") if i.perturbed else i.name
                     for i in n.inputs]
-            fn = self.rule(n.op, "backward", n)
+            if n in patched:
+                fn = self.rule(n.op, "backward_patches", n)
+            else:
+                fn = self.rule(n.op, "backward", n)
+                if layout is not None and n in layout.densify:
+                    self.emit(f"lA_{n.name}, uA_{n.name} = dense_pair(lA_{n.name}, uA_{n.name})")
             self.emit(f"_coeffs, _lb, _ub = {self.call(fn, [f'lA_{n.name}', f'uA_{n.name}'] + args, self.attrs(n, opdef.backward_needs_shapes))}")
             if lower:
                 self.emit("lbias = lbias + _lb")
@@ -184,14 +210,94 @@ class _Emitter:
                     self.emit(f"lA_{i.name}, uA_{i.name} = _coeffs[{k}]")
                     have.add(i)
 
+    def pass_layout(self, target: Node) -> "_PassLayout":
+        """Choose, for a backward pass from ``target``, the nodes whose coefficients are Patches.
+
+        Geometry is static (codegen/patches.py), so the choice is made here: starting at a
+        (C, H, W) target, a node keeps Patches while its op has a patch rule, its inputs are
+        (C, H, W) maps and (conv_mode "auto") the windows stay smaller than the map, the cost
+        model: per row, memory and transposed-conv FLOPs both scale with the window area
+        against the map's area in matrix form. A node reached by a matrix contribution is a
+        matrix. Also returns the largest coefficient row (elements), to size row chunks."""
+        nodes = self.region([target])
+        mode = self.plan.conv_mode
+        patched: dict[Node, patches.Geometry] = {}
+        if mode != "matrix" and len(target.shape) == 3 and target is not self.x:
+            patched[target] = ((1, 0, 1), (1, 0, 1))
+        dense: set[Node] = set()
+        densify: set[Node] = set()
+        reached = {target}
+        for n in reversed(nodes):
+            if n not in reached or n is self.x:
+                continue
+            inputs = [i for i in n.inputs if i.perturbed]
+            reached.update(inputs)
+            geo = patched.get(n)
+            outs = None if geo is None else self.patch_inputs(n, geo)
+            if outs is not None and mode == "auto" and any(
+                    g[0][2] * g[1][2] >= i.shape[1] * i.shape[2] for i, g in outs):
+                outs = None
+            if outs is None:
+                if patched.pop(n, None) is not None:
+                    densify.add(n)
+                dense.add(n)
+                for i in inputs:
+                    if patched.pop(i, None) is not None:
+                        densify.add(i)
+                    dense.add(i)
+                continue
+            for i, g in outs:
+                if i in dense:
+                    densify.add(i)
+                    continue
+                merged = g if i not in patched else patches.merge_geometry(patched[i], g)
+                if merged is None:
+                    del patched[i]
+                    densify.add(i)
+                    dense.add(i)
+                else:
+                    patched[i] = merged
+        row = 0
+        for n in reached:
+            size = math.prod(n.shape)
+            if n in patched:
+                (_, _, kh), (_, _, kw) = patched[n]
+                size = n.shape[0] * kh * kw
+            row = max(row, size)
+        return _PassLayout(patched, densify, row)
+
+    def patch_inputs(self, n: Node, geo) -> list | None:
+        """Geometry on each perturbed input of ``n`` from its own, or None if ``n`` cannot
+        pass Patches on (no patch rule, not 2-D maps)."""
+        if get_op(n.op).backward_patches is None:
+            return None
+        outs = []
+        for i in n.inputs:
+            if not i.perturbed:
+                continue
+            if len(i.shape) != 3:
+                return None
+            if n.op == "conv":
+                weight = n.inputs[1].shape
+                outs.append((i, patches.conv_geometry(geo, n.attrs["stride"], n.attrs["padding"],
+                                                      n.attrs["dilation"], weight[2:])))
+            elif i.shape == n.shape:
+                outs.append((i, geo))
+            else:
+                return None
+        return outs
+
     def intermediate_backward(self) -> None:
         """CROWN's intermediate bounds: a backward pass per node that needs bounds, tightening
         an IBP reference. When every nonlinear user of the node is exact once the sign is
         known (ReLU), only neurons whose reference straddles 0 get a pass (their rows of the
-        identity spec); the others keep the reference, which changes no relaxation."""
+        identity spec); the others keep the reference, which changes no relaxation. Rows go
+        through the pass in chunks whose coefficients fit in ``plan.max_memory``; a node with
+        no row to bound costs nothing."""
         self.ibp(self.region(self.needs))
         users = self.graph.users()
         x = self.x.name
+        budget = self.plan.max_memory or runtime.DEFAULT_MAX_MEMORY
         for n in self.needs:
             if n is self.x:
                 self.emit(f"{n.name}_bounds = Interval(inp.lower, inp.upper)")
@@ -205,12 +311,17 @@ class _Emitter:
                 self.indent += 1
             sparse = self.plan.sparse and all(
                 get_op(u.op).exact_when_sign_known for u in users[n] if get_op(u.op).nonlinear)
-            rows = f"{n.name}_rows" if sparse else None
-            if sparse:
-                self.emit(f"{rows} = straddling_rows({n.name})")
-            self.backward(n, spec=False, lower=True, upper=True, rows=rows)
-            self.emit(f"{n.name}_bounds = tighten({n.name}, *inp.concretize_pair(lA_{x}, lbias, uA_{x}, ubias)"
-                      f"{', ' + rows if rows else ''})")
+            rows = f"{n.name}_rows"
+            self.emit(f"{rows} = {'straddling_rows' if sparse else 'all_rows'}({n.name})")
+            layout = self.pass_layout(n)
+            self.emit(f"def {n.name}_pass(_rows):")
+            self.indent += 1
+            self.backward(n, spec=False, lower=True, upper=True, rows="_rows", layout=layout)
+            self.emit(f"return concretize_pair(inp, lA_{x}, lbias, uA_{x}, ubias)")
+            self.indent -= 1
+            # lA, uA and the temporaries of a relaxation step: about 6 coefficient tensors
+            self.emit(f"{n.name}_bounds = tighten_chunks({n.name}, {rows}, {n.name}_pass, "
+                      f"B * {6 * layout.row_elements} * inp.lower.element_size(), {budget})")
             if single_affine:
                 self.indent -= 1
             self.bounds[n] = f"{n.name}_bounds"
@@ -299,7 +410,10 @@ def generate(graph: Graph, plan: Plan) -> tuple[str, dict]:
                  "ibp_spec": runtime.ibp_spec, "ibp_spec_linear": runtime.ibp_spec_linear,
                  "input_linear": runtime.input_linear, "forward_spec": runtime.forward_spec,
                  "straddling_rows": runtime.straddling_rows, "identity_rows": runtime.identity_rows,
-                 "tighten": runtime.tighten}
+                 "tighten": runtime.tighten, "all_rows": runtime.all_rows,
+                 "tighten_chunks": runtime.tighten_chunks,
+                 "identity_patches": patches.identity_patches, "dense_pair": runtime.dense_pair,
+                 "concretize_pair": patches.concretize_pair}
     for op, mode in emitter.rules:
         opdef = REGISTRY[op]
         namespace[f"{_MODE_PREFIX[mode]}_{op}"] = getattr(opdef, mode)

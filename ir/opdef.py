@@ -58,6 +58,9 @@ class OpDef:
     # Backward from this node with an identity spec, without materialising the identity:
     # jacobian(batch, *xs, **attrs) -> (input_coeffs, bias) (an optional fast path).
     jacobian: Callable[..., Any] | None = None
+    # Backward on Patches (codegen/patches.py: one window per row on a (C, H, W) node), same
+    # convention as ``backward``; an op without it makes the code generator go dense first.
+    backward_patches: Callable[..., Any] | None = None
     # The backward rule takes ``in_shapes=`` (the per-sample shape of each perturbed input,
     # None for constants), for ops whose coefficients cannot tell the input's shape.
     backward_needs_shapes: bool = False

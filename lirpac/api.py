@@ -41,7 +41,12 @@ class LinearBounds:
 class CompiledNet:
     """A model lowered to the bound IR, with generated bound functions cached per plan."""
 
-    def __init__(self, graph: Graph, passes: list[str] | None = None, module=None):
+    def __init__(self, graph: Graph, passes: list[str] | None = None, module=None,
+                 conv_mode: str = "auto", max_memory: int | None = None):
+        if conv_mode not in ("auto", "patches", "matrix"):
+            raise InputError(f"conv_mode must be 'auto', 'patches' or 'matrix', got {conv_mode!r}")
+        # how backward passes hold coefficients of conv layers, and how much memory they may use
+        self.conv_mode, self.max_memory = conv_mode, max_memory
         self.source_graph = graph
         self.module = module
         dump = _print_stage if _dump_enabled("passes") else None
@@ -64,7 +69,7 @@ class CompiledNet:
         return self._cache[plan][0]
 
     def source(self, method: str = "crown", spec: bool = False) -> str:
-        plan = Plan(method=method, spec=spec)
+        plan = Plan(method=method, spec=spec, conv_mode=self.conv_mode, max_memory=self.max_memory)
         self.function(plan)
         return self._cache[plan][1]
 
@@ -123,7 +128,7 @@ class CompiledNet:
         if not (bound_lower or bound_upper):
             raise InputError("at least one of bound_lower and bound_upper must be True")
         plan = Plan(method=method, spec=C is not None, lower=bound_lower, upper=bound_upper,
-                    return_A=return_A)
+                    return_A=return_A, conv_mode=self.conv_mode, max_memory=self.max_memory)
         fn = self.function(plan)
         inp = perturbation.bind(x)
         return fn(inp, C, self._params(x))
@@ -158,22 +163,28 @@ class CompiledNet:
         return self.module(x)
 
 
-def compile(model, example_input=None, *, passes: list[str] | None = None) -> CompiledNet:
+def compile(model, example_input=None, *, passes: list[str] | None = None, conv_mode: str = "auto",
+            max_memory: int | None = None) -> CompiledNet:
     """Lower ``model`` (an nn.Module, or an ONNX path/ModelProto) to the bound IR, run passes,
-    and return a CompiledNet whose bound functions are generated on first use."""
+    and return a CompiledNet whose bound functions are generated on first use.
+
+    ``conv_mode``: backward passes through convolutions hold coefficients as "patches" (one
+    window per bounded neuron), as a dense "matrix", or choose per node by size ("auto"); the
+    bounds are the same. ``max_memory``: bytes of coefficients a backward pass may hold before
+    its rows are split into several passes (default 1 GiB)."""
     if isinstance(model, torch.nn.Module):
         from lirpac.ir.torch_frontend import lower_module
         if example_input is None:
             raise InputError("compile(model, example_input): an example input is needed to trace "
                              "an nn.Module (any batch size; only the per-sample shape matters)")
         graph = lower_module(model, example_input)
-        return CompiledNet(graph, passes, module=model)
+        return CompiledNet(graph, passes, module=model, conv_mode=conv_mode, max_memory=max_memory)
     try:
         from lirpac.ir.onnx_frontend import lower_onnx
     except ImportError as err:
         raise InputError(f"compile: cannot load {type(model).__name__} ({err})") from err
     graph, runner = lower_onnx(model)
-    return CompiledNet(graph, passes, module=runner)
+    return CompiledNet(graph, passes, module=runner, conv_mode=conv_mode, max_memory=max_memory)
 
 
 __all__ = ["compile", "CompiledNet", "LinearBounds", "LpBall"]

@@ -43,6 +43,23 @@ def _sum_backward(lA, uA, a, b, sign: int, in_shapes):
     return coeffs, lbias, ubias
 
 
+def _sum_backward_patches(lA, uA, a, b, sign: int, in_shapes):
+    """Patches flow unchanged to both operands (the code generator only uses this rule when
+    perturbed operands have the node's shape); a constant operand adds its window sums."""
+    coeffs = []
+    lbias = ubias = 0
+    for operand, s in ((a, 1), (b, sign)):
+        if _is_const(operand):
+            coeffs.append(None)
+            if lA is not None:
+                lbias = lbias + s * lA.bias(operand)
+            if uA is not None:
+                ubias = ubias + s * uA.bias(operand)
+        else:
+            coeffs.append((lA, uA) if s > 0 else (None if lA is None else -lA, None if uA is None else -uA))
+    return coeffs, lbias, ubias
+
+
 def _sum_forward_mode(a, b, sign: int) -> Linear:
     def lin(x):
         if _is_const(x):
@@ -68,6 +85,7 @@ register(OpDef(
     name="add", forward=lambda a, b: a + b,
     ibp=lambda a, b: _sum_ibp(a, b, 1),
     backward=lambda lA, uA, a, b, in_shapes: _sum_backward(lA, uA, a, b, 1, in_shapes),
+    backward_patches=lambda lA, uA, a, b, in_shapes: _sum_backward_patches(lA, uA, a, b, 1, in_shapes),
     forward_mode=lambda a, b: _sum_forward_mode(a, b, 1),
     backward_needs_shapes=True, doc="a + b (either may be perturbed)"))
 
@@ -75,6 +93,7 @@ register(OpDef(
     name="sub", forward=lambda a, b: a - b,
     ibp=lambda a, b: _sum_ibp(a, b, -1),
     backward=lambda lA, uA, a, b, in_shapes: _sum_backward(lA, uA, a, b, -1, in_shapes),
+    backward_patches=lambda lA, uA, a, b, in_shapes: _sum_backward_patches(lA, uA, a, b, -1, in_shapes),
     forward_mode=lambda a, b: _sum_forward_mode(a, b, -1),
     backward_needs_shapes=True, doc="a - b (either may be perturbed)"))
 
@@ -107,11 +126,23 @@ def _mul_backward(lA, uA, a, b, in_shapes):
     return [_scale_backward(lA, uA, b, in_shapes[0]), None], 0, 0
 
 
+def _scale_patches(lA, uA, scale):
+    return (None if lA is None else lA.with_coeff(lA.coeff * lA.windows(scale)),
+            None if uA is None else uA.with_coeff(uA.coeff * uA.windows(scale)))
+
+
+def _mul_backward_patches(lA, uA, a, b, in_shapes):
+    if _is_const(a):
+        return [None, _scale_patches(lA, uA, a)], 0, 0
+    return [_scale_patches(lA, uA, b), None], 0, 0
+
+
 def _mul_forward_mode(a, b):
     return _scale_forward_mode(b, a) if _is_const(a) else _scale_forward_mode(a, b)
 
 
 register(OpDef(name="mul", forward=lambda a, b: a * b, ibp=_mul_ibp, backward=_mul_backward,
+               backward_patches=_mul_backward_patches,
                forward_mode=_mul_forward_mode, backward_needs_shapes=True,
                doc="a * b with one operand constant"))
 
@@ -119,6 +150,7 @@ register(OpDef(
     name="div", forward=lambda a, b: a / b,
     ibp=lambda a, b: _scale_ibp(a, 1.0 / b),
     backward=lambda lA, uA, a, b, in_shapes: ([_scale_backward(lA, uA, 1.0 / b, in_shapes[0]), None], 0, 0),
+    backward_patches=lambda lA, uA, a, b, in_shapes: ([_scale_patches(lA, uA, 1.0 / b), None], 0, 0),
     forward_mode=lambda a, b: _scale_forward_mode(a, 1.0 / b),
     backward_needs_shapes=True, doc="a / b with b constant"))
 
@@ -126,5 +158,6 @@ register(OpDef(
     name="neg", forward=lambda x: -x,
     ibp=lambda x: Interval(-x.upper, -x.lower),
     backward=lambda lA, uA, x: ([(None if lA is None else -lA, None if uA is None else -uA)], 0, 0),
+    backward_patches=lambda lA, uA, x: ([(None if lA is None else -lA, None if uA is None else -uA)], 0, 0),
     forward_mode=lambda x: Linear(-x.uw, -x.ub, -x.lw, -x.lb),
     doc="-x"))

@@ -24,6 +24,15 @@ def fold_opt(t, fn):
     return None if t is None else fold(t, fn)
 
 
+def both_sides(lA, uA, fn):
+    """(fn(lA), fn(uA)) for a linear map fn, computed once when both sides are the same
+    coefficients (an identity or Jacobian start); None stays None."""
+    new_l = None if lA is None else fn(lA)
+    if uA is lA:
+        return new_l, new_l
+    return new_l, None if uA is None else fn(uA)
+
+
 def bias_of(coeff: torch.Tensor | None, value: torch.Tensor):
     """Sum of coeff * value over the node dims: (B, S). ``value`` broadcasts against the
     node's per-sample shape (a constant added to it, say)."""
@@ -67,18 +76,50 @@ def add_bias(a, b):
 
 def relaxed_backward(lA, uA, relax):
     """Backward through y = f(x) given its relaxation (B, *shape)."""
-    l_slope, l_bias, u_slope, u_bias = (r.unsqueeze(1) for r in relax)
+    relax = [_nonzero_or_int(r, lambda t: t.unsqueeze(1)) for r in relax]
+    new_l, new_u, lbias, ubias = _relaxed_step(lA, uA, *relax, lambda t: t.flatten(2).sum(-1))
+    return [(new_l, new_u)], lbias, ubias
+
+
+def relaxed_backward_patches(lA, uA, relax):
+    """Backward through an elementwise relaxation on Patches (codegen/patches.py): the slopes
+    and biases are read at each row's window, then the rule is the dense one."""
+    some = lA if lA is not None else uA
+    relax = [_nonzero_or_int(r, some.windows) for r in relax]
+    lA_c, uA_c = (None if a is None else a.coeff for a in (lA, uA))
+    if uA is lA:
+        uA_c = lA_c
+    new_l, new_u, lbias, ubias = _relaxed_step(lA_c, uA_c, *relax, lambda t: t.sum((2, 3, 4)))
+    return ([(None if new_l is None else some.with_coeff(new_l),
+              None if new_u is None else some.with_coeff(new_u))], lbias, ubias)
+
+
+def _nonzero_or_int(r, shape):
+    # a zero line (ReLU's lower bias) costs no product at all
+    return 0 if isinstance(r, torch.Tensor) and not r.any() else shape(r)
+
+
+def _relaxed_step(lA, uA, l_slope, l_bias, u_slope, u_bias, total):
+    """Coefficients and biases through one relaxation (shared by the dense and patch forms):
+    positive coefficients meet the lower line of a lower bound, negative ones the upper line.
+    ``total`` sums a coefficient-shaped product over the node; when both sides are the same
+    tensor (an identity start) its signs are split once."""
+    def dot(coeff, values):
+        return 0 if isinstance(values, int) else total(coeff * values)
+
     new_l = new_u = None
     lbias = ubias = 0
+    signs = None
     if lA is not None:
-        pos, neg = split_pos_neg(lA)
+        signs = lA.clamp(min=0), lA.clamp(max=0)
+        pos, neg = signs
         new_l = pos * l_slope + neg * u_slope
-        lbias = (pos * l_bias + neg * u_bias).flatten(2).sum(-1)
+        lbias = add_bias(dot(pos, l_bias), dot(neg, u_bias))
     if uA is not None:
-        pos, neg = split_pos_neg(uA)
+        pos, neg = signs if uA is lA else (uA.clamp(min=0), uA.clamp(max=0))
         new_u = pos * u_slope + neg * l_slope
-        ubias = (pos * u_bias + neg * l_bias).flatten(2).sum(-1)
-    return [(new_l, new_u)], lbias, ubias
+        ubias = add_bias(dot(pos, u_bias), dot(neg, l_bias))
+    return new_l, new_u, lbias, ubias
 
 
 def relaxed_forward(x: Linear, relax) -> Linear:
@@ -109,10 +150,14 @@ def elementwise(name: str, fn, relax, ibp=None, aten: tuple[str, ...] = (), doc:
     def backward(lA, uA, x: Interval, **attrs):
         return relaxed_backward(lA, uA, relax(x.lower, x.upper, **attrs))
 
+    def backward_patches(lA, uA, x: Interval, **attrs):
+        return relaxed_backward_patches(lA, uA, relax(x.lower, x.upper, **attrs))
+
     def forward_mode(x: Linear, **attrs) -> Linear:
         return relaxed_forward(x, relax(x.bounds.lower, x.bounds.upper, **attrs))
 
     return register(OpDef(name=name, forward=fn, ibp=ibp or monotone_ibp(fn), backward=backward,
+                          backward_patches=backward_patches,
                           forward_mode=forward_mode, nonlinear=True, aten=aten, doc=doc,
                           exact_when_sign_known=exact_when_sign_known))
 

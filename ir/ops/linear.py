@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from lirpac.ir.opdef import Interval, Linear, OpDef, register
-from lirpac.ir.ops.common import bias_of, fold, fold_opt, split_pos_neg
+from lirpac.ir.ops.common import bias_of, both_sides, fold, fold_opt, split_pos_neg
 
 
 def _affine_ibp(apply, x: Interval, weight, bias) -> Interval:
@@ -123,13 +123,24 @@ def _conv_transpose_of(a, weight, in_shape, stride, padding, dilation, groups):
 def _conv_backward(lA, uA, x, weight, bias=None, *, in_shapes, stride, padding, dilation, groups):
     def back(a):
         return _conv_transpose_of(a, weight, in_shapes[0], stride, padding, dilation, groups)
-    coeffs = [(fold_opt(lA, back), fold_opt(uA, back)), None]
+    coeffs = [both_sides(lA, uA, lambda a: fold(a, back)), None]
     if bias is None:
         return coeffs, 0, 0
     spatial = tuple(range(3, 3 + weight.dim() - 2))
     lbias = 0 if lA is None else lA.sum(spatial).matmul(bias)
     ubias = 0 if uA is None else uA.sum(spatial).matmul(bias)
     return coeffs + [None], lbias, ubias
+
+
+def _conv_backward_patches(lA, uA, x, weight, bias=None, *, in_shapes, stride, padding, dilation, groups):
+    """Each row's window on the output becomes the window of the input it reads (2-D only)."""
+    def back(a):
+        return a.conv_transpose(weight, stride, padding, dilation, groups, in_shapes[0])
+    coeffs = [both_sides(lA, uA, back), None]
+    if bias is None:
+        return coeffs, 0, 0
+    return coeffs + [None], 0 if lA is None else lA.bias(bias[:, None, None]), \
+        0 if uA is None else uA.bias(bias[:, None, None])
 
 
 def _conv_rules(**attrs):
@@ -141,7 +152,7 @@ def _conv_rules(**attrs):
 register(OpDef(
     name="conv", forward=_conv,
     ibp=lambda x, weight, bias=None, **kw: _affine_ibp(_conv_rules(**kw), x, weight, bias),
-    backward=_conv_backward,
+    backward=_conv_backward, backward_patches=_conv_backward_patches,
     forward_mode=lambda x, weight, bias=None, **kw: _affine_forward_mode(_conv_rules(**kw), x, weight, bias),
     backward_needs_shapes=True,
     doc="N-d convolution (1-3 spatial dims) with constant weight and bias"))
@@ -174,8 +185,14 @@ def _bn_ibp(x: Interval, weight, bias, mean, var, *, eps):
 def _bn_backward(lA, uA, x, weight, bias, mean, var, *, eps):
     scale, shift = _bn_scale_shift(lA.dim() - 1 if lA is not None else uA.dim() - 1,
                                    weight, bias, mean, var, eps)
-    return ([(None if lA is None else lA * scale, None if uA is None else uA * scale)]
-            + [None] * 4, bias_of(lA, shift), bias_of(uA, shift))
+    return ([both_sides(lA, uA, lambda a: a * scale)] + [None] * 4,
+            bias_of(lA, shift), bias_of(uA, shift))
+
+
+def _bn_backward_patches(lA, uA, x, weight, bias, mean, var, *, eps):
+    scale, shift = _bn_scale_shift(4, weight, bias, mean, var, eps)     # (C, 1, 1) each
+    return ([both_sides(lA, uA, lambda a: a.with_coeff(a.coeff * scale))] + [None] * 4,
+            0 if lA is None else lA.bias(shift), 0 if uA is None else uA.bias(shift))
 
 
 def _bn_forward_mode(x: Linear, weight, bias, mean, var, *, eps):
@@ -186,5 +203,6 @@ def _bn_forward_mode(x: Linear, weight, bias, mean, var, *, eps):
 
 
 register(OpDef(name="batch_norm", forward=_batch_norm, ibp=_bn_ibp, backward=_bn_backward,
+               backward_patches=_bn_backward_patches,
                forward_mode=_bn_forward_mode,
                doc="eval-mode batch norm: (x - mean) / sqrt(var + eps) * weight + bias"))

@@ -1,0 +1,187 @@
+"""Patches: backward coefficients of conv-shaped nodes stored as one small window per row.
+
+A backward pass that starts at a neuron of a (C, H, W) map and goes back through convolutions
+only ever touches that neuron's receptive field, so its coefficient row is zero outside a
+window of KH x KW positions. ``Patches`` keeps for each of the k rows (one row per neuron being
+bounded) just that window:
+
+    dense[b, r, c, top[r] + i, left[r] + j] = coeff[b, r, c, i, j]
+
+``coeff`` is (B, k, C, KH, KW); ``top``/``left`` are (k,) integer tensors (they may be negative
+or run past the map's edge: padding). Invariant: entries whose position lies outside the map
+are zero, so sums over a window (biases, concretization) never need a mask.
+
+Rules (an op's optional ``OpDef.backward_patches``) call the methods below: ``windows`` gathers
+a per-node tensor (a relaxation slope, a constant) at every row's window, ``conv_transpose``
+composes a convolution's kernel with the windows (patches of patches), ``to_dense`` converts
+exactly. A (B, k, C, H, W) matrix costs C*H*W per row; patches cost C*KH*KW, so the identity
+start (a 1x1 window) and the first few convolutions back from it are far smaller.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+# A window position is an affine function of the starting neuron's position h: a*h + b, with
+# extent K; the code generator tracks (a, b, K) per spatial dim to size windows statically.
+Geometry = tuple[tuple[int, int, int], tuple[int, int, int]]
+
+
+class Patches:
+    """Coefficients of k rows on a (C, H, W) node, each nonzero on one window only."""
+    __slots__ = ("coeff", "top", "left", "shape")
+
+    def __init__(self, coeff: torch.Tensor, top: torch.Tensor, left: torch.Tensor, shape: tuple):
+        self.coeff, self.top, self.left, self.shape = coeff, top, left, tuple(shape)
+
+    def with_coeff(self, coeff: torch.Tensor) -> "Patches":
+        return Patches(coeff, self.top, self.left, self.shape)
+
+    def __neg__(self) -> "Patches":
+        return self.with_coeff(-self.coeff)
+
+    def _positions(self):
+        kh, kw = self.coeff.shape[-2:]
+        ys = self.top[:, None] + torch.arange(kh, device=self.top.device)
+        xs = self.left[:, None] + torch.arange(kw, device=self.left.device)
+        return ys, xs
+
+    def windows(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` (broadcastable to (B, C, H, W) or (C, H, W)) at every row's window, shaped to
+        multiply ``coeff``: (B or 1, k, C, KH, KW), or (.., 1, C, 1, 1) when ``t`` is constant
+        over space. Positions outside the map read a clamped neighbour: harmless, since the
+        coefficients there are zero."""
+        while t.dim() < 4:
+            t = t.unsqueeze(0)
+        if t.shape[-2:] == (1, 1):
+            return t.unsqueeze(1)
+        channels, height, width = self.shape
+        batch, (kh, kw) = t.shape[0], self.coeff.shape[-2:]
+        ys, xs = self._positions()
+        ys, xs = ys.clamp(0, height - 1), xs.clamp(0, width - 1)
+        flat = (ys[:, :, None] * width + xs[:, None, :]).reshape(-1)
+        # channels last: each gathered position is one contiguous run of C values
+        t = t.expand(batch, channels, height, width).permute(0, 2, 3, 1).reshape(batch, height * width, channels)
+        return t.index_select(1, flat).reshape(batch, -1, kh, kw, channels).permute(0, 1, 4, 2, 3)
+
+    def bias(self, t) -> torch.Tensor:
+        """sum(dense * t) over the node: (B, k)."""
+        return (self.coeff * self.windows(t)).sum((2, 3, 4))
+
+    def to_dense(self) -> torch.Tensor:
+        """The (B, k, C, H, W) matrix these patches stand for (exact)."""
+        batch, k, channels, kh, kw = self.coeff.shape
+        _, height, width = self.shape
+        ys, xs = self._positions()
+        # windows wholly outside the map are zero: clamp them into a padded canvas
+        ys = ys.clamp(-kh, height + kh - 1) + kh
+        xs = xs.clamp(-kw, width + kw - 1) + kw
+        canvas = self.coeff.new_zeros(k, height + 2 * kh, width + 2 * kw, batch, channels)
+        rows = torch.arange(k, device=self.top.device)
+        canvas[rows[:, None, None], ys[:, :, None], xs[:, None, :]] = self.coeff.permute(1, 3, 4, 0, 2)
+        return canvas[:, kh:kh + height, kw:kw + width].permute(3, 0, 4, 1, 2)
+
+    def conv_transpose(self, weight, stride, padding, dilation, groups, in_shape) -> "Patches":
+        """Back through y = conv(x, weight): each window of y maps to the window of x it reads,
+        ((K-1)*stride + (k-1)*dilation + 1) wide, by a transposed convolution of the window."""
+        coeff = self.coeff
+        shared = coeff.shape[0] > 1 and coeff.stride(0) == 0    # same rows for every sample
+        if shared:
+            coeff = coeff[:1]
+        batch, k = coeff.shape[:2]
+        # channels last: oneDNN's transposed convolution is several times faster on many
+        # small images than the default layout
+        windows = coeff.reshape(batch * k, *coeff.shape[2:]).contiguous(memory_format=torch.channels_last)
+        new = F.conv_transpose2d(windows, weight, None, tuple(stride), 0, 0, groups, tuple(dilation))
+        new = new.reshape(batch, k, *new.shape[1:])
+        top = self.top * stride[0] - padding[0]
+        left = self.left * stride[1] - padding[1]
+        out = Patches(new, top, left, in_shape)
+        out.coeff = out.coeff * out._inside_mask()
+        if shared:
+            out.coeff = out.coeff.expand(self.coeff.shape[0], *out.coeff.shape[1:])
+        return out
+
+    def _inside_mask(self) -> torch.Tensor:
+        """(k, 1, KH, KW) mask of the window positions that lie inside the map."""
+        _, height, width = self.shape
+        ys, xs = self._positions()
+        inside = ((ys >= 0) & (ys < height))[:, :, None] & ((xs >= 0) & (xs < width))[:, None, :]
+        return inside[:, None].to(self.coeff.dtype)
+
+
+def identity_patches(batch: int, rows: torch.Tensor | None, shape: tuple, like: torch.Tensor) -> Patches:
+    """The identity rows ``rows`` (flat neuron indices; None: all) of a (C, H, W) node as 1x1
+    windows: the structured form of ``identity_rows``, k*C numbers instead of k*C*H*W."""
+    channels, height, width = shape
+    if rows is None:
+        rows = torch.arange(channels * height * width, device=like.device)
+    onehot = like.new_zeros(rows.shape[0], channels, 1, 1)
+    onehot[torch.arange(rows.shape[0], device=like.device), rows // (height * width)] = 1.0
+    coeff = onehot.expand(batch, *onehot.shape)
+    return Patches(coeff, (rows // width) % height, rows % width, shape)
+
+
+def to_dense(coeff):
+    """Dense coefficients from Patches; anything else (a tensor, None) passes through."""
+    return coeff.to_dense() if isinstance(coeff, Patches) else coeff
+
+
+def acc_patches(total, extra):
+    """Sum of two contributions on one node. Two Patches whose windows sit at a constant offset
+    of each other (two branches of a residual block) merge into the union window; otherwise the
+    sum is dense."""
+    if total is None or extra is None:
+        return extra if total is None else total
+    if isinstance(total, Patches) and isinstance(extra, Patches):
+        merged = _merge(total, extra)
+        if merged is not None:
+            return merged
+    return to_dense(total) + to_dense(extra)
+
+
+def _merge(a: Patches, b: Patches) -> Patches | None:
+    if a.top.shape[0] == 0:
+        return a if a.coeff.shape[-2:] >= b.coeff.shape[-2:] else b
+    dy, dx = b.top - a.top, b.left - a.left
+    if not (bool((dy == dy[0]).all()) and bool((dx == dx[0]).all())):
+        return None
+    dy, dx = int(dy[0]), int(dx[0])
+    (ah, aw), (bh, bw) = a.coeff.shape[-2:], b.coeff.shape[-2:]
+    y0, x0 = min(0, dy), min(0, dx)
+    height, width = max(ah, dy + bh) - y0, max(aw, dx + bw) - x0
+
+    def place(p: Patches, oy: int, ox: int) -> torch.Tensor:
+        ph, pw = p.coeff.shape[-2:]
+        return F.pad(p.coeff, (ox - x0, width - (ox - x0) - pw, oy - y0, height - (oy - y0) - ph))
+    return Patches(place(a, 0, 0) + place(b, dy, dx), a.top + y0, a.left + x0, a.shape)
+
+
+def concretize_pair(inp, lA, lbias, uA, ubias):
+    """``inp.concretize_pair`` for coefficients that may be Patches: over a box, the centre and
+    radius terms are window sums (no dense matrix); other sets get the dense form."""
+    if isinstance(lA, Patches) and isinstance(uA, Patches) and inp.is_box:
+        mid, rad = (inp.upper + inp.lower) / 2, (inp.upper - inp.lower) / 2
+        lower = lA.bias(mid) - (lA.coeff.abs() * lA.windows(rad)).sum((2, 3, 4)) + lbias
+        upper = uA.bias(mid) + (uA.coeff.abs() * uA.windows(rad)).sum((2, 3, 4)) + ubias
+        return lower, upper
+    return inp.concretize_pair(to_dense(lA), lbias, to_dense(uA), ubias)
+
+
+# -- static sizing, for the code generator's choice between patches and a dense matrix ----------
+
+def conv_geometry(geometry: Geometry, stride, padding, dilation, kernel) -> Geometry:
+    """Window geometry on a conv's input from the geometry on its output."""
+    return tuple((a * s, b * s - p, (k - 1) * s + (w - 1) * d + 1)
+                 for (a, b, k), s, p, d, w in zip(geometry, stride, padding, dilation, kernel))
+
+
+def merge_geometry(g1: Geometry, g2: Geometry) -> Geometry | None:
+    """Union window of two contributions, or None when they cannot share windows."""
+    out = []
+    for (a1, b1, k1), (a2, b2, k2) in zip(g1, g2):
+        if a1 != a2:
+            return None
+        b = min(b1, b2)
+        out.append((a1, b, max(b1 + k1, b2 + k2) - b))
+    return tuple(out)

@@ -1,0 +1,176 @@
+"""Patches (codegen/patches.py): the windowed form of backward coefficients through convs gives
+the same bounds as the dense matrix form, for strides, padding, dilation, groups and residual
+adds, every method that runs a backward pass, with and without a spec; and stays sound."""
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from hypothesis import given, settings, strategies as st
+
+import lirpac
+from lirpac.codegen.patches import Patches, acc_patches, identity_patches
+from lirpac.ir.ops.linear import _conv_backward
+from models import ConvNet, ResNetTiny, reinit
+from sampling import assert_contains, sample_lp_ball
+
+
+class StridedDilatedGrouped(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(2, 4, 3, stride=2, padding=1)
+        self.c2 = nn.Conv2d(4, 4, 3, padding=2, dilation=2)
+        self.c3 = nn.Conv2d(4, 6, (3, 2), stride=(1, 2), padding=(0, 1), groups=2)
+        self.fc = nn.Linear(6 * 3 * 3, 3)
+
+    def forward(self, x):                           # x: (B, 2, 10, 9)
+        h = F.relu(self.c1(x))                      # (4, 5, 5)
+        h = F.relu(self.c2(h) * 0.7 - 0.1)          # (4, 5, 5)
+        h = F.relu(self.c3(h))                      # (6, 3, 3)
+        return self.fc(h.flatten(1))
+
+
+class TwoBlocks(nn.Module):
+    """Identity skip, then a strided block whose skip is a 1x1 conv: the windows of the two
+    branches differ in size and offset and must be merged."""
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(1, 3, 3, padding=1)
+        self.a1, self.n1 = nn.Conv2d(3, 3, 3, padding=1), nn.BatchNorm2d(3)
+        self.a2, self.n2 = nn.Conv2d(3, 3, 3, padding=1), nn.BatchNorm2d(3)
+        self.b1 = nn.Conv2d(3, 4, 3, stride=2, padding=1)
+        self.b2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.skip = nn.Conv2d(3, 4, 1, stride=2)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):                           # x: (B, 1, 8, 8)
+        h = F.relu(self.stem(x))
+        h = F.relu(self.n2(self.a2(F.relu(self.n1(self.a1(h))))) + h)
+        h = F.relu(self.b2(F.relu(self.b1(h))) + self.skip(h))
+        return self.fc(F.adaptive_avg_pool2d(h, 1).flatten(1))
+
+
+MODELS = {
+    "strided": (StridedDilatedGrouped, (2, 10, 9)),
+    "two_blocks": (TwoBlocks, (1, 8, 8)),
+    "convnet": (ConvNet, (2, 8, 8)),
+    "resnet_tiny": (ResNetTiny, (1, 5, 5)),
+}
+_NETS = {}
+
+
+def nets(name):
+    """(model, {conv_mode: net}) in float64, compiled once."""
+    if name not in _NETS:
+        cls, shape = MODELS[name]
+        model = reinit(cls().double(), 0)
+        example = torch.zeros(1, *shape, dtype=torch.float64)
+        _NETS[name] = (model, {mode: lirpac.compile(model, example, conv_mode=mode)
+                               for mode in ("matrix", "patches", "auto")}, shape)
+    return _NETS[name]
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("method", ["crown", "crown-ibp", "forward+crown"])
+@pytest.mark.parametrize("use_spec", [False, True])
+def test_patches_and_matrix_give_the_same_bounds(name, method, use_spec):
+    model, compiled, shape = nets(name)
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(2, *shape, generator=g, dtype=torch.float64)
+    C = torch.randn(2, 2, compiled["matrix"].output_shape[0], generator=g, dtype=torch.float64) \
+        if use_spec else None
+    for norm in (math.inf, 2.0):
+        ball = lirpac.LpBall(eps=0.05, norm=norm)
+        ref = compiled["matrix"].bounds(x, ball, method=method, C=C)
+        for mode in ("patches", "auto"):
+            got = compiled[mode].bounds(x, ball, method=method, C=C)
+            for a, b in zip(got, ref):
+                torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_crown_really_runs_on_patches(name):
+    _, compiled, _ = nets(name)
+    assert "identity_patches" in compiled["patches"].source("crown")
+    assert "identity_patches" not in compiled["matrix"].source("crown")
+
+
+def test_chunked_rows_give_the_same_bounds():
+    model, compiled, shape = nets("two_blocks")
+    x = torch.rand(2, *shape, dtype=torch.float64)
+    ball = lirpac.LpBall(eps=0.1)
+    ref = compiled["patches"].bounds(x, ball, method="crown")
+    for mode in ("matrix", "patches"):
+        tiny = lirpac.compile(model, x[:1], conv_mode=mode, max_memory=1)   # one row a pass
+        for a, b in zip(tiny.bounds(x, ball, method="crown"), ref):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_bad_conv_mode_is_an_input_error():
+    model, _, shape = nets("convnet")
+    with pytest.raises(lirpac.errors.InputError, match="conv_mode"):
+        lirpac.compile(model, torch.zeros(1, *shape, dtype=torch.float64), conv_mode="dense")
+
+
+# -- the Patches type alone ---------------------------------------------------------------------
+
+def random_patches(batch, rows, shape, kernel, generator):
+    """Rows at random positions (some hanging over the edges) with zeros outside the map."""
+    channels, height, width = shape
+    top = torch.randint(-kernel + 1, height, (rows,), generator=generator)
+    left = torch.randint(-kernel + 1, width, (rows,), generator=generator)
+    coeff = torch.randn(batch, rows, channels, kernel, kernel, generator=generator, dtype=torch.float64)
+    p = Patches(coeff, top, left, shape)
+    p.coeff = p.coeff * p._inside_mask()
+    return p
+
+
+@pytest.mark.parametrize("stride,padding,dilation,groups", [
+    ((1, 1), (1, 1), (1, 1), 1), ((2, 2), (1, 0), (1, 1), 1), ((1, 2), (2, 2), (2, 1), 2),
+    ((3, 3), (0, 0), (1, 1), 4)])
+def test_conv_transpose_of_patches_matches_the_dense_rule(stride, padding, dilation, groups):
+    g = torch.Generator().manual_seed(0)
+    weight = torch.randn(4, 4 // groups, 3, 3, generator=g, dtype=torch.float64)
+    x = torch.randn(1, 4, 11, 10, dtype=torch.float64, generator=g)
+    out_shape = F.conv2d(x, weight, None, stride, padding, dilation, groups).shape[1:]
+    p = random_patches(2, 7, tuple(out_shape), 2, g)
+    dense = p.to_dense()
+    (expect, _), _ = _conv_backward(dense, dense, None, weight, in_shapes=((4, 11, 10), None),
+                                    stride=stride, padding=padding, dilation=dilation, groups=groups)[0]
+    got = p.conv_transpose(weight, stride, padding, dilation, groups, (4, 11, 10))
+    torch.testing.assert_close(got.to_dense(), expect)
+
+
+def test_windows_bias_and_merge_match_dense():
+    g = torch.Generator().manual_seed(2)
+    shape = (3, 6, 5)
+    a = random_patches(2, 5, shape, 3, g)
+    b = Patches(torch.randn(2, 5, 3, 2, 2, generator=g, dtype=torch.float64), a.top + 1, a.left - 1, shape)
+    b.coeff = b.coeff * b._inside_mask()
+    t = torch.randn(2, *shape, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(a.bias(t), (a.to_dense() * t.unsqueeze(1)).flatten(2).sum(-1))
+    merged = acc_patches(a, b)
+    assert isinstance(merged, Patches)
+    torch.testing.assert_close(merged.to_dense(), a.to_dense() + b.to_dense())
+    rows = torch.tensor([0, 7, 29, 89])
+    eye = identity_patches(2, rows, shape, t).to_dense().reshape(2, 4, -1)
+    torch.testing.assert_close(eye, torch.eye(90, dtype=torch.float64)[rows].expand(2, 4, 90))
+
+
+# -- soundness on patches ------------------------------------------------------------------------
+
+@settings(max_examples=20, deadline=None)
+@given(name=st.sampled_from(sorted(MODELS)), norm=st.sampled_from([math.inf, 2.0, 1.0]),
+       seed=st.integers(0, 10_000), eps=st.floats(0.0, 0.5), use_spec=st.booleans())
+def test_patch_bounds_contain_sampled_outputs(name, norm, seed, eps, use_spec):
+    model, compiled, shape = nets(name)
+    net = compiled["patches"]
+    reinit(model, seed)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, *shape, generator=g, dtype=torch.float64)
+    C = torch.randn(2, 2, net.output_shape[0], generator=g, dtype=torch.float64) if use_spec else None
+    lower, upper = net.bounds(x, lirpac.LpBall(eps=eps, norm=norm), method="crown", C=C)
+    points = sample_lp_ball(x, eps, norm, 64, generator=g)
+    assert_contains(model, points, lower, upper, C=C)
+    reinit(model, 0)
