@@ -10,8 +10,10 @@ time and what changed (nodes removed, added, rewritten).
 
 Spec folding (C into the last linear layer) needs C, which a pass cannot see: the torch
 backend folds it at codegen (``ibp_spec_linear`` for IBP; backward methods start from C, so
-their first step multiplies C into the last layer anyway). The rewrites above help it fire:
-after fold_batchnorm a trailing BatchNorm no longer hides the last linear layer.
+their first step multiplies C into the last layer anyway). The rewrites help it fire: after
+fold_batchnorm and fold_trailing_affine, a trailing BatchNorm or ``+ bias`` / ``/ T`` no longer
+hides the last linear layer, so IBP with a spec gets C folded into it (tighter; the only
+bound a default pass changes).
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from lirpac.passes.dead_code import dead_code
 from lirpac.passes.fold_batchnorm import fold_batchnorm
 from lirpac.passes.fold_constants import fold_constants
 from lirpac.passes.fold_normalization import fold_normalization
+from lirpac.passes.fold_trailing_affine import fold_trailing_affine
 from lirpac.passes.merge_linear import merge_linear
 
 
@@ -41,14 +44,17 @@ PASSES: dict[str, Pass] = {p.name: p for p in (
     Pass("fold_constants", fold_constants),
     Pass("fold_batchnorm", fold_batchnorm),
     Pass("fold_normalization", fold_normalization),
+    Pass("fold_trailing_affine", fold_trailing_affine),
     Pass("merge_linear", merge_linear),
     Pass("dead_code", dead_code),
     Pass("annotate_bounds", bound_needs.annotate, analysis=True),
 )}
-# Every rewrite that leaves all bounds unchanged, cheapest clean-ups first so the folds see
-# canonical chains; merge_linear is left out because it tightens IBP (see its docstring).
+# Every rewrite that leaves the bounds unchanged (bar IBP with a spec, tighter once the last
+# linear layer is exposed), clean-ups first so the folds see canonical chains. merge_linear is
+# left out because it changes IBP and forward-mode bounds (tighter; see its docstring).
 DEFAULT_PASSES = ["canonicalize", "fold_constants", "fold_batchnorm", "fold_normalization",
-                  "canonicalize", "dead_code", "annotate_bounds"]
+                  "fold_trailing_affine", "canonicalize", "fold_constants", "dead_code",
+                  "annotate_bounds"]
 
 
 class PassRecord(NamedTuple):

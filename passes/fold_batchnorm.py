@@ -17,7 +17,8 @@ from __future__ import annotations
 
 from lirpac.ir.graph import Graph, Node
 from lirpac.passes.rewrite import (can_fold_input_affine, const_expr, fold_input_affine,
-                                   fold_output_affine, foldable_layer, remove_dead, single_user)
+                                   fold_output_affine, foldable_layer, move_next_to_user, remove_dead,
+                                   single_user)
 
 
 def _scale_shift(graph: Graph, bn: Node, anchor: Node) -> tuple[Node, Node]:
@@ -33,6 +34,7 @@ def _fold_into_previous(graph: Graph, bn: Node, users) -> bool:
         return False
     if layer.op == "linear" and len(layer.shape) != 1:
         return False    # the BN channel axis is not the linear layer's output axis
+    move_next_to_user(graph, layer, bn)
     scale, shift = _scale_shift(graph, bn, layer)
     fold_output_affine(graph, layer, scale, shift)
     graph.replace_all_uses(bn, layer)

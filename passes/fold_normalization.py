@@ -17,40 +17,16 @@ from __future__ import annotations
 import torch
 
 from lirpac.ir.graph import Graph, Node
-from lirpac.passes.rewrite import (can_fold_input_affine, const_expr, fold_input_affine, foldable_layer,
-                                   literal_constant, remove_dead, single_user)
-
-_AFFINE_STEPS = ("add", "sub", "mul", "div")
-
-
-def _step(node: Node, layer: Node) -> tuple[Node, Node] | None:
-    """(perturbed operand, constant operand) if ``node`` is one foldable affine step."""
-    if node.op not in _AFFINE_STEPS or not node.perturbed:
-        return None
-    a, b = node.inputs
-    x, c = (a, b) if a.perturbed else (b, a)
-    if c.perturbed or c.batched or (node.op in ("sub", "div") and c is a):
-        return None
-    if node.shape != x.shape or not x.batched:
-        return None
-    shape = tuple(c.shape)
-    if len(shape) == len(x.shape) + 1:
-        if shape[0] != 1:
-            return None
-        shape = shape[1:]
-    if len(shape) > len(x.shape):
-        return None
-    shape = (1,) * (len(x.shape) - len(shape)) + shape
-    if layer.op == "conv" and any(s != 1 for s in shape[1:]):
-        return None     # varies across pixels: not a per-channel map
-    return x, c
+from lirpac.passes.rewrite import (can_fold_input_affine, const_expr, constant_affine_step,
+                                   fold_input_affine, foldable_layer, literal_constant, remove_dead,
+                                   single_user)
 
 
 def _fold_chain(graph: Graph, layer: Node, users) -> bool:
     chain: list[tuple[Node, Node]] = []      # (step node, constant), from the layer upwards
     node = layer.inputs[0]
     while True:
-        step = _step(node, layer)
+        step = constant_affine_step(node, per_channel=layer.op == "conv")
         if step is None or single_user(graph, node, users) is not (chain[-1][0] if chain else layer):
             break
         chain.append((node, step[1]))

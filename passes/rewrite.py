@@ -82,9 +82,17 @@ def foldable_layer(layer: Node) -> bool:
     return layer.op in AFFINE_LAYERS and not any(i.perturbed for i in layer.inputs[1:])
 
 
+def move_next_to_user(graph: Graph, layer: Node, user: Node) -> None:
+    """Move ``layer`` (whose only user is ``user``) to just before it, so that nodes the user
+    reads (a constant defined after the layer) can feed the layer's new weights."""
+    graph.nodes.remove(layer)
+    graph.nodes.insert(graph.nodes.index(user), layer)
+
+
 def fold_output_affine(graph: Graph, layer: Node, scale: Node | None, shift: Node | None) -> None:
     """layer(x) * scale + shift, with scale and shift vectors over the layer's output channels
-    (dim 0 of the weight), becomes one layer: W' = diag(scale) W, b' = scale * b + shift."""
+    (dim 0 of the weight), becomes one layer: W' = diag(scale) W, b' = scale * b + shift.
+    scale and shift must be defined before the layer (see ``move_next_to_user``)."""
     weight = layer.inputs[1]
     bias = layer.inputs[2] if len(layer.inputs) > 2 else None
     name = layer.name
@@ -95,6 +103,31 @@ def fold_output_affine(graph: Graph, layer: Node, scale: Node | None, shift: Nod
     if shift is not None:
         bias = shift if bias is None else const_expr(graph, layer, "add", [bias, shift], f"{name}_bias")
     layer.inputs = [layer.inputs[0], weight] + ([bias] if bias is not None else [])
+
+
+def constant_affine_step(node: Node, per_channel: bool) -> tuple[Node, Node] | None:
+    """(perturbed operand, constant operand) when ``node`` is x + c, c + x, x - c, x * c, c * x
+    or x / c with c a constant that keeps x's shape and, with ``per_channel``, varies along the
+    channel axis (the first per-sample axis) only."""
+    if node.op not in ("add", "sub", "mul", "div") or not node.perturbed:
+        return None
+    a, b = node.inputs
+    x, c = (a, b) if a.perturbed else (b, a)
+    if c.perturbed or c.batched or (node.op in ("sub", "div") and c is a):
+        return None
+    if node.shape != x.shape or not x.batched:
+        return None
+    shape = tuple(c.shape)
+    if len(shape) == len(x.shape) + 1:
+        if shape[0] != 1:
+            return None
+        shape = shape[1:]
+    if len(shape) > len(x.shape):
+        return None
+    shape = (1,) * (len(x.shape) - len(shape)) + shape
+    if per_channel and any(s != 1 for s in shape[1:]):
+        return None
+    return x, c
 
 
 def can_fold_input_affine(layer: Node, x: Node) -> bool:

@@ -104,7 +104,21 @@ class LinearChain(nn.Module):
         return self.fc2(self.fc1(F.relu(self.fc0(x))))
 
 
+class TrailingAffine(nn.Module):
+    """Per-channel scale and shift after a conv, a temperature and an offset after the last layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("gain", torch.tensor([1.5, -0.5, 2.0]).reshape(3, 1, 1))
+        self.conv, self.fc = nn.Conv2d(2, 3, 3), nn.Linear(12, 4)
+
+    def forward(self, x):                           # (B, 2, 4, 4)
+        h = F.relu(self.conv(x) * self.gain - 0.2)
+        return (self.fc(h.flatten(1)) + 1.0) / 2.0
+
+
 CUSTOM = {
+    "trailing_affine": (TrailingAffine, (2, 4, 4)),
     "canonical": (Canonical, (3, 4)),
     "constants": (Constants, (6,)),
     "bn_first": (BatchNormFirst, (2, 6, 6)),
@@ -225,6 +239,14 @@ def test_fold_into_padded_conv_bias_would_be_wrong():
     naive_bias = model.conv.bias - (w * model.mean.reshape(1, 2, 1, 1)).sum((1, 2, 3))
     naive = F.conv2d(x, w, naive_bias, stride=2, padding=1)
     assert not torch.allclose(naive, shifted, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["trailing_affine", "residual"])
+def test_fold_trailing_affine_fires(name):
+    graph = assert_same_bounds(name, ["fold_trailing_affine"])
+    assert graph.output.op == "linear"
+    assert not [n for n in graph.nodes if n.perturbed and n.op in ("add", "sub", "mul", "div")
+                and any(i.op in ("linear", "conv") for i in n.inputs)]
 
 
 def test_merge_linear_fires_and_only_tightens_interval_rules():
