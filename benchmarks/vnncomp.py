@@ -9,6 +9,7 @@ wrong answer makes the exit code 1.
 
     python benchmarks/vnncomp.py                                  # every benchmark, full timeouts
     python benchmarks/vnncomp.py --benchmarks test mnistfc --limit 10 --timeout 10
+    python benchmarks/vnncomp.py --benchmarks acasxu --limit 10 --spread --timeout 20
 
 The root is --root, else $LIRPAC_VNNCOMP, else /work/shared/vnncomp2021, else
 <repo>/../shared/vnncomp2021. Timings on a shared CPU are noisy.
@@ -36,6 +37,8 @@ def main(argv=None) -> int:
     parser.add_argument("--root", help="directory holding the benchmark directories")
     parser.add_argument("--benchmarks", nargs="+", default=list(BENCHMARKS))
     parser.add_argument("--limit", type=int, default=None, help="first N instances of each benchmark")
+    parser.add_argument("--spread", action="store_true",
+                        help="with --limit: N instances evenly spaced over the list, not the first N")
     parser.add_argument("--timeout", type=float, default=None, help="cap on each instance's timeout (s)")
     parser.add_argument("--timeout-scale", type=float, default=1.0, help="multiply every timeout by this")
     parser.add_argument("--method", default=None, help="bound method (default: lirpac.verify's)")
@@ -53,7 +56,10 @@ def main(argv=None) -> int:
         if not csvs:
             print(f"{name}: no instances.csv in {folder}, skipped", file=sys.stderr)
             continue
-        rows = read_instances(str(csvs[0]), str(folder))[:args.limit]
+        rows = read_instances(str(csvs[0]), str(folder))
+        if args.limit and args.spread:
+            rows = rows[::max(1, len(rows) // args.limit)]
+        rows = rows[:args.limit]
         if args.timeout is not None:
             rows = [(m, s, min(t, args.timeout)) for m, s, t in rows]
         expected = read_expected(str(folder / "expected.csv"), str(folder)) if (folder / "expected.csv").is_file() else {}

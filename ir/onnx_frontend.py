@@ -937,7 +937,7 @@ def lower_onnx(model, *, check: bool = True, check_samples: int = 4):
     """
     proto = load_model(model)
     opset = _opset(proto)
-    if opset < 7 or opset > 22:
+    if opset < 8 or opset > 21:
         warnings.warn(f"ONNX opset {opset} is outside the tested range 8-21", stacklevel=2)
     name, per_sample, batch, dtype, mode = _model_input(proto)
     lowering = _Lowering(proto, opset)

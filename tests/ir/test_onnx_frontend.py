@@ -57,9 +57,10 @@ def mlp_nodes(n_in=4, hidden=6, n_out=3):
 
 
 @pytest.mark.parametrize("opset", [9, 11, 13, 15, 17, 19, 21])
-def test_opsets(opset):
+def test_opsets(opset, recwarn):
     nodes, inits = mlp_nodes()
     assert_matches_onnxruntime(model(nodes, [1, 4], [1, 3], inits, opset=opset))
+    assert not [w for w in recwarn if "opset" in str(w.message)]
 
 
 def test_float64_model():
