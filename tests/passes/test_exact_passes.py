@@ -104,6 +104,22 @@ class LinearChain(nn.Module):
         return self.fc2(self.fc1(F.relu(self.fc0(x))))
 
 
+class BiasFreeBlock(nn.Module):
+    """Bias-free convs with BN (a grouped one too) and a 1x1 conv + BN shortcut, as in ResNets."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(2, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4)
+        self.conv2, self.bn2 = nn.Conv2d(4, 4, 3, padding=1, groups=2, bias=False), nn.BatchNorm2d(4)
+        self.short, self.bn_s = nn.Conv2d(2, 4, 1, bias=False), nn.BatchNorm2d(4)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):                           # (B, 2, 4, 4)
+        h = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
+        h = F.relu(h + self.bn_s(self.short(x)))
+        return self.fc(h.mean((2, 3)))
+
+
 class TrailingAffine(nn.Module):
     """Per-channel scale and shift after a conv, a temperature and an offset after the last layer."""
 
@@ -118,6 +134,7 @@ class TrailingAffine(nn.Module):
 
 
 CUSTOM = {
+    "bias_free_block": (BiasFreeBlock, (2, 4, 4)),
     "trailing_affine": (TrailingAffine, (2, 4, 4)),
     "canonical": (Canonical, (3, 4)),
     "constants": (Constants, (6,)),
@@ -213,7 +230,7 @@ def test_fold_constants_fires():
     assert count(graph, "const_fn") == 0 < count(lowered("constants")[1], "const_fn")
 
 
-@pytest.mark.parametrize("name", ["convnet", "resnet_tiny", "residual", "linear_bn", "bn_first",
+@pytest.mark.parametrize("name", ["convnet", "resnet_tiny", "residual", "linear_bn", "bias_free_block", "bn_first",
                                   "bn_first_padded"])
 def test_fold_batchnorm_fires(name):
     graph = assert_same_bounds(name, ["fold_batchnorm"])
