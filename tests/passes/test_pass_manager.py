@@ -124,3 +124,30 @@ def test_passes_keep_the_function(arch):
     graph = lower_module(model, x)
     folded, _ = run_passes(graph)
     torch.testing.assert_close(evaluate(folded, x), model(x), rtol=1e-5, atol=1e-5)
+
+
+class ParamExpression(nn.Module):
+    """A constant subgraph that reads a parameter (w.t() * 2) next to a literal one."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(3, 4))
+
+    def forward(self, x):                           # (B, 4)
+        return F.relu(x @ (self.w.t() * 2.0)) + torch.ones(3).cumsum(0)
+
+
+def test_fold_constants_keeps_parameter_expressions_live():
+    model = ParamExpression().eval()
+    x = torch.randn(2, 4)
+    net = lirpac.compile(model, x)
+    ops = [n.op for n in net.graph.nodes if not n.perturbed]
+    assert "param" in ops and "const_fn" in ops         # w.t() * 2 is still computed per call
+    assert sum(n.op == "constant" for n in net.graph.nodes) >= 1    # the cumsum is folded
+    lower, upper = net.bounds(x, lirpac.LpBall(eps=0.1), method="crown")
+    upper.sum().backward()
+    assert model.w.grad is not None and model.w.grad.abs().sum() > 0
+    with torch.no_grad():
+        model.w.mul_(3.0)
+    expected = lirpac.compile(model, x, passes=[]).bounds(x, lirpac.LpBall(eps=0.1), method="crown")
+    torch.testing.assert_close(net.bounds(x, lirpac.LpBall(eps=0.1), method="crown"), expected)
