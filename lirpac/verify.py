@@ -39,8 +39,9 @@ from lirpac.vnnlib import Spec, parse_vnnlib
 __all__ = ["VerificationResult", "verify", "default_method", "STATUSES"]
 
 STATUSES = ("holds", "violated", "unknown", "timeout", "error")
-# share of the budget the first PGD run may use
+# share of the budget the first PGD rounds may use, and at most this many rounds
 FIRST_ATTACK_SHARE = 0.1
+FIRST_ATTACK_ROUNDS = 10
 # PGD rounds (new seeds) after the bounds failed; past them the answer is "unknown"
 LATE_ATTACK_ROUNDS = 20
 # methods cheaper than CROWN or equal to it, run as they are; others (alpha-crown) run after
@@ -300,11 +301,14 @@ def verify(model, spec, method: str | None = None, timeout: float = 60.0, *,
     try:
         net, spec = _load(model, spec)
         inst = _Instance(net, spec, deadline, log)
-        if attack:
-            budget = start + FIRST_ATTACK_SHARE * float(timeout)
-            found = inst.attack(seed, min(budget, deadline))
-            if found:
-                return result("violated", counterexample=found, message="PGD counterexample")
+        if attack:   # rounds with new seeds until the first attack's share of the time is spent
+            budget = min(start + FIRST_ATTACK_SHARE * float(timeout), deadline)
+            for round_ in range(FIRST_ATTACK_ROUNDS):
+                found = inst.attack(seed + 1000 * round_, budget)
+                if found:
+                    return result("violated", counterexample=found, message="PGD counterexample")
+                if time.monotonic() >= budget:
+                    break
         first = method if method in _CHEAP_METHODS else "crown"
         started = time.monotonic()
         if started > deadline:

@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -118,6 +119,21 @@ def test_input_splitting_proves_what_crown_alone_cannot(tmp_path):
     assert result.log[0].startswith("crown: 1 ")   # CROWN alone did not prove it
     violated = verify(proto, spec + "(assert (>= Y_0 1.9))\n", method="crown", timeout=20)
     assert violated.status == "violated" and violated.counterexample[0][0] >= 1.9
+
+
+def test_attack_box_rounds_inwards_to_float32():
+    """PGD runs in the model's float32: its box must lie inside the spec's float64 box."""
+    from lirpac.verify import _inward_box
+    rng = np.random.default_rng(0)
+    lower = rng.uniform(-1, 1, 1000)
+    upper = lower + rng.uniform(0, 1e-3, 1000)
+    upper[:10] = lower[:10]   # a point box
+    lo, hi = _inward_box(lower, upper, torch.float32)
+    assert lo.dtype == torch.float32
+    lo, hi = lo.double().numpy(), hi.double().numpy()
+    assert np.all(lo <= hi)
+    inside = upper - lower >= 1e-6   # boxes holding at least one float32 point
+    assert np.all(lo[inside] >= lower[inside]) and np.all(hi[inside] <= upper[inside])
 
 
 def test_timeout(files):
