@@ -18,7 +18,6 @@ bound a default pass changes).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Callable, NamedTuple
 
 from lirpac.ir.graph import Graph, Node
@@ -32,23 +31,16 @@ from lirpac.passes.fold_trailing_affine import fold_trailing_affine
 from lirpac.passes.merge_linear import merge_linear
 
 
-@dataclass(frozen=True)
-class Pass:
-    name: str
-    run: Callable[[Graph], Graph]
-    analysis: bool = False      # only annotates; never changes the computation
-
-
-PASSES: dict[str, Pass] = {p.name: p for p in (
-    Pass("canonicalize", canonicalize),
-    Pass("fold_constants", fold_constants),
-    Pass("fold_batchnorm", fold_batchnorm),
-    Pass("fold_normalization", fold_normalization),
-    Pass("fold_trailing_affine", fold_trailing_affine),
-    Pass("merge_linear", merge_linear),
-    Pass("dead_code", dead_code),
-    Pass("annotate_bounds", bound_needs.annotate, analysis=True),
-)}
+PASSES: dict[str, Callable[[Graph], Graph]] = {
+    "canonicalize": canonicalize,
+    "fold_constants": fold_constants,
+    "fold_batchnorm": fold_batchnorm,
+    "fold_normalization": fold_normalization,
+    "fold_trailing_affine": fold_trailing_affine,
+    "merge_linear": merge_linear,
+    "dead_code": dead_code,
+    "annotate_bounds": bound_needs.annotate,     # an analysis: marks nodes, changes nothing
+}
 # Every rewrite that leaves the bounds unchanged (bar IBP with a spec, tighter once the last
 # linear layer is exposed), clean-ups first so the folds see canonical chains. merge_linear is
 # left out because it changes IBP and forward-mode bounds (tighter; see its docstring).
@@ -100,7 +92,7 @@ def run_passes(graph: Graph, names: list[str] | None = None, dump=None) -> tuple
     for name in names:
         before = {n.name: _signature(n) for n in graph.nodes}
         start = time.perf_counter()
-        graph = PASSES[name].run(graph)
+        graph = PASSES[name](graph)
         elapsed = time.perf_counter() - start
         change = describe_change(before, graph)
         summary = f"nodes {len(before)} -> {len(graph.nodes)}; {change}"

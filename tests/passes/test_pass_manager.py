@@ -42,8 +42,8 @@ def test_unknown_pass_lists_the_available_ones():
 
 def test_every_pass_has_a_docstring_saying_why():
     import importlib
-    for name, p in PASSES.items():
-        doc = importlib.import_module(p.run.__module__).__doc__
+    for name, run in PASSES.items():
+        doc = importlib.import_module(run.__module__).__doc__
         assert doc and len(doc) > 80, name
 
 
