@@ -102,7 +102,7 @@ def run_batch(rows, expected=None, method=None, timeout=None, timeout_scale=1.0,
     from lirpac.api import compile
     counts: Counter = Counter()
     wrong: list[str] = []
-    nets: dict[str, object] = {}
+    nets: dict[str, object] = {}   # compiled net, or the message of why it failed
     out = out or sys.stderr
     start = time.monotonic()
     for i, (model, spec, row_timeout) in enumerate(rows, 1):
@@ -111,12 +111,11 @@ def run_batch(rows, expected=None, method=None, timeout=None, timeout_scale=1.0,
         if key not in nets:
             try:
                 nets[key] = compile(model)
-            except Exception as err:   # the result below reports it per instance
-                nets[key] = None
-                load_error = f"{type(err).__name__}: {err}"
+            except Exception as err:   # reported as an "error" result for each of its rows
+                nets[key] = f"{type(err).__name__}: {err}"
         net = nets[key]
-        if net is None:
-            result = VerificationResult("error", 0.0, message=load_error)
+        if isinstance(net, str):
+            result = VerificationResult("error", 0.0, message=net)
         else:
             result = verify(net, spec, method=method, timeout=budget)
         counts[result.status] += 1
