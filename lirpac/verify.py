@@ -269,6 +269,26 @@ def _halves(box: _SubBox, dim: int):
     return (box.lower, upper), (lower, box.upper)
 
 
+def _prove(inst: _Instance, method: str):
+    """("holds", how, None) or ("violated", how, counterexample) when the bounds (and input
+    splitting) decide, else None. CROWN first unless ``method`` is cheaper; ``method`` after
+    it when the time left allows."""
+    first = method if method in _CHEAP_METHODS else "crown"
+    started = time.monotonic()
+    if inst.prove(first):
+        return "holds", f"proved by {first}", None
+    first_time = time.monotonic() - started
+    if inst.spec.n_inputs <= SPLIT_MAX_INPUTS:
+        if inst.prove_by_splitting():
+            return "holds", "proved by crown with input splitting", None
+        if inst.found:
+            return "violated", "counterexample from input splitting", inst.found
+    elif method != first and inst.time_left() > EXPENSIVE_METHOD_COST * first_time:
+        if inst.prove(method):
+            return "holds", f"proved by {method}", None
+    return None
+
+
 def _load(model, spec):
     from lirpac.api import CompiledNet, compile
     if isinstance(spec, (str, os.PathLike)):
@@ -309,29 +329,27 @@ def verify(model, spec, method: str | None = None, timeout: float = 60.0, *,
                     return result("violated", counterexample=found, message="PGD counterexample")
                 if time.monotonic() >= budget:
                     break
-        first = method if method in _CHEAP_METHODS else "crown"
-        started = time.monotonic()
-        if started > deadline:
+        if time.monotonic() > deadline:
             return result("timeout")
-        if inst.prove(first):
-            return result("holds", message=f"proved by {first}")
-        first_time = time.monotonic() - started
-        if spec.n_inputs <= SPLIT_MAX_INPUTS:
-            proved = inst.prove_by_splitting()
-            if proved:
-                return result("holds", message="proved by crown with input splitting")
-            if inst.found:
-                return result("violated", counterexample=inst.found, message="counterexample from input splitting")
-        elif method != first and inst.time_left() > EXPENSIVE_METHOD_COST * first_time:
-            if inst.prove(method):
-                return result("holds", message=f"proved by {method}")
+        try:
+            decided = _prove(inst, method)
+        except Exception as err:  # a bound the backend cannot compute: still try to falsify
+            decided, proof_error = None, f"bounds failed: {type(err).__name__}: {err}"
+            log.append(proof_error)
+        else:
+            proof_error = None
+        if decided:
+            status, how, found = decided
+            return result(status, message=how, counterexample=found)
         if attack:
             for round_ in range(1, LATE_ATTACK_ROUNDS + 1):
                 if inst.time_left() <= 0:
-                    return result("timeout")
+                    break
                 found = inst.attack(seed + round_, deadline, restarts=16, steps=100)
                 if found:
                     return result("violated", counterexample=found, message="PGD counterexample")
+        if proof_error:
+            return result("error", message=proof_error)
         return result("timeout" if inst.time_left() <= 0 else "unknown")
     except Exception as err:  # a missing file, a malformed model or spec, an op lirpac lacks
         return result("error", message=f"{type(err).__name__}: {err}")

@@ -136,6 +136,15 @@ def test_attack_box_rounds_inwards_to_float32():
     assert np.all(lo[inside] >= lower[inside]) and np.all(hi[inside] <= upper[inside])
 
 
+def test_bound_failure_is_an_error_but_still_falsifies(files, monkeypatch):
+    def broken(self, boxes, method, split=False):
+        raise RuntimeError("backend bug")
+    monkeypatch.setattr(sys.modules["lirpac.verify"]._Instance, "bound", broken)
+    failed = verify(str(files["model"]), str(files["holds"]), timeout=2)
+    assert failed.status == "error" and "backend bug" in failed.message
+    check_counterexample(verify(str(files["model"]), str(files["violated"]), timeout=5, seed=0), files["violated"])
+
+
 def test_timeout(files):
     assert verify(str(files["model"]), str(files["holds"]), timeout=0).status == "timeout"
 
