@@ -170,7 +170,8 @@ def run_worker(cfg):
 
         stage = "compile"
         t0 = time.perf_counter()
-        net = lirpac.compile(model, example)
+        net = lirpac.compile(model, example, conv_mode=cfg.get("conv_mode", "auto"),
+                             max_memory=cfg.get("max_memory"))
         sync()
         res["compile_s"] = time.perf_counter() - t0
         ptb = lirpac.LpBall(eps=eps)
@@ -393,6 +394,10 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0, help="model seed (default 0)")
     p.add_argument("--quick", action="store_true",
                    help="batch 1 only, fewer warm-up and timed calls")
+    p.add_argument("--conv-mode", default="auto", choices=("auto", "patches", "matrix"),
+                   help="how CROWN's backward passes hold coefficients of conv layers (default auto)")
+    p.add_argument("--max-memory", type=int, default=None, metavar="BYTES",
+                   help="coefficient memory of one backward pass before rows are chunked")
     p.add_argument("--json", metavar="OUT", help="also write header and rows to this JSON file")
     args = p.parse_args(argv)
 
@@ -406,7 +411,8 @@ def main(argv=None):
         env["threads"] = args.threads
     print(f"# lirpac bounds benchmark  {env['date']}")
     print(f"# torch {env['torch']}, lirpac {env['lirpac']}, python {env['python']}, "
-          f"threads {env['threads']} (of {env['os_cpus']} CPUs), device {args.device}")
+          f"threads {env['threads']} (of {env['os_cpus']} CPUs), device {args.device}, "
+          f"conv_mode {args.conv_mode}")
     print(f"# cpu: {env['cpu']}")
     eps_of = {m: (args.eps if args.eps is not None else DEFAULT_EPS.get(m, FALLBACK_EPS))
               for m in args.models}
@@ -431,7 +437,8 @@ def main(argv=None):
                            "seed": args.seed, "device": args.device, "repeat": repeat,
                            "min_time": min_time, "max_repeat": args.max_repeat,
                            "warmup": warmup, "threads": args.threads,
-                           "mem_limit_gb": args.mem_limit_gb}
+                           "mem_limit_gb": args.mem_limit_gb, "conv_mode": args.conv_mode,
+                           "max_memory": args.max_memory}
                     r = run_config(cfg, args.timeout)
                     err = r.get("error", "")
                     if err.startswith(("Timeout", "Killed", "OOM")):
@@ -458,7 +465,8 @@ def main(argv=None):
             json.dump({"environment": env, "settings": {
                 "eps": eps_of, "batches": batches, "repeat": repeat, "min_time": min_time,
                 "warmup": warmup, "timeout": args.timeout, "device": args.device,
-                "seed": args.seed, "mem_limit_gb": args.mem_limit_gb},
+                "seed": args.seed, "mem_limit_gb": args.mem_limit_gb,
+                "conv_mode": args.conv_mode, "max_memory": args.max_memory},
                 "rows": rows, "total_s": total}, f, indent=2)
         print(f"# wrote {args.json}")
     return 0

@@ -77,7 +77,7 @@ def add_bias(a, b):
 def relaxed_backward(lA, uA, relax):
     """Backward through y = f(x) given its relaxation (B, *shape)."""
     relax = [_nonzero_or_int(r, lambda t: t.unsqueeze(1)) for r in relax]
-    new_l, new_u, lbias, ubias = _relaxed_step(lA, uA, *relax, lambda t: t.flatten(2).sum(-1))
+    new_l, new_u, lbias, ubias = _relaxed_step(lA, uA, *relax, _row_dot)
     return [(new_l, new_u)], lbias, ubias
 
 
@@ -89,7 +89,7 @@ def relaxed_backward_patches(lA, uA, relax):
     lA_c, uA_c = (None if a is None else a.coeff for a in (lA, uA))
     if uA is lA:
         uA_c = lA_c
-    new_l, new_u, lbias, ubias = _relaxed_step(lA_c, uA_c, *relax, lambda t: t.sum((2, 3, 4)))
+    new_l, new_u, lbias, ubias = _relaxed_step(lA_c, uA_c, *relax, _row_dot)
     return ([(None if new_l is None else some.with_coeff(new_l),
               None if new_u is None else some.with_coeff(new_u))], lbias, ubias)
 
@@ -99,26 +99,38 @@ def _nonzero_or_int(r, shape):
     return 0 if isinstance(r, torch.Tensor) and not r.any() else shape(r)
 
 
-def _relaxed_step(lA, uA, l_slope, l_bias, u_slope, u_bias, total):
+def _row_dot(coeff, values):
+    """(B, S): each row of coeff (B, S, ...) summed against the same-shaped values, without a
+    product tensor of the coefficients' size."""
+    return torch.einsum("bsn,bsn->bs", coeff.flatten(2), values.expand_as(coeff).flatten(2))
+
+
+def _relaxed_step(lA, uA, l_slope, l_bias, u_slope, u_bias, dot):
     """Coefficients and biases through one relaxation (shared by the dense and patch forms):
     positive coefficients meet the lower line of a lower bound, negative ones the upper line.
-    ``total`` sums a coefficient-shaped product over the node; when both sides are the same
-    tensor (an identity start) its signs are split once."""
-    def dot(coeff, values):
-        return 0 if isinstance(values, int) else total(coeff * values)
+    Each side selects its line by the coefficient's sign (one tensor, multiplied in place)
+    rather than splitting into positive and negative parts, so a step holds few
+    coefficient-sized temporaries; ``dot`` sums against relaxation values; a line given as 0
+    costs nothing; when both sides are the same tensor, its sign is read once."""
+    def side(coeff, positive, on_pos, on_neg, bias_pos, bias_neg):
+        if isinstance(on_pos, int) and isinstance(on_neg, int):
+            new = torch.zeros_like(coeff)
+        else:
+            slope = torch.where(positive, on_pos, on_neg)
+            new = slope * coeff if coeff.requires_grad or slope.requires_grad else slope.mul_(coeff)
+        if isinstance(bias_pos, int) and isinstance(bias_neg, int):
+            return new, 0
+        return new, dot(coeff, torch.where(positive, bias_pos, bias_neg))
 
     new_l = new_u = None
     lbias = ubias = 0
-    signs = None
+    positive = None
     if lA is not None:
-        signs = lA.clamp(min=0), lA.clamp(max=0)
-        pos, neg = signs
-        new_l = pos * l_slope + neg * u_slope
-        lbias = add_bias(dot(pos, l_bias), dot(neg, u_bias))
+        positive = lA >= 0
+        new_l, lbias = side(lA, positive, l_slope, u_slope, l_bias, u_bias)
     if uA is not None:
-        pos, neg = signs if uA is lA else (uA.clamp(min=0), uA.clamp(max=0))
-        new_u = pos * u_slope + neg * l_slope
-        ubias = add_bias(dot(pos, u_bias), dot(neg, l_bias))
+        positive = positive if uA is lA else uA >= 0
+        new_u, ubias = side(uA, positive, u_slope, l_slope, u_bias, l_bias)
     return new_l, new_u, lbias, ubias
 
 
