@@ -373,6 +373,8 @@ def _select(lw: _Lowering, x, dim, index):
     index = index % node.shape[dim - 1]
     sliced = lw.add("slice", [node], name=lw.fx_node.name + "_slice", dim=dim, start=index,
                     end=index + 1, step=1) if node.shape[dim - 1] != 1 else node
+    # the slice keeps the selected dim (size 1); the fx meta shape is the squeezed one
+    sliced.shape = node.shape[:dim - 1] + (1,) + node.shape[dim:]
     shape, _ = lw.meta_shape()
     return lw.add("reshape", [sliced], shape=tuple(int(s) for s in shape[1:]))
 
