@@ -61,6 +61,12 @@ class OpDef:
     # Backward on Patches (codegen/patches.py: one window per row on a (C, H, W) node), same
     # convention as ``backward``; an op without it makes the code generator go dense first.
     backward_patches: Callable[..., Any] | None = None
+    # alpha-CROWN: backward_alpha(lA, uA, *xs, alpha_l, alpha_u, **attrs) is ``backward`` with the
+    # free parameters of the relaxation given per spec row, (B, S or 1, *shape) in [0, 1] (one
+    # tensor for each side's coefficients); alpha_init(lower, upper, **attrs) gives their
+    # (B, *shape) start, the choice ``backward`` makes.
+    backward_alpha: Callable[..., Any] | None = None
+    alpha_init: Callable[..., torch.Tensor] | None = None
     # The backward rule takes ``in_shapes=`` (the per-sample shape of each perturbed input,
     # None for constants), for ops whose coefficients cannot tell the input's shape.
     backward_needs_shapes: bool = False

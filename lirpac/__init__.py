@@ -3,7 +3,8 @@
     net = lirpac.compile(model, example_input)
     lower, upper = net.bounds(x, lirpac.LpBall(eps=0.03), method="crown")
 """
-from lirpac.api import CompiledNet, LinearBounds, compile
+from lirpac.alpha import AlphaOptions, AlphaState
+from lirpac.api import AlphaResult, CompiledNet, LinearBounds, compile
 from lirpac.codegen.torch_backend import METHODS
 from lirpac.errors import (InputError, LirpacError, ModelFormatError, SpecFormatError,
                            UnsupportedOperationError)
@@ -12,6 +13,6 @@ from lirpac.verify import verify
 from lirpac.specs import margin_spec
 
 __version__ = "0.1.0"
-__all__ = ["compile", "CompiledNet", "LinearBounds", "LpBall", "Box", "Perturbation", "METHODS", "margin_spec",
+__all__ = ["compile", "CompiledNet", "LinearBounds", "AlphaOptions", "AlphaState", "AlphaResult", "LpBall", "Box", "Perturbation", "METHODS", "margin_spec",
            "LirpacError", "InputError", "UnsupportedOperationError", "ModelFormatError",
            "SpecFormatError", "verify"]

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
-from lirpac.codegen import torch_backend
+from lirpac.alpha import AlphaOptions, AlphaState, optimise
+from lirpac.codegen import alpha_crown, torch_backend
 from lirpac.codegen.torch_backend import METHODS, Plan
 from lirpac.errors import InputError
 from lirpac.ir.graph import Graph
@@ -60,16 +61,25 @@ class CompiledNet:
         self.output_shape = self.graph.output.shape
 
     # -- code -----------------------------------------------------------------------------
+    @staticmethod
+    def _plan(plan: Plan) -> Plan:
+        """The plan actually generated (alpha-crown fixes its own layout)."""
+        if plan.method == "alpha-crown":
+            return alpha_crown.alpha_plan(plan.spec, plan.lower, plan.upper, plan.return_A)
+        return plan
+
     def function(self, plan: Plan):
+        plan = self._plan(plan)
         if plan not in self._cache:
-            fn, source = torch_backend.build(self.graph, plan)
+            build = alpha_crown.build if plan.method == "alpha-crown" else torch_backend.build
+            fn, source = build(self.graph, plan)
             self._cache[plan] = (fn, source)
             if _dump_enabled("code"):
                 _print_stage(f"generated code ({plan.method})", source)
         return self._cache[plan][0]
 
     def source(self, method: str = "crown", spec: bool = False) -> str:
-        plan = Plan(method=method, spec=spec, conv_mode=self.conv_mode, max_memory=self.max_memory)
+        plan = self._plan(Plan(method=method, spec=spec, conv_mode=self.conv_mode, max_memory=self.max_memory))
         self.function(plan)
         return self._cache[plan][1]
 
@@ -122,7 +132,8 @@ class CompiledNet:
             C = C.to(dtype=x.dtype, device=x.device)
         return C
 
-    def _run(self, x, perturbation, method, C, bound_lower, bound_upper, return_A):
+    def _run(self, x, perturbation, method, C, bound_lower, bound_upper, return_A, options=None):
+        """(lower, upper, A, alpha state or None) of one bound computation."""
         method = method.lower()
         C = self._check(x, perturbation, method, C)
         if not (bound_lower or bound_upper):
@@ -130,24 +141,48 @@ class CompiledNet:
         plan = Plan(method=method, spec=C is not None, lower=bound_lower, upper=bound_upper,
                     return_A=return_A, conv_mode=self.conv_mode, max_memory=self.max_memory)
         fn = self.function(plan)
-        inp = perturbation.bind(x)
-        return fn(inp, C, self._params(x))
+        if method != "alpha-crown":
+            if options:
+                raise InputError(f"options are for method='alpha-crown'; method={method!r} takes none")
+            return (*fn(perturbation.bind(x), C, self._params(x)), None)
+        options = dict(options or {})
+        state = options.pop("state", None)
+        if state is not None and not isinstance(state, AlphaState):
+            raise InputError(f"options['state'] must be a lirpac.AlphaState, got {type(state).__name__}")
+        return optimise(fn, perturbation.bind(x.detach()), C, self._params(x),
+                        self.graph.output.name, AlphaOptions.from_dict(options), state)
 
     def bounds(self, x: torch.Tensor, perturbation: Perturbation, method: str = "crown", C=None,
-               bound_lower: bool = True, bound_upper: bool = True):
+               bound_lower: bool = True, bound_upper: bool = True, options: dict | None = None):
         """Lower and upper bounds of f(x') (or C f(x')) for all x' in the perturbation set:
-        tensors of shape (batch, n_out) or (batch, n_spec); a side not asked for is None."""
-        lower, upper, _ = self._run(x, perturbation, method, C, bound_lower, bound_upper, False)
+        tensors of shape (batch, n_out) or (batch, n_spec); a side not asked for is None.
+        ``options`` tune method="alpha-crown" (lirpac.AlphaOptions' fields, and ``state``: a
+        lirpac.AlphaState to start from, updated in place); see ``alpha_crown``."""
+        lower, upper, _, _ = self._run(x, perturbation, method, C, bound_lower, bound_upper, False, options)
         return lower, upper
+
+    def alpha_crown(self, x: torch.Tensor, perturbation: Perturbation, C=None, *,
+                    state: AlphaState | None = None, bound_lower: bool = True,
+                    bound_upper: bool = True, **options) -> "AlphaResult":
+        """alpha-CROWN bounds (lirpac/alpha.py) and the slopes found, to warm-start a later call
+        on the same graph and spec shape: ``r = net.alpha_crown(x, ball, C=C, iterations=50)``,
+        then ``net.alpha_crown(x, ball, C=C, state=r.state)``. Options: lirpac.AlphaOptions
+        (iterations=20, lr=0.5, lr_decay=0.98, patience=10, alpha_shared=False,
+        optimize_intermediate=True)."""
+        options = dict(options, state=state)
+        lower, upper, _, state = self._run(x, perturbation, "alpha-crown", C, bound_lower,
+                                           bound_upper, False, options)
+        return AlphaResult(lower, upper, state)
 
     def linear_bounds(self, x: torch.Tensor, perturbation: Perturbation, method: str = "crown", C=None,
                       bound_lower: bool = True, bound_upper: bool = True) -> LinearBounds:
         """Linear functions of the input that bound C f(x) over the whole set (backward and
-        forward methods), with their concretized values."""
+        forward methods), with their concretized values (alpha-crown: the functions of the step
+        with the best objective, and the elementwise best bounds, no looser than theirs)."""
         if method.lower() in ("ibp",):
             raise InputError("linear_bounds needs a linear method (crown, crown-ibp, forward, "
                              "forward+crown); IBP gives intervals only")
-        lower, upper, A = self._run(x, perturbation, method, C, bound_lower, bound_upper, True)
+        lower, upper, A, _ = self._run(x, perturbation, method, C, bound_lower, bound_upper, True)
         lA, lb, uA, ub = A
         shape = (x.shape[0], -1, *self.input_shape)
         lb = lb if isinstance(lb, torch.Tensor) or lower is None else torch.zeros_like(lower)
@@ -161,6 +196,14 @@ class CompiledNet:
         if self.module is None:
             raise InputError("this compiled network has no torch module to run")
         return self.module(x)
+
+
+@dataclass
+class AlphaResult:
+    """What ``CompiledNet.alpha_crown`` returns: the bounds and the optimised slopes."""
+    lower: torch.Tensor | None
+    upper: torch.Tensor | None
+    state: AlphaState
 
 
 def compile(model, example_input=None, *, passes: list[str] | None = None, conv_mode: str = "auto",
@@ -187,4 +230,4 @@ def compile(model, example_input=None, *, passes: list[str] | None = None, conv_
     return CompiledNet(graph, passes, module=runner, conv_mode=conv_mode, max_memory=max_memory)
 
 
-__all__ = ["compile", "CompiledNet", "LinearBounds", "LpBall"]
+__all__ = ["compile", "CompiledNet", "LinearBounds", "LpBall", "AlphaResult"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 
 from lirpac.ir.ops.common import elementwise
+from lirpac.ir.ops.kink_alpha import kink_alpha_rules
 
 
 def relu_relax(lower, upper):
@@ -25,4 +26,4 @@ def relu_relax(lower, upper):
 
 
 elementwise("relu", torch.relu, relu_relax, aten=("relu.default",), doc="max(x, 0)",
-            exact_when_sign_known=True)
+            exact_when_sign_known=True, **kink_alpha_rules(relu_relax, lambda: 0.0))

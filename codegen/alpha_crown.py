@@ -1,0 +1,43 @@
+"""alpha-CROWN's generated step: CROWN's code with parametrised relaxations.
+
+One call of the generated function is one step of the optimisation (the loop is lirpac/alpha.py):
+it is CROWN's straight-line code, except that a node whose op has a ``backward_alpha`` rule
+(ReLU) takes its slopes from ``alphas.slot(target, node, op, lA, uA, bounds)``, one pair of
+tensors per backward pass (the target) and node, so every intermediate pass and the final pass
+relax each unstable neuron with its own slope per row. ``alphas`` is an argument of the function
+(a lirpac.AlphaState), never a property of the graph.
+
+The rows of an intermediate pass are the neurons its IBP reference leaves unstable: they do not
+depend on the slopes, so every step has the same alpha shapes. Passes run as one chunk (the
+slopes of all rows live anyway, and autograd keeps the coefficients for the gradient) and on
+matrices, so that every ReLU of every pass is parametrised.
+"""
+from __future__ import annotations
+
+from lirpac.codegen import torch_backend
+from lirpac.codegen.torch_backend import Plan
+from lirpac.ir.graph import Graph, Node
+from lirpac.ir.opdef import get_op
+
+ONE_CHUNK = 1 << 62
+
+
+def alpha_plan(spec: bool, lower: bool = True, upper: bool = True, return_A: bool = False) -> Plan:
+    return Plan(method="alpha-crown", spec=spec, lower=lower, upper=upper, return_A=return_A,
+                conv_mode="matrix", max_memory=ONE_CHUNK)
+
+
+class AlphaEmitter(torch_backend._Emitter):
+    signature = "inp, C, params, alphas"
+
+    def backward_rule(self, target: Node, n: Node, args: list[str]) -> tuple[str, list[str]]:
+        if get_op(n.op).backward_alpha is None:
+            return super().backward_rule(target, n, args)
+        bounds = next(a for i, a in zip(n.inputs, args) if i.perturbed)
+        slot = f"*alphas.slot({target.name!r}, {n.name!r}, {n.op!r}, lA_{n.name}, uA_{n.name}, {bounds})"
+        return self.rule(n.op, "backward_alpha", n), args + [slot]
+
+
+def build(graph: Graph, plan: Plan):
+    """The generated step ``bound(inp, C, params, alphas)`` and its source."""
+    return torch_backend.build(graph, plan, AlphaEmitter(graph, plan))

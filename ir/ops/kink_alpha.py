@@ -1,0 +1,47 @@
+"""alpha-CROWN's parametrised relaxation of convex kinks at 0 (ReLU, leaky ReLU).
+
+For f(x) = max(x, a x) with a <= 1, every line through the origin of slope s in [a, 1] lies
+below f on the whole real line (x >= 0: s x <= x; x < 0: s x <= a x), so for an unstable neuron
+(l < 0 < u) the lower line may be any such s = a + alpha (1 - a), alpha in [0, 1], and every
+alpha gives a sound bound (Xu et al. 2021, "Fast and complete"). The upper line stays the op's
+own (the chord). Stable neurons keep the op's exact lines and ignore alpha.
+"""
+from __future__ import annotations
+
+import torch
+
+from lirpac.ir.opdef import Interval
+from lirpac.ir.ops.common import relaxed_backward, split_pos_neg
+
+
+def kink_alpha_rules(relax, bottom_slope) -> dict:
+    """``backward_alpha`` and ``alpha_init`` (ir/opdef.py) for an op f(x) = max(x, a x) whose
+    relaxation is ``relax(lower, upper, **attrs)`` and a = ``bottom_slope(**attrs)``; for a > 1
+    (concave) the rules keep the op's relaxation and ignore alpha."""
+
+    def alpha_init(lower, upper, **attrs):
+        a = bottom_slope(**attrs)
+        if a >= 1:
+            return torch.zeros_like(lower)
+        return ((relax(lower, upper, **attrs)[0] - a) / (1 - a)).clamp(0, 1)
+
+    def backward_alpha(lA, uA, x: Interval, alpha_l, alpha_u, **attrs):
+        relaxation = relax(x.lower, x.upper, **attrs)
+        a = bottom_slope(**attrs)
+        if a >= 1:
+            return relaxed_backward(lA, uA, relaxation)
+        l_slope, l_bias, u_slope, u_bias = (r.unsqueeze(1) for r in relaxation)
+        unstable = ((x.lower < 0) & (x.upper > 0)).unsqueeze(1)
+        new_l = new_u = None
+        lbias = ubias = 0
+        if lA is not None:
+            pos, neg = split_pos_neg(lA)
+            new_l = pos * torch.where(unstable, a + (1 - a) * alpha_l, l_slope) + neg * u_slope
+            lbias = (pos * torch.where(unstable, 0.0, l_bias) + neg * u_bias).flatten(2).sum(-1)
+        if uA is not None:
+            pos, neg = split_pos_neg(uA)
+            new_u = pos * u_slope + neg * torch.where(unstable, a + (1 - a) * alpha_u, l_slope)
+            ubias = (pos * u_bias + neg * torch.where(unstable, 0.0, l_bias)).flatten(2).sum(-1)
+        return [(new_l, new_u)], lbias, ubias
+
+    return {"backward_alpha": backward_alpha, "alpha_init": alpha_init}

@@ -1,0 +1,148 @@
+"""alpha-CROWN (Xu et al. 2021, "Fast and complete"): CROWN whose ReLU lower slopes are
+optimised by projected gradient ascent on the bounds.
+
+Every slope in [0, 1] gives a sound bound, so the loop may try any; it starts from CROWN's
+choice (step 0 is CROWN), runs Adam with an exponentially decaying step size on
+``sum(lower) - sum(upper)``, projects the slopes back into [0, 1] after each step, stops early
+when the objective has not improved for ``patience`` steps, and returns the elementwise best
+bound seen: never looser than CROWN, and sound whatever the optimiser does.
+
+The step itself is generated code (codegen/alpha_crown.py); this module is only the loop and
+the slopes' storage, an ``AlphaState`` that a later call can start from (warm start).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+
+import torch
+
+from lirpac.errors import InputError
+from lirpac.ir.opdef import get_op
+
+
+@dataclass(frozen=True)
+class AlphaOptions:
+    """iterations: bound evaluations (the first is CROWN's), each but the last followed by one
+    Adam step; lr, lr_decay: Adam's step size and its decay per step; patience: steps without
+    a better objective before stopping; alpha_shared: one slope per neuron shared by all rows
+    of a pass instead of one per row; optimize_intermediate: also optimise the slopes of the
+    intermediate bounds' passes (else they keep CROWN's)."""
+    iterations: int = 20
+    lr: float = 0.5
+    lr_decay: float = 0.98
+    patience: int = 10
+    alpha_shared: bool = False
+    optimize_intermediate: bool = True
+
+    @classmethod
+    def from_dict(cls, options: dict | None) -> "AlphaOptions":
+        options = dict(options or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise InputError(f"unknown alpha-crown option(s) {', '.join(unknown)}; the options are "
+                             f"{', '.join(sorted(known))} (and state=lirpac.AlphaState for a warm start)")
+        opts = cls(**options)
+        if opts.iterations < 1 or opts.lr < 0 or not 0 < opts.lr_decay <= 1 or opts.patience < 1:
+            raise InputError(f"alpha-crown options out of range: {opts} (iterations >= 1, lr >= 0, "
+                             "0 < lr_decay <= 1, patience >= 1)")
+        return opts
+
+
+@dataclass
+class AlphaState:
+    """The slopes of one alpha-CROWN problem, by (pass target, node): ``[alpha_l, alpha_u]``,
+    tensors of shape (batch, rows of the pass or 1, *node shape) in [0, 1] (None for a side not
+    computed). Pass it back (``net.alpha_crown(..., state=s)`` or ``options={"state": s}``) to
+    start from these slopes; a slot whose shape no longer fits (other batch, spec or
+    alpha_shared) starts again from CROWN's."""
+    alphas: dict = field(default_factory=dict)
+    output: str = ""
+    shared: bool = False
+    trained_passes: str = "all"      # "all" or "final": whose slopes the optimiser moves
+
+    def slot(self, target: str, node: str, op: str, lA, uA, bounds):
+        """The slopes of ``node`` in the pass from ``target`` (called by the generated code),
+        created from the op's CROWN choice the first time."""
+        some = lA if lA is not None else uA
+        lower = bounds.lower
+        shape = (lower.shape[0], 1 if self.shared else some.shape[1], *lower.shape[1:])
+        pair = self.alphas.get((target, node))
+        if pair is None or not _fits(pair, shape, lA, uA, lower):
+            start = get_op(op).alpha_init(lower.detach(), bounds.upper.detach())
+            start = start.unsqueeze(1).expand(shape)
+            train = self.trained_passes == "all" or target == self.output
+            pair = [None if side is None else start.clone().requires_grad_(train)
+                    for side in (lA, uA)]
+            self.alphas[(target, node)] = pair
+        return pair
+
+    def trainable(self) -> list[torch.Tensor]:
+        return [a for pair in self.alphas.values() for a in pair if a is not None and a.requires_grad]
+
+    def _prepare(self, output: str, opts: AlphaOptions) -> None:
+        """Fresh leaves for this call (projected into [0, 1]: a state edited by hand stays sound)."""
+        self.output, self.shared = output, opts.alpha_shared
+        self.trained_passes = "all" if opts.optimize_intermediate else "final"
+        for key, pair in self.alphas.items():
+            train = self.trained_passes == "all" or key[0] == output
+            self.alphas[key] = [None if a is None else a.detach().clamp(0, 1).requires_grad_(train)
+                                for a in pair]
+
+    def _snapshot(self) -> dict:
+        return {k: [None if a is None else a.detach().clone() for a in pair] for k, pair in self.alphas.items()}
+
+
+def _fits(pair, shape, lA, uA, like) -> bool:
+    return all((a is None) == (side is None) and (a is None or (
+        tuple(a.shape) == shape and a.dtype == like.dtype and a.device == like.device))
+        for a, side in zip(pair, (lA, uA)))
+
+
+def optimise(step, inp, C, params, output: str, opts: AlphaOptions, state: AlphaState | None):
+    """Run the loop over the generated ``step``; returns (lower, upper, A, state) with the
+    elementwise best bounds, A (when the step returns it) of the step with the best objective,
+    and the state holding that step's slopes."""
+    state = state if state is not None else AlphaState()
+    state._prepare(output, opts)
+    params = [p.detach() for p in params]
+    best_lower = best_upper = best_A = None
+    best_objective, best_alphas, stale = -math.inf, None, 0
+    optimiser = schedule = alphas = None
+    for iteration in range(opts.iterations):
+        with torch.enable_grad():
+            lower, upper, A = step(inp, C, params, state)
+        if lower is not None:
+            best_lower = lower.detach() if best_lower is None else torch.maximum(best_lower, lower.detach())
+        if upper is not None:
+            best_upper = upper.detach() if best_upper is None else torch.minimum(best_upper, upper.detach())
+        objective = (lower.sum() if lower is not None else 0) - (upper.sum() if upper is not None else 0)
+        value = float(objective.detach()) if isinstance(objective, torch.Tensor) else float(objective)
+        if value > best_objective:
+            best_objective, best_alphas, stale = value, state._snapshot(), 0
+            best_A = None if A is None else tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in A)
+        else:
+            stale += 1
+        if iteration == opts.iterations - 1 or stale >= opts.patience:
+            break
+        if optimiser is None:
+            alphas = state.trainable()
+            if not alphas or not objective.requires_grad:
+                break       # nothing to optimise (no unstable ReLU on the way)
+            optimiser = torch.optim.Adam(alphas, lr=opts.lr)
+            schedule = torch.optim.lr_scheduler.ExponentialLR(optimiser, opts.lr_decay)
+        grads = torch.autograd.grad(-objective, alphas, allow_unused=True)
+        for a, g in zip(alphas, grads):
+            a.grad = g
+        optimiser.step()
+        schedule.step()
+        with torch.no_grad():
+            for a in alphas:
+                a.clamp_(0, 1)
+    if best_alphas is not None:
+        state.alphas = best_alphas
+    return best_lower, best_upper, best_A, state
+
+
+__all__ = ["AlphaOptions", "AlphaState", "optimise"]

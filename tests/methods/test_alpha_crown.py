@@ -1,0 +1,168 @@
+"""alpha-CROWN: sound for every slope, never looser than CROWN, exact gradients, warm starts."""
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+from hypothesis import given, settings, strategies as st
+
+import lirpac
+from lirpac.codegen.alpha_crown import alpha_plan
+from lirpac.compat import BoundedModule, BoundedTensor, PerturbationLpNorm
+from models import ARCHS, reinit
+from sampling import assert_contains, sample_lp_ball
+
+_COMPILED = {}
+
+
+def compiled(arch):
+    if arch not in _COMPILED:
+        cls, shape = ARCHS[arch]
+        model = cls().eval()
+        _COMPILED[arch] = (model, lirpac.compile(model, torch.zeros(1, *shape)), shape)
+    return _COMPILED[arch]
+
+
+class LeakyMLP(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2, self.fc3 = nn.Linear(4, 6), nn.Linear(6, 6), nn.Linear(6, 2)
+
+    def forward(self, x):
+        h = nn.functional.leaky_relu(self.fc1(x), 0.2)
+        return self.fc3(torch.relu(self.fc2(h)))
+
+
+@settings(max_examples=12, deadline=None)
+@given(arch=st.sampled_from(sorted(ARCHS)), norm=st.sampled_from([math.inf, 2.0, 1.0]),
+       seed=st.integers(0, 10_000), eps=st.floats(0.0, 0.5), batch=st.integers(1, 2),
+       use_spec=st.booleans(), shared=st.booleans(), intermediate=st.booleans())
+def test_sound_and_never_looser_than_crown(arch, norm, seed, eps, batch, use_spec, shared, intermediate):
+    model, net, shape = compiled(arch)
+    reinit(model, seed)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, *shape, generator=g)
+    C = torch.randn(batch, 2, net.output_shape[0], generator=g) if use_spec else None
+    ball = lirpac.LpBall(eps=eps, norm=norm)
+    crown_lower, crown_upper = net.bounds(x, ball, method="crown", C=C)
+    result = net.alpha_crown(x, ball, C=C, iterations=3, lr=0.5, alpha_shared=shared,
+                             optimize_intermediate=intermediate)
+    tol = 1e-5 * (1 + crown_upper.abs().max().item())
+    assert torch.all(result.lower >= crown_lower - tol)
+    assert torch.all(result.upper <= crown_upper + tol)
+    assert torch.all(result.lower <= result.upper + tol)
+    assert_contains(model, sample_lp_ball(x, eps, norm, 64, generator=g), result.lower, result.upper, C=C)
+    for pair in result.state.alphas.values():
+        for alpha in pair:
+            assert alpha is None or bool(((alpha >= 0) & (alpha <= 1)).all())
+
+
+def test_leaky_relu_sound_and_tighter():
+    torch.manual_seed(0)
+    model = LeakyMLP().eval()
+    net = lirpac.compile(model, torch.zeros(1, 4))
+    x = torch.randn(3, 4)
+    ball = lirpac.LpBall(eps=0.5)
+    crown = net.bounds(x, ball, method="crown")
+    lower, upper = net.bounds(x, ball, method="alpha-crown", options={"iterations": 10})
+    assert torch.all(lower >= crown[0] - 1e-5) and torch.all(upper <= crown[1] + 1e-5)
+    assert (upper - lower).sum() < (crown[1] - crown[0]).sum()
+    assert_contains(model, sample_lp_ball(x, 0.5, math.inf, 256), lower, upper)
+
+
+def test_defaults_tighten_crown_and_match_design_api():
+    model, net, shape = compiled("mlp")
+    reinit(model, 1, scale=2.0)
+    x = torch.randn(2, *shape)
+    ball = lirpac.LpBall(eps=0.3)
+    crown_lower, crown_upper = net.bounds(x, ball, method="crown")
+    lower, upper = net.bounds(x, ball, method="alpha-crown")
+    assert (upper - lower).sum() < (crown_upper - crown_lower).sum()
+    assert_contains(model, sample_lp_ball(x, 0.3, math.inf, 256), lower, upper)
+
+
+def _objective(net, x, ball, C, state):
+    step = net.function(alpha_plan(spec=C is not None))
+    params = [p.detach() for p in net._params(x)]
+    lower, upper, _ = step(ball.bind(x), C, params, state)
+    return lower.sum() - upper.sum()
+
+
+@pytest.mark.parametrize("arch", ["mlp", "convnet"])
+def test_gradient_matches_finite_differences(arch):
+    """The generated step is differentiable in every slope, intermediate passes included:
+    autograd's derivative against central differences at random coordinates (float64)."""
+    model, net, shape = compiled(arch)
+    reinit(model, 4, scale=1.5)
+    x = torch.randn(1, *shape, dtype=torch.float64)
+    ball = lirpac.LpBall(eps=0.4)
+    C = torch.randn(1, 2, net.output_shape[0], dtype=torch.float64)
+    state = net.alpha_crown(x, ball, C=C, iterations=1).state
+    state._prepare(net.graph.output.name, lirpac.AlphaOptions())
+    g = torch.Generator().manual_seed(0)
+    for a in state.trainable():
+        with torch.no_grad():
+            a.copy_(0.1 + 0.8 * torch.rand(a.shape, generator=g, dtype=a.dtype))
+    alphas = [a for a in state.trainable() if a.numel()]
+    intermediate = [a for k, pair in state.alphas.items() if k[0] != net.graph.output.name for a in pair]
+    assert len(alphas) >= 4 and any(a.numel() for a in intermediate)
+    grads = torch.autograd.grad(_objective(net, x, ball, C, state), alphas)
+    checked = 0
+    for a, grad in zip(alphas, grads):
+        flat, grad = a.data.view(-1), grad.reshape(-1)
+        for i in torch.randint(0, flat.numel(), (3,), generator=g).tolist() + [int(grad.abs().argmax())]:
+            h, keep = 1e-6, flat[i].item()
+            flat[i] = keep + h
+            up = _objective(net, x, ball, C, state).item()
+            flat[i] = keep - h
+            down = _objective(net, x, ball, C, state).item()
+            flat[i] = keep
+            assert abs((up - down) / (2 * h) - grad[i].item()) <= 1e-5 * (1 + abs(grad[i].item()))
+            checked += grad[i].item() != 0
+    assert checked >= 2
+
+
+def test_warm_start_reuses_slopes():
+    model, net, shape = compiled("mlp")
+    reinit(model, 2, scale=2.0)
+    x = torch.randn(1, *shape)
+    ball = lirpac.LpBall(eps=0.3)
+    C = torch.randn(1, 2, 3)
+    first = net.alpha_crown(x, ball, C=C, iterations=15)
+    crown_lower, crown_upper = net.bounds(x, ball, method="crown", C=C)
+    saved = {k: [a.clone() for a in pair] for k, pair in first.state.alphas.items()}
+    # one evaluation of the saved slopes: the best step of the first call, not CROWN
+    again = net.alpha_crown(x, ball, C=C, iterations=1, state=first.state)
+    assert (again.lower.sum() - again.upper.sum()) >= (crown_lower.sum() - crown_upper.sum()) - 1e-5
+    assert (again.lower.sum() - again.upper.sum()) > (crown_lower.sum() - crown_upper.sum()) + 1e-4
+    for key, pair in saved.items():
+        assert all(torch.equal(a, b) for a, b in zip(pair, first.state.alphas[key]))
+    # the same state through net.bounds, and a new batch size re-initialises what does not fit
+    lower, _ = net.bounds(x, ball, method="alpha-crown", C=C, options={"state": first.state, "iterations": 3})
+    assert torch.all(lower >= again.lower - 1e-5)
+    x2 = torch.randn(2, *shape)
+    lower, upper = net.bounds(x2, ball, method="alpha-crown", options={"state": first.state, "iterations": 3})
+    assert_contains(model, sample_lp_ball(x2, 0.3, math.inf, 64), lower, upper)
+
+
+def test_options_errors():
+    _, net, shape = compiled("mlp")
+    x = torch.zeros(1, *shape)
+    ball = lirpac.LpBall(eps=0.1)
+    with pytest.raises(lirpac.InputError, match="unknown alpha-crown option"):
+        net.bounds(x, ball, method="alpha-crown", options={"iters": 3})
+    with pytest.raises(lirpac.InputError, match="out of range"):
+        net.bounds(x, ball, method="alpha-crown", options={"iterations": 0})
+    with pytest.raises(lirpac.InputError, match="alpha-crown"):
+        net.bounds(x, ball, method="crown", options={"iterations": 3})
+    with pytest.raises(lirpac.InputError, match="AlphaState"):
+        net.bounds(x, ball, method="alpha-crown", options={"state": {}})
+
+
+@pytest.mark.parametrize("name", ["alpha-CROWN", "CROWN-Optimized"])
+def test_compat_names(name):
+    model, _, shape = compiled("mlp")
+    bounded = BoundedModule(model, torch.zeros(1, *shape))
+    x = torch.randn(2, *shape)
+    lower, upper = bounded.compute_bounds(x=(BoundedTensor(x, PerturbationLpNorm(eps=0.1)),), method=name)
+    assert_contains(model, sample_lp_ball(x, 0.1, math.inf, 64), lower, upper)
