@@ -117,6 +117,9 @@ def _conv_transpose_of(a, weight, in_shape, stride, padding, dilation, groups):
     for i in range(nd):
         full = (a.shape[2 + i] - 1) * stride[i] - 2 * padding[i] + dilation[i] * (weight.shape[2 + i] - 1) + 1
         out_pad.append(in_shape[1 + i] - full)
+    if nd == 2:
+        # oneDNN on channels-last: several times faster, and no large column buffer
+        a = a.contiguous(memory_format=torch.channels_last)
     return _CONV_T[nd](a, weight, None, stride, padding, tuple(out_pad), groups, dilation)
 
 
