@@ -18,6 +18,7 @@ from torch.export import Dim, export
 from lirpac.errors import InputError, UnsupportedOperationError
 from lirpac.ir.graph import Graph, Node
 from lirpac.ir.opdef import ATEN_LOWERINGS, REGISTRY, get_op
+from lirpac.ir.recurrent import unroll_recurrent
 
 _INT_MAX = 2 ** 62
 
@@ -531,6 +532,7 @@ def lower_module(module: torch.nn.Module, example: torch.Tensor) -> Graph:
         warnings.warn("lirpac.compile: the model is in training mode; it is bounded in eval mode "
                       "(call model.eval() to silence this)", stacklevel=3)
         module = module.eval()
+    module = unroll_recurrent(module)
     example = _example_batch(example)
     try:
         exported = export(module, (example,), dynamic_shapes=({0: Dim("batch")},), strict=False)
@@ -539,6 +541,7 @@ def lower_module(module: torch.nn.Module, example: torch.Tensor) -> Graph:
             f"torch.export could not trace the model with a free batch dimension: "
             f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}. Models must be "
             "traceable by torch.export and treat dim 0 as the batch.") from err
+    exported.graph.eliminate_dead_code()   # unused outputs (an RNN's final state) need no rule
     names = [s.arg.name for s in exported.graph_signature.input_specs if s.kind.name == "USER_INPUT"]
     graph = _Lowering(exported, module, {names[0]}).run()
     remove_dead_nodes(graph)
