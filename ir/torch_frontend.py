@@ -246,8 +246,8 @@ def _addmm(lw: _Lowering, bias, x, mat2, beta=1, alpha=1):
 
 def _matmul(lw: _Lowering, a, b):
     a, b = lw.value(a), lw.value(b)
-    if a.perturbed and b.perturbed:
-        raise lw.error("matmul of two perturbed tensors is not supported yet")
+    if a.perturbed and b.perturbed:     # products of perturbed tensors: ir/ops/bivariate.py
+        return ATEN_LOWERINGS["matmul.default"](lw, a, b)
     if b.perturbed:
         return lw.add("matmul_const_left", [a, b])
     return lw.add("matmul_const_right", [a, b])
@@ -338,10 +338,8 @@ def _binary(op: str):
         a_n, b_n = lw.operand(a, like), lw.operand(b, like)
         if alpha != 1:
             b_n = lw.add("mul", [b_n, lw.constant(alpha, like)], name=lw.fx_node.name + "_alpha")
-        if op in ("mul", "div") and a_n.perturbed and b_n.perturbed:
-            raise lw.error(f"{op} of two perturbed tensors is not supported yet")
-        if op == "div" and b_n.perturbed:
-            raise lw.error("division by a perturbed tensor is not supported yet")
+        if op in ("mul", "div") and b_n.perturbed and (a_n.perturbed or op == "div"):
+            return ATEN_LOWERINGS[f"{op}.Tensor"](lw, a_n, b_n)   # ir/ops/bivariate.py
         return lw.add(op, [a_n, b_n])
     return convert
 

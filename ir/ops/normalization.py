@@ -1,0 +1,252 @@
+"""softmax, log_softmax, logsumexp, layer_norm and vector norms, lowered to registered ops.
+
+softmax_i = 1 / (1 + sum_{j != i} exp(x_j - x_i)): the differences come from one exact affine
+op (pairwise_diff), so IBP gives the standard bound exp(u_i) / (exp(u_i) + sum_{j != i}
+exp(l_j)) and CROWN relaxes exp and the reciprocal around the differences' own (tighter)
+bounds. log_softmax_i = -log1p(sum_{j != i} exp(x_j - x_i)); logsumexp = x_i - log_softmax_i
+(averaged over i).
+layer_norm = center(x) * rsqrt(mean(center(x)^2) + eps) * weight + bias, with center the exact
+affine map x - mean(x) and the product McCormick's (ir/ops/bivariate.py). The L2 norm is
+sqrt(sum x^2); F.normalize then divides by its clamp, through bivariate's division.
+"""
+from __future__ import annotations
+
+import torch
+
+from lirpac.ir.opdef import Interval, Linear, OpDef, aten_lowering, register
+from lirpac.ir.ops.bivariate import add_node
+from lirpac.ir.ops.common import elementwise, fold, linear_map, vjp_transpose
+from lirpac.ir.ops.relaxation import Curve, concave_lines, convex_lines, sound_relax
+
+
+# -- curves on inputs known to be >= floor -------------------------------------------------------
+# A sum of exponentials or squares is >= 0 whatever its computed bounds say (a forward-mode or
+# CROWN lower bound of it can dip below 0, and then 1/x, log1p, sqrt would have no linear bound).
+# These ops relax on [max(l, floor), max(u, floor)], which holds every value the input takes.
+
+def floored(name, fn, df, convex: bool, increasing: bool, doc: str):
+    curve = Curve(fn, df)
+    lines = convex_lines if convex else concave_lines
+
+    def clip(lower, upper, floor):
+        return lower.clamp(min=floor), upper.clamp(min=floor)
+
+    def relax(lower, upper, floor):
+        return lines(curve, *clip(lower, upper, floor))
+
+    def ibp(x: Interval, floor) -> Interval:
+        lo, hi = (fn(v) for v in clip(x.lower, x.upper, floor))
+        return Interval(lo, hi) if increasing else Interval(hi, lo)
+
+    elementwise(name, fn, sound_relax(relax, ibp), ibp=ibp, doc=doc)
+
+
+floored("reciprocal_floored", torch.reciprocal, lambda x: -torch.reciprocal(x * x), True, False,
+        "1 / x for x >= floor > 0")
+floored("rsqrt_floored", torch.rsqrt, lambda x: -0.5 * torch.rsqrt(x) / x, True, False,
+        "1 / sqrt(x) for x >= floor > 0")
+floored("sqrt_floored", torch.sqrt, lambda x: 0.5 / torch.sqrt(x), False, True,
+        "sqrt(x) for x >= floor >= 0")
+floored("log1p_floored", torch.log1p, lambda x: 1 / (1 + x), False, True,
+        "log(1 + x) for x >= floor > -1")
+
+
+# -- pairwise_diff: d[.., i, m, ..] = x[.., j(i, m), ..] - x[.., i, ..] over all j != i ---------
+
+def _others(x, dim):
+    """x[.., j, ..] for every i and j != i: the dim of size K becomes (K, K - 1)."""
+    size = x.shape[dim]
+    index = torch.arange(size - 1, device=x.device)
+    rows = torch.arange(size, device=x.device).unsqueeze(1)
+    picks = (index + (index >= rows)).reshape(-1)          # j(i, m) = m + [m >= i]
+    taken = x.index_select(dim, picks)
+    return taken.reshape(*x.shape[:dim], size, size - 1, *x.shape[dim + 1:])
+
+
+def _selves(x, dim):
+    size = x.shape[dim]
+    return x.unsqueeze(dim + 1).expand(*x.shape[:dim + 1], size - 1, *x.shape[dim + 1:])
+
+
+def _pairwise_diff(x, *, dim):
+    return _others(x, dim) - _selves(x, dim)
+
+
+def _pairwise_forward_mode(x: Linear, *, dim) -> Linear:
+    def lin(a, b, lead):
+        d = dim + lead - 1
+        return _others(a, d) - _selves(b, d)
+    return Linear(lin(x.lw, x.uw, 2), lin(x.lb, x.ub, 1), lin(x.uw, x.lw, 2), lin(x.ub, x.lb, 1))
+
+
+def _pairwise_backward(lA, uA, x, *, dim, in_shapes):
+    def back(a):
+        return vjp_transpose(_pairwise_diff, a, in_shapes[0], dim=dim)
+    return [(None if lA is None else fold(lA, back), None if uA is None else fold(uA, back))], 0, 0
+
+
+register(OpDef(
+    name="pairwise_diff", forward=_pairwise_diff,
+    ibp=lambda x, dim: Interval(_others(x.lower, dim) - _selves(x.upper, dim),
+                                _others(x.upper, dim) - _selves(x.lower, dim)),
+    backward=_pairwise_backward, forward_mode=_pairwise_forward_mode, backward_needs_shapes=True,
+    doc="x_j - x_i for all i and j != i along dim (K -> K, K - 1): exact affine map"))
+
+
+# -- center: x - mean(x) over dims --------------------------------------------------------------
+
+def _center(x, *, dims):
+    return x - x.mean(dim=dims, keepdim=True)
+
+
+def _count(shape, dims):
+    n = 1
+    for d in dims:
+        n *= shape[d]
+    return n
+
+
+def _center_ibp(x: Interval, *, dims) -> Interval:
+    """Centre and radius through M = I - J/n: |M| r = (1 - 2/n) r + mean(r), exact."""
+    mid, rad = (x.upper + x.lower) / 2, (x.upper - x.lower) / 2
+    n = _count(mid.shape, dims)
+    spread = (1 - 2 / n) * rad + rad.mean(dim=dims, keepdim=True)
+    centred = _center(mid, dims=dims)
+    return Interval(centred - spread, centred + spread)
+
+
+def _center_forward_mode(x: Linear, *, dims) -> Linear:
+    """M's positive part is (1 - 1/n) I, its negative part -(J - I)/n: the lower function is
+    (1 - 1/n) l + u/n - mean(u) (upper: l and u swapped)."""
+    n = _count(x.lb.shape, dims)
+    wdims = tuple(d + 1 for d in dims)
+
+    def side(a, b, ds):
+        return (1 - 1 / n) * a + b / n - b.mean(dim=ds, keepdim=True)
+    return Linear(side(x.lw, x.uw, wdims), side(x.lb, x.ub, dims),
+                  side(x.uw, x.lw, wdims), side(x.ub, x.lb, dims))
+
+
+def _center_backward(lA, uA, x, *, dims):
+    """M is symmetric: coefficients are centred the same way."""
+    cdims = tuple(d + 1 for d in dims)
+    return [(None if lA is None else _center(lA, dims=cdims),
+             None if uA is None else _center(uA, dims=cdims))], 0, 0
+
+
+register(OpDef(name="center", forward=_center, ibp=_center_ibp, backward=_center_backward,
+               forward_mode=_center_forward_mode,
+               doc="x - mean(x) over dims (exact affine map; IBP by centre and radius)"))
+
+
+def _expand(x, *, shape):
+    lead = len(shape) - (x.dim() - 1)
+    return x.reshape(x.shape[0], *([1] * lead), *x.shape[1:]).expand(x.shape[0], *shape)
+
+
+linear_map("expand", _expand, doc="broadcast to a per-sample shape (expand, expand_as)")
+
+
+# -- lowerings ----------------------------------------------------------------------------------
+
+def _dim(lw, node, dim) -> int:
+    """A batch-first dim index that is not the batch."""
+    d = dim % (len(node.shape) + 1)
+    if d == 0:
+        raise lw.error("a softmax/normalisation over the batch dimension cannot be bounded "
+                       "per sample")
+    return d
+
+
+def _sum_exp_of_differences(lw, node, d):
+    """(sum_{j != i} exp(x_j - x_i)) for every i along batch-first dim d."""
+    size = node.shape[d - 1]
+    diff_shape = node.shape[:d - 1] + (size, size - 1) + node.shape[d:]
+    diff = add_node(lw, "pairwise_diff", [node], diff_shape, "diff", dim=d)
+    ratio = add_node(lw, "exp", [diff], diff_shape, "ratio")
+    return add_node(lw, "sum", [ratio], node.shape, "others", dims=(d + 1,), keepdim=False)
+
+
+@aten_lowering("softmax.int", "_softmax.default")
+def _lower_softmax(lw, x, dim, *rest):
+    node = lw.value(x)
+    others = _sum_exp_of_differences(lw, node, _dim(lw, node, dim))
+    total = add_node(lw, "add", [others, lw.constant(1.0, node)], node.shape, "total")
+    return lw.add("reciprocal_floored", [total], floor=1.0)
+
+
+@aten_lowering("log_softmax.int", "_log_softmax.default")
+def _lower_log_softmax(lw, x, dim, *rest):
+    node = lw.value(x)
+    others = _sum_exp_of_differences(lw, node, _dim(lw, node, dim))
+    log_total = add_node(lw, "log1p_floored", [others], node.shape, "log_total", floor=0.0)
+    return lw.add("neg", [log_total])
+
+
+def _dims(lw, node, dim):
+    if dim in (None, [], ()):
+        return tuple(range(1, len(node.shape) + 1))
+    return tuple(sorted(_dim(lw, node, d) for d in ([dim] if isinstance(dim, int) else dim)))
+
+
+@aten_lowering("logsumexp.default")
+def _lower_logsumexp(lw, x, dim, keepdim=False):
+    """logsumexp = x_i + log1p(sum_{j != i} exp(x_j - x_i)) for every i; their mean over i
+    (one dim at a time) is as sound and treats the entries alike."""
+    node = lw.value(x)
+    dims = _dims(lw, node, dim)
+    for k, d in enumerate(reversed(dims)):
+        last = k == len(dims) - 1
+        others = _sum_exp_of_differences(lw, node, d)
+        log_total = add_node(lw, "log1p_floored", [others], node.shape, "log_total", floor=0.0)
+        terms = add_node(lw, "add", [node, log_total], node.shape, "terms")
+        shape = tuple(1 if i == d - 1 else n for i, n in enumerate(node.shape)) if keepdim else \
+            node.shape[:d - 1] + node.shape[d:]
+        if last:
+            return lw.add("mean", [terms], dims=(d,), keepdim=bool(keepdim))
+        node = add_node(lw, "mean", [terms], shape, "lse", dims=(d,), keepdim=bool(keepdim))
+
+
+@aten_lowering("layer_norm.default")
+def _lower_layer_norm(lw, x, normalized_shape, weight=None, bias=None, eps=1e-5, *rest):
+    node = lw.value(x)
+    rank = len(node.shape)
+    dims = tuple(range(rank + 1 - len(normalized_shape), rank + 1))
+    stat_shape = tuple(1 if d + 1 in dims else s for d, s in enumerate(node.shape))
+    centred = add_node(lw, "center", [node], node.shape, "centred", dims=dims)
+    square = add_node(lw, "pow", [centred], node.shape, "square", exponent=2)
+    var = add_node(lw, "mean", [square], stat_shape, "var", dims=dims, keepdim=True)
+    var_eps = add_node(lw, "add", [var, lw.constant(float(eps), node)], stat_shape, "var_eps")
+    scale = add_node(lw, "rsqrt_floored", [var_eps], stat_shape, "inv_std", floor=float(eps))
+    steps = [("mul_bilinear", scale)] + [(op, lw.value(v)) for op, v in
+                                         (("mul", weight), ("add", bias)) if v is not None]
+    out = centred
+    for i, (op, operand) in enumerate(steps):
+        if i == len(steps) - 1:
+            return lw.add(op, [out, operand])
+        out = add_node(lw, op, [out, operand], node.shape, op)
+    return out
+
+
+@aten_lowering("linalg_vector_norm.default")
+def _lower_vector_norm(lw, x, ord=2, dim=None, keepdim=False, dtype=None):
+    node = lw.value(x)
+    shape = lw.meta_shape()[0][1:]
+    dims = _dims(lw, node, dim)
+    if ord == 2:
+        square = add_node(lw, "pow", [node], node.shape, "square", exponent=2)
+        total = add_node(lw, "sum", [square], shape, "sum", dims=dims, keepdim=bool(keepdim))
+        return lw.add("sqrt_floored", [total], floor=0.0)
+    if ord in (1, float("inf")):
+        size = add_node(lw, "abs", [node], node.shape, "abs")
+        return lw.add("sum" if ord == 1 else "amax", [size], dims=dims, keepdim=bool(keepdim))
+    raise lw.error(f"vector norm of order {ord}", "use ord 1, 2 or inf")
+
+
+@aten_lowering("expand.default", "expand_as.default")
+def _lower_expand(lw, x, *rest, **kw):
+    node = lw.value(x)
+    shape = tuple(int(s) for s in lw.meta_shape()[0][1:])
+    if not lw.is_batch_dim(lw.meta_shape()[0][0]):
+        raise lw.error("expand of a batched tensor must keep the batch dimension")
+    return node if shape == node.shape else lw.add("expand", [node], shape=shape)

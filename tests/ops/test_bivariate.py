@@ -1,0 +1,157 @@
+"""Products of perturbed tensors (x * y, x / y, x @ y, attention) and max/min of two: every
+method is sound on small nets; McCormick's planes touch x * y where the theory says; a
+product with a constant is the linear map it is."""
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from hypothesis import given, settings, strategies as st
+
+import lirpac
+from bound_checks import METHODS, NORMS, check_sound
+from lirpac.errors import UnsupportedOperationError
+from lirpac.ir.opdef import Interval, get_op
+
+
+class Products(nn.Module):
+    """x * y, x ** 2, x * x and a division by a positive perturbed tensor."""
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 8)
+
+    def forward(self, x):
+        h = self.fc(x)
+        a, b = h[:, :4], h[:, 4:]
+        return torch.cat([a * b, a ** 2, a * a, a / (torch.sigmoid(b) + 0.5)], 1)
+
+
+class Attention(nn.Module):
+    """One self-attention head: q k^T (two perturbed matrices), softmax, then @ v."""
+    def __init__(self):
+        super().__init__()
+        self.qkv = nn.Linear(4, 12)
+
+    def forward(self, x):
+        h = self.qkv(x)
+        q, k, v = h[..., :4], h[..., 4:8], h[..., 8:]
+        scores = torch.matmul(q, k.transpose(-1, -2)) / 2
+        return torch.bmm(torch.softmax(scores, -1), v).flatten(1)
+
+
+class MaxMin(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 8)
+
+    def forward(self, x):
+        h = self.fc(x)
+        a, b = h[:, :4], h[:, 4:]
+        return torch.cat([torch.maximum(a, b), torch.minimum(a, b),
+                          torch.maximum(a, torch.full_like(a, 0.1))], 1)
+
+
+SHAPES = {Products: (4,), Attention: (3, 4), MaxMin: (4,)}
+
+
+@settings(max_examples=25, deadline=None)
+@given(cls=st.sampled_from(sorted(SHAPES, key=lambda c: c.__name__)),
+       method=st.sampled_from(METHODS), norm=st.sampled_from(NORMS),
+       seed=st.integers(0, 10_000), eps=st.floats(0.0, 0.3))
+def test_sound(cls, method, norm, seed, eps):
+    check_sound(cls, SHAPES[cls], method, norm, seed, eps)
+
+
+def _intervals(seed, shape=(2, 5)):
+    g = torch.Generator().manual_seed(seed)
+    lo = torch.randn(shape, generator=g, dtype=torch.float64) * 2
+    return lo, lo + torch.rand(shape, generator=g, dtype=torch.float64) * 3
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 10_000))
+def test_mccormick_planes_bound_and_touch(seed):
+    """Lower plane <= x y <= upper plane on the box; the lower plane is exact on x = lx and
+    y = ly, the upper on x = lx and y = uy."""
+    (lx, ux), (ly, uy) = _intervals(seed), _intervals(seed + 1)
+    op = get_op("mul_bilinear")
+    eye = torch.eye(5, dtype=torch.float64).expand(2, 5, 5)
+    coeffs, lbias, ubias = op.backward(eye, eye, Interval(lx, ux), Interval(ly, uy),
+                                       in_shapes=[(5,), (5,)])
+    (ax_l, ax_u), (ay_l, ay_u) = coeffs
+
+    def plane(ax, ay, bias, x, y):
+        return torch.einsum("bsi,bi->bs", ax, x) + torch.einsum("bsi,bi->bs", ay, y) + bias
+
+    t = torch.rand(4, 2, 5, dtype=torch.float64)
+    for x, y in [(lx + t[0] * (ux - lx), ly + t[1] * (uy - ly)), (lx, ly + t[2] * (uy - ly)),
+                 (lx + t[3] * (ux - lx), ly), (lx + t[3] * (ux - lx), uy)]:
+        low, up = plane(ax_l, ay_l, lbias, x, y), plane(ax_u, ay_u, ubias, x, y)
+        assert torch.all(low <= x * y + 1e-12) and torch.all(x * y <= up + 1e-12)
+    assert torch.allclose(plane(ax_l, ay_l, lbias, lx, ly + t[2] * (uy - ly)), lx * (ly + t[2] * (uy - ly)))
+    assert torch.allclose(plane(ax_u, ay_u, ubias, lx + t[3] * (ux - lx), uy), (lx + t[3] * (ux - lx)) * uy)
+    ibp = op.ibp(Interval(lx, ux), Interval(ly, uy))
+    corners = torch.stack([lx * ly, lx * uy, ux * ly, ux * uy])
+    assert torch.equal(ibp.lower, corners.min(0).values) and torch.equal(ibp.upper, corners.max(0).values)
+
+
+class ScaledByConstant(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3, 4)
+        self.register_buffer("scale", torch.tensor([2.0, -1.0, 0.5, -3.0]))
+
+    def forward(self, x):
+        return torch.relu(self.fc(x)) * self.scale
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_product_with_constant_is_linear(method):
+    """relu(W x) * c (the arith 'mul' op, not McCormick) equals relu(W x) @ diag(c)."""
+    model = ScaledByConstant().eval()
+    diag = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 4, bias=False)).eval()
+    with torch.no_grad():
+        diag[0].load_state_dict(model.fc.state_dict())
+        diag[2].weight.copy_(torch.diag(model.scale))
+    x = torch.randn(2, 3)
+    ball = lirpac.LpBall(eps=0.2)
+    got = lirpac.compile(model, x).bounds(x, ball, method=method)
+    want = lirpac.compile(diag, x).bounds(x, ball, method=method)
+    assert "mul_bilinear" not in lirpac.compile(model, x).dump()
+    assert torch.allclose(got[0], want[0], atol=1e-5) and torch.allclose(got[1], want[1], atol=1e-5)
+
+
+def test_square_of_one_tensor_lowers_to_pow():
+    net = lirpac.compile(Products().eval(), torch.zeros(2, 4))
+    assert "pow(" in net.dump() and "mul_bilinear(" in net.dump()
+
+
+class DivideByAnything(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(2, 4)
+
+    def forward(self, x):
+        h = self.fc(x)
+        return h[:, :2] / h[:, 2:]
+
+
+def test_division_by_interval_containing_zero_is_a_clear_error():
+    model = DivideByAnything().eval()
+    with torch.no_grad():
+        model.fc.bias.zero_()
+    x = torch.zeros(2, 2)
+    with pytest.raises(UnsupportedOperationError, match="reciprocal"):
+        lirpac.compile(model, x).bounds(x, lirpac.LpBall(eps=0.1), method="crown")
+
+
+def test_max_min_with_separated_operands_are_exact():
+    """When a > b on the whole ball, max(a, b) = a and min(a, b) = b exactly (ReLU stable)."""
+    class Sep(nn.Module):
+        def forward(self, x):
+            return torch.cat([torch.maximum(x, x - 5), torch.minimum(x, x - 5)], 1)
+    x = torch.randn(2, 3)
+    lower, upper = lirpac.compile(Sep().eval(), x).bounds(x, lirpac.LpBall(eps=0.5), method="crown")
+    want = torch.cat([x, x - 5], 1)
+    assert torch.allclose(lower, want - 0.5, atol=1e-5) and torch.allclose(upper, want + 0.5, atol=1e-5)
