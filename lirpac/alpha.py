@@ -113,11 +113,11 @@ def optimise(step, inp, C, params, output: str, opts: AlphaOptions, state: Alpha
     for iteration in range(opts.iterations):
         with torch.enable_grad():
             lower, upper, A = step(inp, C, params, state)
+            objective = (lower.sum() if lower is not None else 0) - (upper.sum() if upper is not None else 0)
         if lower is not None:
             best_lower = lower.detach() if best_lower is None else torch.maximum(best_lower, lower.detach())
         if upper is not None:
             best_upper = upper.detach() if best_upper is None else torch.minimum(best_upper, upper.detach())
-        objective = (lower.sum() if lower is not None else 0) - (upper.sum() if upper is not None else 0)
         value = float(objective.detach()) if isinstance(objective, torch.Tensor) else float(objective)
         if value > best_objective:
             best_objective, best_alphas, stale = value, state._snapshot(), 0
@@ -132,9 +132,9 @@ def optimise(step, inp, C, params, output: str, opts: AlphaOptions, state: Alpha
                 break       # nothing to optimise (no unstable ReLU on the way)
             optimiser = torch.optim.Adam(alphas, lr=opts.lr)
             schedule = torch.optim.lr_scheduler.ExponentialLR(optimiser, opts.lr_decay)
-        grads = torch.autograd.grad(-objective, alphas, allow_unused=True)
+        grads = torch.autograd.grad(objective, alphas, allow_unused=True)
         for a, g in zip(alphas, grads):
-            a.grad = g
+            a.grad = None if g is None else -g      # Adam descends; the objective is maximised
         optimiser.step()
         schedule.step()
         with torch.no_grad():

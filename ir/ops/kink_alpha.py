@@ -31,16 +31,19 @@ def kink_alpha_rules(relax, bottom_slope) -> dict:
         if a >= 1:
             return relaxed_backward(lA, uA, relaxation)
         l_slope, l_bias, u_slope, u_bias = (r.unsqueeze(1) for r in relaxation)
+        if a != 0:
+            alpha_l = None if alpha_l is None else a + (1 - a) * alpha_l
+            alpha_u = None if alpha_u is None else a + (1 - a) * alpha_u
         unstable = ((x.lower < 0) & (x.upper > 0)).unsqueeze(1)
         new_l = new_u = None
         lbias = ubias = 0
         if lA is not None:
             pos, neg = split_pos_neg(lA)
-            new_l = pos * torch.where(unstable, a + (1 - a) * alpha_l, l_slope) + neg * u_slope
+            new_l = pos * torch.where(unstable, alpha_l, l_slope) + neg * u_slope
             lbias = (pos * torch.where(unstable, 0.0, l_bias) + neg * u_bias).flatten(2).sum(-1)
         if uA is not None:
             pos, neg = split_pos_neg(uA)
-            new_u = pos * u_slope + neg * torch.where(unstable, a + (1 - a) * alpha_u, l_slope)
+            new_u = pos * u_slope + neg * torch.where(unstable, alpha_u, l_slope)
             ubias = (pos * u_bias + neg * torch.where(unstable, 0.0, l_bias)).flatten(2).sum(-1)
         return [(new_l, new_u)], lbias, ubias
 
