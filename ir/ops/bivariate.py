@@ -24,6 +24,9 @@ def _broadcast_bounds(x: Interval, y: Interval):
 def _mul_ibp(x: Interval, y: Interval) -> Interval:
     lx, ux, ly, uy = _broadcast_bounds(x, y)
     corners = torch.stack([lx * ly, lx * uy, ux * ly, ux * uy])
+    # 0 * inf (an unbounded operand, e.g. 1/y with 0 in y's range): the other corners carry
+    # the infinity, this one is 0
+    corners = torch.where(torch.isnan(corners), torch.zeros_like(corners), corners)
     return Interval(corners.min(0).values, corners.max(0).values)
 
 

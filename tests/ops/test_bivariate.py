@@ -142,8 +142,11 @@ def test_division_by_interval_containing_zero_is_a_clear_error():
     with torch.no_grad():
         model.fc.bias.zero_()
     x = torch.zeros(2, 2)
+    net = lirpac.compile(model, x)
     with pytest.raises(UnsupportedOperationError, match="reciprocal"):
-        lirpac.compile(model, x).bounds(x, lirpac.LpBall(eps=0.1), method="crown")
+        net.bounds(x, lirpac.LpBall(eps=0.1), method="crown")
+    lower, upper = net.bounds(x, lirpac.LpBall(eps=0.1), method="ibp")   # unbounded, not NaN
+    assert torch.all(lower == -math.inf) and torch.all(upper == math.inf)
 
 
 def test_max_min_with_separated_operands_are_exact():

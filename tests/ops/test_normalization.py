@@ -48,7 +48,20 @@ class NormalizeSoftmax(nn.Module):
         return F.softmax(self.out(F.normalize(self.fc(x) + 2.0, dim=-1)), dim=-1)
 
 
-SHAPES = {Softmaxes: (4,), LayerNormNet: (4,), NormalizeSoftmax: (4,)}
+class InnerDims(nn.Module):
+    """softmax and L2 normalize over a middle dim, layer norm over two dims without affine."""
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(2, 2)
+        self.norm = nn.LayerNorm([3, 2], elementwise_affine=False)
+
+    def forward(self, x):
+        h = self.fc(x)
+        return torch.cat([F.softmax(h, 1), self.norm(h), F.normalize(h + 2.0, dim=1),
+                          F.log_softmax(h, 1)], 1).flatten(1)
+
+
+SHAPES = {Softmaxes: (4,), LayerNormNet: (4,), NormalizeSoftmax: (4,), InnerDims: (3, 2)}
 
 
 @settings(max_examples=25, deadline=None)
