@@ -130,8 +130,9 @@ def _known_floor(node: Node):
 
 @aten_lowering("div.Tensor")
 def lower_div(lw, a, b):
-    """a / y = a * (1 / y) for a perturbed y; y's bounds must exclude 0 (the reciprocal's
-    relaxation says so, naming the node, when they do not)."""
+    """a / y = a * (1 / y) for a perturbed y. Linear bounds need y's range to exclude 0 (else
+    the reciprocal's relaxation raises UnsupportedOperationError; IBP gives infinite bounds);
+    a clamp(min > 0) feeding y (F.normalize) is a floor kept whatever y's computed bounds."""
     a, b = lw.operand(a, lw.value(b)), lw.value(b)
     floor = _known_floor(b)
     if floor is None:
