@@ -13,7 +13,7 @@ rounding of f, f' and the arithmetic (f and f' must be accurate to a few ulps, s
 
 Where a line cannot be computed (infinite inputs, overflow, poles) ``finish`` falls back to the
 constant lines given by the op's interval (IBP) bounds, so no relaxation is ever NaN; an
-unbounded side is a slope-0 line with an infinite bias.
+unbounded side is a slope-0 line whose bias is the largest float.
 """
 from __future__ import annotations
 
@@ -41,11 +41,14 @@ def slack(scale: torch.Tensor) -> torch.Tensor:
 
 
 def pad_down(value: torch.Tensor, scale=None) -> torch.Tensor:
-    return value - slack(value.abs() if scale is None else scale)
+    """value moved down by slack (an infinite value stays as it is)."""
+    moved = value - slack(value.abs() if scale is None else scale)
+    return torch.where(torch.isinf(value), value, moved)
 
 
 def pad_up(value: torch.Tensor, scale=None) -> torch.Tensor:
-    return value + slack(value.abs() if scale is None else scale)
+    moved = value + slack(value.abs() if scale is None else scale)
+    return torch.where(torch.isinf(value), value, moved)
 
 
 def exact(slope, bias, like: torch.Tensor) -> Lines:
@@ -57,18 +60,18 @@ def exact(slope, bias, like: torch.Tensor) -> Lines:
 
 class Curve:
     """A scalar function for relaxation: ``f`` and ``df`` accurate to a few ulps (``df`` a
-    subgradient at kinks). ``dmag(x)`` bounds the magnitude of the terms ``df`` sums (its
-    rounding scale) where that exceeds |df| (cancellation, e.g. GELU' = Phi + x*phi);
-    ``arg_cond`` marks an ``f`` that rounds a scaled argument inside (erfc(x/sqrt 2)), whose
-    error then scales with |x f'(x)|."""
+    subgradient at kinks, see ``kink_slope``). ``dmag(x)`` bounds the magnitude of the terms
+    ``df`` sums (its rounding scale) where that exceeds |df| (cancellation, e.g. GELU' = Phi +
+    x*phi); ``fmag(x)`` likewise for ``f`` where it rounds an argument inside (erfc(x/sqrt 2):
+    the error then scales with |x f'(x)|, not |f|)."""
 
-    def __init__(self, f, df, dmag=None, arg_cond=False):
-        self.f, self.df, self.dmag, self.arg_cond = f, df, dmag, arg_cond
+    def __init__(self, f, df, dmag=None, fmag=None):
+        self.f, self.df, self.dmag, self.fmag = f, df, dmag, fmag
 
     def scaled(self, sigma) -> "Curve":
         """sigma * f for a sign sigma (a float or a tensor of +-1)."""
         f, df = self.f, self.df
-        return Curve(lambda x: sigma * f(x), lambda x: sigma * df(x), self.dmag, self.arg_cond)
+        return Curve(lambda x: sigma * f(x), lambda x: sigma * df(x), self.dmag, self.fmag)
 
 
 def flip(lines: Lines, sigma) -> Lines:
@@ -93,10 +96,8 @@ class Bound:
         self.curve, self.slope, self.upper = curve, slope, upper
         self.value = self.scale = None
 
-    def _cond(self, x, dfx=None):
-        if not self.curve.arg_cond:
-            return 0
-        return (x * (self.curve.df(x) if dfx is None else dfx)).abs()
+    def _cond(self, x):
+        return 0 if self.curve.fmag is None else self.curve.fmag(x)
 
     def _add(self, value, scale):
         if self.value is None:
@@ -120,7 +121,7 @@ class Bound:
         sp = self.slope * p
         dist = torch.maximum((a - p).abs(), (b - p).abs())
         dmag = self.curve.dmag(p) if self.curve.dmag is not None else dfp.abs()
-        scale = fp.abs() + sp.abs() + (dmag + self.slope.abs()) * dist + self._cond(p, dfp)
+        scale = fp.abs() + sp.abs() + (dmag + self.slope.abs()) * dist + self._cond(p)
         self._add(fp - sp + corr, scale)
 
     def bias(self) -> torch.Tensor:
@@ -217,11 +218,12 @@ def s_lines(curve: Curve, l, u, c) -> Lines:
 
 def valley_lines(curve: Curve, l, u, c1, c2) -> Lines:
     """f concave on [l, c1], convex on [c1, c2], concave on [c2, u] (GELU, SiLU over their
-    dip): the upper line has the chord's slope, the lower one is tangent at the midpoint clamped
-    into the convex piece; both biases account for every piece."""
+    dip; cuts are floats or per-element tensors): the upper line has the chord's slope, the
+    lower one is tangent at the midpoint clamped into the convex piece; both biases account for
+    every piece."""
     f, df = curve.f, curve.df
-    c1 = torch.minimum(torch.maximum(torch.full_like(l, c1), l), u)
-    c2 = torch.minimum(torch.maximum(torch.full_like(l, c2), c1), u)
+    c1 = torch.minimum(torch.maximum(torch.as_tensor(c1, dtype=l.dtype, device=l.device), l), u)
+    c2 = torch.minimum(torch.maximum(torch.as_tensor(c2, dtype=l.dtype, device=l.device), c1), u)
     fl, fu, f1, f2, dfl, dfu = f(l), f(u), f(c1), f(c2), df(l), df(u)
     k = _chord(fl, fu, l, u, df(_midpoint(l, u)))
     up = Bound(curve, k, True)
@@ -238,29 +240,71 @@ def valley_lines(curve: Curve, l, u, c1, c2) -> Lines:
     return Lines(dfp, lo.bias(), k, up.bias())
 
 
-def inflection_lines(curve: Curve, l, u, cuts: tuple[float, ...] = (),
-                     convex_first: bool = True) -> Lines:
-    """Relax an f whose convexity alternates at the points ``cuts`` (at most two), starting
-    convex (or concave) left of the first: per element, the interval lies in one piece
-    (convex_lines, mirrored for concave), straddles one cut (s_lines, mirrored), or two
-    (valley_lines)."""
-    if not cuts:
-        sigma = 1.0 if convex_first else -1.0
-        return flip(convex_lines(curve.scaled(sigma), l, u), sigma)
-    iu = sum((u > c).long() for c in cuts)
-    il = torch.minimum(sum((l >= c).long() for c in cuts), iu)
-    convex = (il % 2 == 0) == convex_first
+def alternating_lines(curve: Curve, l, u, convex: torch.Tensor, c1, c2) -> Lines:
+    """Relax an f whose convexity flips at c1 < c2 (per-element tensors, +inf where there is
+    none), the first two such points right of l, and at no other point of [l, u]; ``convex``
+    tells f's shape left of c1. Per element the interval lies in one piece (convex_lines,
+    mirrored for concave), straddles one flip (s_lines, mirrored) or two (valley_lines)."""
     sigma = torch.where(convex, 1.0, -1.0).to(l.dtype)
     lines = flip(convex_lines(curve.scaled(sigma), l, u), sigma)
-    span = iu - il
+    span = (u > c1).long() + (u > c2).long()
     if bool((span == 1).any()):
-        cut = torch.tensor(cuts + (math.inf,), dtype=l.dtype, device=l.device)
-        c = torch.take(cut, il)
-        lines = select(span == 1, flip(s_lines(curve.scaled(sigma), l, u, c), sigma), lines)
-    if len(cuts) == 2 and bool((span == 2).any()):
-        s3 = -1.0 if convex_first else 1.0
-        lines = select(span == 2, flip(valley_lines(curve.scaled(s3), l, u, *cuts), s3), lines)
+        lines = select(span == 1, flip(s_lines(curve.scaled(sigma), l, u, c1), sigma), lines)
+    if bool((span == 2).any()):
+        lines = select(span == 2, flip(valley_lines(curve.scaled(-sigma), l, u, c1, c2), -sigma),
+                       lines)
     return lines
+
+
+def inflection_lines(curve: Curve, l, u, cuts: tuple[float, ...] = (),
+                     convex_first: bool = True) -> Lines:
+    """Relax an f whose convexity alternates at the fixed points ``cuts`` (at most two),
+    starting convex (or concave) left of the first."""
+    if len(cuts) > 2:
+        raise ValueError("inflection_lines handles at most two cuts")
+    table = torch.tensor(tuple(cuts) + (math.inf, math.inf), dtype=l.dtype, device=l.device)
+    piece = sum((l >= c).long() for c in cuts) if cuts else torch.zeros_like(l, dtype=torch.long)
+    convex = (piece % 2 == 0) == convex_first
+    return alternating_lines(curve, l, u, convex, torch.take(table, piece),
+                             torch.take(table, piece + 1))
+
+
+def kinked_lines(f, l, u, kinks, l_slope, u_slope) -> Lines:
+    """Lines of the given slopes for a continuous piecewise-linear f with the given kinks
+    (floats or tensors): f(x) - s*x is then extreme at l, u or a kink inside [l, u], so its
+    extremes over those points, moved out by slack, are sound biases for any slopes."""
+    points = [l, u] + [torch.minimum(torch.maximum(torch.as_tensor(k, dtype=l.dtype,
+                                                                   device=l.device), l), u)
+                       for k in kinks]
+    curve = Curve(f, None)
+    out = []
+    for slope, upper in ((l_slope, False), (u_slope, True)):
+        bound = Bound(curve, slope, upper)
+        for x in points:
+            bound.point(x, f(x))
+        out += [slope, bound.bias()]
+    return Lines(*out)
+
+
+def step_lines(l, u, left, at_zero, right, l_slope, u_slope) -> Lines:
+    """Lines of the given slopes for the step f = left (x < 0), at_zero (x = 0), right (x > 0):
+    f(x) - s*x over [l, u] is extreme at l, u, or next to 0 (limits from either side) where
+    those lie in [l, u]; the others are replaced by the always-valid (l, f(l))."""
+    zero = torch.zeros_like(l)
+    f_l = torch.where(l < 0, left, torch.where(l > 0, right, at_zero))
+    f_u = torch.where(u < 0, left, torch.where(u > 0, right, at_zero))
+    inside = (l <= 0) & (u >= 0)
+    candidates = [(l, f_l), (u, f_u)]
+    for level, valid in ((left, inside & (l < 0)), (at_zero, inside), (right, inside & (u > 0))):
+        candidates.append((torch.where(valid, zero, l), torch.where(valid, level + zero, f_l)))
+    curve = Curve(None, None)
+    out = []
+    for slope, upper in ((l_slope, False), (u_slope, True)):
+        bound = Bound(curve, slope, upper)
+        for x, fx in candidates:
+            bound.point(x, fx)
+        out += [slope, bound.bias()]
+    return Lines(*out)
 
 
 # -- finishing: fallbacks, dtypes ------------------------------------------------------------
@@ -274,8 +318,13 @@ def finish(lines: Lines, l, u, lo, hi) -> Lines:
     okl = ok & torch.isfinite(ls) & torch.isfinite(lb)
     oku = ok & torch.isfinite(us) & torch.isfinite(ub)
     zero = torch.zeros_like(l)
-    return Lines(torch.where(okl, ls, zero), torch.where(okl, lb, pad_down(lo).to(lb.dtype)),
-                 torch.where(oku, us, zero), torch.where(oku, ub, pad_up(hi).to(ub.dtype)))
+    # an unbounded side becomes the largest float, not inf: a zero coefficient times it is 0
+    # (0 * inf would be NaN), and sums of such terms overflow to inf on the sound side
+    big = torch.finfo(lb.dtype).max
+    lo = pad_down(lo).to(lb.dtype).nan_to_num(nan=-big, neginf=-big, posinf=big)
+    hi = pad_up(hi).to(ub.dtype).nan_to_num(nan=big, neginf=-big, posinf=big)
+    return Lines(torch.where(okl, ls, zero), torch.where(okl, lb, lo),
+                 torch.where(oku, us, zero), torch.where(oku, ub, hi))
 
 
 def round_out(x: torch.Tensor, dtype, up: bool) -> torch.Tensor:
@@ -304,19 +353,26 @@ def narrow(lines: Lines, l, u, dtype) -> Lines:
     return Lines(*out)
 
 
-def sound_relax(relax: Callable[..., Lines], ibp: Callable, wide=None) -> Callable:
-    """Wrap ``relax(l, u, **attrs) -> Lines`` for an op: compute in ``wide`` (or float32 for
-    half types), fall back to the interval bounds where a line is not finite, cast back."""
+def sound_relax(relax: Callable[..., Lines], ibp: Callable, wide=None,
+                in_dtype: bool = False) -> Callable:
+    """Wrap ``relax(l, u, *consts, **attrs) -> Lines`` for an op: compute in ``wide`` (by
+    default float64 for float32 and half types, so the slack is negligible and the lines lose
+    only their own rounding to the narrow type, as tight as unpadded float32 lines to a few
+    ulps), fall back to the interval bounds where a line is not finite, cast back. ``consts``
+    are the op's constant tensor inputs (clamp's min, say). ``in_dtype``: compute in the
+    input's own dtype (piecewise-linear ops, whose exact lines a cast would blur)."""
     from lirpac.ir.opdef import Interval
 
-    def run(lower, upper, **attrs):
+    def run(lower, upper, *consts, **attrs):
         dtype = lower.dtype
-        work = wide or (torch.float32 if dtype in HALF_TYPES else dtype)
+        work = wide or (torch.float64 if dtype in HALF_TYPES + (torch.float32,) else dtype)
+        work = dtype if in_dtype and dtype not in HALF_TYPES else work
         l, u = lower.to(work), upper.to(work)
-        lines = relax(l, u, **attrs)
-        lines = finish(lines, l, u, *ibp(Interval(l, u), **attrs))
+        wconsts = tuple(c.to(work) for c in consts)
+        lines = relax(l, u, *wconsts, **attrs)
+        lines = finish(lines, l, u, *ibp(Interval(l, u), *wconsts, **attrs))
         if work != dtype:
             lines = finish(narrow(lines, l, u, dtype), lower, upper,
-                           *ibp(Interval(lower, upper), **attrs))
+                           *ibp(Interval(lower, upper), *consts, **attrs))
         return tuple(lines)
     return run
