@@ -57,3 +57,10 @@ def test_family_point_bounds_are_the_output(name):
     lower, upper = net.bounds(x, lirpac.LpBall(eps=0.0), method="ibp")
     out = model(x).detach()
     assert torch.allclose(lower, out, atol=1e-4) and torch.allclose(upper, out, atol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["forward", "forward+crown", "alpha-crown"])
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_family_bounds_are_sound_other_methods(name, method):
+    test_family_bounds_are_sound(name, method)
