@@ -51,13 +51,6 @@ def pad_up(value: torch.Tensor, scale=None) -> torch.Tensor:
     return torch.where(torch.isinf(value), value, moved)
 
 
-def exact(slope, bias, like: torch.Tensor) -> Lines:
-    """Lines that are exactly f (a constant or linear f): both sides equal."""
-    s = torch.full_like(like, float(slope))
-    b = torch.full_like(like, float(bias))
-    return Lines(s, b, s, b)
-
-
 class Curve:
     """A scalar function for relaxation: ``f`` and ``df`` accurate to a few ulps (``df`` a
     subgradient at kinks, see ``kink_slope``). ``dmag(x)`` bounds the magnitude of the terms
