@@ -130,7 +130,7 @@ def optimise(step, inp, C, params, output: str, opts: AlphaOptions, state: Alpha
             alphas = state.trainable()
             if not alphas or not objective.requires_grad:
                 break       # nothing to optimise (no unstable ReLU on the way)
-            optimiser = torch.optim.Adam(alphas, lr=opts.lr)
+            optimiser = torch.optim.Adam(alphas, lr=opts.lr, foreach=True)
             schedule = torch.optim.lr_scheduler.ExponentialLR(optimiser, opts.lr_decay)
         grads = torch.autograd.grad(objective, alphas, allow_unused=True)
         for a, g in zip(alphas, grads):
