@@ -257,3 +257,79 @@ def _lower_roll(lw, x, shifts, dims=()):
     shifts = [shifts] if isinstance(shifts, int) else list(shifts)
     return lw.add("roll", [node], shifts=tuple(int(s) for s in shifts),
                   dims=tuple(_dims_of(lw, node, dims)))
+
+
+# -- composite ATen ops torch.export keeps whole, lowered onto the ops above -------------------
+
+@aten_lowering("narrow.default")
+def _lower_narrow(lw, x, dim, start, length):
+    node = lw.value(x)
+    d = _dim(lw, node, dim)
+    start = start % node.shape[d - 1]
+    return lw.add("slice", [node], dim=d, start=start, end=start + length, step=1)
+
+
+@aten_lowering("movedim.int")
+def _lower_movedim(lw, x, source, destination):
+    from lirpac.ir.torch_frontend import _permute
+    node = lw.value(x)
+    dims = list(range(len(node.shape) + 1))
+    moved = dims.pop(_dim(lw, node, source))
+    dims.insert(_dim(lw, node, destination), moved)
+    return _permute(lw, x, dims)
+
+
+@aten_lowering("swapaxes.default", "swapdims.default")
+def _lower_swapaxes(lw, x, dim0, dim1):
+    from lirpac.ir.torch_frontend import _transpose
+    return _transpose(lw, x, dim0, dim1)
+
+
+@aten_lowering("unflatten.int")
+def _lower_unflatten(lw, x, dim, sizes):
+    from lirpac.ir.torch_frontend import _reshape
+    _dim(lw, lw.value(x), dim)      # refuses the batch dim
+    return _reshape(lw, x)
+
+
+@aten_lowering("tile.default")
+def _lower_tile(lw, x, dims):
+    node = lw.value(x)
+    dims = [1] * (len(node.shape) + 1 - len(dims)) + list(dims)
+    return _lower_repeat(lw, x, dims)
+
+
+@aten_lowering("repeat_interleave.self_int")
+def _lower_repeat_interleave(lw, x, repeats, dim=None, output_size=None):
+    node = lw.value(x)
+    if dim is None:
+        raise lw.error("repeat_interleave without dim (it flattens the batch)", "give dim")
+    d = _dim(lw, node, dim)
+    index = tuple(i for i in range(node.shape[d - 1]) for _ in range(int(repeats)))
+    return lw.add("index_select", [node], dim=d, index=index)
+
+
+@aten_lowering("tensor_split.sections", "tensor_split.indices")
+def _lower_tensor_split(lw, x, sections_or_indices, dim=0):
+    node = lw.value(x)
+    length = node.shape[_dim(lw, node, dim) - 1]
+    if isinstance(sections_or_indices, int):
+        base, extra = divmod(length, sections_or_indices)
+        sizes = [base + (i < extra) for i in range(sections_or_indices)]
+    else:
+        cuts = [0] + [min(max(int(c), 0), length) for c in sections_or_indices] + [length]
+        sizes = [max(b - a, 0) for a, b in zip(cuts, cuts[1:])]
+    return _pieces(lw, node, sizes, dim)
+
+
+@aten_lowering("hstack.default")
+def _lower_hstack(lw, tensors):
+    from lirpac.ir.torch_frontend import _cat
+    return _cat(lw, tensors, 1)
+
+
+@aten_lowering("_upsample_nearest_exact1d.vec", "_upsample_nearest_exact2d.vec",
+               "_upsample_nearest_exact3d.vec")
+def _lower_upsample_exact(lw, x, *args, **kwargs):
+    """With an integer factor, 'nearest-exact' picks the same source pixels as 'nearest'."""
+    return _lower_upsample(lw, x)
