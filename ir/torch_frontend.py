@@ -180,6 +180,8 @@ class _Lowering:
 
     def const_fn(self, n, name: str) -> Node:
         inputs: list[Node] = []
+        # a constant expanded over the batch (a gather index) stays batch 1 and broadcasts
+        batch_expand = name == "aten.expand.default" and self.value(n.args[1][0]) is BATCH
 
         def slot(a):
             if isinstance(a, torch.fx.Node):
@@ -187,6 +189,8 @@ class _Lowering:
                 if isinstance(v, Node):
                     inputs.append(v)
                     return ("%input", len(inputs) - 1)
+                if v is BATCH and batch_expand and a is n.args[1][0]:
+                    return 1
                 if v is BATCH:
                     raise self.error(f"'{name}' on constants reads the batch size")
                 return v
@@ -197,6 +201,11 @@ class _Lowering:
         kwargs = {k: slot(v) for k, v in n.kwargs.items()}
         if not isinstance(n.meta.get("val"), torch.Tensor):
             raise self.error(f"'{name}' does not produce a tensor")
+        if batch_expand:
+            shape, dtype = self.meta_shape()
+            return self.graph.add("const_fn", inputs, name=n.name, shape=(1, *map(int, shape[1:])),
+                                  dtype=dtype, source=source_of(n),
+                                  attrs=dict(target=name, args=args, kwargs=kwargs))
         return self.add("const_fn", inputs, target=name, args=args, kwargs=kwargs)
 
     def generic(self, n, op: str) -> Node:

@@ -55,6 +55,10 @@ OPS = {
     "cumsum": lambda h: torch.cumsum(h, 2),
     "flip": lambda h: torch.flip(h, (1, 3)),
     "roll": lambda h: torch.roll(h, (1, -2), (2, 3)),
+    "gather": lambda h: torch.gather(h, 3, torch.tensor([[[[0, 2], [1, 1], [3, 0], [2, 2]]]]).expand(
+        h.shape[0], 2, -1, -1)),
+    "constant_expanded_over_batch": lambda h: h * torch.arange(32.0).reshape(1, 2, 4, 4).expand(
+        h.shape[0], -1, -1, -1),
     "narrow": lambda h: h.narrow(3, 1, 2),
     "movedim": lambda h: h.movedim(1, 3),
     "swapaxes": lambda h: h.swapaxes(1, 2),
@@ -144,8 +148,8 @@ def test_linear_net_is_exact(name):
 
 
 def test_gather_rules_match_dense_matrix():
-    """gather (unreachable from torch.export with a per-sample index) checked rule by rule
-    against its matrix M: IBP maps both ends, backward is M^T, forward mode is M."""
+    """gather's rules against its matrix M: IBP maps both ends, backward is M^T, forward
+    mode is M."""
     op = get_op("gather")
     index = torch.tensor([[[0, 2], [1, 1], [3, 0]]])
     attrs = dict(dim=2, index=index)
