@@ -17,8 +17,8 @@ from lirpac.ir.graph import Node
 from lirpac.ir.opdef import Interval, Linear, OpDef, aten_lowering, register
 from lirpac.ir.ops.common import elementwise, monotone_ibp, relaxed_backward, relaxed_forward
 from lirpac.ir.ops.kink_alpha import kink_alpha_rules
-from lirpac.ir.ops.relaxation import (Curve, Lines, convex_lines, inflection_lines, kinked_lines,
-                                      pad_down, pad_up, select, sound_relax)
+from lirpac.ir.ops.relaxation import (Curve, Lines, concave_lines, convex_lines, inflection_lines,
+                                      kinked_lines, pad_down, pad_up, select, sound_relax)
 
 
 def relu_relax(lower, upper):
@@ -218,6 +218,16 @@ def softplus_relax(lower, upper, beta=1.0, threshold=20.0):
 
 smooth("softplus", lambda x, beta=1.0, threshold=20.0: F.softplus(x, beta, threshold),
        softplus_relax, aten=("softplus.default",), doc="log(1 + exp(beta x)) / beta; convex")
+
+
+def _log_sigmoid(x):
+    return -(torch.relu(-x) + torch.log1p(torch.exp(-x.abs())))
+
+
+smooth("log_sigmoid", F.logsigmoid,
+       lambda lower, upper: concave_lines(Curve(_log_sigmoid, lambda x: torch.sigmoid(-x)),
+                                          lower, upper),
+       aten=("log_sigmoid.default",), doc="log(sigmoid(x)) = -softplus(-x); concave")
 
 
 def _elu_fn(x, alpha=1.0, scale=1.0, input_scale=1.0):
