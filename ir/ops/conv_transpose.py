@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from lirpac.ir.opdef import OpDef, aten_lowering, register
 from lirpac.ir.ops.common import both_sides, fold
-from lirpac.ir.ops.linear import _affine_forward_mode, _affine_ibp
+from lirpac.ir.ops.linear import _affine_forward_mode, _affine_ibp, channel_bias_backward
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
@@ -32,12 +32,7 @@ def _backward(lA, uA, x, weight, bias=None, *, stride, padding, output_padding, 
     def adjoint(a):
         return _CONV[weight.dim() - 2](a, weight, None, stride, padding, dilation, groups)
     coeffs = [both_sides(lA, uA, lambda a: fold(a, adjoint)), None]
-    if bias is None:
-        return coeffs, 0, 0
-    spatial = tuple(range(3, 3 + weight.dim() - 2))
-    lbias = 0 if lA is None else lA.sum(spatial).matmul(bias)
-    ubias = 0 if uA is None else uA.sum(spatial).matmul(bias)
-    return coeffs + [None], lbias, ubias
+    return channel_bias_backward(coeffs, lA, uA, bias, weight.dim() - 2)
 
 
 register(OpDef(

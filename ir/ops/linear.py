@@ -155,16 +155,22 @@ def _conv_transpose_of(a, weight, in_shape, stride, padding, dilation, groups):
     return _CONV_T[nd](a, weight, None, stride, padding, tuple(out_pad), groups, dilation)
 
 
+def channel_bias_backward(coeffs, lA, uA, bias, n_spatial: int):
+    """Finish a backward rule of a convolution-like op whose bias adds one value per channel:
+    the bias terms are the coefficients summed over space, dotted with the bias."""
+    if bias is None:
+        return coeffs, 0, 0
+    spatial = tuple(range(3, 3 + n_spatial))
+    lbias = 0 if lA is None else lA.sum(spatial).matmul(bias)
+    ubias = 0 if uA is None else uA.sum(spatial).matmul(bias)
+    return coeffs + [None], lbias, ubias
+
+
 def _conv_backward(lA, uA, x, weight, bias=None, *, in_shapes, stride, padding, dilation, groups):
     def back(a):
         return _conv_transpose_of(a, weight, in_shapes[0], stride, padding, dilation, groups)
     coeffs = [both_sides(lA, uA, lambda a: fold(a, back)), None]
-    if bias is None:
-        return coeffs, 0, 0
-    spatial = tuple(range(3, 3 + weight.dim() - 2))
-    lbias = 0 if lA is None else lA.sum(spatial).matmul(bias)
-    ubias = 0 if uA is None else uA.sum(spatial).matmul(bias)
-    return coeffs + [None], lbias, ubias
+    return channel_bias_backward(coeffs, lA, uA, bias, weight.dim() - 2)
 
 
 def _conv_backward_patches(lA, uA, x, weight, bias=None, *, in_shapes, stride, padding, dilation, groups):

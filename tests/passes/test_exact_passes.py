@@ -215,7 +215,8 @@ def test_default_passes_keep_bounds_on_random_weights(name, seed, eps, norm, met
     # that makes the input feed a layer directly (BN or normalisation folded) lets it do so
     ball_first_layer = norm != math.inf and method in ("ibp", "crown-ibp")
     if (method == "ibp" and use_spec and spec_folds) or ball_first_layer:
-        assert torch.all(lo1 >= lo0 - 1e-9) and torch.all(up1 <= up0 + 1e-9)
+        slack = 1e-9 + 1e-7 * torch.maximum(lo0.abs(), up0.abs())   # the folds round differently
+        assert torch.all(lo1 >= lo0 - slack) and torch.all(up1 <= up0 + slack)
     else:
         torch.testing.assert_close(lo1, lo0, rtol=1e-5, atol=1e-7)
         torch.testing.assert_close(up1, up0, rtol=1e-5, atol=1e-7)
