@@ -32,7 +32,7 @@ def find_root(root: str | None) -> Path | None:
 
 
 def main(argv=None) -> int:
-    from lirpac.cli import read_expected, read_instances, run_batch
+    from lirpac.cli import read_expected, read_instances, report_wrong, run_batch
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", help="directory holding the benchmark directories")
     parser.add_argument("--benchmarks", nargs="+", default=list(BENCHMARKS))
@@ -69,12 +69,7 @@ def main(argv=None) -> int:
         table.append(f"{name:<16}{len(rows):>4}{counts['holds']:>8}{counts['violated']:>10}{counts['unknown']:>9}"
                      f"{counts['timeout']:>9}{counts['error']:>7}{len(wrong):>7}{seconds:>9.1f}")
     print("\n".join(table))
-    if all_wrong:
-        print(f"\n!!! {len(all_wrong)} WRONG ANSWER(S) !!!", file=sys.stderr)
-        for line in all_wrong:
-            print(line, file=sys.stderr)
-        return 1
-    return 0
+    return report_wrong(all_wrong)
 
 
 if __name__ == "__main__":

@@ -145,12 +145,17 @@ def _verify_batch(args) -> int:
     expected = read_expected(args.expected, root) if args.expected else None
     counts, wrong, total = run_batch(rows, expected, args.method, args.timeout, args.timeout_scale)
     print(summary_table(counts, total, len(wrong)))
-    if wrong:
-        print(f"\n!!! {len(wrong)} WRONG ANSWER(S) against {args.expected} !!!", file=sys.stderr)
-        for line in wrong:
-            print(line, file=sys.stderr)
-        return 1
-    return 0
+    return report_wrong(wrong, f" against {args.expected}")
+
+
+def report_wrong(wrong: list[str], against: str = "") -> int:
+    """Print wrong answers loudly on stderr; the exit code: 1 if there are any."""
+    if not wrong:
+        return 0
+    print(f"\n!!! {len(wrong)} WRONG ANSWER(S){against} !!!", file=sys.stderr)
+    for line in wrong:
+        print(line, file=sys.stderr)
+    return 1
 
 
 def _dump(args) -> int:

@@ -6,6 +6,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import lirpac
+
 
 class MLP(nn.Module):
     def __init__(self):
@@ -86,3 +88,16 @@ def reinit(model: nn.Module, seed: int, scale: float = 1.0) -> nn.Module:
                 m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
                 m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
     return model.eval()
+
+
+_COMPILED = {}
+
+
+def compiled_arch(arch):
+    """(model, compiled net, input shape) of an ARCHS entry, compiled once per test session
+    (parameters are live, so reinit(model, seed) changes the bounds without recompiling)."""
+    if arch not in _COMPILED:
+        cls, shape = ARCHS[arch]
+        model = cls().eval()
+        _COMPILED[arch] = (model, lirpac.compile(model, torch.zeros(1, *shape)), shape)
+    return _COMPILED[arch]

@@ -9,18 +9,9 @@ from hypothesis import given, settings, strategies as st
 import lirpac
 from lirpac.codegen.alpha_crown import alpha_plan
 from lirpac.compat import BoundedModule, BoundedTensor, PerturbationLpNorm
-from models import ARCHS, reinit
+from models import ARCHS, compiled_arch, reinit
 from sampling import assert_contains, sample_lp_ball
 
-_COMPILED = {}
-
-
-def compiled(arch):
-    if arch not in _COMPILED:
-        cls, shape = ARCHS[arch]
-        model = cls().eval()
-        _COMPILED[arch] = (model, lirpac.compile(model, torch.zeros(1, *shape)), shape)
-    return _COMPILED[arch]
 
 
 class LeakyMLP(nn.Module):
@@ -38,7 +29,7 @@ class LeakyMLP(nn.Module):
        seed=st.integers(0, 10_000), eps=st.floats(0.0, 0.5), batch=st.integers(1, 2),
        use_spec=st.booleans(), shared=st.booleans(), intermediate=st.booleans())
 def test_sound_and_never_looser_than_crown(arch, norm, seed, eps, batch, use_spec, shared, intermediate):
-    model, net, shape = compiled(arch)
+    model, net, shape = compiled_arch(arch)
     reinit(model, seed)
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, *shape, generator=g)
@@ -71,7 +62,7 @@ def test_leaky_relu_sound_and_tighter():
 
 
 def test_defaults_tighten_crown_and_match_design_api():
-    model, net, shape = compiled("mlp")
+    model, net, shape = compiled_arch("mlp")
     reinit(model, 1, scale=2.0)
     x = torch.randn(2, *shape)
     ball = lirpac.LpBall(eps=0.3)
@@ -93,7 +84,7 @@ def _objective(net, x, ball, C, state):
 def test_gradient_matches_finite_differences(arch):
     """The generated step is differentiable in every slope, intermediate passes included:
     autograd's derivative against central differences at random coordinates (float64)."""
-    model, net, shape = compiled(arch)
+    model, net, shape = compiled_arch(arch)
     reinit(model, 4, scale=1.5)
     x = torch.randn(1, *shape, dtype=torch.float64)
     ball = lirpac.LpBall(eps=0.4)
@@ -124,7 +115,7 @@ def test_gradient_matches_finite_differences(arch):
 
 
 def test_warm_start_reuses_slopes():
-    model, net, shape = compiled("mlp")
+    model, net, shape = compiled_arch("mlp")
     reinit(model, 2, scale=2.0)
     x = torch.randn(1, *shape)
     ball = lirpac.LpBall(eps=0.3)
@@ -147,7 +138,7 @@ def test_warm_start_reuses_slopes():
 
 
 def test_options_errors():
-    _, net, shape = compiled("mlp")
+    _, net, shape = compiled_arch("mlp")
     x = torch.zeros(1, *shape)
     ball = lirpac.LpBall(eps=0.1)
     with pytest.raises(lirpac.InputError, match="unknown alpha-crown option"):
@@ -162,7 +153,7 @@ def test_options_errors():
 
 @pytest.mark.parametrize("name", ["alpha-CROWN", "CROWN-Optimized"])
 def test_compat_names(name):
-    model, _, shape = compiled("mlp")
+    model, _, shape = compiled_arch("mlp")
     bounded = BoundedModule(model, torch.zeros(1, *shape))
     x = torch.randn(2, *shape)
     lower, upper = bounded.compute_bounds(x=(BoundedTensor(x, PerturbationLpNorm(eps=0.1)),), method=name)

@@ -7,19 +7,10 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 import lirpac
-from models import ARCHS, reinit
+from models import ARCHS, compiled_arch, reinit
 from sampling import assert_contains, sample_lp_ball
 
 METHODS = ["ibp", "crown", "forward", "crown-ibp", "forward+crown"]
-_COMPILED = {}
-
-
-def compiled(arch):
-    if arch not in _COMPILED:
-        cls, shape = ARCHS[arch]
-        model = cls().eval()
-        _COMPILED[arch] = (model, lirpac.compile(model, torch.zeros(1, *shape)), shape)
-    return _COMPILED[arch]
 
 
 @settings(max_examples=25, deadline=None)
@@ -27,7 +18,7 @@ def compiled(arch):
        norm=st.sampled_from([math.inf, 2.0, 1.0]), seed=st.integers(0, 10_000),
        eps=st.floats(0.0, 0.5), batch=st.integers(1, 3), use_spec=st.booleans())
 def test_bounds_contain_sampled_outputs(arch, method, norm, seed, eps, batch, use_spec):
-    model, net, shape = compiled(arch)
+    model, net, shape = compiled_arch(arch)
     reinit(model, seed)
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, *shape, generator=g)
@@ -40,7 +31,7 @@ def test_bounds_contain_sampled_outputs(arch, method, norm, seed, eps, batch, us
 
 @pytest.mark.parametrize("method", METHODS)
 def test_domain_box_and_per_sample_eps(method):
-    model, net, shape = compiled("convnet")
+    model, net, shape = compiled_arch("convnet")
     reinit(model, 3)
     x = torch.rand(3, *shape)
     eps = torch.tensor([0.0, 0.05, 0.3])
@@ -55,7 +46,7 @@ def test_domain_box_and_per_sample_eps(method):
 
 @pytest.mark.parametrize("method", METHODS)
 def test_box_perturbation(method):
-    model, net, shape = compiled("mlp")
+    model, net, shape = compiled_arch("mlp")
     reinit(model, 5)
     lo = torch.rand(2, *shape) - 1
     hi = lo + torch.rand(2, *shape)
@@ -66,7 +57,7 @@ def test_box_perturbation(method):
 
 @pytest.mark.parametrize("method", METHODS)
 def test_float64(method):
-    model, net, shape = compiled("residual")
+    model, net, shape = compiled_arch("residual")
     reinit(model, 7)
     x = torch.randn(2, *shape, dtype=torch.float64)
     lower, upper = net.bounds(x, lirpac.LpBall(eps=0.1), method=method)
