@@ -105,6 +105,19 @@ def _row_dot(coeff, values):
     return torch.einsum("bsn,bsn->bs", coeff.flatten(2), values.expand_as(coeff).flatten(2))
 
 
+def _signed_row_dot(coeff, bias_pos, bias_neg):
+    """(B, S): the positive part of each row against ``bias_pos``, the negative part against
+    ``bias_neg``, when both are the same for every row ((B, 1, ...) or 0): one matrix-vector
+    product per side instead of a row-by-row reduction."""
+    total = 0
+    for bias, part in ((bias_pos, lambda c: c.clamp(min=0)), (bias_neg, lambda c: c.clamp(max=0))):
+        if isinstance(bias, int):
+            continue
+        vector = bias.expand(coeff.shape[0], 1, *coeff.shape[2:]).flatten(2).transpose(1, 2)
+        total = total + part(coeff).flatten(2).matmul(vector).squeeze(-1)
+    return total
+
+
 def _relaxed_step(lA, uA, l_slope, l_bias, u_slope, u_bias, dot):
     """Coefficients and biases through one relaxation (shared by the dense and patch forms):
     positive coefficients meet the lower line of a lower bound, negative ones the upper line.
@@ -120,6 +133,8 @@ def _relaxed_step(lA, uA, l_slope, l_bias, u_slope, u_bias, dot):
             new = slope * coeff if coeff.requires_grad or slope.requires_grad else slope.mul_(coeff)
         if isinstance(bias_pos, int) and isinstance(bias_neg, int):
             return new, 0
+        if dot is _row_dot and all(isinstance(b, int) or b.shape[1] == 1 for b in (bias_pos, bias_neg)):
+            return new, _signed_row_dot(coeff, bias_pos, bias_neg)
         return new, dot(coeff, torch.where(positive, bias_pos, bias_neg))
 
     new_l = new_u = None
