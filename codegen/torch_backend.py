@@ -30,8 +30,9 @@ _INTERMEDIATE = {"ibp": "ibp", "crown": "backward", "forward": "forward",
                  "crown-ibp": "ibp", "forward+crown": "forward", "alpha-crown": "backward"}
 _FINAL = {"ibp": "ibp", "crown": "backward", "forward": "forward",
           "crown-ibp": "backward", "forward+crown": "backward", "alpha-crown": "backward"}
-# ops that only select, reorder or pad coordinates: a chain of them keeps inputs distinct
-_SELECTION_OPS = frozenset({"reshape", "permute", "slice", "pad"})
+# ops that only select or reorder coordinates: a chain of them keeps inputs distinct (padding
+# is left out: its constant coordinates would count as perturbed in a ball's row norms)
+_SELECTION_OPS = frozenset({"reshape", "permute", "slice"})
 _MODE_PREFIX = {"ibp_ball": "ball", "ibp": "ibp", "backward": "bwd", "forward_mode": "fwd", "forward": "val",
                 "jacobian": "jac", "backward_patches": "pat", "backward_alpha": "bwa"}
 
@@ -369,10 +370,11 @@ class _Emitter:
         self.indent -= 1
 
     def single_affine_of_input(self, target: Node) -> bool:
-        """``target`` is one affine op (with a Jacobian rule) of the input reached through
-        coordinate selections only (reshape, permute, slice, pad): each of its outputs is then
-        an affine function of distinct input coordinates, and IBP's centre/radius rule gives
-        its exact range over a box, so a backward pass cannot tighten it."""
+        """``target`` is one affine op (with an ``ibp_ball`` rule) of the input reached through
+        coordinate selections only (reshape, permute, slice): each of its outputs is then an
+        affine function of distinct input coordinates, and IBP gives its exact range (centre
+        and radius over a box, the rows' dual norms over a ball), so a backward pass cannot
+        tighten it."""
         if get_op(target.op).ibp_ball is None:
             return False
         for n in self.region([target]):

@@ -126,6 +126,11 @@ class InputSet:
         """The set is exactly the box [lower, upper] (an L-inf ball or a Box)."""
         return self.norm == math.inf
 
+    def _box_centre_radius(self):
+        """(B, n, 1) centre and radius of the containing box, as matmul operands."""
+        return (((self.upper + self.lower) / 2).reshape(self.batch, -1, 1),
+                ((self.upper - self.lower) / 2).reshape(self.batch, -1, 1))
+
     def concretize_pair(self, lower_coeff, lower_bias, upper_coeff, upper_bias):
         """Both sides at once; when the two coefficient tensors are the same object (an
         identity start, before any relaxation), the centre and radius terms are shared."""
@@ -133,8 +138,7 @@ class InputSet:
             return (self.concretize(lower_coeff, lower_bias, upper=False),
                     self.concretize(upper_coeff, upper_bias, upper=True))
         a = lower_coeff.flatten(2)
-        mid = ((self.upper + self.lower) / 2).reshape(self.batch, -1, 1)
-        rad = ((self.upper - self.lower) / 2).reshape(self.batch, -1, 1)
+        mid, rad = self._box_centre_radius()
         centre, radius = a.matmul(mid).squeeze(-1), a.abs().matmul(rad).squeeze(-1)
         return centre - radius + lower_bias, centre + radius + upper_bias
 
@@ -144,8 +148,7 @@ class InputSet:
         sign = 1.0 if upper else -1.0
         result = None
         if self.use_box:
-            mid = ((self.upper + self.lower) / 2).reshape(self.batch, -1, 1)
-            rad = ((self.upper - self.lower) / 2).reshape(self.batch, -1, 1)
+            mid, rad = self._box_centre_radius()
             result = a.matmul(mid).squeeze(-1) + sign * a.abs().matmul(rad).squeeze(-1)
         if self.norm != math.inf:
             x0 = self.center.reshape(self.batch, -1, 1)

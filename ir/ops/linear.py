@@ -6,6 +6,8 @@ functions meet positive weights and upper functions negative ones.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -75,21 +77,19 @@ def _linear_ball(center, eps, dual, weight, bias=None) -> Interval:
 def _conv_ball(center, eps, dual, weight, bias=None, **attrs) -> Interval:
     """Row norms of a convolution counting only the inputs inside the image (padding is
     constant): for the 2-norm the conv of a ones image with W**2; for the inf-norm the largest
-    |w| that falls inside the image, by unfolding a ones image (2-d convolutions; 1-d and 3-d
-    use the whole kernel, sound and at most looser at the borders)."""
-    ones = torch.ones_like(center[:1])
+    |w| among the kernel taps that fall inside the image, read from a ones image convolved
+    with one-hot kernels (one per tap; the same mask serves every channel and group)."""
     if dual == 2.0:
-        norm = _conv(ones, weight * weight, None, **attrs).clamp(min=0).sqrt()
-    elif weight.dim() == 4:
-        # which kernel taps fall inside the image at each position (the same for every channel)
-        mask = F.unfold(ones[:, :1], weight.shape[2:], dilation=attrs["dilation"],
-                        padding=attrs["padding"], stride=attrs["stride"])   # (1, kh*kw, L)
-        mask = mask.repeat(1, weight.shape[1], 1)                          # (1, C/g*kh*kw, L)
-        rows = weight.abs().flatten(1)                                      # (O, C/g*kh*kw)
-        norm = (rows[:, :, None] * mask).amax(1)                            # (O, L)
-        norm = norm.reshape(1, weight.shape[0], *_conv(ones, weight, None, **attrs).shape[2:])
-    else:   # the full kernel's largest entry: sound, at most looser at the borders
-        norm = weight.abs().flatten(1).amax(1).reshape(1, -1, *([1] * (weight.dim() - 2)))
+        norm = _conv(torch.ones_like(center[:1]), weight * weight, None, **attrs).clamp(min=0).sqrt()
+    else:
+        kernel = weight.shape[2:]
+        taps = math.prod(kernel)
+        one_hot = torch.eye(taps, dtype=weight.dtype, device=weight.device).reshape(taps, 1, *kernel)
+        inside = _conv(torch.ones_like(center[:1, :1]), one_hot, None,
+                       **{**attrs, "groups": 1})                         # (1, taps, *out)
+        largest = weight.abs().flatten(2).amax(1)                        # (O, taps)
+        norm = (largest[:, :, None] * inside.flatten(2)).amax(1)         # (O, positions)
+        norm = norm.reshape(1, weight.shape[0], *inside.shape[2:])
     return _ball_range(_conv(center, weight, bias, **attrs), eps, norm)
 
 
