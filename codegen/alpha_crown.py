@@ -31,6 +31,9 @@ class AlphaEmitter(torch_backend._Emitter):
     signature = "inp, C, params, alphas"
     restart_reference = False
 
+    def uses_lines(self, n: Node) -> bool:
+        return get_op(n.op).backward_alpha is None and super().uses_lines(n)
+
     def backward_rule(self, target: Node, n: Node, args: list[str]) -> tuple[str, list[str]]:
         if get_op(n.op).backward_alpha is None:
             return super().backward_rule(target, n, args)

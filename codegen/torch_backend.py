@@ -21,6 +21,8 @@ from lirpac.codegen import patches, runtime
 from lirpac.errors import InputError
 from lirpac.ir.graph import Graph, Node
 from lirpac.ir.opdef import Interval, Linear, REGISTRY, get_op
+from lirpac.ir.ops.common import (prepare_lines, relaxed_backward_lines,
+                                  relaxed_backward_patches_lines)
 from lirpac.passes.bound_needs import nodes_needing_bounds
 
 METHODS = ("ibp", "crown", "forward", "crown-ibp", "forward+crown", "alpha-crown")
@@ -34,7 +36,8 @@ _FINAL = {"ibp": "ibp", "crown": "backward", "forward": "forward",
 # is left out: its constant coordinates would count as perturbed in a ball's row norms)
 _SELECTION_OPS = frozenset({"reshape", "permute", "slice"})
 _MODE_PREFIX = {"ibp_ball": "ball", "ibp": "ibp", "backward": "bwd", "forward_mode": "fwd", "forward": "val",
-                "jacobian": "jac", "backward_patches": "pat", "backward_alpha": "bwa"}
+                "jacobian": "jac", "backward_patches": "pat", "backward_alpha": "bwa",
+                "relax": "relax"}
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,7 @@ class _Emitter:
         self.consts: dict = {}
         self.rules: set[tuple[str, str]] = set()
         self.bounds: dict[Node, str] = {}      # node -> expression of its intermediate bounds
+        self.lines_of: dict[Node, str] = {}    # node -> variable of its relaxation's lines
         self.needs = nodes_needing_bounds(graph)
         self.x = graph.perturbed_input
 
@@ -202,13 +206,18 @@ class _Emitter:
             opdef = get_op(n.op)
             args = [(self.bounds[i] if opdef.nonlinear else "None") if i.perturbed else i.name
                     for i in n.inputs]
-            if n in patched:
+            if n in self.lines_of:
+                # the lines were computed once for every pass (``relaxations``)
+                fn = "relaxed_patches" if n in patched else "relaxed"
+                self.emit(f"_coeffs, _lb, _ub = {fn}(lA_{n.name}, uA_{n.name}, {self.lines_of[n]})")
+            elif n in patched:
                 fn = self.rule(n.op, "backward_patches", n)
             else:
                 fn, args = self.backward_rule(target, n, args)
                 if layout is not None and n in layout.densify:
                     self.emit(f"lA_{n.name}, uA_{n.name} = dense_pair(lA_{n.name}, uA_{n.name})")
-            self.emit(f"_coeffs, _lb, _ub = {self.call(fn, [f'lA_{n.name}', f'uA_{n.name}'] + args, self.attrs(n, opdef.backward_needs_shapes))}")
+            if n not in self.lines_of:
+                self.emit(f"_coeffs, _lb, _ub = {self.call(fn, [f'lA_{n.name}', f'uA_{n.name}'] + args, self.attrs(n, opdef.backward_needs_shapes))}")
             if lower:
                 self.emit("lbias = lbias + _lb")
             if upper:
@@ -222,6 +231,25 @@ class _Emitter:
                 else:
                     self.emit(f"lA_{i.name}, uA_{i.name} = _coeffs[{k}]")
                     have.add(i)
+
+    def relaxations(self, target: Node) -> None:
+        """Emit, before the backward passes from ``target``, the relaxation lines of the
+        elementwise nodes they cross: computed once from final bounds, shared by every pass
+        and chunk (the final pass re-crosses every earlier layer)."""
+        for n in self.region([target]):
+            if n in self.lines_of or n is self.x or not self.uses_lines(n):
+                continue
+            bounds = next(self.bounds[i] for i in n.inputs if i.perturbed)
+            fn = self.rule(n.op, "relax", n)
+            call = self.call(fn, [f"{bounds}.lower", f"{bounds}.upper"], self.attrs(n))
+            self.emit(f"{n.name}_lines = prepare_lines({call})")
+            self.lines_of[n] = f"{n.name}_lines"
+
+    def uses_lines(self, n: Node) -> bool:
+        """``n``'s backward rule is its relaxation's lines (a hook: alpha-CROWN parametrises
+        some relaxations instead)."""
+        opdef = get_op(n.op)
+        return opdef.relax is not None and sum(i.perturbed for i in n.inputs) == 1
 
     def backward_rule(self, target: Node, n: Node, args: list[str]) -> tuple[str, list[str]]:
         """The rule of ``n`` in a backward pass from ``target``, and its arguments: a hook for
@@ -337,6 +365,7 @@ class _Emitter:
             rows = f"{n.name}_rows"
             self.emit(f"{rows} = {'straddling_rows' if sparse else 'all_rows'}({n.name})")
             layout = self.pass_layout(n)
+            self.relaxations(n)
             self.emit(f"def {n.name}_pass(_rows):")
             self.indent += 1
             self.backward(n, spec=False, lower=True, upper=True, rows="_rows", layout=layout)
@@ -420,6 +449,7 @@ class _Emitter:
             self.emit(f"upper = inp.concretize(_out.uw, _out.ub, upper=True)" if up else "upper = None")
             ret_A = "(_out.lw, _out.lb, _out.uw, _out.ub)"
         else:
+            self.relaxations(out)
             self.backward(out, spec=plan.spec, lower=lo, upper=up)
             x = self.x.name
             self.emit(f"lower = inp.concretize(lA_{x}, lbias, upper=False)" if lo else "lower = None")
@@ -458,7 +488,8 @@ def generate(graph: Graph, plan: Plan, emitter: "_Emitter | None" = None) -> tup
                  "tighten": runtime.tighten, "intersect": runtime.intersect, "all_rows": runtime.all_rows,
                  "tighten_chunks": runtime.tighten_chunks,
                  "identity_patches": patches.identity_patches, "dense_pair": runtime.dense_pair,
-                 "concretize_pair": patches.concretize_pair}
+                 "concretize_pair": patches.concretize_pair, "prepare_lines": prepare_lines,
+                 "relaxed": relaxed_backward_lines, "relaxed_patches": relaxed_backward_patches_lines}
     for op, mode in emitter.rules:
         opdef = REGISTRY[op]
         namespace[f"{_MODE_PREFIX[mode]}_{op}"] = getattr(opdef, mode)

@@ -69,6 +69,10 @@ class OpDef:
     # tensor for each side's coefficients); alpha_init(lower, upper, **attrs) gives their
     # (B, *shape) start, the choice ``backward`` makes.
     backward_alpha: Callable[..., Any] | None = None
+    # Elementwise ops: relax(lower, upper, **attrs) -> (l_slope, l_bias, u_slope, u_bias), the
+    # lines ``backward`` uses; the code generator computes them once per bounds and hands them
+    # to every backward pass (ir/ops/common.py: relaxed_backward_lines).
+    relax: Callable[..., Any] | None = None
     alpha_init: Callable[..., torch.Tensor] | None = None
     # The backward rule takes ``in_shapes=`` (the per-sample shape of each perturbed input,
     # None for constants), for ops whose coefficients cannot tell the input's shape.

@@ -28,8 +28,10 @@ def relu_relax(lower, upper):
     lo = lower.clamp(max=0)
     hi = upper.clamp(min=0)
     u_slope = hi / (hi - lo).clamp(min=torch.finfo(hi.dtype).tiny)
-    # the rounded chord misses (u, u) by a few ulps of u: lift it by slack(u) (0 if stable)
-    u_bias = torch.where(lo < 0, pad_up(-u_slope * lo, hi), torch.zeros_like(hi))
+    # the rounded chord misses (u, u) by a few ulps of u: lift it by slack(u); a stable
+    # neuron's line is exact, and its bias exactly 0 (slack's underflow floor there would
+    # make every product with it subnormal, several times slower on CPUs)
+    u_bias = torch.where((lo < 0) & (hi > 0), pad_up(-u_slope * lo, hi), torch.zeros_like(hi))
     l_slope = (hi > -lo).to(hi.dtype)
     # a neuron that is active on the whole interval (l >= 0) is the identity
     l_slope = torch.where(lower >= 0, torch.ones_like(l_slope), l_slope)

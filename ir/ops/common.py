@@ -74,29 +74,41 @@ def add_bias(a, b):
 # A relaxation of f on [l, u] is four tensors of the node's shape: lower line (l_slope, l_bias)
 # and upper line (u_slope, u_bias) with l_slope*x + l_bias <= f(x) <= u_slope*x + u_bias.
 
+def prepare_lines(relax) -> tuple:
+    """A relaxation's four lines, with those that are zero everywhere given as 0 (a zero line,
+    such as ReLU's lower bias, then costs no product at all): checked once per relaxation,
+    however many backward passes use it."""
+    return tuple(0 if isinstance(r, torch.Tensor) and not r.any() else r for r in relax)
+
+
 def relaxed_backward(lA, uA, relax):
     """Backward through y = f(x) given its relaxation (B, *shape)."""
-    relax = [_nonzero_or_int(r, lambda t: t.unsqueeze(1)) for r in relax]
-    new_l, new_u, lbias, ubias = _relaxed_step(lA, uA, *relax, _row_dot)
+    return relaxed_backward_lines(lA, uA, prepare_lines(relax))
+
+
+def relaxed_backward_lines(lA, uA, lines):
+    """``relaxed_backward`` from prepared lines (``prepare_lines``)."""
+    lines = [r if isinstance(r, int) else r.unsqueeze(1) for r in lines]
+    new_l, new_u, lbias, ubias = _relaxed_step(lA, uA, *lines, _row_dot)
     return [(new_l, new_u)], lbias, ubias
 
 
 def relaxed_backward_patches(lA, uA, relax):
     """Backward through an elementwise relaxation on Patches (codegen/patches.py): the slopes
     and biases are read at each row's window, then the rule is the dense one."""
+    return relaxed_backward_patches_lines(lA, uA, prepare_lines(relax))
+
+
+def relaxed_backward_patches_lines(lA, uA, lines):
+    """``relaxed_backward_patches`` from prepared lines (``prepare_lines``)."""
     some = lA if lA is not None else uA
-    relax = [_nonzero_or_int(r, some.windows) for r in relax]
+    lines = [r if isinstance(r, int) else some.windows(r) for r in lines]
     lA_c, uA_c = (None if a is None else a.coeff for a in (lA, uA))
     if uA is lA:
         uA_c = lA_c
-    new_l, new_u, lbias, ubias = _relaxed_step(lA_c, uA_c, *relax, _row_dot)
+    new_l, new_u, lbias, ubias = _relaxed_step(lA_c, uA_c, *lines, _row_dot)
     return ([(None if new_l is None else some.with_coeff(new_l),
               None if new_u is None else some.with_coeff(new_u))], lbias, ubias)
-
-
-def _nonzero_or_int(r, shape):
-    # a zero line (ReLU's lower bias) costs no product at all
-    return 0 if isinstance(r, torch.Tensor) and not r.any() else shape(r)
 
 
 def _row_dot(coeff, values):
@@ -105,48 +117,56 @@ def _row_dot(coeff, values):
     return torch.einsum("bsn,bsn->bs", coeff.flatten(2), values.expand_as(coeff).flatten(2))
 
 
-def _signed_row_dot(coeff, bias_pos, bias_neg):
-    """(B, S): the positive part of each row against ``bias_pos``, the negative part against
-    ``bias_neg``, when both are the same for every row ((B, 1, ...) or 0): one matrix-vector
-    product per side instead of a row-by-row reduction."""
-    total = 0
-    for bias, part in ((bias_pos, lambda c: c.clamp(min=0)), (bias_neg, lambda c: c.clamp(max=0))):
-        if isinstance(bias, int):
-            continue
-        vector = bias.expand(coeff.shape[0], 1, *coeff.shape[2:]).flatten(2).transpose(1, 2)
-        total = total + part(coeff).flatten(2).matmul(vector).squeeze(-1)
-    return total
+def _shared_dot(coeff, bias):
+    """(B, S): each row of coeff against ``bias`` when it is the same for every row
+    ((B, 1, ...)): one matrix-vector product instead of a row-by-row reduction."""
+    vector = bias.expand(coeff.shape[0], 1, *coeff.shape[2:]).flatten(2).transpose(1, 2)
+    return coeff.flatten(2).matmul(vector).squeeze(-1)
 
 
 def _relaxed_step(lA, uA, l_slope, l_bias, u_slope, u_bias, dot):
     """Coefficients and biases through one relaxation (shared by the dense and patch forms):
     positive coefficients meet the lower line of a lower bound, negative ones the upper line.
-    Each side selects its line by the coefficient's sign (one tensor, multiplied in place)
-    rather than splitting into positive and negative parts, so a step holds few
-    coefficient-sized temporaries; ``dot`` sums against relaxation values; a line given as 0
-    costs nothing; when both sides are the same tensor, its sign is read once."""
-    def side(coeff, positive, on_pos, on_neg, bias_pos, bias_neg):
-        if isinstance(on_pos, int) and isinstance(on_neg, int):
+    Each side splits its coefficients into positive and negative parts with two clamps (exact,
+    and far cheaper than a broadcast selection on a boolean mask); ``dot`` sums against
+    relaxation values; a line given as 0 costs nothing; when both sides are the same tensor,
+    its parts are computed once."""
+    parts = {}
+
+    def split(coeff):
+        if id(coeff) not in parts:
+            parts[id(coeff)] = (coeff.clamp(min=0), coeff.clamp(max=0))
+        return parts[id(coeff)]
+
+    def side(coeff, on_pos, on_neg, bias_pos, bias_neg):
+        pos, neg = split(coeff)
+        new = _combine(pos, on_pos, neg, on_neg)
+        if new is None:
             new = torch.zeros_like(coeff)
-        else:
-            slope = torch.where(positive, on_pos, on_neg)
-            new = slope * coeff if coeff.requires_grad or slope.requires_grad else slope.mul_(coeff)
-        if isinstance(bias_pos, int) and isinstance(bias_neg, int):
-            return new, 0
-        if dot is _row_dot and all(isinstance(b, int) or b.shape[1] == 1 for b in (bias_pos, bias_neg)):
-            return new, _signed_row_dot(coeff, bias_pos, bias_neg)
-        return new, dot(coeff, torch.where(positive, bias_pos, bias_neg))
+        bias = 0
+        for part, b in ((pos, bias_pos), (neg, bias_neg)):
+            if isinstance(b, int):
+                continue
+            term = _shared_dot(part, b) if dot is _row_dot and b.shape[1] == 1 else dot(part, b)
+            bias = term if isinstance(bias, int) else bias + term
+        return new, bias
 
     new_l = new_u = None
     lbias = ubias = 0
-    positive = None
     if lA is not None:
-        positive = lA >= 0
-        new_l, lbias = side(lA, positive, l_slope, u_slope, l_bias, u_bias)
+        new_l, lbias = side(lA, l_slope, u_slope, l_bias, u_bias)
     if uA is not None:
-        positive = positive if uA is lA else uA >= 0
-        new_u, ubias = side(uA, positive, u_slope, l_slope, u_bias, l_bias)
+        new_u, ubias = side(uA, u_slope, l_slope, u_bias, l_bias)
     return new_l, new_u, lbias, ubias
+
+
+def _combine(pos, on_pos, neg, on_neg):
+    """pos * on_pos + neg * on_neg, skipping lines given as 0 (None when both are)."""
+    if isinstance(on_pos, int):
+        return None if isinstance(on_neg, int) else neg * on_neg
+    if isinstance(on_neg, int):
+        return pos * on_pos
+    return torch.addcmul(pos * on_pos, neg, on_neg)
 
 
 def relaxed_forward(x: Linear, relax) -> Linear:
@@ -187,7 +207,7 @@ def elementwise(name: str, fn, relax, ibp=None, aten: tuple[str, ...] = (), doc:
     return register(OpDef(name=name, forward=fn, ibp=ibp or monotone_ibp(fn), backward=backward,
                           backward_patches=backward_patches,
                           forward_mode=forward_mode, nonlinear=True, aten=aten, doc=doc,
-                          exact_when_sign_known=exact_when_sign_known, **alpha_rules))
+                          exact_when_sign_known=exact_when_sign_known, relax=relax, **alpha_rules))
 
 
 # -- ops that are linear maps of their single perturbed input ------------------------------
