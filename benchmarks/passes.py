@@ -5,7 +5,9 @@ For each model of ``examples/models/zoo.py`` (fixed seed): lower it once, run DE
 and print each pass's time and node counts (all nodes, and perturbed ones: the nodes the bound
 computation propagates through); then time ``net.bounds`` (median of ``--repeat`` calls after a
 warm-up) for each method with no passes and with the default passes, and check both give the
-same bounds.
+same bounds. Last, CROWN's choice of forward mode for intermediate bounds (passes/bound_needs.py)
+on MLPs with a 5-dimensional input (ACAS Xu-like; 2 and 4 hidden layers of widths --widths): time with the choice and
+with backward passes only, and the largest bound difference.
 
     python benchmarks/passes.py
     python benchmarks/passes.py --models cnn_4c_bn --methods ibp crown-ibp --batch 8 --repeat 5
@@ -68,6 +70,39 @@ def bound_times(name, model, graph, shape, methods, batch, repeat, eps) -> None:
                   f"{t1 * 1e3:9.2f} ms ({t0 / t1:4.2f}x), max |bound diff| {diff:.1e}")
 
 
+def low_dim_mlp(width: int, depth: int = 4) -> torch.nn.Module:
+    torch.manual_seed(0)
+    layers = [torch.nn.Linear(5, width)]
+    for _ in range(depth - 1):
+        layers += [torch.nn.ReLU(), torch.nn.Linear(width, width)]
+    return torch.nn.Sequential(*layers, torch.nn.ReLU(), torch.nn.Linear(width, 5)).eval()
+
+
+def mode_choice_times(widths, batch, repeat) -> None:
+    from lirpac.passes import bound_needs
+    print(f"\nCROWN's mode choice: 5 inputs, batch {batch}, Box of radius 0.2")
+    x = torch.rand(batch, 5, generator=torch.Generator().manual_seed(0))
+    box = lirpac.Box(x - 0.2, x + 0.2)
+    for width, depth in [(w, d) for w in widths for d in (2, 4)]:
+        model = low_dim_mlp(width, depth)
+        share = bound_needs.FORWARD_SHARE
+        chosen = lirpac.compile(model, x[:1])
+        bound_needs.FORWARD_SHARE = 0.0
+        try:
+            backward = lirpac.compile(model, x[:1])
+        finally:
+            bound_needs.FORWARD_SHARE = share
+        modes = [n.notes["crown"].split()[0] for n in chosen.graph.nodes if "crown" in n.notes]
+        with torch.no_grad():
+            lo0, up0 = backward.bounds(x, box)
+            lo1, up1 = chosen.bounds(x, box)
+            t0 = _median_time(backward, x, box, "crown", repeat)
+            t1 = _median_time(chosen, x, box, "crown", repeat)
+        diff = max((lo0 - lo1).abs().max().item(), (up0 - up1).abs().max().item())
+        print(f"  {depth} x {width:>4} ({' '.join(modes):<33}): backward only {t0 * 1e3:8.2f} ms, "
+              f"with the choice {t1 * 1e3:8.2f} ms ({t0 / t1:4.2f}x), max |bound diff| {diff:.1e}")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(BENCHMARK_MODELS))
@@ -75,6 +110,8 @@ def main(argv=None) -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--eps", type=float, default=1 / 255)
+    parser.add_argument("--widths", nargs="*", type=int, default=[50, 256, 1024],
+                        help="hidden widths of the mode-choice MLPs (none: skip that part)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     lowered = {}
@@ -88,6 +125,7 @@ def main(argv=None) -> None:
     for name, (model, graph, shape) in lowered.items():
         print(name)
         bound_times(name, model, graph, shape, args.methods, args.batch, args.repeat, args.eps)
+    mode_choice_times(args.widths, args.batch, args.repeat)
 
 
 if __name__ == "__main__":

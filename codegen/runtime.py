@@ -69,6 +69,15 @@ def input_linear(lower: torch.Tensor) -> Linear:
     return Linear(eye, zero, eye, zero)
 
 
+def forward_rows(inp, lin: Linear, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, k) bounds of the neurons ``rows`` of a node from its forward-mode linear bounds
+    (lw: (B, N, *shape)), concretized over the input set ``inp``."""
+    def pick(w, b):
+        return w.flatten(2).index_select(2, rows).transpose(1, 2), b.flatten(1).index_select(1, rows)
+    return (inp.concretize(*pick(lin.lw, lin.lb), upper=False),
+            inp.concretize(*pick(lin.uw, lin.ub), upper=True))
+
+
 def forward_spec(C, lin: Linear) -> Linear:
     """Apply a spec to forward-mode output functions: (B, S, N) weights and (B, S) biases."""
     batch = lin.lb.shape[0]

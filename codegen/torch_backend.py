@@ -23,7 +23,7 @@ from lirpac.ir.graph import Graph, Node
 from lirpac.ir.opdef import Interval, Linear, REGISTRY, get_op
 from lirpac.ir.ops.common import (prepare_lines, relaxed_backward_lines,
                                   relaxed_backward_patches_lines)
-from lirpac.passes.bound_needs import nodes_needing_bounds
+from lirpac.passes.bound_needs import chosen_mode, nodes_needing_bounds, single_affine_of_input
 
 METHODS = ("ibp", "crown", "forward", "crown-ibp", "forward+crown", "alpha-crown")
 # how each method gets intermediate bounds, and how it forms the final bound (alpha-crown: one
@@ -32,9 +32,6 @@ _INTERMEDIATE = {"ibp": "ibp", "crown": "backward", "forward": "forward",
                  "crown-ibp": "ibp", "forward+crown": "forward", "alpha-crown": "backward"}
 _FINAL = {"ibp": "ibp", "crown": "backward", "forward": "forward",
           "crown-ibp": "backward", "forward+crown": "backward", "alpha-crown": "backward"}
-# ops that only select or reorder coordinates: a chain of them keeps inputs distinct (padding
-# is left out: its constant coordinates would count as perturbed in a ball's row norms)
-_SELECTION_OPS = frozenset({"reshape", "permute", "slice"})
 _MODE_PREFIX = {"ibp_ball": "ball", "ibp": "ibp", "backward": "bwd", "forward_mode": "fwd", "forward": "val",
                 "jacobian": "jac", "backward_patches": "pat", "backward_alpha": "bwa",
                 "relax": "relax"}
@@ -98,6 +95,9 @@ class _Emitter:
         self.bounds: dict[Node, str] = {}      # node -> expression of its intermediate bounds
         self.lines_of: dict[Node, str] = {}    # node -> variable of its relaxation's lines
         self.needs = nodes_needing_bounds(graph)
+        # CROWN bounds a node by forward mode where that is exact and cheaper (a hook:
+        # alpha-CROWN optimises every intermediate backward pass instead)
+        self.forward_when_exact = plan.method == "crown"
         self.x = graph.perturbed_input
 
     def emit(self, line: str = "") -> None:
@@ -140,7 +140,7 @@ class _Emitter:
                 self.emit(f"{n.name} = Interval(inp.lower, inp.upper)")
             else:
                 self.emit(f"{n.name} = {self.call(self.rule(n.op, 'ibp', n), [i.name for i in n.inputs], self.attrs(n))}")
-                if self.single_affine_of_input(n):
+                if single_affine_of_input(self.graph, n):
                     self.ibp_ball(n)
             if n in self.needs:
                 self.bounds[n] = n.name
@@ -355,7 +355,7 @@ class _Emitter:
                 self.emit(f"{n.name}_bounds = Interval(inp.lower, inp.upper)")
                 self.bounds[n] = f"{n.name}_bounds"
                 continue
-            if self.single_affine_of_input(n):
+            if single_affine_of_input(self.graph, n):
                 # its reference is exact already (centre/radius of a box, dual norm of a ball)
                 self.emit(f"{n.name}_bounds = {n.name}")
                 self.bounds[n] = f"{n.name}_bounds"
@@ -364,21 +364,45 @@ class _Emitter:
                 get_op(u.op).exact_when_sign_known for u in users[n] if get_op(u.op).nonlinear)
             rows = f"{n.name}_rows"
             self.emit(f"{rows} = {'straddling_rows' if sparse else 'all_rows'}({n.name})")
-            layout = self.pass_layout(n)
-            self.relaxations(n)
-            self.emit(f"def {n.name}_pass(_rows):")
-            self.indent += 1
-            self.backward(n, spec=False, lower=True, upper=True, rows="_rows", layout=layout)
-            self.emit(f"return concretize_pair(inp, lA_{x}, lbias, uA_{x}, ubias)")
-            self.indent -= 1
-            # lA, uA, their successors and a relaxation step's gathered lines and selections:
-            # about 10 coefficient-sized tensors at the widest node (measured on cnn_4c_bn)
+            forward = self.forward_when_exact and chosen_mode(self.graph, n) == "forward"
+            if forward:
+                self.emit(f"# forward mode: exact for %{n.name} and cheaper (passes/bound_needs.py)")
+                self.emit(f"def {n.name}_pass(_rows):")
+                self.indent += 1
+                self.forward_rows(n)
+                self.indent -= 1
+                row_bytes = "0"    # one call: its size grows with the input, not with the rows
+            else:
+                layout = self.pass_layout(n)
+                self.relaxations(n)
+                self.emit(f"def {n.name}_pass(_rows):")
+                self.indent += 1
+                self.backward(n, spec=False, lower=True, upper=True, rows="_rows", layout=layout)
+                self.emit(f"return concretize_pair(inp, lA_{x}, lbias, uA_{x}, ubias)")
+                self.indent -= 1
+                # lA, uA, their successors and a relaxation step's gathered lines and
+                # selections: about 10 coefficient-sized tensors at the widest node (measured
+                # on cnn_4c_bn)
+                row_bytes = f"B * {10 * layout.row_elements} * inp.lower.element_size()"
             self.emit(f"{n.name}_bounds = tighten_chunks({n.name}, {rows}, {n.name}_pass, "
-                      f"B * {10 * layout.row_elements} * inp.lower.element_size(), {budget}"
-                      f"{', intersect=True' if self.plan.intersect else ''})")
+                      f"{row_bytes}, {budget}{', intersect=True' if self.plan.intersect else ''})")
             if self.restart_reference:
                 self.emit(f"{n.name} = {n.name}_bounds")
             self.bounds[n] = f"{n.name}_bounds"
+
+    def forward_rows(self, target: Node) -> None:
+        """Body of a pass that bounds the rows ``_rows`` of ``target`` by forward mode (where
+        it is exact: bound_needs.forward_exact). Nodes with intermediate bounds carry them, so
+        each relaxation uses the lines a backward pass would."""
+        for m in self.region([target]):
+            if m is self.x:
+                self.emit(f"{m.name}_lin = input_linear(inp.lower)")
+            else:
+                args = [f"{i.name}_lin" if i.perturbed else i.name for i in m.inputs]
+                self.emit(f"{m.name}_lin = {self.call(self.rule(m.op, 'forward_mode', m), args, self.attrs(m))}")
+            if m in self.bounds and m is not target:
+                self.emit(f"{m.name}_lin = {m.name}_lin._replace(bounds={self.bounds[m]})")
+        self.emit(f"return forward_rows(inp, {target.name}_lin, _rows)")
 
     def ibp_ball(self, n: Node) -> None:
         """On an Lp ball, bound one affine map of the input by the dual norm of its rows
@@ -397,23 +421,6 @@ class _Emitter:
             else:
                 self.emit(f"_c_{m.name} = {self.call(self.rule(m.op, 'forward', m), args, self.attrs(m))}")
         self.indent -= 1
-
-    def single_affine_of_input(self, target: Node) -> bool:
-        """``target`` is one affine op (with an ``ibp_ball`` rule) of the input reached through
-        coordinate selections only (reshape, permute, slice): each of its outputs is then an
-        affine function of distinct input coordinates, and IBP gives its exact range (centre
-        and radius over a box, the rows' dual norms over a ball), so a backward pass cannot
-        tighten it."""
-        if get_op(target.op).ibp_ball is None:
-            return False
-        for n in self.region([target]):
-            if n is self.x:
-                continue
-            if sum(i.perturbed for i in n.inputs) != 1:
-                return False
-            if n is not target and n.op not in _SELECTION_OPS:
-                return False
-        return True
 
     # -- the whole function ----------------------------------------------------------------
     def generate(self, fn_name: str) -> str:
@@ -487,6 +494,7 @@ def generate(graph: Graph, plan: Plan, emitter: "_Emitter | None" = None) -> tup
                  "straddling_rows": runtime.straddling_rows, "identity_rows": runtime.identity_rows,
                  "tighten": runtime.tighten, "intersect": runtime.intersect, "all_rows": runtime.all_rows,
                  "tighten_chunks": runtime.tighten_chunks,
+                 "forward_rows": runtime.forward_rows,
                  "identity_patches": patches.identity_patches, "dense_pair": runtime.dense_pair,
                  "concretize_pair": patches.concretize_pair, "prepare_lines": prepare_lines,
                  "relaxed": relaxed_backward_lines, "relaxed_patches": relaxed_backward_patches_lines}

@@ -1,13 +1,36 @@
-"""Analysis: which nodes need intermediate bounds.
+"""Analysis: which nodes need intermediate bounds, and how CROWN gets each of them.
 
 A nonlinear op relaxes around the bounds of its perturbed inputs, so exactly those inputs need
 concrete bounds before the final bound can be formed. Every method computes bounds for this
-set only (CROWN runs one backward pass per node in it).
+set only (CROWN runs one backward pass per node in it, unless a cheaper way is exact).
+
+CROWN's way per node (``crown_mode``, printed in the dump as ``[crown=...]``):
+
+* ``ibp``: one affine map of distinct input coordinates; IBP is its exact range already.
+* ``forward``: forward mode gives the same bounds as a backward pass (see ``forward_exact``)
+  and costs less: its work grows with the input's size, a backward pass's with the number of
+  unstable neurons of the node, so low-dimensional inputs (ACAS Xu's five) favour it.
+* ``backward``: a backward pass over the node's unstable neurons.
+
+A choice never loosens a bound: forward mode is only picked where it is exact.
 """
 from __future__ import annotations
 
+import math
+
 from lirpac.ir.graph import Graph, Node
 from lirpac.ir.opdef import get_op
+
+# ops that only select or reorder coordinates: a chain of them keeps inputs distinct (padding
+# is left out: its constant coordinates would count as perturbed in a ball's row norms)
+SELECTION_OPS = frozenset({"reshape", "permute", "slice"})
+# a backward pass bounds only the neurons an IBP reference leaves unstable: forward mode is
+# picked when the input has at most this share of the node's neurons (a typical unstable share
+# of trained networks; the exact count is only known at run time)
+FORWARD_SHARE = 0.25
+# ... and when that saves at least this many multiply-adds per sample: below it the few extra
+# ops of forward mode cost more than they save (measured on 5-input MLPs, benchmarks/passes.py)
+FORWARD_MIN_SAVING = 4_000_000
 
 
 def nodes_needing_bounds(graph: Graph) -> list[Node]:
@@ -21,8 +44,107 @@ def nodes_needing_bounds(graph: Graph) -> list[Node]:
     return sorted(needed, key=order.__getitem__)
 
 
+def perturbed_region(graph: Graph, target: Node) -> list[Node]:
+    """``target`` and the perturbed nodes it depends on, in graph order."""
+    keep = {a for a in graph.ancestors(target) if a.perturbed} | {target}
+    return [n for n in graph.nodes if n in keep]
+
+
+def single_affine_of_input(graph: Graph, target: Node) -> bool:
+    """``target`` is one affine op (with an ``ibp_ball`` rule) of the input reached through
+    coordinate selections only: each of its outputs is an affine function of distinct input
+    coordinates, and IBP gives its exact range (centre and radius over a box, the rows' dual
+    norms over a ball), so a backward pass cannot tighten it."""
+    if get_op(target.op).ibp_ball is None:
+        return False
+    for n in perturbed_region(graph, target):
+        if n is graph.perturbed_input:
+            continue
+        if sum(i.perturbed for i in n.inputs) != 1:
+            return False
+        if n is not target and n.op not in SELECTION_OPS:
+            return False
+    return True
+
+
+def _affine_of_input(graph: Graph, target: Node) -> bool:
+    """Every op between the input and ``target`` is linear with a forward-mode rule: forward
+    mode carries one exact affine function, as a backward pass does."""
+    return all(n is graph.perturbed_input or
+               (not get_op(n.op).nonlinear and get_op(n.op).forward_mode is not None)
+               for n in perturbed_region(graph, target))
+
+
+def forward_exact(graph: Graph, target: Node) -> bool:
+    """Forward mode gives ``target`` the same bounds as a backward pass: either ``target`` is
+    affine in the input, or it is one linear op (through coordinate selections) of one
+    elementwise relaxation of an affine function of the input. In the second case both modes
+    form the same linear function: the backward pass meets each relaxed neuron with one
+    coefficient per row and picks its lower or upper line by that coefficient's sign, and the
+    forward rule of a linear op splits its weights by sign in the same way; a second linear
+    op after the relaxation, or a second relaxation, would let a backward pass cancel signs
+    that forward mode has already split."""
+    if _affine_of_input(graph, target):
+        return True
+    opdef = get_op(target.op)
+    if opdef.nonlinear or opdef.forward_mode is None:
+        return False
+    node = target
+    while True:
+        perturbed = [i for i in node.inputs if i.perturbed]
+        if len(perturbed) != 1:
+            return False
+        node = perturbed[0]
+        if node.op not in SELECTION_OPS:
+            break
+    relaxed = get_op(node.op)
+    if relaxed.relax is None:
+        return False
+    below = [i for i in node.inputs if i.perturbed]
+    return len(below) == 1 and _affine_of_input(graph, below[0])
+
+
+def _line_work(graph: Graph, target: Node) -> int:
+    """Multiply-adds of carrying one row of coefficients (backward) or one input column
+    (forward) through the ops ``target`` depends on: each op's size times its fan-in."""
+    total = 0
+    for m in perturbed_region(graph, target):
+        weights = [c for c in m.inputs if not c.perturbed and len(c.shape) >= 2]
+        total += math.prod(m.shape) * (math.prod(weights[0].shape[1:]) if weights else 1)
+    return total
+
+
+def crown_mode(graph: Graph, node: Node) -> tuple[str, str]:
+    """How CROWN bounds ``node`` (one that needs bounds): (mode, reason) as in the module
+    docstring."""
+    x = graph.perturbed_input
+    if node is x:
+        return "input", "the perturbation set's box"
+    if single_affine_of_input(graph, node):
+        return "ibp", "exact, one affine map of the input"
+    if forward_exact(graph, node):
+        columns, rows = math.prod(x.shape), FORWARD_SHARE * math.prod(node.shape)
+        saving = (rows - columns) * _line_work(graph, node)
+        if saving >= FORWARD_MIN_SAVING:
+            return "forward", (f"exact here; {columns} input columns vs ~{rows:.0f} unstable "
+                               f"rows save ~{saving / 1e6:.0f}M multiply-adds")
+        if columns >= rows:
+            return "backward", f"forward mode would be exact but carries {columns} input columns"
+        return "backward", "forward mode would be exact but saves too little"
+    return "backward", "over the unstable neurons"
+
+
+def chosen_mode(graph: Graph, node: Node) -> str:
+    """CROWN's way for ``node`` as annotated at compile time (so the dump says what the code
+    does), else as ``crown_mode`` picks it now."""
+    note = node.notes.get("crown")
+    return note.split(" ", 1)[0] if note else crown_mode(graph, node)[0]
+
+
 def annotate(graph: Graph) -> Graph:
-    """Mark the nodes in the dump (``[needs_bounds]``)."""
+    """Mark the nodes in the dump (``[needs_bounds]``, and CROWN's way: ``[crown=...]``)."""
     for node in nodes_needing_bounds(graph):
         node.notes["needs_bounds"] = True
+        mode, reason = crown_mode(graph, node)
+        node.notes["crown"] = f"{mode} ({reason})"
     return graph
