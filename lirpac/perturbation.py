@@ -104,6 +104,17 @@ class Box(Perturbation):
         return InputSet(lower.to(x.dtype), upper.to(x.dtype))
 
 
+def _dot_rows(a: torch.Tensor, column: torch.Tensor, scale: float = 1.0, plus=None) -> torch.Tensor:
+    """(B, S): each row of a (B, S, n) against the column (B, n, 1), times ``scale``, plus
+    ``plus`` (B, S, 1) when given; one bmm (a batch-1 ``a`` broadcasts through matmul)."""
+    if a.shape[0] != column.shape[0]:
+        product = scale * a.matmul(column)
+        return (product if plus is None else plus + product).squeeze(-1)
+    if plus is None:
+        return torch.bmm(a, column).squeeze(-1) if scale == 1.0 else (scale * torch.bmm(a, column)).squeeze(-1)
+    return torch.baddbmm(plus, a, column, alpha=scale).squeeze(-1)
+
+
 class InputSet:
     """The run-time form of a perturbation: a containing box and a concretization rule."""
 
@@ -114,6 +125,7 @@ class InputSet:
         self.eps = eps
         self.use_box = use_box or norm == math.inf
         self.batch = lower.shape[0]
+        self._centre_radius = None
         if norm != math.inf:
             self.dual = {2.0: 2.0, 1.0: math.inf}[norm]
             self.eps_flat = eps.reshape(eps.shape[0], -1)[:, :1] if eps.dim() > 0 else eps.reshape(1, 1)
@@ -127,9 +139,12 @@ class InputSet:
         return self.norm == math.inf
 
     def _box_centre_radius(self):
-        """(B, n, 1) centre and radius of the containing box, as matmul operands."""
-        return (((self.upper + self.lower) / 2).reshape(self.batch, -1, 1),
-                ((self.upper - self.lower) / 2).reshape(self.batch, -1, 1))
+        """(B, n, 1) centre and radius of the containing box, as bmm operands (computed once
+        per set: every backward pass of a call concretizes against them)."""
+        if self._centre_radius is None:
+            self._centre_radius = (((self.upper + self.lower) / 2).reshape(self.batch, -1, 1),
+                                   ((self.upper - self.lower) / 2).reshape(self.batch, -1, 1))
+        return self._centre_radius
 
     def concretize_pair(self, lower_coeff, lower_bias, upper_coeff, upper_bias):
         """Both sides at once; when the two coefficient tensors are the same object (an
@@ -139,7 +154,7 @@ class InputSet:
                     self.concretize(upper_coeff, upper_bias, upper=True))
         a = lower_coeff.flatten(2)
         mid, rad = self._box_centre_radius()
-        centre, radius = a.matmul(mid).squeeze(-1), a.abs().matmul(rad).squeeze(-1)
+        centre, radius = _dot_rows(a, mid), _dot_rows(a.abs(), rad)
         return centre - radius + lower_bias, centre + radius + upper_bias
 
     def concretize(self, coeff: torch.Tensor, bias, upper: bool) -> torch.Tensor:
@@ -149,7 +164,7 @@ class InputSet:
         result = None
         if self.use_box:
             mid, rad = self._box_centre_radius()
-            result = a.matmul(mid).squeeze(-1) + sign * a.abs().matmul(rad).squeeze(-1)
+            result = _dot_rows(a.abs(), rad, sign, plus=_dot_rows(a, mid).unsqueeze(-1))
         if self.norm != math.inf:
             x0 = self.center.reshape(self.batch, -1, 1)
             ball = a.matmul(x0).squeeze(-1) + sign * self.eps_flat * a.norm(p=self.dual, dim=-1)

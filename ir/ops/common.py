@@ -124,13 +124,14 @@ def _shared_dot(coeff, bias):
     return coeff.flatten(2).matmul(vector).squeeze(-1)
 
 
-def _relaxed_step(lA, uA, l_slope, l_bias, u_slope, u_bias, dot):
+def _relaxed_step(lA, uA, l_slope, l_bias, u_slope, u_bias, dot, l_slope_of_upper=None):
     """Coefficients and biases through one relaxation (shared by the dense and patch forms):
     positive coefficients meet the lower line of a lower bound, negative ones the upper line.
     Each side splits its coefficients into positive and negative parts with two clamps (exact,
     and far cheaper than a broadcast selection on a boolean mask); ``dot`` sums against
     relaxation values; a line given as 0 costs nothing; when both sides are the same tensor,
-    its parts are computed once."""
+    its parts are computed once. ``l_slope_of_upper``: the upper side's own lower-line slope
+    (alpha-CROWN optimises one per side), else ``l_slope``."""
     parts = {}
 
     def split(coeff):
@@ -156,7 +157,8 @@ def _relaxed_step(lA, uA, l_slope, l_bias, u_slope, u_bias, dot):
     if lA is not None:
         new_l, lbias = side(lA, l_slope, u_slope, l_bias, u_bias)
     if uA is not None:
-        new_u, ubias = side(uA, u_slope, l_slope, u_bias, l_bias)
+        lower_line = l_slope if l_slope_of_upper is None else l_slope_of_upper
+        new_u, ubias = side(uA, u_slope, lower_line, u_bias, l_bias)
     return new_l, new_u, lbias, ubias
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from lirpac.ir.opdef import Interval
-from lirpac.ir.ops.common import relaxed_backward, split_pos_neg
+from lirpac.ir.ops.common import _relaxed_step, _row_dot, prepare_lines, relaxed_backward
 
 
 def kink_alpha_rules(relax, bottom_slope) -> dict:
@@ -34,17 +34,16 @@ def kink_alpha_rules(relax, bottom_slope) -> dict:
         if a != 0:
             alpha_l = None if alpha_l is None else a + (1 - a) * alpha_l
             alpha_u = None if alpha_u is None else a + (1 - a) * alpha_u
+        # an unstable neuron's lower line is alpha's, through the origin
         unstable = ((x.lower < 0) & (x.upper > 0)).unsqueeze(1)
-        new_l = new_u = None
-        lbias = ubias = 0
-        if lA is not None:
-            pos, neg = split_pos_neg(lA)
-            new_l = pos * torch.where(unstable, alpha_l, l_slope) + neg * u_slope
-            lbias = (pos * torch.where(unstable, 0.0, l_bias) + neg * u_bias).flatten(2).sum(-1)
-        if uA is not None:
-            pos, neg = split_pos_neg(uA)
-            new_u = pos * u_slope + neg * torch.where(unstable, alpha_u, l_slope)
-            ubias = (pos * u_bias + neg * torch.where(unstable, 0.0, l_bias)).flatten(2).sum(-1)
+        l_bias = torch.where(unstable, 0.0, l_bias)
+        slope_l = None if lA is None else torch.where(unstable, alpha_l, l_slope)
+        slope_u = None if uA is None else torch.where(unstable, alpha_u, l_slope)
+        # the slopes stay tensors even where zero: they carry alpha's gradient
+        l_bias, u_slope, u_bias = prepare_lines((l_bias, u_slope, u_bias))
+        new_l, new_u, lbias, ubias = _relaxed_step(
+            lA, uA, slope_l if slope_l is not None else slope_u, l_bias, u_slope, u_bias, _row_dot,
+            l_slope_of_upper=slope_u)
         return [(new_l, new_u)], lbias, ubias
 
     return {"backward_alpha": backward_alpha, "alpha_init": alpha_init}
