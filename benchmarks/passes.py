@@ -125,7 +125,8 @@ def main(argv=None) -> None:
     for name, (model, graph, shape) in lowered.items():
         print(name)
         bound_times(name, model, graph, shape, args.methods, args.batch, args.repeat, args.eps)
-    mode_choice_times(args.widths, args.batch, args.repeat)
+    if args.widths:
+        mode_choice_times(args.widths, args.batch, args.repeat)
 
 
 if __name__ == "__main__":
