@@ -9,8 +9,10 @@ relax each unstable neuron with its own slope per row. ``alphas`` is an argument
 
 The rows of an intermediate pass are the neurons its IBP reference leaves unstable: they do not
 depend on the slopes, so every step has the same alpha shapes. Passes run as one chunk (the
-slopes of all rows live anyway, and autograd keeps the coefficients for the gradient) and on
-matrices, so that every ReLU of every pass is parametrised.
+slopes of all rows live anyway, and autograd keeps the coefficients for the gradient). Passes
+through convolutions use Patches as CROWN's do (the same cost model): a ReLU there gets one
+slope per row and position of the row's window, which is a dense per-row slope restricted to
+the only neurons the row touches.
 """
 from __future__ import annotations
 
@@ -22,9 +24,10 @@ from lirpac.ir.opdef import get_op
 ONE_CHUNK = 1 << 62
 
 
-def alpha_plan(spec: bool, lower: bool = True, upper: bool = True, return_A: bool = False) -> Plan:
+def alpha_plan(spec: bool, lower: bool = True, upper: bool = True, return_A: bool = False,
+               conv_mode: str = "auto") -> Plan:
     return Plan(method="alpha-crown", spec=spec, lower=lower, upper=upper, return_A=return_A,
-                conv_mode="matrix", max_memory=ONE_CHUNK)
+                conv_mode=conv_mode, max_memory=ONE_CHUNK)
 
 
 class AlphaEmitter(torch_backend._Emitter):
@@ -33,6 +36,12 @@ class AlphaEmitter(torch_backend._Emitter):
 
     def uses_lines(self, n: Node) -> bool:
         return get_op(n.op).backward_alpha is None and super().uses_lines(n)
+
+    def patches_rule(self, target: Node, n: Node, args: list[str]) -> tuple[str, list[str]]:
+        # backward_alpha takes Patches too: slopes per row's window
+        if get_op(n.op).backward_alpha is None:
+            return super().patches_rule(target, n, args)
+        return self.backward_rule(target, n, args)
 
     def backward_rule(self, target: Node, n: Node, args: list[str]) -> tuple[str, list[str]]:
         if get_op(n.op).backward_alpha is None:

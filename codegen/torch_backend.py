@@ -211,7 +211,7 @@ class _Emitter:
                 fn = "relaxed_patches" if n in patched else "relaxed"
                 self.emit(f"_coeffs, _lb, _ub = {fn}(lA_{n.name}, uA_{n.name}, {self.lines_of[n]})")
             elif n in patched:
-                fn = self.rule(n.op, "backward_patches", n)
+                fn, args = self.patches_rule(target, n, args)
             else:
                 fn, args = self.backward_rule(target, n, args)
                 if layout is not None and n in layout.densify:
@@ -255,6 +255,10 @@ class _Emitter:
         """The rule of ``n`` in a backward pass from ``target``, and its arguments: a hook for
         methods that parametrise relaxations per pass (codegen/alpha_crown.py)."""
         return self.rule(n.op, "backward", n), args
+
+    def patches_rule(self, target: Node, n: Node, args: list[str]) -> tuple[str, list[str]]:
+        """``backward_rule`` for a node whose coefficients are Patches."""
+        return self.rule(n.op, "backward_patches", n), args
 
     def pass_layout(self, target: Node) -> "_PassLayout":
         """Choose, for a backward pass from ``target``, the nodes whose coefficients are Patches.

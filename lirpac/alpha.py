@@ -53,7 +53,8 @@ class AlphaOptions:
 @dataclass
 class AlphaState:
     """The slopes of one alpha-CROWN problem, by (pass target, node): ``[alpha_l, alpha_u]``,
-    tensors of shape (batch, rows of the pass or 1, *node shape) in [0, 1] (None for a side not
+    tensors of shape (batch, rows of the pass or 1, *node shape), or on Patches the shape of the
+    rows' windows (batch, rows, C, KH, KW), in [0, 1] (None for a side not
     computed). Pass it back (``net.alpha_crown(..., state=s)`` or ``options={"state": s}``) to
     start from these slopes; a slot whose shape no longer fits (other batch, spec or
     alpha_shared) starts again from CROWN's."""
@@ -67,13 +68,16 @@ class AlphaState:
         created from the op's CROWN choice the first time."""
         some = lA if lA is not None else uA
         lower = bounds.lower
-        shape = (lower.shape[0], 1 if self.shared else some.shape[1], *lower.shape[1:])
+        # Patches (codegen/patches.py) get a slope per row and window position, unless shared
+        windowed = hasattr(some, "windows") and not self.shared
+        shape = (tuple(some.coeff.shape) if windowed else
+                 (lower.shape[0], 1 if self.shared else some.shape[1], *lower.shape[1:]))
         pair = self.alphas.get((target, node))
         if pair is None or not _fits(pair, shape, lA, uA, lower):
             start = get_op(op).alpha_init(lower.detach(), bounds.upper.detach())
-            start = start.unsqueeze(1).expand(shape)
+            start = (some.windows(start) if windowed else start.unsqueeze(1)).expand(shape)
             train = self.trained_passes == "all" or target == self.output
-            pair = [None if side is None else start.clone().requires_grad_(train)
+            pair = [None if side is None else start.clone(memory_format=torch.contiguous_format).requires_grad_(train)
                     for side in (lA, uA)]
             self.alphas[(target, node)] = pair
         return pair
@@ -143,7 +147,9 @@ def optimise(step, inp, C, params, output: str, opts: AlphaOptions, state: Alpha
             schedule = torch.optim.lr_scheduler.ExponentialLR(optimiser, opts.lr_decay)
         grads = torch.autograd.grad(objective, alphas, allow_unused=True)
         for a, g in zip(alphas, grads):
-            a.grad = None if g is None else -g      # Adam descends; the objective is maximised
+            # Adam descends (the objective is maximised); the fused kernel needs gradients laid
+            # out like their slopes (a strided one is read in the wrong order)
+            a.grad = None if g is None else -g.contiguous()
         optimiser.step()
         schedule.step()
         with torch.no_grad():

@@ -63,9 +63,10 @@ class CompiledNet:
     # -- code -----------------------------------------------------------------------------
     @staticmethod
     def _plan(plan: Plan) -> Plan:
-        """The plan actually generated (alpha-crown fixes its own layout)."""
+        """The plan actually generated (alpha-crown runs its passes unchunked)."""
         if plan.method == "alpha-crown":
-            return alpha_crown.alpha_plan(plan.spec, plan.lower, plan.upper, plan.return_A)
+            return alpha_crown.alpha_plan(plan.spec, plan.lower, plan.upper, plan.return_A,
+                                          plan.conv_mode)
         return plan
 
     def function(self, plan: Plan):

@@ -158,3 +158,45 @@ def test_compat_names(name):
     x = torch.randn(2, *shape)
     lower, upper = bounded.compute_bounds(x=(BoundedTensor(x, PerturbationLpNorm(eps=0.1)),), method=name)
     assert_contains(model, sample_lp_ball(x, 0.1, math.inf, 64), lower, upper)
+
+
+class ConvLeaky(nn.Module):
+    """Convolutions with padding and stride, a ReLU and a leaky ReLU between them."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(2, 4, 3, padding=1)
+        self.c2 = nn.Conv2d(4, 4, 3, stride=2, padding=1)
+        self.c3 = nn.Conv2d(4, 3, 3, padding=1)
+        self.fc = nn.Linear(3 * 4 * 4, 3)
+
+    def forward(self, x):                           # (B, 2, 8, 8)
+        h = nn.functional.leaky_relu(self.c2(torch.relu(self.c1(x))), 0.1)
+        return self.fc(torch.relu(self.c3(h)).flatten(1))
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_patches_equal_matrix(shared):
+    """On Patches each row's slopes cover its window only: the same parametrisation as dense
+    per-row slopes (outside the window a slope meets a zero coefficient), so both layouts
+    follow the same optimisation path."""
+    torch.manual_seed(0)
+    model = ConvLeaky().eval()
+    x = torch.randn(2, 2, 8, 8, dtype=torch.float64)
+    model = model.double()
+    ball = lirpac.LpBall(eps=0.3)
+    results = {}
+    for mode in ("patches", "matrix"):
+        net = lirpac.compile(model, x[:1], conv_mode=mode)
+        results[mode] = net.alpha_crown(x, ball, iterations=6, alpha_shared=shared)
+        crown = net.bounds(x, ball, method="crown")
+        assert torch.all(results[mode].lower >= crown[0] - 1e-9)
+        assert torch.all(results[mode].upper <= crown[1] + 1e-9)
+        assert_contains(model, sample_lp_ball(x, 0.3, math.inf, 64), results[mode].lower,
+                        results[mode].upper)
+        assert ("pat_conv(" in net.dump("alpha-crown")) == (mode == "patches")
+        windows = [a for pair in results[mode].state.alphas.values() for a in pair
+                   if a is not None and a.shape[-2:] == (3, 3)]      # slopes of 3x3 windows
+        assert bool(windows) == (mode == "patches" and not shared)
+    torch.testing.assert_close(results["patches"].lower, results["matrix"].lower, rtol=1e-7, atol=1e-9)
+    torch.testing.assert_close(results["patches"].upper, results["matrix"].upper, rtol=1e-7, atol=1e-9)
