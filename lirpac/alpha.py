@@ -148,8 +148,9 @@ def optimise(step, inp, C, params, output: str, opts: AlphaOptions, state: Alpha
         grads = torch.autograd.grad(objective, alphas, allow_unused=True)
         for a, g in zip(alphas, grads):
             # Adam descends (the objective is maximised); the fused kernel needs gradients laid
-            # out like their slopes (a strided one is read in the wrong order)
-            a.grad = None if g is None else -g.contiguous()
+            # out like their slopes (a strided one is read in the wrong order); a line that fell
+            # back to its interval bounds (a tangent at a pole) may leave a NaN behind
+            a.grad = None if g is None else -g.nan_to_num(0.0, 0.0, 0.0).contiguous()
         optimiser.step()
         schedule.step()
         with torch.no_grad():

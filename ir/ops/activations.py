@@ -17,6 +17,7 @@ from lirpac.ir.graph import Node
 from lirpac.ir.opdef import Interval, Linear, OpDef, aten_lowering, register
 from lirpac.ir.ops.common import elementwise, monotone_ibp, relaxed_backward, relaxed_forward
 from lirpac.ir.ops.kink_alpha import kink_alpha_rules
+from lirpac.ir.ops.tangent_alpha import tangent_alpha_rules
 from lirpac.ir.ops.relaxation import (Curve, Lines, concave_lines, convex_lines, inflection_lines,
                                       kinked_lines, pad_down, pad_up, select, sound_relax)
 
@@ -55,13 +56,16 @@ def padded(ibp, absolute=False):
     return run
 
 
-def smooth(name, fn, relax, ibp=None, aten=(), doc="", exact_ibp=False):
+def smooth(name, fn, relax, ibp=None, aten=(), doc="", exact_ibp=False, tangent_at=None):
     """An elementwise op whose relaxation comes from ``relax(l, u, **attrs) -> Lines``, made
     NaN-free by ``sound_relax`` (constant IBP lines where a line is not finite). The IBP rule
-    (monotone by default) is padded unless ``exact_ibp`` (f exact in floating point)."""
+    (monotone by default) is padded unless ``exact_ibp`` (f exact in floating point).
+    ``tangent_at(l, u, p) -> Lines``: for f convex or concave on its domain, the relaxation
+    with its tangent at p, which alpha-CROWN optimises (ir/ops/tangent_alpha.py)."""
     ibp = ibp or monotone_ibp(fn)
     ibp = ibp if exact_ibp else padded(ibp)
-    return elementwise(name, fn, sound_relax(relax, ibp), ibp=ibp, aten=aten, doc=doc)
+    alpha = {} if tangent_at is None else tangent_alpha_rules(tangent_at, ibp)
+    return elementwise(name, fn, sound_relax(relax, ibp), ibp=ibp, aten=aten, doc=doc, **alpha)
 
 
 def elementwise_with_constants(name, fn, relax, ibp, aten=(), doc="") -> OpDef:

@@ -35,12 +35,19 @@ def _concave(curve):
     return lambda lower, upper, **_: concave_lines(curve, lower, upper)
 
 
+def _tangent_at(curve, convex=True):
+    """The relaxation with its tangent at p (alpha-CROWN's parameter)."""
+    lines = convex_lines if convex else concave_lines
+    return lambda lower, upper, p: lines(curve, lower, upper, p)
+
+
 EXP = Curve(torch.exp, torch.exp)
 smooth("exp", torch.exp, _convex(EXP), aten=("exp.default", "exp_.default"),
-       doc="e^x; convex: chord above, midpoint tangent below")
+       doc="e^x; convex: chord above, midpoint tangent below", tangent_at=_tangent_at(EXP))
 
 EXPM1 = Curve(torch.expm1, torch.exp)
-smooth("expm1", torch.expm1, _convex(EXPM1), aten=("expm1.default",), doc="e^x - 1; convex")
+smooth("expm1", torch.expm1, _convex(EXPM1), aten=("expm1.default",), doc="e^x - 1; convex",
+       tangent_at=_tangent_at(EXPM1))
 
 
 def _log_ibp(fn):
@@ -50,9 +57,9 @@ def _log_ibp(fn):
 
 
 def _positive_concave(curve, op, edge=0.0):
-    def relax(lower, upper, **_):
+    def relax(lower, upper, p=None, **_):
         _require(lower > edge, op, f"reaches {edge} or below")
-        return concave_lines(curve, lower, upper)
+        return concave_lines(curve, lower, upper, p)
     return relax
 
 
@@ -60,22 +67,24 @@ for _name, _fn, _df, _doc in (
         ("log", torch.log, lambda x: 1 / x, "natural log; concave, x > 0"),
         ("log2", torch.log2, lambda x: 1 / (x * math.log(2)), "log base 2; concave, x > 0"),
         ("log10", torch.log10, lambda x: 1 / (x * math.log(10)), "log base 10; concave, x > 0")):
-    smooth(_name, _fn, _positive_concave(Curve(_fn, _df), _name), ibp=_log_ibp(_fn),
-           aten=(f"{_name}.default",), doc=_doc)
+    _relax = _positive_concave(Curve(_fn, _df), _name)
+    smooth(_name, _fn, _relax, ibp=_log_ibp(_fn), aten=(f"{_name}.default",), doc=_doc,
+           tangent_at=_relax)
 
 _LOG1P = Curve(torch.log1p, lambda x: 1 / (1 + x))
-smooth("log1p", torch.log1p, _positive_concave(_LOG1P, "log1p", -1.0),
+_relax = _positive_concave(_LOG1P, "log1p", -1.0)
+smooth("log1p", torch.log1p, _relax,
        ibp=lambda x: Interval(torch.log1p(x.lower.clamp(min=-1)), torch.log1p(x.upper)),
-       aten=("log1p.default",), doc="log(1 + x); concave, x > -1")
+       aten=("log1p.default",), doc="log(1 + x); concave, x > -1", tangent_at=_relax)
 
 
-def _sqrt_relax(lower, upper):
+def _sqrt_relax(lower, upper, p=None):
     _require(lower >= 0, "sqrt", "reaches below 0")
-    return concave_lines(Curve(torch.sqrt, lambda x: 0.5 / torch.sqrt(x)), lower, upper)
+    return concave_lines(Curve(torch.sqrt, lambda x: 0.5 / torch.sqrt(x)), lower, upper, p)
 
 
 smooth("sqrt", torch.sqrt, _sqrt_relax, ibp=_log_ibp(torch.sqrt), aten=("sqrt.default",),
-       doc="square root; concave, x >= 0")
+       doc="square root; concave, x >= 0", tangent_at=_sqrt_relax)
 
 
 # -- powers: x^p for an integer p, or any real p on x >= 0 -------------------------------------

@@ -1,0 +1,56 @@
+"""alpha-CROWN's parametrised relaxation of functions convex (or concave) on their domain.
+
+For f convex on [l, u], the tangent at any point p of [l, u] lies below f there, so the lower
+line may touch f at p = l + alpha (u - l) for any alpha in [0, 1]; the upper line stays the
+chord. A concave f mirrors this (the tangent is its upper line). CROWN's choice is the midpoint
+(alpha = 1/2). The bias of each tangent is derived rigorously by the relaxation library
+(ir/ops/relaxation.py) whatever p is, so every alpha gives a sound bound, and the lines are
+differentiable in p. Each side of a pass has its own slopes (per row, as for ReLU), so the two
+sides get their own lines.
+"""
+from __future__ import annotations
+
+import torch
+
+from lirpac.ir.opdef import Interval
+from lirpac.ir.ops.common import _relaxed_step, _row_dot
+from lirpac.ir.ops.relaxation import sound_relax
+
+
+def tangent_alpha_rules(lines_at, ibp) -> dict:
+    """``backward_alpha`` and ``alpha_init`` (ir/opdef.py) for an op whose relaxation with its
+    tangent at p is ``lines_at(lower, upper, p) -> Lines`` (checking the op's domain), and
+    whose interval rule is ``ibp`` (the fallback where a line is not finite)."""
+    relax_at = sound_relax(lines_at, lambda x, p: ibp(x))
+
+    def alpha_init(lower, upper, **attrs):
+        return torch.full_like(lower, 0.5)
+
+    def backward_alpha(lA, uA, x: Interval, alpha_l, alpha_u, **attrs):
+        some = lA if lA is not None else uA
+        windowed = hasattr(some, "windows")      # Patches (codegen/patches.py)
+        if windowed:
+            at = some.windows
+            alpha_l, alpha_u = (al if al is None or al.shape == some.coeff.shape else at(al[:, 0])
+                                for al in (alpha_l, alpha_u))
+        else:
+            def at(t):
+                return t.unsqueeze(1)
+        lower, upper = at(x.lower), at(x.upper)
+        coeffs = [None if c is None else (c.coeff if windowed else c) for c in (lA, uA)]
+        new, biases = [None, None], [0, 0]
+        for side, alpha in enumerate((alpha_l, alpha_u)):
+            if coeffs[side] is None:
+                continue
+            p = lower + alpha * (upper - lower)
+            p = torch.where(torch.isfinite(p), p, torch.zeros_like(p))   # the lines fall back
+            lines = relax_at(*torch.broadcast_tensors(lower, upper, p))
+            args = [None, None]
+            args[side] = coeffs[side]
+            step = _relaxed_step(*args, *lines, _row_dot)
+            new[side], biases[side] = step[side], step[2 + side]
+        if windowed:
+            new = [None if c is None else some.with_coeff(c) for c in new]
+        return [tuple(new)], biases[0], biases[1]
+
+    return {"backward_alpha": backward_alpha, "alpha_init": alpha_init}
