@@ -136,9 +136,13 @@ def crown_mode(graph: Graph, node: Node) -> tuple[str, str]:
 
 def chosen_mode(graph: Graph, node: Node) -> str:
     """CROWN's way for ``node`` as annotated at compile time (so the dump says what the code
-    does), else as ``crown_mode`` picks it now."""
+    does), else as ``crown_mode`` picks it now; a note that a later rewrite made stale never
+    puts forward mode where it is not exact."""
     note = node.notes.get("crown")
-    return note.split(" ", 1)[0] if note else crown_mode(graph, node)[0]
+    mode = note.split(" ", 1)[0] if note else crown_mode(graph, node)[0]
+    if mode == "forward" and not forward_exact(graph, node):
+        return "backward"
+    return mode
 
 
 def annotate(graph: Graph) -> Graph:

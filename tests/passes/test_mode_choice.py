@@ -143,3 +143,11 @@ def test_alpha_crown_keeps_its_backward_passes():
     net = lirpac.compile(model, torch.zeros(1, 3))
     net.bounds(torch.rand(1, 3), lirpac.LpBall(eps=0.1), method="alpha-crown")
     assert "forward_rows" not in net.dump("alpha-crown")
+
+
+def test_stale_note_never_puts_forward_where_it_is_not_exact():
+    net = lirpac.compile(low_dim_mlp(0), torch.zeros(1, 3))
+    deep = [n for n in net.graph.nodes if "crown" in n.notes][-1]
+    deep.notes["crown"] = "forward (written by hand)"
+    assert not bound_needs.forward_exact(net.graph, deep)
+    assert bound_needs.chosen_mode(net.graph, deep) == "backward"
