@@ -13,6 +13,7 @@ the slopes' storage, an ``AlphaState`` that a later call can start from (warm st
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field, fields
 
 import torch
@@ -27,13 +28,15 @@ class AlphaOptions:
     Adam step; lr, lr_decay: Adam's step size and its decay per step; patience: steps without
     a better objective before stopping; alpha_shared: one slope per neuron shared by all rows
     of a pass instead of one per row; optimize_intermediate: also optimise the slopes of the
-    intermediate bounds' passes (else they keep CROWN's)."""
+    intermediate bounds' passes (else they keep CROWN's); time_limit: seconds after which no
+    further step starts (the best bound so far is returned; None: no limit)."""
     iterations: int = 20
     lr: float = 0.5
     lr_decay: float = 0.98
     patience: int = 10
     alpha_shared: bool = False
     optimize_intermediate: bool = True
+    time_limit: float | None = None
 
     @classmethod
     def from_dict(cls, options: dict | None) -> "AlphaOptions":
@@ -44,9 +47,10 @@ class AlphaOptions:
             raise InputError(f"unknown alpha-crown option(s) {', '.join(unknown)}; the options are "
                              f"{', '.join(sorted(known))} (and state=lirpac.AlphaState for a warm start)")
         opts = cls(**options)
-        if opts.iterations < 1 or opts.lr < 0 or not 0 < opts.lr_decay <= 1 or opts.patience < 1:
+        if (opts.iterations < 1 or opts.lr < 0 or not 0 < opts.lr_decay <= 1 or opts.patience < 1
+                or opts.time_limit is not None and not opts.time_limit > 0):
             raise InputError(f"alpha-crown options out of range: {opts} (iterations >= 1, lr >= 0, "
-                             "0 < lr_decay <= 1, patience >= 1)")
+                             "0 < lr_decay <= 1, patience >= 1, time_limit > 0 or None)")
         return opts
 
 
@@ -122,6 +126,7 @@ def optimise(step, inp, C, params, output: str, opts: AlphaOptions, state: Alpha
     params = [p.detach() for p in params]
     best_lower = best_upper = best_A = None
     best_objective, best_alphas, stale = -math.inf, None, 0
+    started = time.monotonic()
     optimiser = schedule = alphas = None
     for iteration in range(opts.iterations):
         with torch.enable_grad():
@@ -137,7 +142,8 @@ def optimise(step, inp, C, params, output: str, opts: AlphaOptions, state: Alpha
             best_A = None if A is None else tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in A)
         else:
             stale += 1
-        if iteration == opts.iterations - 1 or stale >= opts.patience:
+        if iteration == opts.iterations - 1 or stale >= opts.patience or (
+                opts.time_limit is not None and time.monotonic() - started >= opts.time_limit):
             break
         if optimiser is None:
             alphas = state.trainable()

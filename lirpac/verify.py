@@ -189,7 +189,11 @@ class _Instance:
                 lin = self.net.linear_bounds(centre, box, method=method, C=C, bound_upper=False)
                 lb, coeff = lin.lower, lin.lower_coeff.reshape(len(boxes), n_rows, -1).abs()
             else:
-                lb, _ = self.net.bounds(centre, box, method=method, C=C, bound_upper=False)
+                # alpha-CROWN stops its steps when the instance's time is nearly spent
+                options = ({"time_limit": max(0.8 * self.time_left(), 1e-3)}
+                           if method == "alpha-crown" else None)
+                lb, _ = self.net.bounds(centre, box, method=method, C=C, bound_upper=False,
+                                        options=options)
         margin = lb.double() - d   # > 0: that row is never met in the box
         left = []
         for b, (sub, ps) in enumerate(zip(boxes, polys)):

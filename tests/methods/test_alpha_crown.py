@@ -149,6 +149,23 @@ def test_options_errors():
         net.bounds(x, ball, method="crown", options={"iterations": 3})
     with pytest.raises(lirpac.InputError, match="AlphaState"):
         net.bounds(x, ball, method="alpha-crown", options={"state": {}})
+    for bad in (0, -1.0, float("nan")):
+        with pytest.raises(lirpac.InputError, match="time_limit"):
+            net.bounds(x, ball, method="alpha-crown", options={"time_limit": bad})
+
+
+def test_time_limit_stops_the_steps():
+    """With no time left after the first evaluation, the result is CROWN's (step 0)."""
+    model, net, shape = compiled_arch("mlp")
+    reinit(model, 1, scale=2.0)
+    x = torch.randn(2, *shape)
+    ball = lirpac.LpBall(eps=0.3)
+    crown = net.bounds(x, ball, method="crown")
+    short = net.bounds(x, ball, method="alpha-crown", options={"time_limit": 1e-9})
+    full = net.bounds(x, ball, method="alpha-crown")
+    torch.testing.assert_close(short[0], crown[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(short[1], crown[1], rtol=1e-5, atol=1e-5)
+    assert (full[1] - full[0]).sum() < (short[1] - short[0]).sum()
 
 
 @pytest.mark.parametrize("name", ["alpha-CROWN", "CROWN-Optimized"])
