@@ -21,8 +21,7 @@ from lirpac.codegen import patches, runtime
 from lirpac.errors import InputError
 from lirpac.ir.graph import Graph, Node
 from lirpac.ir.opdef import Interval, Linear, REGISTRY, get_op
-from lirpac.ir.ops.common import (prepare_lines, relaxed_backward_lines,
-                                  relaxed_backward_patches_lines)
+from lirpac.ir.ops.common import prepare_lines, relaxed_backward_lines
 from lirpac.passes.bound_needs import chosen_mode, nodes_needing_bounds, single_affine_of_input
 
 METHODS = ("ibp", "crown", "forward", "crown-ibp", "forward+crown", "alpha-crown")
@@ -208,8 +207,7 @@ class _Emitter:
                     for i in n.inputs]
             if n in self.lines_of:
                 # the lines were computed once for every pass (``relaxations``)
-                fn = "relaxed_patches" if n in patched else "relaxed"
-                self.emit(f"_coeffs, _lb, _ub = {fn}(lA_{n.name}, uA_{n.name}, {self.lines_of[n]})")
+                self.emit(f"_coeffs, _lb, _ub = relaxed(lA_{n.name}, uA_{n.name}, {self.lines_of[n]})")
             elif n in patched:
                 fn, args = self.patches_rule(target, n, args)
             else:
@@ -501,7 +499,7 @@ def generate(graph: Graph, plan: Plan, emitter: "_Emitter | None" = None) -> tup
                  "forward_rows": runtime.forward_rows,
                  "identity_patches": patches.identity_patches, "dense_pair": runtime.dense_pair,
                  "concretize_pair": patches.concretize_pair, "prepare_lines": prepare_lines,
-                 "relaxed": relaxed_backward_lines, "relaxed_patches": relaxed_backward_patches_lines}
+                 "relaxed": relaxed_backward_lines}
     for op, mode in emitter.rules:
         opdef = REGISTRY[op]
         namespace[f"{_MODE_PREFIX[mode]}_{op}"] = getattr(opdef, mode)

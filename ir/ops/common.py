@@ -86,29 +86,47 @@ def relaxed_backward(lA, uA, relax):
     return relaxed_backward_lines(lA, uA, prepare_lines(relax))
 
 
-def relaxed_backward_lines(lA, uA, lines):
-    """``relaxed_backward`` from prepared lines (``prepare_lines``)."""
-    lines = [r if isinstance(r, int) else r.unsqueeze(1) for r in lines]
-    new_l, new_u, lbias, ubias = _relaxed_step(lA, uA, *lines, _row_dot)
-    return [(new_l, new_u)], lbias, ubias
-
-
 def relaxed_backward_patches(lA, uA, relax):
     """Backward through an elementwise relaxation on Patches (codegen/patches.py): the slopes
     and biases are read at each row's window, then the rule is the dense one."""
-    return relaxed_backward_patches_lines(lA, uA, prepare_lines(relax))
+    return relaxed_backward_lines(lA, uA, prepare_lines(relax))
 
 
-def relaxed_backward_patches_lines(lA, uA, lines):
-    """``relaxed_backward_patches`` from prepared lines (``prepare_lines``)."""
-    some = lA if lA is not None else uA
-    lines = [r if isinstance(r, int) else some.windows(r) for r in lines]
-    lA_c, uA_c = (None if a is None else a.coeff for a in (lA, uA))
-    if uA is lA:
-        uA_c = lA_c
-    new_l, new_u, lbias, ubias = _relaxed_step(lA_c, uA_c, *lines, _row_dot)
-    return ([(None if new_l is None else some.with_coeff(new_l),
-              None if new_u is None else some.with_coeff(new_u))], lbias, ubias)
+def relaxed_backward_lines(lA, uA, lines):
+    """``relaxed_backward`` from prepared lines (``prepare_lines``), on dense coefficients or
+    on Patches."""
+    rows = RowLayout(lA, uA)
+    lines = [r if isinstance(r, int) else rows.at(r) for r in lines]
+    new_l, new_u, lbias, ubias = _relaxed_step(*rows.coeffs, *lines, _row_dot)
+    return [(rows.wrap(new_l), rows.wrap(new_u))], lbias, ubias
+
+
+class RowLayout:
+    """How per-row values meet a backward step's coefficients (dense, or Patches from
+    codegen/patches.py): ``at(t)`` turns a node-shaped (B, *shape) tensor into one that
+    multiplies the coefficients (dense: one added row dim; Patches: each row's window);
+    ``slopes(alpha)`` reads a per-row parameter the same way (a shared (B, 1, ...) one on
+    Patches is read at the windows); ``coeffs`` are the raw coefficient tensors of both sides
+    (the same object when the sides are) and ``wrap`` turns new ones back."""
+
+    def __init__(self, lA, uA):
+        self.some = lA if lA is not None else uA
+        self.windowed = hasattr(self.some, "windows")
+        coeffs = [None if c is None else (c.coeff if self.windowed else c) for c in (lA, uA)]
+        if uA is lA:
+            coeffs[1] = coeffs[0]
+        self.coeffs = coeffs
+
+    def at(self, t: torch.Tensor) -> torch.Tensor:
+        return self.some.windows(t) if self.windowed else t.unsqueeze(1)
+
+    def slopes(self, alpha):
+        if alpha is None or not self.windowed or alpha.shape == self.some.coeff.shape:
+            return alpha
+        return self.some.windows(alpha[:, 0])
+
+    def wrap(self, coeff):
+        return coeff if coeff is None or not self.windowed else self.some.with_coeff(coeff)
 
 
 def _row_dot(coeff, values):

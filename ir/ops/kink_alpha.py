@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 
 from lirpac.ir.opdef import Interval
-from lirpac.ir.ops.common import (_relaxed_step, _row_dot, prepare_lines, relaxed_backward,
-                                  relaxed_backward_patches)
+from lirpac.ir.ops.common import (RowLayout, _relaxed_step, _row_dot, prepare_lines,
+                                  relaxed_backward, relaxed_backward_patches)
 
 
 def kink_alpha_rules(relax, bottom_slope) -> dict:
@@ -29,21 +29,12 @@ def kink_alpha_rules(relax, bottom_slope) -> dict:
     def backward_alpha(lA, uA, x: Interval, alpha_l, alpha_u, **attrs):
         relaxation = relax(x.lower, x.upper, **attrs)
         a = bottom_slope(**attrs)
-        some = lA if lA is not None else uA
-        windowed = hasattr(some, "windows")      # Patches (codegen/patches.py)
+        rows = RowLayout(lA, uA)
         if a >= 1:
-            return (relaxed_backward_patches if windowed else relaxed_backward)(lA, uA, relaxation)
-        unstable = (x.lower < 0) & (x.upper > 0)
-        if windowed:
-            # lines and slopes at each row's window; shared slopes are read there too
-            at = some.windows
-            alpha_l, alpha_u = (al if al is None or al.shape == some.coeff.shape else at(al[:, 0])
-                                for al in (alpha_l, alpha_u))
-        else:
-            def at(t):
-                return t.unsqueeze(1)
-        l_slope, l_bias, u_slope, u_bias = (at(r) for r in relaxation)
-        unstable = at(unstable)
+            return (relaxed_backward_patches if rows.windowed else relaxed_backward)(lA, uA, relaxation)
+        l_slope, l_bias, u_slope, u_bias = (rows.at(r) for r in relaxation)
+        unstable = rows.at((x.lower < 0) & (x.upper > 0))
+        alpha_l, alpha_u = rows.slopes(alpha_l), rows.slopes(alpha_u)
         if a != 0:
             alpha_l = None if alpha_l is None else a + (1 - a) * alpha_l
             alpha_u = None if alpha_u is None else a + (1 - a) * alpha_u
@@ -53,14 +44,9 @@ def kink_alpha_rules(relax, bottom_slope) -> dict:
         slope_u = None if uA is None else torch.where(unstable, alpha_u, l_slope)
         # the slopes stay tensors even where zero: they carry alpha's gradient
         l_bias, u_slope, u_bias = prepare_lines((l_bias, u_slope, u_bias))
-        coeffs = [None if c is None else (c.coeff if windowed else c) for c in (lA, uA)]
-        if uA is lA:
-            coeffs[1] = coeffs[0]
         new_l, new_u, lbias, ubias = _relaxed_step(
-            *coeffs, slope_l if slope_l is not None else slope_u, l_bias, u_slope, u_bias, _row_dot,
-            l_slope_of_upper=slope_u)
-        if windowed:
-            new_l, new_u = (None if c is None else some.with_coeff(c) for c in (new_l, new_u))
-        return [(new_l, new_u)], lbias, ubias
+            *rows.coeffs, slope_l if slope_l is not None else slope_u, l_bias, u_slope, u_bias,
+            _row_dot, l_slope_of_upper=slope_u)
+        return [(rows.wrap(new_l), rows.wrap(new_u))], lbias, ubias
 
     return {"backward_alpha": backward_alpha, "alpha_init": alpha_init}

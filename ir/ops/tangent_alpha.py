@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from lirpac.ir.opdef import Interval
-from lirpac.ir.ops.common import _relaxed_step, _row_dot
+from lirpac.ir.ops.common import RowLayout, _relaxed_step, _row_dot
 from lirpac.ir.ops.relaxation import sound_relax
 
 
@@ -27,30 +27,19 @@ def tangent_alpha_rules(lines_at, ibp) -> dict:
         return torch.full_like(lower, 0.5)
 
     def backward_alpha(lA, uA, x: Interval, alpha_l, alpha_u, **attrs):
-        some = lA if lA is not None else uA
-        windowed = hasattr(some, "windows")      # Patches (codegen/patches.py)
-        if windowed:
-            at = some.windows
-            alpha_l, alpha_u = (al if al is None or al.shape == some.coeff.shape else at(al[:, 0])
-                                for al in (alpha_l, alpha_u))
-        else:
-            def at(t):
-                return t.unsqueeze(1)
-        lower, upper = at(x.lower), at(x.upper)
-        coeffs = [None if c is None else (c.coeff if windowed else c) for c in (lA, uA)]
+        rows = RowLayout(lA, uA)
+        lower, upper = rows.at(x.lower), rows.at(x.upper)
         new, biases = [None, None], [0, 0]
         for side, alpha in enumerate((alpha_l, alpha_u)):
-            if coeffs[side] is None:
+            if rows.coeffs[side] is None:
                 continue
-            p = lower + alpha * (upper - lower)
+            p = lower + rows.slopes(alpha) * (upper - lower)
             p = torch.where(torch.isfinite(p), p, torch.zeros_like(p))   # the lines fall back
             lines = relax_at(*torch.broadcast_tensors(lower, upper, p))
             args = [None, None]
-            args[side] = coeffs[side]
+            args[side] = rows.coeffs[side]
             step = _relaxed_step(*args, *lines, _row_dot)
-            new[side], biases[side] = step[side], step[2 + side]
-        if windowed:
-            new = [None if c is None else some.with_coeff(c) for c in new]
+            new[side], biases[side] = rows.wrap(step[side]), step[2 + side]
         return [tuple(new)], biases[0], biases[1]
 
     return {"backward_alpha": backward_alpha, "alpha_init": alpha_init}

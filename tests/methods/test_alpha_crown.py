@@ -98,11 +98,19 @@ def test_gradient_matches_finite_differences(arch):
     alphas = [a for a in state.trainable() if a.numel()]
     intermediate = [a for k, pair in state.alphas.items() if k[0] != net.graph.output.name for a in pair]
     assert len(alphas) >= 4 and any(a.numel() for a in intermediate)
+    checked = _check_gradient(net, x, ball, C, state, alphas, lambda flat, grad: (
+        torch.randint(0, flat.numel(), (3,), generator=g).tolist() + [int(grad.abs().argmax())]))
+    assert checked >= 2
+
+
+def _check_gradient(net, x, ball, C, state, alphas, coordinates) -> int:
+    """autograd's derivative of the objective in each slope against central differences at
+    ``coordinates(flat, grad)``; returns how many checked derivatives were nonzero."""
     grads = torch.autograd.grad(_objective(net, x, ball, C, state), alphas)
     checked = 0
     for a, grad in zip(alphas, grads):
         flat, grad = a.data.view(-1), grad.reshape(-1)
-        for i in torch.randint(0, flat.numel(), (3,), generator=g).tolist() + [int(grad.abs().argmax())]:
+        for i in coordinates(flat, grad):
             h, keep = 1e-6, flat[i].item()
             flat[i] = keep + h
             up = _objective(net, x, ball, C, state).item()
@@ -111,7 +119,7 @@ def test_gradient_matches_finite_differences(arch):
             flat[i] = keep
             assert abs((up - down) / (2 * h) - grad[i].item()) <= 1e-5 * (1 + abs(grad[i].item()))
             checked += grad[i].item() != 0
-    assert checked >= 2
+    return checked
 
 
 def test_warm_start_reuses_slopes():
@@ -265,17 +273,6 @@ def test_tangent_gradient_matches_finite_differences():
     with torch.no_grad():
         for a in alphas:
             a.copy_(0.1 + 0.8 * torch.rand(a.shape, generator=g, dtype=a.dtype))
-    grads = torch.autograd.grad(_objective(net, x, ball, None, state), alphas)
-    checked = 0
-    for a, grad in zip(alphas, grads):
-        flat, grad = a.data.view(-1), grad.reshape(-1)
-        for i in range(0, flat.numel(), max(1, flat.numel() // 4)):
-            h, keep = 1e-6, flat[i].item()
-            flat[i] = keep + h
-            up = _objective(net, x, ball, None, state).item()
-            flat[i] = keep - h
-            down = _objective(net, x, ball, None, state).item()
-            flat[i] = keep
-            assert abs((up - down) / (2 * h) - grad[i].item()) <= 1e-5 * (1 + abs(grad[i].item()))
-            checked += grad[i].item() != 0
+    checked = _check_gradient(net, x, ball, None, state, alphas,
+                              lambda flat, grad: range(0, flat.numel(), max(1, flat.numel() // 4)))
     assert checked >= 3
