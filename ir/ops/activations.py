@@ -17,6 +17,7 @@ from lirpac.ir.graph import Node
 from lirpac.ir.opdef import Interval, Linear, OpDef, aten_lowering, register
 from lirpac.ir.ops.common import elementwise, monotone_ibp, relaxed_backward, relaxed_forward
 from lirpac.ir.ops.kink_alpha import kink_alpha_rules
+from lirpac.ir.ops.blend_alpha import blend_alpha_rules
 from lirpac.ir.ops.tangent_alpha import tangent_alpha_rules
 from lirpac.ir.ops.relaxation import (Curve, Lines, concave_lines, convex_lines, inflection_lines,
                                       kinked_lines, pad_down, pad_up, select, sound_relax)
@@ -56,16 +57,20 @@ def padded(ibp, absolute=False):
     return run
 
 
-def smooth(name, fn, relax, ibp=None, aten=(), doc="", exact_ibp=False, tangent_at=None):
+def smooth(name, fn, relax, ibp=None, aten=(), doc="", exact_ibp=False, tangent_at=None,
+           blend=False):
     """An elementwise op whose relaxation comes from ``relax(l, u, **attrs) -> Lines``, made
     NaN-free by ``sound_relax`` (constant IBP lines where a line is not finite). The IBP rule
     (monotone by default) is padded unless ``exact_ibp`` (f exact in floating point).
-    ``tangent_at(l, u, p) -> Lines``: for f convex or concave on its domain, the relaxation
-    with its tangent at p, which alpha-CROWN optimises (ir/ops/tangent_alpha.py)."""
+    alpha-CROWN optimises, with ``tangent_at(l, u, p) -> Lines`` (f convex or concave on its
+    domain), the relaxation's tangent point (ir/ops/tangent_alpha.py); with ``blend`` (f
+    bounded), blends of its lines with the interval bounds (ir/ops/blend_alpha.py)."""
     ibp = ibp or monotone_ibp(fn)
     ibp = ibp if exact_ibp else padded(ibp)
-    alpha = {} if tangent_at is None else tangent_alpha_rules(tangent_at, ibp)
-    return elementwise(name, fn, sound_relax(relax, ibp), ibp=ibp, aten=aten, doc=doc, **alpha)
+    relax = sound_relax(relax, ibp)
+    alpha = (tangent_alpha_rules(tangent_at, ibp) if tangent_at is not None else
+             blend_alpha_rules(relax, ibp) if blend else {})
+    return elementwise(name, fn, relax, ibp=ibp, aten=aten, doc=doc, **alpha)
 
 
 def elementwise_with_constants(name, fn, relax, ibp, aten=(), doc="") -> OpDef:
@@ -112,11 +117,11 @@ TANH = Curve(torch.tanh, lambda x: torch.cosh(x).pow(-2))
 ATAN = Curve(torch.atan, lambda x: 1 / (1 + x * x))
 
 smooth("sigmoid", torch.sigmoid, s_shaped(SIGMOID), aten=("sigmoid.default", "sigmoid_.default"),
-       doc="1 / (1 + exp(-x)); CROWN tangent/chord lines")
+       doc="1 / (1 + exp(-x)); CROWN tangent/chord lines", blend=True)
 smooth("tanh", torch.tanh, s_shaped(TANH), aten=("tanh.default", "tanh_.default"),
-       doc="tanh(x); CROWN tangent/chord lines")
+       doc="tanh(x); CROWN tangent/chord lines", blend=True)
 smooth("atan", torch.atan, s_shaped(ATAN), aten=("atan.default",),
-       doc="arctan(x); CROWN tangent/chord lines")
+       doc="arctan(x); CROWN tangent/chord lines", blend=True)
 
 
 # -- dips: GELU, SiLU (concave, convex around 0, concave) -------------------------------------

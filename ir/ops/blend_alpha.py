@@ -1,0 +1,56 @@
+"""alpha-CROWN for bounded elementwise functions (sigmoid, tanh, atan): blended lines.
+
+Lines that lie below f on [l, u] form a convex set, and so do the lines above it: a blend
+alpha * L + (1 - alpha) * K of two sound lower lines is a sound lower line. Here L is CROWN's
+line (chord or tangent, ir/ops/relaxation.py) and K the constant line at the interval bound
+(IBP), so alpha in [0, 1] slides each line from CROWN's (alpha = 1, the start: step 0 is
+CROWN) towards a flatter one. As for ReLU, each side of a pass has its own alpha per row and
+neuron; a coefficient's sign picks which of the two lines it meets, so one alpha serves both.
+The blend is rounded outward by a few ulps of its terms (exact at alpha = 1).
+"""
+from __future__ import annotations
+
+import torch
+
+from lirpac.ir.opdef import Interval
+from lirpac.ir.ops.common import RowLayout, _relaxed_step, _row_dot
+from lirpac.ir.ops.relaxation import pad_down, pad_up
+
+
+def blend_alpha_rules(relax, ibp) -> dict:
+    """``backward_alpha`` and ``alpha_init`` (ir/opdef.py) for an op with the sound
+    relaxation ``relax(lower, upper) -> lines`` and finite interval rule ``ibp``."""
+
+    def alpha_init(lower, upper, **attrs):
+        return torch.ones_like(lower)
+
+    def backward_alpha(lA, uA, x: Interval, alpha_l, alpha_u, **attrs):
+        rows = RowLayout(lA, uA)
+        ls, lb, us, ub = (rows.at(r) for r in relax(x.lower, x.upper, **attrs))
+        box = ibp(x, **attrs)
+        floor, ceiling = rows.at(box.lower), rows.at(box.upper)
+        reach = rows.at(torch.maximum(x.lower.abs(), x.upper.abs()))
+        new, biases = [None, None], [0, 0]
+        for side, alpha in enumerate((alpha_l, alpha_u)):
+            if rows.coeffs[side] is None:
+                continue
+            a = rows.slopes(alpha)
+            lines = (*_blend(a, ls, lb, floor, reach, up=False),
+                     *_blend(a, us, ub, ceiling, reach, up=True))
+            args = [None, None]
+            args[side] = rows.coeffs[side]
+            step = _relaxed_step(*args, *lines, _row_dot)
+            new[side], biases[side] = rows.wrap(step[side]), step[2 + side]
+        return [tuple(new)], biases[0], biases[1]
+
+    return {"backward_alpha": backward_alpha, "alpha_init": alpha_init}
+
+
+def _blend(a, slope, bias, level, reach, up: bool):
+    """alpha * (slope, bias) + (1 - alpha) * (0, level), moved outward by the rounding of its
+    terms over |x| <= reach; CROWN's own line where alpha is 1."""
+    s = a * slope
+    b = bias + (1 - a) * (level - bias)          # exactly ``bias`` at alpha = 1
+    scale = s.abs() * reach + bias.abs() + level.abs()
+    padded = pad_up(b, scale) if up else pad_down(b, scale)
+    return s, torch.where(a == 1, b, padded)
