@@ -53,4 +53,7 @@ def _blend(a, slope, bias, level, reach, up: bool):
     b = bias + (1 - a) * (level - bias)          # exactly ``bias`` at alpha = 1
     scale = s.abs() * reach + bias.abs() + level.abs()
     padded = pad_up(b, scale) if up else pad_down(b, scale)
+    # an unbounded input (reach = inf) leaves the line vacuous but finite, as ``finish`` does
+    big = torch.finfo(b.dtype).max
+    padded = padded.nan_to_num(nan=big if up else -big, posinf=big, neginf=-big)
     return s, torch.where(a == 1, b, padded)
