@@ -144,20 +144,23 @@ class _Emitter:
             if n in self.needs:
                 self.bounds[n] = n.name
 
+    def forward_line(self, n: Node) -> None:
+        """``n``'s forward-mode linear bounds (``<n>_lin``) from its inputs'."""
+        if n is self.x:
+            self.emit(f"{n.name}_lin = input_linear(inp.lower)")
+            return
+        args = [f"{i.name}_lin" if i.perturbed else i.name for i in n.inputs]
+        self.emit(f"{n.name}_lin = {self.call(self.rule(n.op, 'forward_mode', n), args, self.attrs(n))}")
+
     def forward_mode(self, nodes: list[Node]) -> None:
         for n in nodes:
-            if n is self.x:
-                self.emit(f"{n.name}_lin = input_linear(inp.lower)")
-                if n in self.needs:
-                    self.emit(f"{n.name}_lin = {n.name}_lin._replace(bounds=Interval(inp.lower, inp.upper))")
-            else:
-                args = [f"{i.name}_lin" if i.perturbed else i.name for i in n.inputs]
-                self.emit(f"{n.name}_lin = {self.call(self.rule(n.op, 'forward_mode', n), args, self.attrs(n))}")
-                if n in self.needs:
-                    self.emit(f"{n.name}_lin = {n.name}_lin._replace("
-                              f"bounds=Interval(*inp.concretize_linear({n.name}_lin)))")
-            if n in self.needs:
-                self.bounds[n] = f"{n.name}_lin.bounds"
+            self.forward_line(n)
+            if n not in self.needs:
+                continue
+            bounds = ("Interval(inp.lower, inp.upper)" if n is self.x
+                      else f"Interval(*inp.concretize_linear({n.name}_lin))")
+            self.emit(f"{n.name}_lin = {n.name}_lin._replace(bounds={bounds})")
+            self.bounds[n] = f"{n.name}_lin.bounds"
 
     def backward(self, target: Node, spec: bool, lower: bool, upper: bool, rows: str | None = None,
                  layout: "_PassLayout | None" = None) -> None:
@@ -397,11 +400,7 @@ class _Emitter:
         it is exact: bound_needs.forward_exact). Nodes with intermediate bounds carry them, so
         each relaxation uses the lines a backward pass would."""
         for m in self.region([target]):
-            if m is self.x:
-                self.emit(f"{m.name}_lin = input_linear(inp.lower)")
-            else:
-                args = [f"{i.name}_lin" if i.perturbed else i.name for i in m.inputs]
-                self.emit(f"{m.name}_lin = {self.call(self.rule(m.op, 'forward_mode', m), args, self.attrs(m))}")
+            self.forward_line(m)
             if m in self.bounds and m is not target:
                 self.emit(f"{m.name}_lin = {m.name}_lin._replace(bounds={self.bounds[m]})")
         self.emit(f"return forward_rows(inp, {target.name}_lin, _rows)")
