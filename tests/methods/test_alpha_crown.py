@@ -200,13 +200,29 @@ class ConvLeaky(nn.Module):
         return self.fc(torch.relu(self.c3(h)).flatten(1))
 
 
+class ConvSmooth(nn.Module):
+    """Convolutions with tanh, sigmoid (blended lines) and exp (tangent points) between them."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(2, 4, 3, padding=1)
+        self.c2 = nn.Conv2d(4, 4, 3, stride=2, padding=1)
+        self.c3 = nn.Conv2d(4, 3, 3, padding=1)
+        self.fc = nn.Linear(3 * 4 * 4, 3)
+
+    def forward(self, x):                           # (B, 2, 8, 8)
+        h = torch.sigmoid(self.c2(torch.tanh(self.c1(x))))
+        return self.fc(torch.exp(0.3 * self.c3(h)).flatten(1))
+
+
 @pytest.mark.parametrize("shared", [False, True])
-def test_patches_equal_matrix(shared):
+@pytest.mark.parametrize("arch", [ConvLeaky, ConvSmooth])
+def test_patches_equal_matrix(shared, arch):
     """On Patches each row's slopes cover its window only: the same parametrisation as dense
     per-row slopes (outside the window a slope meets a zero coefficient), so both layouts
     follow the same optimisation path."""
     torch.manual_seed(0)
-    model = ConvLeaky().eval()
+    model = arch().eval()
     x = torch.randn(2, 2, 8, 8, dtype=torch.float64)
     model = model.double()
     ball = lirpac.LpBall(eps=0.3)
