@@ -7,8 +7,10 @@ tensors per backward pass (the target) and node, so every intermediate pass and 
 relax each unstable neuron with its own slope per row. ``alphas`` is an argument of the function
 (a lirpac.AlphaState), never a property of the graph.
 
-The rows of an intermediate pass are the neurons its IBP reference leaves unstable: they do not
-depend on the slopes, so every step has the same alpha shapes. Passes run as one chunk (the
+The rows of an intermediate pass are the neurons its reference leaves unstable: the IBP
+reference intersected with the bounds the loop's first evaluation recorded (lirpac/alpha.py;
+CROWN's slopes), which leaves far fewer rows than IBP alone. They do not depend on the
+slopes, so every step has the same alpha shapes. Passes run as one chunk (the
 slopes of all rows live anyway, and autograd keeps the coefficients for the gradient). Passes
 through convolutions use Patches as CROWN's do (the same cost model): a ReLU there gets one
 slope per row and position of the row's window, which is a dense per-row slope restricted to
@@ -36,6 +38,14 @@ class AlphaEmitter(torch_backend._Emitter):
 
     def uses_lines(self, n: Node) -> bool:
         return get_op(n.op).backward_alpha is None and super().uses_lines(n)
+
+    def pass_reference(self, n: Node) -> str:
+        # the IBP reference, narrowed by the bounds of the loop's first evaluation
+        self.emit(f"{n.name}_ref = alphas.reference({n.name!r}, {n.name})")
+        return f"{n.name}_ref"
+
+    def kept_bounds(self, n: Node, expr: str) -> str:
+        return f"alphas.record({n.name!r}, {expr})"
 
     def patches_rule(self, target: Node, n: Node, args: list[str]) -> tuple[str, list[str]]:
         # backward_alpha takes Patches too: slopes per row's window

@@ -368,7 +368,8 @@ class _Emitter:
             sparse = self.plan.sparse and all(
                 get_op(u.op).exact_when_sign_known for u in users[n] if get_op(u.op).nonlinear)
             rows = f"{n.name}_rows"
-            self.emit(f"{rows} = {'straddling_rows' if sparse else 'all_rows'}({n.name})")
+            reference = self.pass_reference(n)
+            self.emit(f"{rows} = {'straddling_rows' if sparse else 'all_rows'}({reference})")
             forward = self.forward_when_exact and chosen_mode(self.graph, n) == "forward"
             if forward:
                 self.emit(f"# forward mode: exact for %{n.name} and cheaper (passes/bound_needs.py)")
@@ -389,11 +390,21 @@ class _Emitter:
                 # selections: about 10 coefficient-sized tensors at the widest node (measured
                 # on cnn_4c_bn)
                 row_bytes = f"B * {10 * layout.row_elements} * inp.lower.element_size()"
-            self.emit(f"{n.name}_bounds = tighten_chunks({n.name}, {rows}, {n.name}_pass, "
-                      f"{row_bytes}, {budget}{', intersect=True' if self.plan.intersect else ''})")
+            tightened = (f"tighten_chunks({reference}, {rows}, {n.name}_pass, {row_bytes}, {budget}"
+                         f"{', intersect=True' if self.plan.intersect else ''})")
+            self.emit(f"{n.name}_bounds = {self.kept_bounds(n, tightened)}")
             if self.restart_reference:
                 self.emit(f"{n.name} = {n.name}_bounds")
             self.bounds[n] = f"{n.name}_bounds"
+
+    def pass_reference(self, n: Node) -> str:
+        """The bounds a pass for ``n`` tightens, which also pick its rows: its IBP reference
+        (a hook: alpha-CROWN narrows it with bounds it recorded before its steps)."""
+        return n.name
+
+    def kept_bounds(self, n: Node, expr: str) -> str:
+        """The expression that becomes ``n``'s bounds (a hook: alpha-CROWN records them)."""
+        return expr
 
     def forward_rows(self, target: Node) -> None:
         """Body of a pass that bounds the rows ``_rows`` of ``target`` by forward mode (where

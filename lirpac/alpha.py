@@ -61,11 +61,32 @@ class AlphaState:
     rows' windows (batch, rows, C, KH, KW), in [0, 1] (None for a side not
     computed). Pass it back (``net.alpha_crown(..., state=s)`` or ``options={"state": s}``) to
     start from these slopes; a slot whose shape no longer fits (other batch, spec or
-    alpha_shared) starts again from CROWN's."""
+    alpha_shared) starts again from CROWN's.
+
+    ``references``: each intermediate node's bounds from the first evaluation of the current
+    call (CROWN's slopes, no gradients), which narrow the IBP reference of the steps that
+    follow, so their passes bound only the neurons those bounds leave unstable. They belong to
+    one input set: ``optimise`` clears them at the start of every call."""
     alphas: dict = field(default_factory=dict)
     output: str = ""
     shared: bool = False
     trained_passes: str = "all"      # "all" or "final": whose slopes the optimiser moves
+    references: dict = field(default_factory=dict)
+    recording: bool = False
+
+    def reference(self, node: str, ibp):
+        """The bounds a pass for ``node`` tightens: its IBP reference, intersected with the
+        recorded bounds when there are some (both are sound)."""
+        known = self.references.get(node)
+        if known is None:
+            return ibp
+        return type(ibp)(torch.maximum(ibp.lower, known.lower), torch.minimum(ibp.upper, known.upper))
+
+    def record(self, node: str, bounds):
+        """Keep ``node``'s bounds when recording (called by the generated code)."""
+        if self.recording:
+            self.references[node] = type(bounds)(bounds.lower.detach(), bounds.upper.detach())
+        return bounds
 
     def slot(self, target: str, node: str, op: str, lA, uA, bounds):
         """The slopes of ``node`` in the pass from ``target`` (called by the generated code),
@@ -77,6 +98,11 @@ class AlphaState:
         shape = (tuple(some.coeff.shape) if windowed else
                  (lower.shape[0], 1 if self.shared else some.shape[1], *lower.shape[1:]))
         pair = self.alphas.get((target, node))
+        if self.recording and (pair is None or not _fits(pair, shape, lA, uA, lower)):
+            # the recording evaluation runs CROWN's slopes and keeps no slot of its own shape
+            start = get_op(op).alpha_init(lower.detach(), bounds.upper.detach())
+            start = (some.windows(start) if windowed else start.unsqueeze(1)).expand(shape)
+            return [None if side is None else start for side in (lA, uA)]
         if pair is None or not _fits(pair, shape, lA, uA, lower):
             start = get_op(op).alpha_init(lower.detach(), bounds.upper.detach())
             start = (some.windows(start) if windowed else start.unsqueeze(1)).expand(shape)
@@ -124,9 +150,17 @@ def optimise(step, inp, C, params, output: str, opts: AlphaOptions, state: Alpha
     state = state if state is not None else AlphaState()
     state._prepare(output, opts)
     params = [p.detach() for p in params]
-    best_lower = best_upper = best_A = None
-    best_objective, best_alphas, stale = -math.inf, None, 0
     started = time.monotonic()
+    # a first evaluation with CROWN's slopes records every intermediate node's bounds; the
+    # steps then bound only the neurons those leave unstable (far fewer rows than IBP's)
+    state.references, state.recording = {}, True
+    try:
+        with torch.no_grad():
+            best_lower, best_upper, _ = step(inp, C, params, state)
+    finally:
+        state.recording = False
+    best_A = None
+    best_objective, best_alphas, stale = -math.inf, None, 0
     optimiser = schedule = alphas = None
     for iteration in range(opts.iterations):
         with torch.enable_grad():

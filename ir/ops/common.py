@@ -138,8 +138,8 @@ def _row_dot(coeff, values):
 def _shared_dot(coeff, bias):
     """(B, S): each row of coeff against ``bias`` when it is the same for every row
     ((B, 1, ...)): one matrix-vector product instead of a row-by-row reduction."""
-    vector = bias.expand(coeff.shape[0], 1, *coeff.shape[2:]).flatten(2).transpose(1, 2)
-    return coeff.flatten(2).matmul(vector).squeeze(-1)
+    vector = bias.expand(coeff.shape[0], 1, *coeff.shape[2:]).reshape(coeff.shape[0], -1, 1)
+    return torch.bmm(coeff.flatten(2), vector).squeeze(-1)
 
 
 def _relaxed_step(lA, uA, l_slope, l_bias, u_slope, u_bias, dot, l_slope_of_upper=None):

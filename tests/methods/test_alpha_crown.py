@@ -354,3 +354,24 @@ def test_blend_gradient_matches_finite_differences():
     checked = _check_gradient(net, x, ball, None, state, alphas,
                               lambda flat, grad: range(0, flat.numel(), max(1, flat.numel() // 4)))
     assert checked >= 3
+
+
+def test_steps_bound_only_neurons_the_first_evaluation_leaves_unstable():
+    """The loop's first evaluation (CROWN's slopes) records intermediate bounds; the steps'
+    passes then have fewer rows than IBP leaves unstable, and the records belong to one call:
+    reusing the state on another input stays sound."""
+    model, net, shape = compiled_arch("mlp")
+    reinit(model, 3, scale=2.0)
+    g = torch.Generator().manual_seed(3)
+    x, other = torch.randn(1, *shape, generator=g), torch.randn(1, *shape, generator=g) * 3
+    ball = lirpac.LpBall(eps=0.2)
+    result = net.alpha_crown(x, ball, iterations=5)
+    inner = {k: pair for k, pair in result.state.alphas.items() if k[0] != net.graph.output.name}
+    assert inner and set(result.state.references) >= {k[0] for k in inner}
+    for (target, _), pair in inner.items():
+        recorded = result.state.references[target]
+        assert pair[0].shape[1] <= int(((recorded.lower < 0) & (recorded.upper > 0)).sum())
+    crown = net.bounds(other, ball, method="crown")
+    again = net.alpha_crown(other, ball, iterations=5, state=result.state)
+    assert torch.all(again.lower >= crown[0] - 1e-5) and torch.all(again.upper <= crown[1] + 1e-5)
+    assert_contains(model, sample_lp_ball(other, 0.2, math.inf, 512, generator=g), again.lower, again.upper)
