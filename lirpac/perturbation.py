@@ -46,6 +46,13 @@ def _per_sample(value, x: torch.Tensor, what: str) -> torch.Tensor:
     return t
 
 
+def _require_bounded(lower: torch.Tensor, upper: torch.Tensor, why: str) -> None:
+    """Bounds over an unbounded input set are infinite at best and NaN at worst (inf - inf):
+    refuse the set instead of returning either."""
+    if not (torch.isfinite(lower).all() and torch.isfinite(upper).all()):
+        raise InputError(f"{why}; the input set must be bounded")
+
+
 class Perturbation:
     """Base class: a set of inputs around x."""
 
@@ -84,8 +91,13 @@ class LpBall(Perturbation):
             if (lower > upper).any():
                 raise InputError("the eps-ball around x does not meet the domain box [lower, upper] "
                                  "(x lies outside it by more than eps)")
+        _require_bounded(lower, upper, "LpBall: eps is infinite and no finite domain box "
+                                       "(lower=, upper=) bounds the set")
         if self.norm == math.inf:
             return InputSet(lower, upper)
+        if not torch.isfinite(eps).all():
+            raise InputError(f"LpBall: eps must be finite for the L{int(self.norm)} norm (an "
+                             "infinite ball is its domain box: use lirpac.Box(lower, upper))")
         has_box = self.lower is not None or self.upper is not None
         return InputSet(lower, upper, center=x, eps=eps, norm=self.norm, use_box=has_box)
 
@@ -101,6 +113,7 @@ class Box(Perturbation):
         upper = _per_sample(self.upper, x, "upper").expand_as(x)
         if (lower > upper).any():
             raise InputError("Box: lower > upper for some elements")
+        _require_bounded(lower, upper, "Box: some bounds are infinite")
         return InputSet(lower.to(x.dtype), upper.to(x.dtype))
 
 

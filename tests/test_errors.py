@@ -43,6 +43,26 @@ def test_bad_per_sample_eps(net):
         net.bounds(torch.randn(2, 4), lirpac.LpBall(eps=torch.ones(3)))
 
 
+def test_unbounded_input_set(net):
+    """An infinite eps or box bound would give NaN bounds (inf - inf): a precise error instead;
+    an infinite L-inf eps inside a finite domain box is that box."""
+    x = torch.zeros(1, 4)
+    low = x.clone()
+    low[0, 0] = -math.inf
+    for method in ("ibp", "crown"):
+        with pytest.raises(InputError, match="Box: some bounds are infinite"):
+            net.bounds(x, lirpac.Box(low, x + 1), method=method)
+        with pytest.raises(InputError, match="eps is infinite"):
+            net.bounds(x, lirpac.LpBall(eps=math.inf), method=method)
+        with pytest.raises(InputError, match="finite for the L2 norm"):
+            net.bounds(x, lirpac.LpBall(eps=math.inf, norm=2, lower=-1, upper=1), method=method)
+        with pytest.raises(InputError, match="eps is infinite"):
+            net.bounds(torch.zeros(2, 4), lirpac.LpBall(eps=torch.tensor([0.1, math.inf])), method=method)
+        lower, upper = net.bounds(x, lirpac.LpBall(eps=math.inf, lower=-1, upper=1), method=method)
+        box = net.bounds(x, lirpac.Box(-torch.ones(1, 4), torch.ones(1, 4)), method=method)
+        assert torch.equal(lower, box[0]) and torch.equal(upper, box[1])
+
+
 @pytest.mark.parametrize("norm", [0, 3, "l3", None])
 def test_bad_norm(norm):
     with pytest.raises(InputError, match="norm"):
