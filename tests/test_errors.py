@@ -63,6 +63,14 @@ def test_unbounded_input_set(net):
         assert torch.equal(lower, box[0]) and torch.equal(upper, box[1])
 
 
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_non_finite_centre(net, bad):
+    x = torch.zeros(2, 4)
+    x[1, 2] = bad
+    with pytest.raises(InputError, match=r"x contains NaN or inf \(first at index \(1, 2\)\)"):
+        net.bounds(x, lirpac.LpBall(eps=0.1, norm=2))
+
+
 @pytest.mark.parametrize("norm", [0, 3, "l3", None])
 def test_bad_norm(norm):
     with pytest.raises(InputError, match="norm"):
