@@ -98,16 +98,15 @@ class AlphaState:
         shape = (tuple(some.coeff.shape) if windowed else
                  (lower.shape[0], 1 if self.shared else some.shape[1], *lower.shape[1:]))
         pair = self.alphas.get((target, node))
-        if self.recording and (pair is None or not _fits(pair, shape, lA, uA, lower)):
-            # the recording evaluation runs CROWN's slopes and keeps no slot of its own shape
-            start = get_op(op).alpha_init(lower.detach(), bounds.upper.detach())
-            start = (some.windows(start) if windowed else start.unsqueeze(1)).expand(shape)
-            return [None if side is None else start for side in (lA, uA)]
         if pair is None or not _fits(pair, shape, lA, uA, lower):
             start = get_op(op).alpha_init(lower.detach(), bounds.upper.detach())
             start = (some.windows(start) if windowed else start.unsqueeze(1)).expand(shape)
+            if self.recording:
+                # the recording evaluation runs CROWN's slopes and keeps no slot of its shape
+                return [None if side is None else start for side in (lA, uA)]
             train = self.trained_passes == "all" or target == self.output
-            pair = [None if side is None else start.clone(memory_format=torch.contiguous_format).requires_grad_(train)
+            pair = [None if side is None
+                    else start.clone(memory_format=torch.contiguous_format).requires_grad_(train)
                     for side in (lA, uA)]
             self.alphas[(target, node)] = pair
         return pair

@@ -120,12 +120,13 @@ class Box(Perturbation):
 def _dot_rows(a: torch.Tensor, column: torch.Tensor, scale: float = 1.0, plus=None) -> torch.Tensor:
     """(B, S): each row of a (B, S, n) against the column (B, n, 1), times ``scale``, plus
     ``plus`` (B, S, 1) when given; one bmm (a batch-1 ``a`` broadcasts through matmul)."""
-    if a.shape[0] != column.shape[0]:
-        product = scale * a.matmul(column)
-        return (product if plus is None else plus + product).squeeze(-1)
-    if plus is None:
-        return torch.bmm(a, column).squeeze(-1) if scale == 1.0 else (scale * torch.bmm(a, column)).squeeze(-1)
-    return torch.baddbmm(plus, a, column, alpha=scale).squeeze(-1)
+    same_batch = a.shape[0] == column.shape[0]
+    if plus is not None and same_batch:
+        return torch.baddbmm(plus, a, column, alpha=scale).squeeze(-1)
+    product = torch.bmm(a, column) if same_batch else a.matmul(column)
+    if scale != 1.0:
+        product = scale * product
+    return (product if plus is None else plus + product).squeeze(-1)
 
 
 class InputSet:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from lirpac.ir.opdef import Interval
-from lirpac.ir.ops.common import RowLayout, _relaxed_step, _row_dot
+from lirpac.ir.ops.common import RowLayout
 from lirpac.ir.ops.relaxation import pad_down, pad_up
 
 
@@ -30,18 +30,8 @@ def blend_alpha_rules(relax, ibp) -> dict:
         box = ibp(x, **attrs)
         floor, ceiling = rows.at(box.lower), rows.at(box.upper)
         reach = rows.at(torch.maximum(x.lower.abs(), x.upper.abs()))
-        new, biases = [None, None], [0, 0]
-        for side, alpha in enumerate((alpha_l, alpha_u)):
-            if rows.coeffs[side] is None:
-                continue
-            a = rows.slopes(alpha)
-            lines = (*_blend(a, ls, lb, floor, reach, up=False),
-                     *_blend(a, us, ub, ceiling, reach, up=True))
-            args = [None, None]
-            args[side] = rows.coeffs[side]
-            step = _relaxed_step(*args, *lines, _row_dot)
-            new[side], biases[side] = rows.wrap(step[side]), step[2 + side]
-        return [tuple(new)], biases[0], biases[1]
+        return rows.sides_apart(alpha_l, alpha_u, lambda a: (
+            *_blend(a, ls, lb, floor, reach, up=False), *_blend(a, us, ub, ceiling, reach, up=True)))
 
     return {"backward_alpha": backward_alpha, "alpha_init": alpha_init}
 

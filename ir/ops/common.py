@@ -82,13 +82,8 @@ def prepare_lines(relax) -> tuple:
 
 
 def relaxed_backward(lA, uA, relax):
-    """Backward through y = f(x) given its relaxation (B, *shape)."""
-    return relaxed_backward_lines(lA, uA, prepare_lines(relax))
-
-
-def relaxed_backward_patches(lA, uA, relax):
-    """Backward through an elementwise relaxation on Patches (codegen/patches.py): the slopes
-    and biases are read at each row's window, then the rule is the dense one."""
+    """Backward through y = f(x) given its relaxation (B, *shape), on dense coefficients or
+    on Patches (codegen/patches.py: the lines are read at each row's window)."""
     return relaxed_backward_lines(lA, uA, prepare_lines(relax))
 
 
@@ -127,6 +122,19 @@ class RowLayout:
 
     def wrap(self, coeff):
         return coeff if coeff is None or not self.windowed else self.some.with_coeff(coeff)
+
+    def sides_apart(self, alpha_l, alpha_u, lines_of):
+        """One relaxed step per side, each with its own lines ``lines_of(alpha)`` (the four
+        tensors, laid out by ``at``) from that side's slopes: the rule's result."""
+        new, biases = [None, None], [0, 0]
+        for side, alpha in enumerate((alpha_l, alpha_u)):
+            if self.coeffs[side] is None:
+                continue
+            args = [None, None]
+            args[side] = self.coeffs[side]
+            step = _relaxed_step(*args, *lines_of(self.slopes(alpha)), _row_dot)
+            new[side], biases[side] = self.wrap(step[side]), step[2 + side]
+        return [tuple(new)], biases[0], biases[1]
 
 
 def _row_dot(coeff, values):
@@ -218,14 +226,11 @@ def elementwise(name: str, fn, relax, ibp=None, aten: tuple[str, ...] = (), doc:
     def backward(lA, uA, x: Interval, **attrs):
         return relaxed_backward(lA, uA, relax(x.lower, x.upper, **attrs))
 
-    def backward_patches(lA, uA, x: Interval, **attrs):
-        return relaxed_backward_patches(lA, uA, relax(x.lower, x.upper, **attrs))
-
     def forward_mode(x: Linear, **attrs) -> Linear:
         return relaxed_forward(x, relax(x.bounds.lower, x.bounds.upper, **attrs))
 
     return register(OpDef(name=name, forward=fn, ibp=ibp or monotone_ibp(fn), backward=backward,
-                          backward_patches=backward_patches,
+                          backward_patches=backward,
                           forward_mode=forward_mode, nonlinear=True, aten=aten, doc=doc,
                           exact_when_sign_known=exact_when_sign_known, relax=relax, **alpha_rules))
 

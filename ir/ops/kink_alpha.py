@@ -11,8 +11,7 @@ from __future__ import annotations
 import torch
 
 from lirpac.ir.opdef import Interval
-from lirpac.ir.ops.common import (RowLayout, _relaxed_step, _row_dot, prepare_lines,
-                                  relaxed_backward, relaxed_backward_patches)
+from lirpac.ir.ops.common import RowLayout, _relaxed_step, _row_dot, prepare_lines, relaxed_backward
 
 
 def kink_alpha_rules(relax, bottom_slope) -> dict:
@@ -31,7 +30,7 @@ def kink_alpha_rules(relax, bottom_slope) -> dict:
         a = bottom_slope(**attrs)
         rows = RowLayout(lA, uA)
         if a >= 1:
-            return (relaxed_backward_patches if rows.windowed else relaxed_backward)(lA, uA, relaxation)
+            return relaxed_backward(lA, uA, relaxation)
         l_slope, l_bias, u_slope, u_bias = (rows.at(r) for r in relaxation)
         unstable = rows.at((x.lower < 0) & (x.upper > 0))
         alpha_l, alpha_u = rows.slopes(alpha_l), rows.slopes(alpha_u)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from lirpac.ir.opdef import Interval
-from lirpac.ir.ops.common import RowLayout, _relaxed_step, _row_dot
+from lirpac.ir.ops.common import RowLayout
 from lirpac.ir.ops.relaxation import sound_relax
 
 
@@ -29,17 +29,11 @@ def tangent_alpha_rules(lines_at, ibp) -> dict:
     def backward_alpha(lA, uA, x: Interval, alpha_l, alpha_u, **attrs):
         rows = RowLayout(lA, uA)
         lower, upper = rows.at(x.lower), rows.at(x.upper)
-        new, biases = [None, None], [0, 0]
-        for side, alpha in enumerate((alpha_l, alpha_u)):
-            if rows.coeffs[side] is None:
-                continue
-            p = lower + rows.slopes(alpha) * (upper - lower)
+
+        def lines_of(alpha):
+            p = lower + alpha * (upper - lower)
             p = torch.where(torch.isfinite(p), p, torch.zeros_like(p))   # the lines fall back
-            lines = relax_at(*torch.broadcast_tensors(lower, upper, p))
-            args = [None, None]
-            args[side] = rows.coeffs[side]
-            step = _relaxed_step(*args, *lines, _row_dot)
-            new[side], biases[side] = rows.wrap(step[side]), step[2 + side]
-        return [tuple(new)], biases[0], biases[1]
+            return relax_at(*torch.broadcast_tensors(lower, upper, p))
+        return rows.sides_apart(alpha_l, alpha_u, lines_of)
 
     return {"backward_alpha": backward_alpha, "alpha_init": alpha_init}

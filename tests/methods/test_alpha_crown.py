@@ -200,15 +200,8 @@ class ConvLeaky(nn.Module):
         return self.fc(torch.relu(self.c3(h)).flatten(1))
 
 
-class ConvSmooth(nn.Module):
-    """Convolutions with tanh, sigmoid (blended lines) and exp (tangent points) between them."""
-
-    def __init__(self):
-        super().__init__()
-        self.c1 = nn.Conv2d(2, 4, 3, padding=1)
-        self.c2 = nn.Conv2d(4, 4, 3, stride=2, padding=1)
-        self.c3 = nn.Conv2d(4, 3, 3, padding=1)
-        self.fc = nn.Linear(3 * 4 * 4, 3)
+class ConvSmooth(ConvLeaky):
+    """The same layers with tanh, sigmoid (blended lines) and exp (tangent points) between them."""
 
     def forward(self, x):                           # (B, 2, 8, 8)
         h = torch.sigmoid(self.c2(torch.tanh(self.c1(x))))
