@@ -362,7 +362,7 @@ class _Emitter:
                 continue
             if single_affine_of_input(self.graph, n):
                 # its reference is exact already (centre/radius of a box, dual norm of a ball)
-                self.emit(f"{n.name}_bounds = {n.name}")
+                self.emit(f"{n.name}_bounds = {self.kept_bounds(n, n.name)}")
                 self.bounds[n] = f"{n.name}_bounds"
                 continue
             sparse = self.plan.sparse and all(

@@ -66,13 +66,23 @@ class AlphaState:
     ``references``: each intermediate node's bounds from the first evaluation of the current
     call (CROWN's slopes, no gradients), which narrow the IBP reference of the steps that
     follow, so their passes bound only the neurons those bounds leave unstable. They belong to
-    one input set: ``optimise`` clears them at the start of every call."""
+    one input set: ``optimise`` clears them at the start of every call.
+
+    ``constraints``: per node, (floor, ceiling) tensors of the node's batched shape (-inf /
+    +inf where free) that its bounds are clipped to: ReLU branch and bound (lirpac/bab.py)
+    bounds a sub-domain where chosen neurons are >= 0 or <= 0 this way. Every bound then holds
+    for the inputs of the sub-domain only. ``probing``: the recorded bounds come back as
+    fresh leaves that require gradients (``probes``), so the output bound's sensitivity to
+    each neuron's bounds can be read (branching scores)."""
     alphas: dict = field(default_factory=dict)
     output: str = ""
     shared: bool = False
     trained_passes: str = "all"      # "all" or "final": whose slopes the optimiser moves
     references: dict = field(default_factory=dict)
     recording: bool = False
+    constraints: dict = field(default_factory=dict)
+    probing: bool = False
+    probes: dict = field(default_factory=dict)
 
     def reference(self, node: str, ibp):
         """The bounds a pass for ``node`` tightens: its IBP reference, intersected with the
@@ -83,9 +93,16 @@ class AlphaState:
         return type(ibp)(torch.maximum(ibp.lower, known.lower), torch.minimum(ibp.upper, known.upper))
 
     def record(self, node: str, bounds):
-        """Keep ``node``'s bounds when recording (called by the generated code)."""
+        """``node``'s bounds, clipped to its constraints; kept when recording, and returned as
+        gradient leaves when probing (called by the generated code)."""
+        clip = self.constraints.get(node)
+        if clip is not None:
+            bounds = type(bounds)(torch.maximum(bounds.lower, clip[0]), torch.minimum(bounds.upper, clip[1]))
         if self.recording:
             self.references[node] = type(bounds)(bounds.lower.detach(), bounds.upper.detach())
+        if self.probing:
+            bounds = type(bounds)(bounds.lower.detach().requires_grad_(), bounds.upper.detach().requires_grad_())
+            self.probes[node] = bounds
         return bounds
 
     def slot(self, target: str, node: str, op: str, lA, uA, bounds):

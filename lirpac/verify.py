@@ -17,10 +17,11 @@ The steps, cheapest first, all within one time budget:
    batches of sub-boxes, splitting each undecided one in two along the input dim its linear
    bounds depend on most; the sub-box centres are tried as counterexamples on the way. For
    other models: the default method ("alpha-crown" when the backend has it) on the polytopes
-   still open, when the time left allows it.
+   still open, when the time left allows it; then ReLU branch and bound (lirpac.bab) on what
+   alpha-CROWN left open, within most of the time left.
 4. PGD again with the time that is left.
 
-"holds" is only ever reported from step 2; "violated" only with a confirmed counterexample.
+"holds" is only ever reported from steps 2 and 3; "violated" only with a confirmed counterexample.
 """
 from __future__ import annotations
 
@@ -53,6 +54,8 @@ EXPENSIVE_METHOD_COST = 25
 SPLIT_MAX_INPUTS = 16
 SPLIT_BATCH = 256          # sub-boxes per bound call
 SPLIT_MAX_BOXES = 200_000  # queue size past which splitting gives up
+# share of the time left after alpha-CROWN that ReLU branch and bound may use (the rest: PGD)
+RELU_SPLIT_SHARE = 0.8
 
 
 @dataclass
@@ -241,6 +244,29 @@ class _Instance:
         self.boxes = []
         return True
 
+    def prove_by_relu_splitting(self, share: float) -> bool:
+        """ReLU branch and bound (lirpac.bab) on each open box, within ``share`` of the time
+        left; True when every box's open polytopes are proved empty."""
+        from lirpac.bab import relu_split
+        deadline = time.monotonic() + share * self.time_left()
+        for sub in list(self.boxes):
+            polys = [self.spec.regions[sub.region].outputs[p] for p in sub.open]
+            if any(len(poly.d) == 0 for poly in polys):   # every output unsafe: nothing to prove
+                return False
+            groups, k = [], 0
+            for poly in polys:
+                groups.append(list(range(k, k + len(poly.d))))
+                k += len(poly.d)
+            C = torch.from_numpy(np.concatenate([poly.C for poly in polys]))
+            d = torch.from_numpy(np.concatenate([poly.d for poly in polys]))
+            found = relu_split(self.net, sub.lower.reshape(self.shape), sub.upper.reshape(self.shape),
+                               C, d, groups, deadline)
+            self.log.append(f"ReLU splitting (region {sub.region}): {found.message}")
+            if not found.proved:
+                return False
+            self.boxes.remove(sub)
+        return True
+
     def try_centres(self, boxes: list[_SubBox]):
         """A confirmed counterexample among the boxes' centres, by the IR first."""
         from lirpac.ir.interpret import evaluate
@@ -290,6 +316,8 @@ def _prove(inst: _Instance, method: str):
     elif method != first and inst.time_left() > EXPENSIVE_METHOD_COST * first_time:
         if inst.prove(method):
             return "holds", f"proved by {method}", None
+        if method == "alpha-crown" and inst.prove_by_relu_splitting(RELU_SPLIT_SHARE):
+            return "holds", "proved by alpha-crown with ReLU splitting", None
     return None
 
 

@@ -121,6 +121,32 @@ def test_input_splitting_proves_what_crown_alone_cannot(tmp_path):
     assert violated.status == "violated" and violated.counterexample[0][0] >= 1.9
 
 
+def test_relu_splitting_proves_what_alpha_crown_alone_cannot(monkeypatch):
+    """f >= d on [-1, 1]^2 for a 2-8-8-1 ReLU net (tests/methods/test_bab.py, seed 4), d just
+    below f's minimum: alpha-CROWN alone falls short, ReLU branch and bound proves it (input
+    splitting is switched off, as for a model with many inputs)."""
+    monkeypatch.setattr(sys.modules["lirpac.verify"], "SPLIT_MAX_INPUTS", 0)
+    torch.manual_seed(4)
+    layers = [torch.nn.Linear(2, 8), torch.nn.Linear(8, 8), torch.nn.Linear(8, 1)]
+    nodes, inits, prev = [], [], "x"
+    for i, layer in enumerate(layers):
+        inits += [numpy_helper.from_array(layer.weight.detach().numpy(), f"w{i}"),
+                  numpy_helper.from_array(layer.bias.detach().numpy(), f"b{i}")]
+        out = "y" if i == len(layers) - 1 else f"h{i}"
+        nodes.append(helper.make_node("Gemm", [prev, f"w{i}", f"b{i}"], [out], transB=1))
+        if out != "y":
+            nodes.append(helper.make_node("Relu", [out], [f"r{i}"]))
+            prev = f"r{i}"
+    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1])], inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    spec = "".join(f"(declare-const X_{i} Real)\n(assert (>= X_{i} -1))\n(assert (<= X_{i} 1))\n"
+                   for i in range(2)) + "(declare-const Y_0 Real)\n(assert (<= Y_0 -0.43))\n"
+    result = verify(proto, spec, method="alpha-crown", timeout=60)
+    assert result.status == "holds" and "ReLU splitting" in result.message, result
+    assert any(line.startswith("alpha-crown: 1 ") for line in result.log)   # alpha-CROWN alone did not
+
+
 def test_attack_box_rounds_inwards_to_float32():
     """PGD runs in the model's float32: its box must lie inside the spec's float64 box."""
     from lirpac.verify import _inward_box

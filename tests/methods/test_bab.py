@@ -1,0 +1,117 @@
+"""ReLU branch and bound: bounds of a sub-domain hold on it, a false property is never proved,
+and splitting proves properties alpha-CROWN alone cannot."""
+import time
+
+import pytest
+import torch
+import torch.nn as nn
+from hypothesis import given, settings, strategies as st
+
+import lirpac
+from lirpac.alpha import AlphaState
+from lirpac.bab import relu_split, splittable_nodes
+
+
+def mlp(seed: int, width: int = 8) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(2, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(),
+                         nn.Linear(width, 1)).double().eval()
+
+
+def grid(n: int = 401) -> torch.Tensor:
+    g = torch.linspace(-1, 1, n, dtype=torch.float64)
+    return torch.cartesian_prod(g, g)
+
+
+def compiled(model):
+    return lirpac.compile(model, torch.zeros(1, 2, dtype=torch.float64))
+
+
+UNIT = (-torch.ones(2, dtype=torch.float64), torch.ones(2, dtype=torch.float64))
+ONE = torch.ones(1, 1, dtype=torch.float64)
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 10_000), width=st.integers(3, 8), picks=st.integers(1, 4))
+def test_bounds_of_a_sub_domain_hold_on_it(seed, width, picks):
+    """Bounds with some neurons' signs fixed contain f at every sampled point of the box whose
+    pre-activations have those signs."""
+    model = mlp(seed, width)
+    net = compiled(model)
+    names = list(splittable_nodes(net.graph))
+    assert len(names) == 2    # the two hidden layers' pre-activations, in graph order
+    g = torch.Generator().manual_seed(seed)
+    splits = [(int(torch.randint(2, (1,), generator=g)), int(torch.randint(width, (1,), generator=g)),
+               1 if torch.rand(1, generator=g) < 0.5 else -1) for _ in range(picks)]
+    floors = {n: torch.full((1, width), -torch.inf, dtype=torch.float64) for n in names}
+    ceilings = {n: torch.full((1, width), torch.inf, dtype=torch.float64) for n in names}
+    for layer, index, sign in splits:
+        (floors if sign > 0 else ceilings)[names[layer]][0, index] = 0.0
+    state = AlphaState(constraints={n: (floors[n], ceilings[n]) for n in names})
+    lower, upper = net.bounds(torch.zeros(1, 2, dtype=torch.float64), lirpac.Box(UNIT[0][None], UNIT[1][None]),
+                              method="alpha-crown", options={"state": state, "iterations": 4})
+    x = torch.cat([grid(61), torch.rand(2000, 2, generator=g, dtype=torch.float64) * 2 - 1])
+    with torch.no_grad():
+        pre = [model[0](x)]
+        pre.append(model[2](torch.relu(pre[0])))
+        y = model(x)
+    inside = torch.ones(len(x), dtype=torch.bool)
+    for layer, index, sign in splits:
+        inside &= pre[layer][:, index] * sign >= 0
+    crossed = any(bool((b.lower > b.upper).any()) for b in state.references.values())
+    if crossed:    # the bounds say the sub-domain is empty: no sample may be in it
+        assert not bool(inside.any())
+        return
+    y = y[inside]
+    tol = 1e-9
+    assert bool((y >= lower - tol).all()) and bool((y <= upper + tol).all())
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 10_000), width=st.integers(3, 8), above=st.floats(1e-4, 0.05))
+def test_a_false_property_is_never_proved(seed, width, above):
+    model = mlp(seed, width)
+    with torch.no_grad():
+        fmin = float(model(grid(101)).min())
+    d = torch.tensor([fmin + above], dtype=torch.float64)     # a grid point has f - d < 0
+    result = relu_split(compiled(model), *UNIT, ONE, d, [[0]], time.monotonic() + 30, max_domains=400)
+    assert result.proved is not True
+
+
+@pytest.mark.parametrize("seed", [4, 5, 8, 9])
+def test_proves_what_alpha_crown_cannot(seed):
+    """f >= d on [-1, 1]^2 with d just below the true minimum (a fine grid's minimum less a
+    Lipschitz bound on the gap): alpha-CROWN's bound is below d, splitting proves it."""
+    model = mlp(seed)
+    with torch.no_grad():
+        fmin = float(model(grid()).min())
+    lipschitz = 1.0
+    for layer in model:
+        if isinstance(layer, nn.Linear):
+            lipschitz *= float(torch.linalg.matrix_norm(layer.weight.detach(), 2))
+    d = fmin - lipschitz * 2 / 400 - 0.01
+    net = compiled(model)
+    alpha, _ = net.bounds(torch.zeros(1, 2, dtype=torch.float64), lirpac.Box(UNIT[0][None], UNIT[1][None]),
+                          method="alpha-crown", C=ONE[None], bound_upper=False)
+    assert float(alpha) < d
+    result = relu_split(net, *UNIT, ONE, torch.tensor([d], dtype=torch.float64), [[0]],
+                        time.monotonic() + 120, max_domains=2000)
+    assert result.proved is True, result.message
+    assert result.domains > 1
+
+
+def test_groups_need_one_row_each():
+    """A group (an unsafe polytope) is excluded by any one of its rows; every group must be."""
+    model = mlp(4)
+    net = compiled(model)
+    with torch.no_grad():
+        fmin, fmax = float(model(grid()).min()), float(model(grid()).max())
+    C = torch.tensor([[1.0], [-1.0]], dtype=torch.float64)      # rows: f - d0, -f - d1
+    d = torch.tensor([fmin - 1.0, -fmax - 1.0], dtype=torch.float64)
+    assert relu_split(net, *UNIT, C, d, [[0], [1]], time.monotonic() + 60).proved is True
+    # one group whose second row can be met, first cannot: still excluded
+    d_bad = torch.tensor([fmin - 1.0, -fmin], dtype=torch.float64)
+    assert relu_split(net, *UNIT, C, d_bad, [[0, 1]], time.monotonic() + 60).proved is True
+    # each row its own group: the second group can be met, never proved
+    assert relu_split(net, *UNIT, C, d_bad, [[0], [1]], time.monotonic() + 30,
+                      max_domains=200).proved is not True
