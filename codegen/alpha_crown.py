@@ -22,6 +22,7 @@ from lirpac.codegen import torch_backend
 from lirpac.codegen.torch_backend import Plan
 from lirpac.ir.graph import Graph, Node
 from lirpac.ir.opdef import get_op
+from lirpac.passes.bound_needs import sign_splittable
 
 ONE_CHUNK = 1 << 62
 
@@ -36,6 +37,10 @@ class AlphaEmitter(torch_backend._Emitter):
     signature = "inp, C, params, alphas"
     restart_reference = False
 
+    def __init__(self, graph: Graph, plan: Plan):
+        super().__init__(graph, plan)
+        self.splittable = set(sign_splittable(graph))
+
     def uses_lines(self, n: Node) -> bool:
         return get_op(n.op).backward_alpha is None and super().uses_lines(n)
 
@@ -46,6 +51,12 @@ class AlphaEmitter(torch_backend._Emitter):
 
     def kept_bounds(self, n: Node, expr: str) -> str:
         return f"alphas.record({n.name!r}, {expr})"
+
+    def at_coefficients(self, target: Node, n: Node, patched: bool) -> None:
+        # a neuron whose sign a branch-and-bound sub-domain fixes gets a multiplier there
+        if not patched and n in self.splittable:
+            self.emit(f"lA_{n.name}, uA_{n.name} = alphas.beta({target.name!r}, {n.name!r}, "
+                      f"lA_{n.name}, uA_{n.name})")
 
     def patches_rule(self, target: Node, n: Node, args: list[str]) -> tuple[str, list[str]]:
         # backward_alpha takes Patches too: slopes per row's window

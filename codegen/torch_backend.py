@@ -208,6 +208,7 @@ class _Emitter:
             opdef = get_op(n.op)
             args = [(self.bounds[i] if opdef.nonlinear else "None") if i.perturbed else i.name
                     for i in n.inputs]
+            self.at_coefficients(target, n, n in patched)
             if n in self.lines_of:
                 # the lines were computed once for every pass (``relaxations``)
                 self.emit(f"_coeffs, _lb, _ub = relaxed(lA_{n.name}, uA_{n.name}, {self.lines_of[n]})")
@@ -232,6 +233,10 @@ class _Emitter:
                 else:
                     self.emit(f"lA_{i.name}, uA_{i.name} = _coeffs[{k}]")
                     have.add(i)
+
+    def at_coefficients(self, target: Node, n: Node, patched: bool) -> None:
+        """A hook where ``n``'s coefficients in the pass from ``target`` are complete, before
+        its backward rule (beta-CROWN adds its split multipliers there)."""
 
     def relaxations(self, target: Node) -> None:
         """Emit, before the backward passes from ``target``, the relaxation lines of the

@@ -29,7 +29,8 @@ class AlphaOptions:
     a better objective before stopping; alpha_shared: one slope per neuron shared by all rows
     of a pass instead of one per row; optimize_intermediate: also optimise the slopes of the
     intermediate bounds' passes (else they keep CROWN's); time_limit: seconds after which no
-    further step starts (the best bound so far is returned; None: no limit)."""
+    further step starts (the best bound so far is returned; None: no limit); beta_lr: Adam's
+    step size for beta-CROWN's multipliers (only with sign constraints: lirpac.bab)."""
     iterations: int = 20
     lr: float = 0.5
     lr_decay: float = 0.98
@@ -37,6 +38,7 @@ class AlphaOptions:
     alpha_shared: bool = False
     optimize_intermediate: bool = True
     time_limit: float | None = None
+    beta_lr: float = 0.05
 
     @classmethod
     def from_dict(cls, options: dict | None) -> "AlphaOptions":
@@ -47,9 +49,10 @@ class AlphaOptions:
             raise InputError(f"unknown alpha-crown option(s) {', '.join(unknown)}; the options are "
                              f"{', '.join(sorted(known))} (and state=lirpac.AlphaState for a warm start)")
         opts = cls(**options)
-        if (opts.iterations < 1 or opts.lr < 0 or not 0 < opts.lr_decay <= 1 or opts.patience < 1
+        if (opts.iterations < 1 or opts.lr < 0 or opts.beta_lr < 0 or not 0 < opts.lr_decay <= 1
+                or opts.patience < 1
                 or opts.time_limit is not None and not opts.time_limit > 0):
-            raise InputError(f"alpha-crown options out of range: {opts} (iterations >= 1, lr >= 0, "
+            raise InputError(f"alpha-crown options out of range: {opts} (iterations >= 1, lr and beta_lr >= 0, "
                              "0 < lr_decay <= 1, patience >= 1, time_limit > 0 or None)")
         return opts
 
@@ -73,7 +76,19 @@ class AlphaState:
     bounds a sub-domain where chosen neurons are >= 0 or <= 0 this way. Every bound then holds
     for the inputs of the sub-domain only. ``probing``: the recorded bounds come back as
     fresh leaves that require gradients (``probes``), so the output bound's sensitivity to
-    each neuron's bounds can be read (branching scores)."""
+    each neuron's bounds can be read (branching scores).
+
+    ``betas``: beta-CROWN's multipliers (Wang et al. 2021) of those sign constraints, by (pass
+    target, node) like the slopes, >= 0. A lower bound over a sub-domain where s_j x_j >= 0
+    (s_j = +1 or -1) may subtract beta_j s_j x_j from the bounded function, an upper bound
+    add it: neither is smaller (larger) than the function anywhere in the sub-domain, so every
+    beta >= 0 is sound, and beta = 0 is the clipping alone. The backward pass adds
+    -beta s (+beta s) to the coefficients at x.
+
+    ``known``: per node, bounds (an Interval of the node's batched shape) that hold already,
+    such as the parent sub-domain's in branch and bound: references and recorded bounds are
+    intersected with them, so passes skip the neurons they prove stable. ``tracking``: keep
+    in ``tightest`` each node's tightest bounds over every evaluation of the call."""
     alphas: dict = field(default_factory=dict)
     output: str = ""
     shared: bool = False
@@ -83,23 +98,29 @@ class AlphaState:
     constraints: dict = field(default_factory=dict)
     probing: bool = False
     probes: dict = field(default_factory=dict)
+    betas: dict = field(default_factory=dict)
+    known: dict = field(default_factory=dict)
+    tracking: bool = False
+    tightest: dict = field(default_factory=dict)
 
     def reference(self, node: str, ibp):
         """The bounds a pass for ``node`` tightens: its IBP reference, intersected with the
-        recorded bounds when there are some (both are sound)."""
-        known = self.references.get(node)
-        if known is None:
-            return ibp
-        return type(ibp)(torch.maximum(ibp.lower, known.lower), torch.minimum(ibp.upper, known.upper))
+        known and the recorded bounds where there are some (all are sound)."""
+        for table in (self.known, self.references):
+            ibp = _within(ibp, table.get(node))
+        return ibp
 
     def record(self, node: str, bounds):
-        """``node``'s bounds, clipped to its constraints; kept when recording, and returned as
-        gradient leaves when probing (called by the generated code)."""
-        clip = self.constraints.get(node)
-        if clip is not None:
-            bounds = type(bounds)(torch.maximum(bounds.lower, clip[0]), torch.minimum(bounds.upper, clip[1]))
+        """``node``'s bounds, clipped to its constraints and known bounds; kept when recording
+        (and the tightest when tracking), and returned as gradient leaves when probing (called
+        by the generated code)."""
+        for clip in (self.constraints.get(node), self.known.get(node)):
+            bounds = _within(bounds, clip)
         if self.recording:
             self.references[node] = type(bounds)(bounds.lower.detach(), bounds.upper.detach())
+        if self.tracking:
+            self.tightest[node] = _within(type(bounds)(bounds.lower.detach(), bounds.upper.detach()),
+                                          self.tightest.get(node))
         if self.probing:
             bounds = type(bounds)(bounds.lower.detach().requires_grad_(), bounds.upper.detach().requires_grad_())
             self.probes[node] = bounds
@@ -128,20 +149,50 @@ class AlphaState:
             self.alphas[(target, node)] = pair
         return pair
 
-    def trainable(self) -> list[torch.Tensor]:
-        return [a for pair in self.alphas.values() for a in pair if a is not None and a.requires_grad]
+    def beta(self, target: str, node: str, lA, uA):
+        """The coefficients at ``node`` in the pass from ``target`` with the multipliers of its
+        sign constraints (called by the generated code; unchanged without constraints)."""
+        clip = self.constraints.get(node)
+        some = lA if lA is not None else uA
+        if clip is None or hasattr(some, "windows") or self.recording:
+            return lA, uA
+        sign = ((clip[0] > -math.inf).to(some.dtype) - (clip[1] < math.inf).to(some.dtype)).unsqueeze(1)
+        pair = self.betas.get((target, node))
+        if pair is None or not _fits(pair, tuple(some.shape), lA, uA, some):
+            train = self.trained_passes == "all" or target == self.output
+            pair = [None if side is None else torch.zeros_like(some).requires_grad_(train)
+                    for side in (lA, uA)]
+            self.betas[(target, node)] = pair
+        return (None if lA is None else lA - pair[0] * sign,
+                None if uA is None else uA + pair[1] * sign)
+
+    def trainable(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The slopes and the multipliers the optimiser moves."""
+        def moving(table):
+            return [a for pair in table.values() for a in pair if a is not None and a.requires_grad]
+        return moving(self.alphas), moving(self.betas)
 
     def _prepare(self, output: str, opts: AlphaOptions) -> None:
         """Fresh leaves for this call (projected into [0, 1]: a state edited by hand stays sound)."""
         self.output, self.shared = output, opts.alpha_shared
         self.trained_passes = "all" if opts.optimize_intermediate else "final"
-        for key, pair in self.alphas.items():
-            train = self.trained_passes == "all" or key[0] == output
-            self.alphas[key] = [None if a is None else a.detach().clamp(0, 1).requires_grad_(train)
-                                for a in pair]
+        for table, top in ((self.alphas, 1), (self.betas, None)):
+            for key, pair in table.items():
+                train = self.trained_passes == "all" or key[0] == output
+                table[key] = [None if a is None else a.detach().clamp(0, top).requires_grad_(train)
+                              for a in pair]
 
-    def _snapshot(self) -> dict:
-        return {k: [None if a is None else a.detach().clone() for a in pair] for k, pair in self.alphas.items()}
+    def _snapshot(self) -> tuple[dict, dict]:
+        def copy(table):
+            return {k: [None if a is None else a.detach().clone() for a in pair] for k, pair in table.items()}
+        return copy(self.alphas), copy(self.betas)
+
+
+def _within(bounds, clip):
+    """``bounds`` intersected with ``clip``: an Interval, a (floor, ceiling) pair or None."""
+    if clip is None:
+        return bounds
+    return type(bounds)(torch.maximum(bounds.lower, clip[0]), torch.minimum(bounds.upper, clip[1]))
 
 
 def _fits(pair, shape, lA, uA, like) -> bool:
@@ -150,13 +201,13 @@ def _fits(pair, shape, lA, uA, like) -> bool:
         for a, side in zip(pair, (lA, uA)))
 
 
-def _adam(alphas, lr):
+def _adam(groups):
     """Adam with its fused kernel where the device has one (a tenth of the loop's time on a
     CPU), else the multi-tensor one."""
     try:
-        return torch.optim.Adam(alphas, lr=lr, fused=True)
+        return torch.optim.Adam(groups, fused=True)
     except (RuntimeError, ValueError):
-        return torch.optim.Adam(alphas, lr=lr, foreach=True)
+        return torch.optim.Adam(groups, foreach=True)
 
 
 def optimise(step, inp, C, params, output: str, opts: AlphaOptions, state: AlphaState | None):
@@ -169,7 +220,7 @@ def optimise(step, inp, C, params, output: str, opts: AlphaOptions, state: Alpha
     started = time.monotonic()
     # a first evaluation with CROWN's slopes records every intermediate node's bounds; the
     # steps then bound only the neurons those leave unstable (far fewer rows than IBP's)
-    state.references, state.recording = {}, True
+    state.references, state.tightest, state.recording = {}, {}, True
     try:
         with torch.no_grad():
             best_lower, best_upper, _ = step(inp, C, params, state)
@@ -196,13 +247,14 @@ def optimise(step, inp, C, params, output: str, opts: AlphaOptions, state: Alpha
                 opts.time_limit is not None and time.monotonic() - started >= opts.time_limit):
             break
         if optimiser is None:
-            alphas = state.trainable()
-            if not alphas or not objective.requires_grad:
+            alphas, betas = state.trainable()
+            if not alphas + betas or not objective.requires_grad:
                 break       # nothing to optimise (no unstable ReLU on the way)
-            optimiser = _adam(alphas, opts.lr)
+            optimiser = _adam([{"params": group, "lr": lr} for group, lr in
+                               ((alphas, opts.lr), (betas, opts.beta_lr)) if group])
             schedule = torch.optim.lr_scheduler.ExponentialLR(optimiser, opts.lr_decay)
-        grads = torch.autograd.grad(objective, alphas, allow_unused=True)
-        for a, g in zip(alphas, grads):
+        grads = torch.autograd.grad(objective, alphas + betas, allow_unused=True)
+        for a, g in zip(alphas + betas, grads):
             # Adam descends (the objective is maximised); the fused kernel needs gradients laid
             # out like their slopes (a strided one is read in the wrong order); a line that fell
             # back to its interval bounds (a tangent at a pole) may leave a NaN behind
@@ -212,8 +264,10 @@ def optimise(step, inp, C, params, output: str, opts: AlphaOptions, state: Alpha
         with torch.no_grad():
             for a in alphas:
                 a.clamp_(0, 1)
+            for b in betas:
+                b.clamp_(min=0)
     if best_alphas is not None:
-        state.alphas = best_alphas
+        state.alphas, state.betas = best_alphas
     return best_lower, best_upper, best_A, state
 
 

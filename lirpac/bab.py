@@ -21,13 +21,13 @@ from dataclasses import dataclass
 import torch
 
 from lirpac.alpha import AlphaState
-from lirpac.ir.opdef import get_op
+from lirpac.passes.bound_needs import sign_splittable
 from lirpac.perturbation import Box
 
 __all__ = ["BabResult", "relu_split"]
 
-BATCH = 64            # sub-domains bounded in one call
-ITERATIONS = 5        # alpha-CROWN steps per sub-domain batch
+BATCH = 16            # sub-domains bounded in one call
+ITERATIONS = 20       # alpha-CROWN (and beta) steps per sub-domain batch
 MAX_DOMAINS = 100_000  # sub-domains (bounded or waiting) past which the search gives up
 
 
@@ -44,18 +44,13 @@ class BabResult:
 class _Domain:
     splits: tuple         # ((node name, flat neuron index, +1 for >= 0 / -1 for <= 0), ...)
     open: torch.Tensor    # bool (n_groups,): groups of rows not yet excluded
+    bounds: dict | None = None   # node name -> Interval (per-sample shape): the parent's bounds
 
 
 def splittable_nodes(graph) -> dict[str, int]:
-    """Nodes whose every nonlinear user is exact once the sign is known (ReLU, leaky ReLU,
-    abs), with their neuron counts: a split at 0 makes those users linear."""
-    users = graph.users()
-    out = {}
-    for n in graph.nodes:
-        nonlinear = [u for u in users.get(n, []) if get_op(u.op).nonlinear]
-        if n.perturbed and nonlinear and all(get_op(u.op).exact_when_sign_known for u in nonlinear):
-            out[n.name] = n.numel
-    return out
+    """The nodes a split may fix neurons of (passes.bound_needs.sign_splittable), with their
+    neuron counts."""
+    return {n.name: n.numel for n in sign_splittable(graph)}
 
 
 def relu_split(net, lower: torch.Tensor, upper: torch.Tensor, C: torch.Tensor, d: torch.Tensor,
@@ -81,7 +76,8 @@ def relu_split(net, lower: torch.Tensor, upper: torch.Tensor, C: torch.Tensor, d
         for b, dom in enumerate(chunk):
             still = dom.open & ~torch.stack([(margins[b, g] > 0).any() for g in groups])
             if not bool(empty[b]) and bool(still.any()):
-                todo.append((b, _Domain(dom.splits, still)))
+                known = {k: type(v)(v.lower[b], v.upper[b]) for k, v in state.tightest.items()}
+                todo.append((b, _Domain(dom.splits, still, known)))
         if not todo:
             continue
         scores = probe([b for b, _ in todo], splittable)
@@ -89,7 +85,7 @@ def relu_split(net, lower: torch.Tensor, upper: torch.Tensor, C: torch.Tensor, d
             if score is None:
                 return BabResult(None, bounded, "a sub-domain has no unstable ReLU left to split")
             name, index = score
-            queue += [_Domain(dom.splits + ((name, index, sign),), dom.open) for sign in (1, -1)]
+            queue += [_Domain(dom.splits + ((name, index, sign),), dom.open, dom.bounds) for sign in (1, -1)]
     return BabResult(True, bounded, f"proved with {bounded} sub-domains bounded")
 
 
@@ -107,6 +103,19 @@ def _constraints(chunk, nodes, like: torch.Tensor) -> dict:
             for name, pair in out.items()}
 
 
+def _known(chunk) -> dict:
+    """Per node, the parents' bounds stacked over the chunk (free where a domain has none)."""
+    names = {k for dom in chunk if dom.bounds for k in dom.bounds}
+    out = {}
+    for name in names:
+        some = next(dom.bounds[name] for dom in chunk if dom.bounds and name in dom.bounds)
+        pick = [dom.bounds.get(name) if dom.bounds else None for dom in chunk]
+        out[name] = type(some)(
+            torch.stack([torch.full_like(some.lower, -torch.inf) if p is None else p.lower for p in pick]),
+            torch.stack([torch.full_like(some.upper, torch.inf) if p is None else p.upper for p in pick]))
+    return out
+
+
 def _bound(net, chunk, nodes, lower, upper, C, d, iterations, deadline):
     """alpha-CROWN on a batch of sub-domains: (margins (n, rows), state, probe) where
     ``probe(indices, splittable)`` picks a neuron to split for each of those sub-domains."""
@@ -115,7 +124,7 @@ def _bound(net, chunk, nodes, lower, upper, C, d, iterations, deadline):
     hi = upper.unsqueeze(0).expand(n, *upper.shape)
     box, centre = Box(lo, hi), (lo + hi) / 2
     Cn = C.unsqueeze(0).expand(n, *C.shape).to(lower.dtype)
-    state = AlphaState(constraints=_constraints(chunk, nodes, lower))
+    state = AlphaState(constraints=_constraints(chunk, nodes, lower), known=_known(chunk), tracking=True)
     time_limit = max(deadline - time.monotonic(), 1e-3)
     with torch.no_grad():
         lb, _ = net.bounds(centre, box, method="alpha-crown", C=Cn, bound_upper=False,
@@ -128,9 +137,9 @@ def _bound(net, chunk, nodes, lower, upper, C, d, iterations, deadline):
 
 
 def _infeasible(state: AlphaState, n: int) -> torch.Tensor:
-    """(n,) bool: sub-domains whose recorded bounds cross somewhere (they hold no input)."""
+    """(n,) bool: sub-domains whose bounds cross somewhere (they hold no input)."""
     empty = torch.zeros(n, dtype=torch.bool)
-    for bounds in state.references.values():
+    for bounds in state.tightest.values():
         empty |= (bounds.lower > bounds.upper).flatten(1).any(1)
     return empty
 

@@ -44,6 +44,19 @@ def nodes_needing_bounds(graph: Graph) -> list[Node]:
     return sorted(needed, key=order.__getitem__)
 
 
+def sign_splittable(graph: Graph) -> list[Node]:
+    """Perturbed nodes whose every nonlinear user is exact once the sign of its input is known
+    (ReLU, leaky ReLU, abs): fixing a neuron's sign (ReLU branch and bound) makes those users
+    linear there."""
+    users = graph.users()
+    out = []
+    for n in graph.nodes:
+        nonlinear = [u for u in users.get(n, []) if get_op(u.op).nonlinear]
+        if n.perturbed and nonlinear and all(get_op(u.op).exact_when_sign_known for u in nonlinear):
+            out.append(n)
+    return out
+
+
 def perturbed_region(graph: Graph, target: Node) -> list[Node]:
     """``target`` and the perturbed nodes it depends on, in graph order."""
     keep = {a for a in graph.ancestors(target) if a.perturbed} | {target}

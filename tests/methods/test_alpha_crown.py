@@ -92,10 +92,10 @@ def test_gradient_matches_finite_differences(arch):
     state = net.alpha_crown(x, ball, C=C, iterations=1).state
     state._prepare(net.graph.output.name, lirpac.AlphaOptions())
     g = torch.Generator().manual_seed(0)
-    for a in state.trainable():
+    for a in state.trainable()[0]:
         with torch.no_grad():
             a.copy_(0.1 + 0.8 * torch.rand(a.shape, generator=g, dtype=a.dtype))
-    alphas = [a for a in state.trainable() if a.numel()]
+    alphas = [a for a in state.trainable()[0] if a.numel()]
     intermediate = [a for k, pair in state.alphas.items() if k[0] != net.graph.output.name for a in pair]
     assert len(alphas) >= 4 and any(a.numel() for a in intermediate)
     checked = _check_gradient(net, x, ball, C, state, alphas, lambda flat, grad: (

@@ -10,6 +10,7 @@ from hypothesis import given, settings, strategies as st
 import lirpac
 from lirpac.alpha import AlphaState
 from lirpac.bab import relu_split, splittable_nodes
+from lirpac.codegen.torch_backend import Plan
 
 
 def mlp(seed: int, width: int = 8) -> nn.Module:
@@ -31,11 +32,13 @@ UNIT = (-torch.ones(2, dtype=torch.float64), torch.ones(2, dtype=torch.float64))
 ONE = torch.ones(1, 1, dtype=torch.float64)
 
 
-@settings(max_examples=15, deadline=None)
-@given(seed=st.integers(0, 10_000), width=st.integers(3, 8), picks=st.integers(1, 4))
-def test_bounds_of_a_sub_domain_hold_on_it(seed, width, picks):
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 10_000), width=st.integers(3, 8), picks=st.integers(1, 4),
+       random_multipliers=st.booleans())
+def test_bounds_of_a_sub_domain_hold_on_it(seed, width, picks, random_multipliers):
     """Bounds with some neurons' signs fixed contain f at every sampled point of the box whose
-    pre-activations have those signs."""
+    pre-activations have those signs: after optimisation, and for random slopes in [0, 1] and
+    random beta multipliers >= 0."""
     model = mlp(seed, width)
     net = compiled(model)
     names = list(splittable_nodes(net.graph))
@@ -48,8 +51,18 @@ def test_bounds_of_a_sub_domain_hold_on_it(seed, width, picks):
     for layer, index, sign in splits:
         (floors if sign > 0 else ceilings)[names[layer]][0, index] = 0.0
     state = AlphaState(constraints={n: (floors[n], ceilings[n]) for n in names})
-    lower, upper = net.bounds(torch.zeros(1, 2, dtype=torch.float64), lirpac.Box(UNIT[0][None], UNIT[1][None]),
-                              method="alpha-crown", options={"state": state, "iterations": 4})
+    centre, box = torch.zeros(1, 2, dtype=torch.float64), lirpac.Box(UNIT[0][None], UNIT[1][None])
+    lower, upper = net.bounds(centre, box, method="alpha-crown", options={"state": state, "iterations": 4})
+    if random_multipliers:
+        assert state.betas or not any(pair for pair in state.alphas.values())
+        with torch.no_grad():
+            for table, scale in ((state.alphas, 1.0), (state.betas, 3.0)):
+                for pair in table.values():
+                    for t in pair:
+                        if t is not None:
+                            t.copy_(scale * torch.rand(t.shape, generator=g, dtype=t.dtype))
+            step = net.function(Plan(method="alpha-crown", spec=False))
+            lower, upper, _ = step(box.bind(centre), None, net._params(centre), state)
     x = torch.cat([grid(61), torch.rand(2000, 2, generator=g, dtype=torch.float64) * 2 - 1])
     with torch.no_grad():
         pre = [model[0](x)]
