@@ -1,17 +1,19 @@
 """ReLU branch and bound: prove what alpha-CROWN alone leaves open by splitting unstable ReLUs.
 
 A sub-domain is the input box with some pre-activation neurons fixed to one sign
-(``x_j >= 0`` or ``x_j <= 0``). Bounding it is alpha-CROWN with those neurons' bounds clipped
-at 0 (``AlphaState.constraints``): their ReLU becomes exact, and every bound computed after
-them tightens. Each bound holds for the inputs of the sub-domain, and the two halves of a split
-cover the parent, so the property holds once every sub-domain is proved. A sub-domain whose
-clipped bounds cross (lower > upper somewhere) holds no input at all and is proved.
+(``x_j >= 0`` or ``x_j <= 0``). Bounding it is alpha-CROWN with, for those neurons, bounds
+clipped at 0 (``AlphaState.constraints``: their ReLU becomes exact and every later bound
+tightens) and beta-CROWN's multipliers (Wang et al. 2021, ``AlphaState.betas``), which bring
+the constraint itself into each backward pass; both are optimised by the same steps. A
+sub-domain starts from its parent's intermediate bounds (``AlphaState.known``), so its passes
+skip the neurons the parent already proved stable. Each bound holds for the inputs of the
+sub-domain only, and the two halves of a split cover the parent, so the property holds once
+every sub-domain is proved. A sub-domain whose bounds cross (lower > upper somewhere) holds no
+input at all and is proved.
 
 Branching: the output bound's gradient with respect to each unstable neuron's bounds
 (``AlphaState.probing``) estimates how much fixing its sign raises the bound on each side;
 the neuron with the largest sum is split (a first-order cousin of BaBSR, Bunel et al. 2020).
-Split constraints enter only through the clipped bounds (no Lagrange multipliers, unlike
-beta-CROWN): weaker per sub-domain, but exactly the same code as alpha-CROWN.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from lirpac.alpha import AlphaState
+from lirpac.codegen.torch_backend import Plan
 from lirpac.passes.bound_needs import sign_splittable
 from lirpac.perturbation import Box
 
@@ -47,10 +50,10 @@ class _Domain:
     bounds: dict | None = None   # node name -> Interval (per-sample shape): the parent's bounds
 
 
-def splittable_nodes(graph) -> dict[str, int]:
-    """The nodes a split may fix neurons of (passes.bound_needs.sign_splittable), with their
-    neuron counts."""
-    return {n.name: n.numel for n in sign_splittable(graph)}
+def splittable_nodes(graph) -> list[str]:
+    """The names of the nodes a split may fix neurons of, in graph order
+    (passes.bound_needs.sign_splittable)."""
+    return [n.name for n in sign_splittable(graph)]
 
 
 def relu_split(net, lower: torch.Tensor, upper: torch.Tensor, C: torch.Tensor, d: torch.Tensor,
@@ -62,14 +65,14 @@ def relu_split(net, lower: torch.Tensor, upper: torch.Tensor, C: torch.Tensor, d
     ``deadline`` (time.monotonic()), or once ``max_domains`` sub-domains were bounded or
     are waiting."""
     nodes = {n.name: n for n in net.graph.nodes}
-    splittable = splittable_nodes(net.graph)
+    splittable = set(splittable_nodes(net.graph))
     queue = [_Domain((), torch.ones(len(groups), dtype=torch.bool))]
     bounded = 0
     while queue:
         if time.monotonic() >= deadline or max(bounded, len(queue)) >= max_domains:
             return BabResult(None, bounded, f"{bounded} sub-domains bounded, {len(queue)} left")
         chunk, queue = queue[-batch:], queue[:-batch]
-        margins, state, probe = _bound(net, chunk, nodes, lower, upper, C, d, iterations, deadline)
+        margins, state, inputs = _bound(net, chunk, nodes, lower, upper, C, d, iterations, deadline)
         bounded += len(chunk)
         empty = _infeasible(state, len(chunk))
         todo = []
@@ -80,8 +83,8 @@ def relu_split(net, lower: torch.Tensor, upper: torch.Tensor, C: torch.Tensor, d
                 todo.append((b, _Domain(dom.splits, still, known)))
         if not todo:
             continue
-        scores = probe([b for b, _ in todo], splittable)
-        for (b, dom), score in zip(todo, scores):
+        picks = _branch(net, state, inputs, [b for b, _ in todo], splittable)
+        for (b, dom), score in zip(todo, picks):
             if score is None:
                 return BabResult(None, bounded, "a sub-domain has no unstable ReLU left to split")
             name, index = score
@@ -117,8 +120,8 @@ def _known(chunk) -> dict:
 
 
 def _bound(net, chunk, nodes, lower, upper, C, d, iterations, deadline):
-    """alpha-CROWN on a batch of sub-domains: (margins (n, rows), state, probe) where
-    ``probe(indices, splittable)`` picks a neuron to split for each of those sub-domains."""
+    """alpha-CROWN on a batch of sub-domains: margins (n, rows), the state, and the bound
+    function's inputs (centre, box, spec) for branching."""
     n = len(chunk)
     lo = lower.unsqueeze(0).expand(n, *lower.shape)
     hi = upper.unsqueeze(0).expand(n, *upper.shape)
@@ -129,11 +132,7 @@ def _bound(net, chunk, nodes, lower, upper, C, d, iterations, deadline):
     with torch.no_grad():
         lb, _ = net.bounds(centre, box, method="alpha-crown", C=Cn, bound_upper=False,
                            options={"state": state, "iterations": iterations, "time_limit": time_limit})
-    margins = lb.double() - d.double()
-
-    def probe(indices, splittable):
-        return _branch(net, state, centre, box, Cn, margins, indices, splittable)
-    return margins, state, probe
+    return lb.double() - d.double(), state, (centre, box, Cn)
 
 
 def _infeasible(state: AlphaState, n: int) -> torch.Tensor:
@@ -144,10 +143,10 @@ def _infeasible(state: AlphaState, n: int) -> torch.Tensor:
     return empty
 
 
-def _branch(net, state, centre, box, C, margins, indices, splittable):
+def _branch(net, state, inputs, indices, splittable):
     """For each sub-domain in ``indices``: (node name, flat index) of the unstable splittable
     neuron whose sign, fixed either way, is estimated to raise the bound most; None if none."""
-    from lirpac.codegen.torch_backend import Plan
+    centre, box, C = inputs
     fn = net.function(Plan(method="alpha-crown", spec=True, lower=True, upper=False,
                            conv_mode=net.conv_mode))
     state.probing, state.probes = True, {}
@@ -161,8 +160,8 @@ def _branch(net, state, centre, box, C, margins, indices, splittable):
             grads = torch.autograd.grad(objective, leaves, allow_unused=True) if leaves else []
     finally:
         state.probing, state.probes = False, {}
-    best_score = torch.full((len(margins),), -torch.inf, dtype=torch.float64)
-    best = [None] * len(margins)
+    best_score = torch.full((len(centre),), -torch.inf, dtype=torch.float64)
+    best = [None] * len(centre)
     for k, (name, bounds) in enumerate(probes.items()):
         l, u = bounds.lower.detach().flatten(1).double(), bounds.upper.detach().flatten(1).double()
         g_l, g_u = grads[2 * k], grads[2 * k + 1]
@@ -175,7 +174,7 @@ def _branch(net, state, centre, box, C, margins, indices, splittable):
         gap = torch.where(unstable, -l * u / (u - l).clamp(min=1e-12), torch.zeros_like(l))
         score = torch.where(unstable, gain + 1e-6 * gap, torch.full_like(l, -torch.inf))
         value, index = score.max(1)
-        for b in range(len(margins)):
+        for b in range(len(centre)):
             if value[b] > best_score[b]:
                 best_score[b], best[b] = value[b], (name, int(index[b]))
     return [best[b] if torch.isfinite(best_score[b]) else None for b in indices]
