@@ -20,6 +20,7 @@ import torch
 
 from lirpac.errors import InputError
 from lirpac.ir.opdef import get_op
+from lirpac.ir.ops.common import weights_fixed
 
 
 @dataclass(frozen=True)
@@ -214,6 +215,11 @@ def optimise(step, inp, C, params, output: str, opts: AlphaOptions, state: Alpha
     """Run the loop over the generated ``step``; returns (lower, upper, A, state) with the
     elementwise best bounds, A (when the step returns it) of the step with the best objective,
     and the state holding that step's slopes."""
+    with weights_fixed():
+        return _optimise(step, inp, C, params, output, opts, state)
+
+
+def _optimise(step, inp, C, params, output: str, opts: AlphaOptions, state: AlphaState | None):
     state = state if state is not None else AlphaState()
     state._prepare(output, opts)
     params = [p.detach() for p in params]

@@ -6,6 +6,7 @@ folding the first two dimensions into one batch dimension and unfolding after.
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Callable
 
 import torch
@@ -55,6 +56,35 @@ def unbroadcast(coeff: torch.Tensor | None, shape) -> torch.Tensor | None:
     if dims:
         coeff = coeff.sum(dim=dims, keepdim=True)
     return coeff
+
+
+_ABS_CACHE: dict | None = None
+
+
+@contextlib.contextmanager
+def weights_fixed():
+    """A scope in which the layers' constant operands do not change (one alpha-CROWN call:
+    many evaluations of the same weights), so ``constant_abs`` computes each |W| once."""
+    global _ABS_CACHE
+    if _ABS_CACHE is not None:
+        yield
+        return
+    _ABS_CACHE = {}
+    try:
+        yield
+    finally:
+        _ABS_CACHE = None
+
+
+def constant_abs(t: torch.Tensor) -> torch.Tensor:
+    """|t| of a layer's constant operand (a weight): once per ``weights_fixed`` scope for a
+    weight autograd does not track, else computed afresh."""
+    if _ABS_CACHE is None or (t.requires_grad and torch.is_grad_enabled()):
+        return t.abs()
+    hit = _ABS_CACHE.get(id(t))
+    if hit is None or hit[0] is not t:
+        hit = _ABS_CACHE[id(t)] = (t, t.abs())    # the reference keeps the id unique in scope
+    return hit[1]
 
 
 def split_pos_neg(t: torch.Tensor):

@@ -368,3 +368,20 @@ def test_steps_bound_only_neurons_the_first_evaluation_leaves_unstable():
     again = net.alpha_crown(other, ball, iterations=5, state=result.state)
     assert torch.all(again.lower >= crown[0] - 1e-5) and torch.all(again.upper <= crown[1] + 1e-5)
     assert_contains(model, sample_lp_ball(other, 0.2, math.inf, 512, generator=g), again.lower, again.upper)
+
+
+def test_weight_updates_between_calls_are_seen():
+    """|W| is computed once per call (ir/ops/common.weights_fixed), never kept across calls: a
+    weight changed in place, even through .data, gives the new model's bounds."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 5), nn.ReLU(), nn.Linear(5, 2))
+    x = torch.randn(1, 3)
+    net = lirpac.compile(model, x)
+    ball = lirpac.LpBall(eps=0.3)
+    net.bounds(x, ball, method="alpha-crown", options={"iterations": 3})
+    with torch.no_grad():
+        model[0].weight.data.mul_(-2.0)
+    after = net.bounds(x, ball, method="alpha-crown", options={"iterations": 3})
+    fresh = lirpac.compile(model, x).bounds(x, ball, method="alpha-crown", options={"iterations": 3})
+    for a, b in zip(after, fresh):
+        assert torch.allclose(a, b)
