@@ -374,7 +374,7 @@ def test_weight_updates_between_calls_are_seen():
     """|W| is computed once per call (ir/ops/common.weights_fixed), never kept across calls: a
     weight changed in place, even through .data, gives the new model's bounds."""
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(3, 5), nn.ReLU(), nn.Linear(5, 2))
+    model = nn.Sequential(nn.Linear(3, 5), nn.ReLU(), nn.Linear(5, 2)).eval()
     x = torch.randn(1, 3)
     net = lirpac.compile(model, x)
     ball = lirpac.LpBall(eps=0.3)
