@@ -49,6 +49,10 @@ class AlphaEmitter(torch_backend._Emitter):
         self.emit(f"{n.name}_ref = alphas.reference({n.name!r}, {n.name})")
         return f"{n.name}_ref"
 
+    def pass_rows(self, n: Node, expr: str) -> str:
+        # none once recorded, when the state freezes intermediate bounds (branch and bound)
+        return f"alphas.rows({n.name!r}, {expr})"
+
     def kept_bounds(self, n: Node, expr: str) -> str:
         return f"alphas.record({n.name!r}, {expr})"
 

@@ -153,9 +153,9 @@ def tighten_chunks(reference: Interval, rows: torch.Tensor, run, bytes_per_row: 
     over a chunk of rows, with chunks small enough for ``max_memory`` bytes: rows are
     independent, so the bounds are those of one pass, without running out of memory. No rows
     (no unstable neuron): no pass at all."""
+    if rows.numel() == 0:     # (split would still give one empty chunk)
+        return reference
     size = max(1, max_memory // max(1, bytes_per_row))
     results = [run(chunk) for chunk in rows.split(size)]
-    if not results:
-        return reference
     return tighten(reference, torch.cat([r[0] for r in results], 1),
                    torch.cat([r[1] for r in results], 1), rows, intersect)

@@ -374,7 +374,8 @@ class _Emitter:
                 get_op(u.op).exact_when_sign_known for u in users[n] if get_op(u.op).nonlinear)
             rows = f"{n.name}_rows"
             reference = self.pass_reference(n)
-            self.emit(f"{rows} = {'straddling_rows' if sparse else 'all_rows'}({reference})")
+            picked = f"{'straddling_rows' if sparse else 'all_rows'}({reference})"
+            self.emit(f"{rows} = {self.pass_rows(n, picked)}")
             forward = self.forward_when_exact and chosen_mode(self.graph, n) == "forward"
             if forward:
                 self.emit(f"# forward mode: exact for %{n.name} and cheaper (passes/bound_needs.py)")
@@ -406,6 +407,11 @@ class _Emitter:
         """The bounds a pass for ``n`` tightens, which also pick its rows: its IBP reference
         (a hook: alpha-CROWN narrows it with bounds it recorded before its steps)."""
         return n.name
+
+    def pass_rows(self, n: Node, expr: str) -> str:
+        """The expression for the rows a pass for ``n`` bounds (a hook: alpha-CROWN may skip
+        the pass once the bounds are recorded)."""
+        return expr
 
     def kept_bounds(self, n: Node, expr: str) -> str:
         """The expression that becomes ``n``'s bounds (a hook: alpha-CROWN records them)."""

@@ -89,7 +89,10 @@ class AlphaState:
     ``known``: per node, bounds (an Interval of the node's batched shape) that hold already,
     such as the parent sub-domain's in branch and bound: references and recorded bounds are
     intersected with them, so passes skip the neurons they prove stable. ``tracking``: keep
-    in ``tightest`` each node's tightest bounds over every evaluation of the call."""
+    in ``tightest`` each node's tightest bounds over every evaluation of the call. ``frozen``:
+    the steps keep the intermediate bounds of the first evaluation (no intermediate pass runs
+    after it, and only the final pass's slopes move): far cheaper steps, for sub-domains whose
+    known bounds come from an optimised parent."""
     alphas: dict = field(default_factory=dict)
     output: str = ""
     shared: bool = False
@@ -103,6 +106,7 @@ class AlphaState:
     known: dict = field(default_factory=dict)
     tracking: bool = False
     tightest: dict = field(default_factory=dict)
+    frozen: bool = False
 
     def reference(self, node: str, ibp):
         """The bounds a pass for ``node`` tightens: its IBP reference, intersected with the
@@ -110,6 +114,13 @@ class AlphaState:
         for table in (self.known, self.references):
             ibp = _within(ibp, table.get(node))
         return ibp
+
+    def rows(self, node: str, rows: torch.Tensor) -> torch.Tensor:
+        """The neurons a pass for ``node`` bounds: none once recorded when frozen (called by the
+        generated code)."""
+        if self.frozen and not self.recording and node in self.references:
+            return rows[:0]
+        return rows
 
     def record(self, node: str, bounds):
         """``node``'s bounds, clipped to its constraints and known bounds; kept when recording

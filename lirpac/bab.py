@@ -4,9 +4,11 @@ A sub-domain is the input box with some pre-activation neurons fixed to one sign
 (``x_j >= 0`` or ``x_j <= 0``). Bounding it is alpha-CROWN with, for those neurons, bounds
 clipped at 0 (``AlphaState.constraints``: their ReLU becomes exact and every later bound
 tightens) and beta-CROWN's multipliers (Wang et al. 2021, ``AlphaState.betas``), which bring
-the constraint itself into each backward pass; both are optimised by the same steps. A
-sub-domain starts from its parent's intermediate bounds (``AlphaState.known``), so its passes
-skip the neurons the parent already proved stable. Each bound holds for the inputs of the
+the constraint itself into each backward pass; both are optimised by the same steps. The
+root optimises every pass; a sub-domain below it starts from its parent's intermediate bounds
+(``AlphaState.known``), tightens them by one CROWN evaluation under its splits (skipping the
+neurons the parent proved stable), and then moves only the final pass's slopes and
+multipliers (``AlphaState.frozen``): cheap steps, many sub-domains. Each bound holds for the inputs of the
 sub-domain only, and the two halves of a split cover the parent, so the property holds once
 every sub-domain is proved. A sub-domain whose bounds cross (lower > upper somewhere) holds no
 input at all and is proved.
@@ -29,7 +31,7 @@ from lirpac.perturbation import Box
 
 __all__ = ["BabResult", "relu_split"]
 
-BATCH = 16            # sub-domains bounded in one call
+BATCH = 64            # sub-domains bounded in one call
 ITERATIONS = 20       # alpha-CROWN (and beta) steps per sub-domain batch
 MAX_DOMAINS = 100_000  # sub-domains (bounded or waiting) past which the search gives up
 
@@ -127,7 +129,10 @@ def _bound(net, chunk, nodes, lower, upper, C, d, iterations, deadline):
     hi = upper.unsqueeze(0).expand(n, *upper.shape)
     box, centre = Box(lo, hi), (lo + hi) / 2
     Cn = C.unsqueeze(0).expand(n, *C.shape).to(lower.dtype)
-    state = AlphaState(constraints=_constraints(chunk, nodes, lower), known=_known(chunk), tracking=True)
+    # below the root, the steps keep the intermediate bounds (the parent's optimised ones,
+    # tightened by one CROWN evaluation under the splits) and move the final pass only
+    state = AlphaState(constraints=_constraints(chunk, nodes, lower), known=_known(chunk), tracking=True,
+                       frozen=all(dom.bounds is not None for dom in chunk))
     time_limit = max(deadline - time.monotonic(), 1e-3)
     with torch.no_grad():
         lb, _ = net.bounds(centre, box, method="alpha-crown", C=Cn, bound_upper=False,

@@ -34,11 +34,12 @@ ONE = torch.ones(1, 1, dtype=torch.float64)
 
 @settings(max_examples=20, deadline=None)
 @given(seed=st.integers(0, 10_000), width=st.integers(3, 8), picks=st.integers(1, 4),
-       random_multipliers=st.booleans())
-def test_bounds_of_a_sub_domain_hold_on_it(seed, width, picks, random_multipliers):
+       random_multipliers=st.booleans(), frozen=st.booleans())
+def test_bounds_of_a_sub_domain_hold_on_it(seed, width, picks, random_multipliers, frozen):
     """Bounds with some neurons' signs fixed contain f at every sampled point of the box whose
     pre-activations have those signs: after optimisation, and for random slopes in [0, 1] and
-    random beta multipliers >= 0."""
+    random beta multipliers >= 0; also when the steps keep the first evaluation's intermediate
+    bounds (frozen: only the final pass's slopes exist then)."""
     model = mlp(seed, width)
     net = compiled(model)
     names = list(splittable_nodes(net.graph))
@@ -50,9 +51,11 @@ def test_bounds_of_a_sub_domain_hold_on_it(seed, width, picks, random_multiplier
     ceilings = {n: torch.full((1, width), torch.inf, dtype=torch.float64) for n in names}
     for layer, index, sign in splits:
         (floors if sign > 0 else ceilings)[names[layer]][0, index] = 0.0
-    state = AlphaState(constraints={n: (floors[n], ceilings[n]) for n in names})
+    state = AlphaState(constraints={n: (floors[n], ceilings[n]) for n in names}, frozen=frozen)
     centre, box = torch.zeros(1, 2, dtype=torch.float64), lirpac.Box(UNIT[0][None], UNIT[1][None])
     lower, upper = net.bounds(centre, box, method="alpha-crown", options={"state": state, "iterations": 4})
+    if frozen:
+        assert all(target == net.graph.output.name for target, _ in state.alphas)
     if random_multipliers:
         assert state.betas or not any(pair for pair in state.alphas.values())
         with torch.no_grad():
