@@ -32,7 +32,7 @@ from lirpac.perturbation import Box
 __all__ = ["BabResult", "relu_split"]
 
 BATCH = 64            # sub-domains bounded in one call
-ITERATIONS = 20       # alpha-CROWN (and beta) steps per sub-domain batch
+ITERATIONS = 40       # alpha-CROWN (and beta) steps per sub-domain batch
 MAX_DOMAINS = 100_000  # sub-domains (bounded or waiting) past which the search gives up
 
 
