@@ -89,18 +89,25 @@ def test_gradient_matches_finite_differences(arch):
     x = torch.randn(1, *shape, dtype=torch.float64)
     ball = lirpac.LpBall(eps=0.4)
     C = torch.randn(1, 2, net.output_shape[0], dtype=torch.float64)
-    state = net.alpha_crown(x, ball, C=C, iterations=1).state
-    state._prepare(net.graph.output.name, lirpac.AlphaOptions())
-    g = torch.Generator().manual_seed(0)
-    for a in state.trainable()[0]:
-        with torch.no_grad():
-            a.copy_(0.1 + 0.8 * torch.rand(a.shape, generator=g, dtype=a.dtype))
-    alphas = [a for a in state.trainable()[0] if a.numel()]
+    state, alphas, g = _random_slopes_state(net, x, ball, C, lambda key: True, 0)
     intermediate = [a for k, pair in state.alphas.items() if k[0] != net.graph.output.name for a in pair]
     assert len(alphas) >= 4 and any(a.numel() for a in intermediate)
     checked = _check_gradient(net, x, ball, C, state, alphas, lambda flat, grad: (
         torch.randint(0, flat.numel(), (3,), generator=g).tolist() + [int(grad.abs().argmax())]))
     assert checked >= 2
+
+
+def _random_slopes_state(net, x, ball, C, pick, seed):
+    """A state whose slopes are leaves (as the loop makes them) and the slopes ``pick(key)``
+    selects, set to random values in [0.1, 0.9] (away from the projection's edges)."""
+    state = net.alpha_crown(x, ball, C=C, iterations=1).state
+    state._prepare(net.graph.output.name, lirpac.AlphaOptions())
+    alphas = [a for k, pair in state.alphas.items() if pick(k) for a in pair if a is not None]
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for a in alphas:
+            a.copy_(0.1 + 0.8 * torch.rand(a.shape, generator=g, dtype=a.dtype))
+    return state, [a for a in alphas if a.numel()], g
 
 
 def _check_gradient(net, x, ball, C, state, alphas, coordinates) -> int:
@@ -273,15 +280,9 @@ def test_tangent_gradient_matches_finite_differences():
     x = torch.randn(1, 3, dtype=torch.float64)
     net = lirpac.compile(model, x)
     ball = lirpac.LpBall(eps=0.3)
-    state = net.alpha_crown(x, ball, iterations=1).state
-    state._prepare(net.graph.output.name, lirpac.AlphaOptions())
-    alphas = [a for k, pair in state.alphas.items() if k[1] in ("exp", "log", "sqrt") for a in pair
-              if a is not None]
+    state, alphas, _ = _random_slopes_state(net, x, ball, None,
+                                            lambda key: key[1] in ("exp", "log", "sqrt"), 1)
     assert alphas
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for a in alphas:
-            a.copy_(0.1 + 0.8 * torch.rand(a.shape, generator=g, dtype=a.dtype))
     checked = _check_gradient(net, x, ball, None, state, alphas,
                               lambda flat, grad: range(0, flat.numel(), max(1, flat.numel() // 4)))
     assert checked >= 3
@@ -333,17 +334,11 @@ def test_blend_gradient_matches_finite_differences():
     x = torch.randn(1, 4, dtype=torch.float64)
     net = lirpac.compile(model, x)
     ball = lirpac.LpBall(eps=1.0)
-    state = net.alpha_crown(x, ball, iterations=1).state
-    state._prepare(net.graph.output.name, lirpac.AlphaOptions())
     # the final pass's slopes: an intermediate pass's slopes also move later relaxations,
     # whose S-shaped tangent points come from a bisection that autograd does not see
-    alphas = [a for k, pair in state.alphas.items()
-              if k[1] in ("sigmoid", "tanh", "atan") and k[0] == net.graph.output.name
-              for a in pair if a is not None]
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for a in alphas:
-            a.copy_(0.1 + 0.8 * torch.rand(a.shape, generator=g, dtype=a.dtype))
+    final = net.graph.output.name
+    state, alphas, _ = _random_slopes_state(
+        net, x, ball, None, lambda key: key[1] in ("sigmoid", "tanh", "atan") and key[0] == final, 1)
     checked = _check_gradient(net, x, ball, None, state, alphas,
                               lambda flat, grad: range(0, flat.numel(), max(1, flat.numel() // 4)))
     assert checked >= 3
