@@ -18,7 +18,7 @@ the only neurons the row touches.
 """
 from __future__ import annotations
 
-from lirpac.codegen import torch_backend
+from lirpac.codegen import hoist, torch_backend
 from lirpac.codegen.torch_backend import Plan
 from lirpac.ir.graph import Graph, Node
 from lirpac.ir.opdef import get_op
@@ -40,6 +40,7 @@ class AlphaEmitter(torch_backend._Emitter):
     def __init__(self, graph: Graph, plan: Plan):
         super().__init__(graph, plan)
         self.splittable = set(sign_splittable(graph))
+        self.alpha_lines_of: dict[Node, str] = {}
 
     def uses_lines(self, n: Node) -> bool:
         return get_op(n.op).backward_alpha is None and super().uses_lines(n)
@@ -62,6 +63,18 @@ class AlphaEmitter(torch_backend._Emitter):
             self.emit(f"lA_{n.name}, uA_{n.name} = alphas.beta({target.name!r}, {n.name!r}, "
                       f"lA_{n.name}, uA_{n.name})")
 
+    def relaxations(self, target: Node) -> None:
+        super().relaxations(target)
+        # an alpha op's bounds-only part (``alpha_lines``), once for every pass and step
+        for n in self.region([target]):
+            fn = get_op(n.op).alpha_lines
+            if fn is None or n in self.alpha_lines_of or n is self.x:
+                continue
+            bounds = next(self.bounds[i] for i in n.inputs if i.perturbed)
+            call = self.call(self.rule(n.op, "alpha_lines", n), [f"{bounds}.lower", f"{bounds}.upper"], self.attrs(n))
+            self.emit(f"{n.name}_lines = {call}")
+            self.alpha_lines_of[n] = f"{n.name}_lines"
+
     def patches_rule(self, target: Node, n: Node, args: list[str]) -> tuple[str, list[str]]:
         # backward_alpha takes Patches too: slopes per row's window
         if get_op(n.op).backward_alpha is None:
@@ -73,9 +86,22 @@ class AlphaEmitter(torch_backend._Emitter):
             return super().backward_rule(target, n, args)
         bounds = next(a for i, a in zip(n.inputs, args) if i.perturbed)
         slot = f"*alphas.slot({target.name!r}, {n.name!r}, {n.op!r}, lA_{n.name}, uA_{n.name}, {bounds})"
+        if get_op(n.op).alpha_lines is not None:
+            args = [self.alpha_lines_of[n] if a == bounds else a for a in args]
         return self.rule(n.op, "backward_alpha", n), args + [slot]
 
 
 def build(graph: Graph, plan: Plan):
-    """The generated step ``bound(inp, C, params, alphas)`` and its source."""
-    return torch_backend.build(graph, plan, AlphaEmitter(graph, plan))
+    """The generated step ``bound(inp, C, params, alphas)`` and its source. When some of its
+    statements never see a slope, ``bound.hoisted`` is (prepare, step) from codegen/hoist.py:
+    ``step(inp, C, params, alphas, prepare(inp, C, params, alphas))`` computes what ``bound``
+    does, and the loop runs ``prepare`` once per call."""
+    fn, source = torch_backend.build(graph, plan, AlphaEmitter(graph, plan))
+    parts = hoist.split(source)
+    if parts is not None:
+        namespace = fn.__globals__
+        filename = torch_backend.register_source("\n".join(parts), plan.method + "-hoisted")
+        exec(compile("\n".join(parts), filename, "exec"), namespace)
+        fn.hoisted = (namespace["prepare"], namespace["step"])
+        source = "\n".join([source, "# the loop's split of bound (codegen/hoist.py)", *parts])
+    return fn, source

@@ -33,7 +33,7 @@ _FINAL = {"ibp": "ibp", "crown": "backward", "forward": "forward",
           "crown-ibp": "backward", "forward+crown": "backward", "alpha-crown": "backward"}
 _MODE_PREFIX = {"ibp_ball": "ball", "ibp": "ibp", "backward": "bwd", "forward_mode": "fwd", "forward": "val",
                 "jacobian": "jac", "backward_patches": "pat", "backward_alpha": "bwa",
-                "relax": "relax"}
+                "relax": "relax", "alpha_lines": "alines"}
 
 
 @dataclass(frozen=True)
@@ -535,8 +535,14 @@ def build(graph: Graph, plan: Plan, emitter: "_Emitter | None" = None):
     """Compile the generated source into a function (registered with linecache so tracebacks
     and debuggers show the generated lines)."""
     source, namespace = generate(graph, plan, emitter)
-    _counter[0] += 1
-    filename = f"<lirpac-generated-{_counter[0]}-{plan.method}>"
-    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    filename = register_source(source, plan.method)
     exec(compile(source, filename, "exec"), namespace)
     return namespace["bound"], source
+
+
+def register_source(source: str, label: str) -> str:
+    """A fresh file name for generated ``source``, known to linecache."""
+    _counter[0] += 1
+    filename = f"<lirpac-generated-{_counter[0]}-{label}>"
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    return filename

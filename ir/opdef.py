@@ -69,6 +69,10 @@ class OpDef:
     # tensor for each side's coefficients); alpha_init(lower, upper, **attrs) gives their
     # (B, *shape) start, the choice ``backward`` makes.
     backward_alpha: Callable[..., Any] | None = None
+    # alpha_lines(lower, upper, **attrs): the part of backward_alpha that depends on the bounds
+    # only, which it then takes in place of the input's Interval; the code generator computes
+    # it once per bounds, for every pass and optimisation step that crosses the node.
+    alpha_lines: Callable[..., Any] | None = None
     # Elementwise ops: relax(lower, upper, **attrs) -> (l_slope, l_bias, u_slope, u_bias), the
     # lines ``backward`` uses; the code generator computes them once per bounds and hands them
     # to every backward pass (ir/ops/common.py: relaxed_backward_lines).

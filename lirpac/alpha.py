@@ -12,6 +12,7 @@ the slopes' storage, an ``AlphaState`` that a later call can start from (warm st
 """
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import dataclass, field, fields
@@ -243,6 +244,12 @@ def _optimise(step, inp, C, params, output: str, opts: AlphaOptions, state: Alph
             best_lower, best_upper, _ = step(inp, C, params, state)
     finally:
         state.recording = False
+    # the statements no slope reaches run once (codegen/hoist.py), the rest every step
+    hoisted = getattr(step, "hoisted", None)
+    if hoisted is not None:
+        with torch.no_grad():
+            invariants = hoisted[0](inp, C, params, state)
+        step = functools.partial(hoisted[1], pre=invariants)
     best_A = None
     best_objective, best_alphas, stale = -math.inf, None, 0
     optimiser = schedule = alphas = None

@@ -129,6 +129,26 @@ def _dot_rows(a: torch.Tensor, column: torch.Tensor, scale: float = 1.0, plus=No
     return (product if plus is None else plus + product).squeeze(-1)
 
 
+class _BoxExtreme(torch.autograd.Function):
+    """min (sign -1) or max (sign 1) of each row of a (B, S, n) against x over the box
+    mid +- rad ((B, n, 1) each), computed as the untracked form does (centre and |a| terms:
+    the same rounding). Its gradient in a is mid + sign sgn(a) rad (a subgradient where
+    a_j = 0, as autograd's for |a|): three products in the backward pass instead of the
+    five of autograd's (alpha-CROWN's steps differentiate it every time)."""
+
+    @staticmethod
+    def forward(ctx, a, mid, rad, sign):
+        ctx.save_for_backward(a, mid, rad)
+        ctx.sign = sign
+        return _dot_rows(a.abs(), rad, sign, plus=_dot_rows(a, mid).unsqueeze(-1))
+
+    @staticmethod
+    def backward(ctx, grad):
+        a, mid, rad = ctx.saved_tensors
+        direction = torch.addcmul(mid.transpose(1, 2), a.sign(), rad.transpose(1, 2), value=ctx.sign)
+        return grad.unsqueeze(-1) * direction, None, None, None
+
+
 class InputSet:
     """The run-time form of a perturbation: a containing box and a concretization rule."""
 
@@ -178,7 +198,10 @@ class InputSet:
         result = None
         if self.use_box:
             mid, rad = self._box_centre_radius()
-            result = _dot_rows(a.abs(), rad, sign, plus=_dot_rows(a, mid).unsqueeze(-1))
+            if a.requires_grad and a.shape[0] == self.batch and not (mid.requires_grad or rad.requires_grad):
+                result = _BoxExtreme.apply(a, mid, rad, sign)
+            else:
+                result = _dot_rows(a.abs(), rad, sign, plus=_dot_rows(a, mid).unsqueeze(-1))
         if self.norm != math.inf:
             x0 = self.center.reshape(self.batch, -1, 1)
             ball = a.matmul(x0).squeeze(-1) + sign * self.eps_flat * a.norm(p=self.dual, dim=-1)
