@@ -20,7 +20,7 @@ from lirpac.ir.ops.kink_alpha import kink_alpha_rules
 from lirpac.ir.ops.blend_alpha import blend_alpha_rules
 from lirpac.ir.ops.tangent_alpha import tangent_alpha_rules
 from lirpac.ir.ops.relaxation import (Curve, Lines, concave_lines, convex_lines, inflection_lines,
-                                      kinked_lines, pad_down, pad_up, select, sound_relax)
+                                      kinked_lines, pad_down, pad_up, select, slack, sound_relax)
 
 
 def relu_relax(lower, upper):
@@ -30,13 +30,14 @@ def relu_relax(lower, upper):
     lo = lower.clamp(max=0)
     hi = upper.clamp(min=0)
     u_slope = hi / (hi - lo).clamp(min=torch.finfo(hi.dtype).tiny)
-    # the rounded chord misses (u, u) by a few ulps of u: lift it by slack(u); a stable
-    # neuron's line is exact, and its bias exactly 0 (slack's underflow floor there would
-    # make every product with it subnormal, several times slower on CPUs)
-    u_bias = torch.where((lo < 0) & (hi > 0), pad_up(-u_slope * lo, hi), torch.zeros_like(hi))
-    l_slope = (hi > -lo).to(hi.dtype)
+    # the rounded chord misses (u, u) by a few ulps of u: lift it by slack(u) (its value is
+    # never infinite: u_slope <= 1); a stable neuron's line is exact, and its bias exactly 0
+    # (slack's underflow floor there would make every product with it subnormal, several
+    # times slower on CPUs)
+    unstable = (lo < 0) & (hi > 0)
+    u_bias = torch.where(unstable, torch.addcmul(slack(hi), u_slope, lo, value=-1), 0.0)
     # a neuron that is active on the whole interval (l >= 0) is the identity
-    l_slope = torch.where(lower >= 0, torch.ones_like(l_slope), l_slope)
+    l_slope = ((hi > -lo) | (lower >= 0)).to(hi.dtype)
     return l_slope, torch.zeros_like(lo), u_slope, u_bias
 
 

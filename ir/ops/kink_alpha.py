@@ -12,18 +12,19 @@ from typing import NamedTuple
 
 import torch
 
-from lirpac.ir.ops.common import RowLayout, _relaxed_step, _row_dot, prepare_lines, relaxed_backward_lines
+from lirpac.ir.ops.common import RowLayout, _relaxed_step, _row_dot, relaxed_backward_lines
 
 
 class KinkLines(NamedTuple):
     """A kink op's relaxation on one set of bounds, prepared once for every pass and step
-    that crosses it (``alpha_lines``): the op's four lines (node-shaped; a line zero
-    everywhere as 0, ``prepare_lines``), the lower bias 0 where the neuron is unstable (alpha's
-    lines pass through the origin), and the unstable mask."""
-    l_slope: torch.Tensor | int
+    that crosses it (``alpha_lines``), node-shaped: the op's lower slope with 0 where the
+    neuron is unstable (alpha's lines take over there, through the origin: the lower bias is 0
+    there too, and a lower bias zero everywhere is given as 0), its upper line, and the
+    unstable mask as 0 / 1 (for a >= 1, the op's lines unchanged)."""
+    l_slope: torch.Tensor
     l_bias: torch.Tensor | int
-    u_slope: torch.Tensor | int
-    u_bias: torch.Tensor | int
+    u_slope: torch.Tensor
+    u_bias: torch.Tensor
     unstable: torch.Tensor
 
 
@@ -43,23 +44,25 @@ def kink_alpha_rules(relax, bottom_slope) -> dict:
         l_slope, l_bias, u_slope, u_bias = relax(lower, upper, **attrs)
         unstable = (lower < 0) & (upper > 0)
         if bottom_slope(**attrs) < 1:
-            l_bias = torch.where(unstable, 0.0, l_bias)
-        return KinkLines(*prepare_lines((l_slope, l_bias, u_slope, u_bias)), unstable)
+            l_slope, l_bias = (torch.where(unstable, 0.0, t) for t in (l_slope, l_bias))
+        # only the lower bias is zero everywhere often enough (ReLU's) to be worth a check
+        return KinkLines(l_slope, 0 if not l_bias.any() else l_bias, u_slope, u_bias, unstable.to(l_slope.dtype))
 
     def backward_alpha(lA, uA, lines: KinkLines, alpha_l, alpha_u, **attrs):
         a = bottom_slope(**attrs)
         if a >= 1:
             return relaxed_backward_lines(lA, uA, lines[:4])
         rows = RowLayout(lA, uA)
-        l_slope, l_bias, u_slope, u_bias, unstable = (r if isinstance(r, int) else rows.at(r) for r in lines)
+        fixed, l_bias, u_slope, u_bias, unstable = (r if isinstance(r, int) else rows.at(r) for r in lines)
         alpha_l, alpha_u = rows.slopes(alpha_l), rows.slopes(alpha_u)
         if a != 0:
             alpha_l = None if alpha_l is None else a + (1 - a) * alpha_l
             alpha_u = None if alpha_u is None else a + (1 - a) * alpha_u
-        # an unstable neuron's lower line is alpha's (the slopes stay tensors even where
-        # zero: they carry alpha's gradient)
-        slope_l = None if lA is None else torch.where(unstable, alpha_l, l_slope)
-        slope_u = None if uA is None else torch.where(unstable, alpha_u, l_slope)
+        # the lower slope is alpha's where the neuron is unstable, the op's elsewhere: exactly
+        # (0 + alpha, slope + 0), cheaper than a broadcast selection, and a tensor everywhere
+        # (it carries alpha's gradient)
+        slope_l = None if lA is None else torch.addcmul(fixed, unstable, alpha_l)
+        slope_u = None if uA is None else torch.addcmul(fixed, unstable, alpha_u)
         new_l, new_u, lbias, ubias = _relaxed_step(
             *rows.coeffs, slope_l if slope_l is not None else slope_u, l_bias, u_slope, u_bias,
             _row_dot, l_slope_of_upper=slope_u)
