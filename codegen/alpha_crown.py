@@ -54,6 +54,9 @@ class AlphaEmitter(torch_backend._Emitter):
         # none once recorded, when the state freezes intermediate bounds (branch and bound)
         return f"alphas.rows({n.name!r}, {expr})"
 
+    def fold_condition(self, expr: str) -> str:
+        return f"{expr} and not alphas.shared"
+
     def kept_bounds(self, n: Node, expr: str) -> str:
         return f"alphas.record({n.name!r}, {expr})"
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from lirpac.codegen.patches import Patches, acc_patches, to_dense
+from lirpac.codegen.patches import Patches, acc_patches, concretize_pair, to_dense
 from lirpac.ir.opdef import Interval, Linear
 from lirpac.ir.ops.common import split_pos_neg
 
@@ -23,6 +23,50 @@ def dense_pair(lower_coeff, upper_coeff):
     """Both sides as matrices (converted once when they are the same Patches)."""
     dense = to_dense(lower_coeff)
     return dense, dense if upper_coeff is lower_coeff else to_dense(upper_coeff)
+
+
+# Folded passes bound [c; -c] from below: the upper bound of c.f is minus the lower bound of
+# -c.f, and negation is exact, so the bounds are those of the two sides (up to the summation
+# order of products over more rows), with each rule run once. Above this many bytes of folded coefficients at the widest node, the doubled
+# tensors cost more in memory traffic than the halved dispatch saves.
+FOLD_MAX_BYTES = 1 << 20
+
+
+def fold_worth(start, width: int) -> bool:
+    """Fold a pass whose start has these rows, through nodes at most ``width`` wide?"""
+    return 2 * start.shape[0] * start.shape[1] * width * start.element_size() <= FOLD_MAX_BYTES
+
+
+def fold_pair(lA, uA, fold: bool):
+    """A pass's start coefficients as [lA; -uA] and no upper side, when folding."""
+    return (torch.cat([lA, -uA], 1), None) if fold else (lA, uA)
+
+
+def fold_bias(lbias, ubias, fold: bool):
+    """A pass's start biases as [lbias; -ubias] and no upper side, when folding (0 stays 0)."""
+    if not fold or isinstance(lbias, int):
+        return (0, 0) if fold else (lbias, ubias)
+    return torch.cat([lbias, -ubias], 1), 0
+
+
+def finish_sides(inp, lA, lbias, uA, ubias, fold: bool):
+    """(lower, upper) bounds at the end of a pass, folded or not."""
+    if not fold:
+        return concretize_pair(inp, lA, lbias, uA, ubias)
+    both = inp.concretize(lA, lbias, upper=False)
+    half = both.shape[1] // 2
+    return both[:, :half], -both[:, half:]
+
+
+def unfold_coefficients(lA, lbias, uA, ubias, fold: bool) -> tuple:
+    """(lA, lbias, uA, ubias) of both sides from a pass's coefficients, folded or not."""
+    if not fold:
+        return lA, lbias, uA, ubias
+    half = lA.shape[1] // 2
+    if not isinstance(lbias, int):
+        lbias = lbias.expand(lA.shape[0], lA.shape[1])
+        return lA[:, :half], lbias[:, :half], -lA[:, half:], -lbias[:, half:]
+    return lA[:, :half], 0, -lA[:, half:], 0
 
 
 def identity_spec(batch: int, shape: tuple, like: torch.Tensor) -> torch.Tensor:

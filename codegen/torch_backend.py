@@ -163,12 +163,17 @@ class _Emitter:
             self.bounds[n] = f"{n.name}_lin.bounds"
 
     def backward(self, target: Node, spec: bool, lower: bool, upper: bool, rows: str | None = None,
-                 layout: "_PassLayout | None" = None) -> None:
+                 layout: "_PassLayout | None" = None) -> bool:
         """Emit a backward pass from ``target``; leaves lA_<x>, uA_<x>, lbias, ubias.
         ``rows`` names a tensor of neuron indices: the pass then bounds those neurons only.
-        ``layout`` says which nodes carry Patches (codegen/patches.py) instead of matrices."""
+        ``layout`` says which nodes carry Patches (codegen/patches.py) instead of matrices.
+        Returns whether the pass may fold its sides (both asked, dense coefficients): then
+        ``_fold`` says at run time whether it bounds the rows [c; -c] from below only
+        (runtime.fold_pair: each rule runs once instead of once per side, worth it while the
+        folded rows are small), and ``finish_sides`` gives both sides' bounds."""
         nodes = self.region([target])
         patched = layout.patched if layout is not None else {}
+        fold = lower and upper and not patched
         have: set[Node] = set()
         what = "spec C" if spec else ("identity spec" if rows is None else f"identity rows {rows}")
         self.emit(f"# backward from %{target.name} ({what}{', patches' if patched else ''})")
@@ -202,6 +207,14 @@ class _Emitter:
             self.emit(f"uA_{target.name} = {(f'lA_{target.name}' if lower else start) if upper else None}")
             self.emit("lbias = ubias = 0")
             have.add(target)
+        if fold:
+            # one lower-side pass over [c; -c] bounds both sides: max c.f = -min (-c).f
+            first = next(iter(have))
+            width = max(math.prod(n.shape) for n in nodes if n.perturbed)
+            self.emit(f"_fold = {self.fold_condition(f'fold_worth(lA_{first.name}, {width})')}")
+            for n in have:
+                self.emit(f"lA_{n.name}, uA_{n.name} = fold_pair(lA_{n.name}, uA_{n.name}, _fold)")
+            self.emit("lbias, ubias = fold_bias(lbias, ubias, _fold)")
         for n in reversed(nodes):
             if n is self.x or n not in have or (skip_target and n is target):
                 continue
@@ -233,6 +246,12 @@ class _Emitter:
                 else:
                     self.emit(f"lA_{i.name}, uA_{i.name} = _coeffs[{k}]")
                     have.add(i)
+        return fold
+
+    def fold_condition(self, expr: str) -> str:
+        """The expression that decides whether a pass folds its sides (a hook: alpha-CROWN's
+        slopes shared by a pass's rows stay one per side)."""
+        return expr
 
     def at_coefficients(self, target: Node, n: Node, patched: bool) -> None:
         """A hook where ``n``'s coefficients in the pass from ``target`` are complete, before
@@ -389,8 +408,10 @@ class _Emitter:
                 self.relaxations(n)
                 self.emit(f"def {n.name}_pass(_rows):")
                 self.indent += 1
-                self.backward(n, spec=False, lower=True, upper=True, rows="_rows", layout=layout)
-                self.emit(f"return concretize_pair(inp, lA_{x}, lbias, uA_{x}, ubias)")
+                if self.backward(n, spec=False, lower=True, upper=True, rows="_rows", layout=layout):
+                    self.emit(f"return finish_sides(inp, lA_{x}, lbias, uA_{x}, ubias, _fold)")
+                else:
+                    self.emit(f"return concretize_pair(inp, lA_{x}, lbias, uA_{x}, ubias)")
                 self.indent -= 1
                 # lA, uA, their successors and a relaxation step's gathered lines and
                 # selections: about 10 coefficient-sized tensors at the widest node (measured
@@ -480,11 +501,15 @@ class _Emitter:
             ret_A = "(_out.lw, _out.lb, _out.uw, _out.ub)"
         else:
             self.relaxations(out)
-            self.backward(out, spec=plan.spec, lower=lo, upper=up)
+            folded = self.backward(out, spec=plan.spec, lower=lo, upper=up)
             x = self.x.name
-            self.emit(f"lower = inp.concretize(lA_{x}, lbias, upper=False)" if lo else "lower = None")
-            self.emit(f"upper = inp.concretize(uA_{x}, ubias, upper=True)" if up else "upper = None")
-            ret_A = f"(lA_{x}, lbias, uA_{x}, ubias)"
+            if folded:
+                self.emit(f"lower, upper = finish_sides(inp, lA_{x}, lbias, uA_{x}, ubias, _fold)")
+                ret_A = f"unfold_coefficients(lA_{x}, lbias, uA_{x}, ubias, _fold)"
+            else:
+                self.emit(f"lower = inp.concretize(lA_{x}, lbias, upper=False)" if lo else "lower = None")
+                self.emit(f"upper = inp.concretize(uA_{x}, ubias, upper=True)" if up else "upper = None")
+                ret_A = f"(lA_{x}, lbias, uA_{x}, ubias)"
         self.emit(f"return lower, upper, {ret_A if plan.return_A else 'None'}")
         body = self.lines[body_start:]
         doc = f'"""{plan.method} bounds{" of C . f(x)" if plan.spec else ""} for the graph below (generated)."""'
@@ -516,7 +541,9 @@ def generate(graph: Graph, plan: Plan, emitter: "_Emitter | None" = None) -> tup
                  "input_linear": runtime.input_linear, "forward_spec": runtime.forward_spec,
                  "straddling_rows": runtime.straddling_rows, "identity_rows": runtime.identity_rows,
                  "tighten": runtime.tighten, "intersect": runtime.intersect, "all_rows": runtime.all_rows,
-                 "tighten_chunks": runtime.tighten_chunks,
+                 "tighten_chunks": runtime.tighten_chunks, "fold_worth": runtime.fold_worth,
+                 "fold_pair": runtime.fold_pair, "fold_bias": runtime.fold_bias, "finish_sides": runtime.finish_sides,
+                 "unfold_coefficients": runtime.unfold_coefficients,
                  "forward_rows": runtime.forward_rows,
                  "identity_patches": patches.identity_patches, "dense_pair": runtime.dense_pair,
                  "concretize_pair": patches.concretize_pair, "prepare_lines": prepare_lines,

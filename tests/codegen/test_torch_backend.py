@@ -99,3 +99,36 @@ def test_bounds_are_differentiable_in_parameters():
 
 def test_every_method_is_listed():
     assert set(BASE_METHODS) <= set(METHODS)
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+@pytest.mark.parametrize("method", ["crown", "crown-ibp", "forward+crown"])
+def test_folded_sides_give_the_same_bounds(arch, method, monkeypatch):
+    """A pass over few rows bounds [c; -c] from below (codegen/runtime.fold_pair): negation is
+    exact, so bounds and linear functions equal those of the two sides computed apart, up to
+    the summation order of products over more rows (convolutions)."""
+    from lirpac.codegen import runtime
+    cls, shape = ARCHS[arch]
+    model = reinit(cls().eval(), 5)
+    x = torch.randn(2, *shape, generator=torch.Generator().manual_seed(5))
+    ball = lirpac.LpBall(eps=0.2)
+    results = {}
+    for limit in (0, 1 << 40):          # never fold / always fold
+        monkeypatch.setattr(runtime, "FOLD_MAX_BYTES", limit)
+        net = lirpac.compile(model, x[:1])
+        with torch.no_grad():
+            results[limit] = (net.bounds(x, ball, method=method),
+                              net.linear_bounds(x, ball, method=method))
+    (never, never_lin), (always, always_lin) = results.values()
+    for a, b in zip(never, always):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    for field in ("lower_coeff", "lower_bias", "upper_coeff", "upper_bias", "lower", "upper"):
+        a, b = getattr(never_lin, field), getattr(always_lin, field)
+        torch.testing.assert_close(torch.as_tensor(a), torch.as_tensor(b), rtol=1e-6, atol=1e-6, msg=field)
+
+
+def test_fold_only_while_the_folded_rows_are_small():
+    from lirpac.codegen.runtime import FOLD_MAX_BYTES, fold_worth
+    few, many = torch.zeros(1, 10, 5), torch.zeros(1, 400, 5)
+    assert fold_worth(few, 784) and not fold_worth(many, 784)
+    assert 2 * 400 * 784 * 4 > FOLD_MAX_BYTES

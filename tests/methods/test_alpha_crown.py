@@ -91,7 +91,8 @@ def test_gradient_matches_finite_differences(arch):
     C = torch.randn(1, 2, net.output_shape[0], dtype=torch.float64)
     state, alphas, g = _random_slopes_state(net, x, ball, C, lambda key: True, 0)
     intermediate = [a for k, pair in state.alphas.items() if k[0] != net.graph.output.name for a in pair]
-    assert len(alphas) >= 4 and any(a.numel() for a in intermediate)
+    # (a pass over few rows folds its sides: one tensor of slopes per slot then)
+    assert len(state.alphas) >= 2 and len(alphas) >= 2 and any(a is not None and a.numel() for a in intermediate)
     checked = _check_gradient(net, x, ball, C, state, alphas, lambda flat, grad: (
         torch.randint(0, flat.numel(), (3,), generator=g).tolist() + [int(grad.abs().argmax())]))
     assert checked >= 2
@@ -137,13 +138,13 @@ def test_warm_start_reuses_slopes():
     C = torch.randn(1, 2, 3)
     first = net.alpha_crown(x, ball, C=C, iterations=15)
     crown_lower, crown_upper = net.bounds(x, ball, method="crown", C=C)
-    saved = {k: [a.clone() for a in pair] for k, pair in first.state.alphas.items()}
+    saved = {k: [None if a is None else a.clone() for a in pair] for k, pair in first.state.alphas.items()}
     # one evaluation of the saved slopes: the best step of the first call, not CROWN
     again = net.alpha_crown(x, ball, C=C, iterations=1, state=first.state)
     assert (again.lower.sum() - again.upper.sum()) >= (crown_lower.sum() - crown_upper.sum()) - 1e-5
     assert (again.lower.sum() - again.upper.sum()) > (crown_lower.sum() - crown_upper.sum()) + 1e-4
     for key, pair in saved.items():
-        assert all(torch.equal(a, b) for a, b in zip(pair, first.state.alphas[key]))
+        assert all(a is b is None or torch.equal(a, b) for a, b in zip(pair, first.state.alphas[key]))
     # the same state through net.bounds, and a new batch size re-initialises what does not fit
     lower, _ = net.bounds(x, ball, method="alpha-crown", C=C, options={"state": first.state, "iterations": 3})
     assert torch.all(lower >= again.lower - 1e-5)
@@ -358,7 +359,8 @@ def test_steps_bound_only_neurons_the_first_evaluation_leaves_unstable():
     assert inner and set(result.state.references) >= {k[0] for k in inner}
     for (target, _), pair in inner.items():
         recorded = result.state.references[target]
-        assert pair[0].shape[1] <= int(((recorded.lower < 0) & (recorded.upper > 0)).sum())
+        rows = pair[0].shape[1] // (2 if pair[1] is None else 1)     # a folded pass: both sides' rows
+        assert rows <= int(((recorded.lower < 0) & (recorded.upper > 0)).sum())
     crown = net.bounds(other, ball, method="crown")
     again = net.alpha_crown(other, ball, iterations=5, state=result.state)
     assert torch.all(again.lower >= crown[0] - 1e-5) and torch.all(again.upper <= crown[1] + 1e-5)
