@@ -16,7 +16,7 @@ from lirpac.errors import UnsupportedOperationError
 from lirpac.ir.graph import Node
 from lirpac.ir.opdef import Interval, Linear, OpDef, aten_lowering, register
 from lirpac.ir.ops.common import elementwise, monotone_ibp, relaxed_backward, relaxed_forward
-from lirpac.ir.ops.kink_alpha import kink_alpha_rules
+from lirpac.ir.ops.kink_alpha import KinkLines, kink_alpha_rules
 from lirpac.ir.ops.blend_alpha import blend_alpha_rules
 from lirpac.ir.ops.tangent_alpha import tangent_alpha_rules
 from lirpac.ir.ops.relaxation import (Curve, Lines, concave_lines, convex_lines, inflection_lines,
@@ -27,6 +27,14 @@ def relu_relax(lower, upper):
     """CROWN's ReLU relaxation (Zhang et al. 2018): upper line is the chord from (l, 0) to
     (u, u); for unstable neurons the lower slope is 1 when u > -l, else 0 (the adaptive choice
     that minimises the relaxation's area); stable neurons are exact."""
+    lo, hi, unstable, u_slope, u_bias = _relu_upper(lower, upper)
+    # a neuron that is active on the whole interval (l >= 0) is the identity
+    l_slope = ((hi > -lo) | (lower >= 0)).to(hi.dtype)
+    return l_slope, torch.zeros_like(lo), u_slope, u_bias
+
+
+def _relu_upper(lower, upper):
+    """min(l, 0), max(u, 0), the unstable mask and the upper line (the chord)."""
     lo = lower.clamp(max=0)
     hi = upper.clamp(min=0)
     u_slope = hi / (hi - lo).clamp(min=torch.finfo(hi.dtype).tiny)
@@ -36,14 +44,19 @@ def relu_relax(lower, upper):
     # times slower on CPUs)
     unstable = (lo < 0) & (hi > 0)
     u_bias = torch.where(unstable, torch.addcmul(slack(hi), u_slope, lo, value=-1), 0.0)
-    # a neuron that is active on the whole interval (l >= 0) is the identity
-    l_slope = ((hi > -lo) | (lower >= 0)).to(hi.dtype)
-    return l_slope, torch.zeros_like(lo), u_slope, u_bias
+    return lo, hi, unstable, u_slope, u_bias
+
+
+def relu_alpha_lines(lower, upper) -> KinkLines:
+    """``KinkLines`` of ReLU in one go (every alpha-CROWN step recomputes those of bounds the
+    slopes move): lower slope 1 where active, 0 elsewhere, no lower bias."""
+    _, _, unstable, u_slope, u_bias = _relu_upper(lower, upper)
+    return KinkLines((lower >= 0).to(u_slope.dtype), 0, u_slope, u_bias, unstable.to(u_slope.dtype))
 
 
 elementwise("relu", torch.relu, relu_relax, aten=("relu.default", "relu_.default"),
             doc="max(x, 0)", exact_when_sign_known=True,
-            **kink_alpha_rules(relu_relax, lambda: 0.0))
+            **kink_alpha_rules(relu_relax, lambda: 0.0, relu_alpha_lines))
 
 
 def padded(ibp, absolute=False):

@@ -14,7 +14,7 @@ import torch
 
 from lirpac.ir.graph import Node
 from lirpac.ir.opdef import Interval, Linear, OpDef, aten_lowering, get_op, register
-from lirpac.ir.ops.common import unbroadcast
+from lirpac.ir.ops.common import split_pos_neg, unbroadcast
 
 
 def _broadcast_bounds(x: Interval, y: Interval):
@@ -43,7 +43,7 @@ def _mul_backward(lA, uA, x: Interval, y: Interval, *, in_shapes):
         # positive coefficients meet `first` plane, negative ones `second`
         if coeff is None:
             return None, None, 0
-        pos, neg = coeff.clamp(min=0), coeff.clamp(max=0)
+        pos, neg = split_pos_neg(coeff)
         on_x = pos * first[0] + neg * second[0]
         on_y = pos * first[1] + neg * second[1]
         bias = (pos * first[2] + neg * second[2]).reshape(*coeff.shape[:2], -1).sum(-1)
@@ -65,7 +65,7 @@ def _expand_linear(v: Linear, shape) -> Linear:
 
 def _scaled(scale, v: Linear, lower: bool):
     """Lower (or upper) linear function of scale * v, scale (B, *shape)."""
-    pos, neg = scale.clamp(min=0), scale.clamp(max=0)
+    pos, neg = split_pos_neg(scale)
     a, b = (v.lw, v.uw) if lower else (v.uw, v.lw)
     c, d = (v.lb, v.ub) if lower else (v.ub, v.lb)
     return pos.unsqueeze(1) * a + neg.unsqueeze(1) * b, pos * c + neg * d

@@ -88,7 +88,9 @@ def constant_abs(t: torch.Tensor) -> torch.Tensor:
 
 
 def split_pos_neg(t: torch.Tensor):
-    pos = t.clamp(min=0)
+    """(max(t, 0), min(t, 0)), exactly (t - t = 0, t - 0 = t); relu's backward pass is far
+    cheaper than clamp's (alpha-CROWN differentiates every split)."""
+    pos = torch.relu(t)
     return pos, t - pos
 
 
@@ -192,7 +194,7 @@ def _relaxed_step(lA, uA, l_slope, l_bias, u_slope, u_bias, dot, l_slope_of_uppe
 
     def split(coeff):
         if id(coeff) not in parts:
-            parts[id(coeff)] = (coeff.clamp(min=0), coeff.clamp(max=0))
+            parts[id(coeff)] = split_pos_neg(coeff)
         return parts[id(coeff)]
 
     def side(coeff, on_pos, on_neg, bias_pos, bias_neg):

@@ -28,11 +28,11 @@ class KinkLines(NamedTuple):
     unstable: torch.Tensor
 
 
-def kink_alpha_rules(relax, bottom_slope) -> dict:
+def kink_alpha_rules(relax, bottom_slope, lines=None) -> dict:
     """``backward_alpha``, ``alpha_lines`` and ``alpha_init`` (ir/opdef.py) for an op
     f(x) = max(x, a x) whose relaxation is ``relax(lower, upper, **attrs)`` and a =
     ``bottom_slope(**attrs)``; for a >= 1 (concave) the rules keep the op's relaxation and
-    ignore alpha."""
+    ignore alpha. ``lines``: the op's own ``alpha_lines``, when it has a cheaper one."""
 
     def alpha_init(lower, upper, **attrs):
         a = bottom_slope(**attrs)
@@ -68,4 +68,4 @@ def kink_alpha_rules(relax, bottom_slope) -> dict:
             _row_dot, l_slope_of_upper=slope_u)
         return [(rows.wrap(new_l), rows.wrap(new_u))], lbias, ubias
 
-    return {"backward_alpha": backward_alpha, "alpha_lines": alpha_lines, "alpha_init": alpha_init}
+    return {"backward_alpha": backward_alpha, "alpha_lines": lines or alpha_lines, "alpha_init": alpha_init}

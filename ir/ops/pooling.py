@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from lirpac.ir.opdef import Interval, Linear, OpDef, aten_lowering, register
 from lirpac.ir.ops.bivariate import add_node
-from lirpac.ir.ops.common import fold, vjp_transpose
+from lirpac.ir.ops.common import fold, split_pos_neg, vjp_transpose
 
 
 def _winner(wl: torch.Tensor, wu: torch.Tensor):
@@ -48,7 +48,7 @@ def window_max(name: str, forward, windows, doc: str) -> OpDef:
         def side(coeff, lower: bool):
             if coeff is None:
                 return None, 0
-            pos, neg = coeff.clamp(min=0), coeff.clamp(max=0)
+            pos, neg = split_pos_neg(coeff)
             # the lower line picks w_j; the upper picks it when stable, else is the constant top
             toward_upper = neg if lower else pos
             on_pick = coeff - toward_upper * (1 - stable)

@@ -382,3 +382,23 @@ def test_weight_updates_between_calls_are_seen():
     fresh = lirpac.compile(model, x).bounds(x, ball, method="alpha-crown", options={"iterations": 3})
     for a, b in zip(after, fresh):
         assert torch.allclose(a, b)
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 10_000), zeros=st.booleans())
+def test_relu_alpha_lines_equal_the_generic_kink_lines(seed, zeros):
+    """ReLU's one-go ``alpha_lines`` gives exactly the lines the generic kink rule derives
+    from its relaxation."""
+    from lirpac.ir.opdef import get_op
+    from lirpac.ir.ops.activations import relu_relax
+    from lirpac.ir.ops.kink_alpha import kink_alpha_rules
+    g = torch.Generator().manual_seed(seed)
+    lower = torch.randn(2, 40, generator=g, dtype=torch.float64)
+    upper = lower + torch.rand(2, 40, generator=g, dtype=torch.float64)
+    if zeros:
+        lower[:, :5], upper[:, 5:10] = 0.0, 0.0
+        upper[:, 5:10] = upper[:, 5:10].clamp(min=lower[:, 5:10])
+    generic = kink_alpha_rules(relu_relax, lambda: 0.0)["alpha_lines"](lower, upper)
+    own = get_op("relu").alpha_lines(lower, upper)
+    for a, b in zip(generic, own):
+        assert torch.equal(torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64))
