@@ -200,6 +200,9 @@ def tighten_chunks(reference: Interval, rows: torch.Tensor, run, bytes_per_row: 
     if rows.numel() == 0:     # (split would still give one empty chunk)
         return reference
     size = max(1, max_memory // max(1, bytes_per_row))
-    results = [run(chunk) for chunk in rows.split(size)]
-    return tighten(reference, torch.cat([r[0] for r in results], 1),
-                   torch.cat([r[1] for r in results], 1), rows, intersect)
+    if rows.numel() <= size:
+        lower, upper = run(rows)
+    else:
+        results = [run(chunk) for chunk in rows.split(size)]
+        lower, upper = (torch.cat([r[side] for r in results], 1) for side in (0, 1))
+    return tighten(reference, lower, upper, rows, intersect)

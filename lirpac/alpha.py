@@ -255,7 +255,8 @@ def _optimise(step, inp, C, params, output: str, opts: AlphaOptions, state: Alph
     best_objective, best_alphas, stale = -math.inf, None, 0
     optimiser = schedule = alphas = None
     for iteration in range(opts.iterations):
-        with torch.enable_grad():
+        # (the last evaluation takes no step: no graph to record)
+        with torch.set_grad_enabled(iteration < opts.iterations - 1):
             lower, upper, A = step(inp, C, params, state)
             objective = (lower.sum() if lower is not None else 0) - (upper.sum() if upper is not None else 0)
         if lower is not None:
