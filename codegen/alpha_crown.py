@@ -14,7 +14,13 @@ slopes, so every step has the same alpha shapes. Passes run as one chunk (the
 slopes of all rows live anyway, and autograd keeps the coefficients for the gradient). Passes
 through convolutions use Patches as CROWN's do (the same cost model): a ReLU there gets one
 slope per row and position of the row's window, which is a dense per-row slope restricted to
-the only neurons the row touches.
+the only neurons the row touches. A pass over few rows folds its sides as CROWN's do (one
+lower-side pass over [c; -c]: its slopes are one tensor, the upper side's rows after the
+lower's), except with slopes shared by a pass's rows (one per side, as unfolded).
+
+An op's ``alpha_lines`` (the part of its rule that depends on the bounds only) is computed once
+per bounds, next to the other relaxations, and ``build`` splits the function into the loop's
+``prepare`` and ``step`` (codegen/hoist.py): what no slope reaches runs once per call.
 """
 from __future__ import annotations
 

@@ -23,7 +23,7 @@ STEP_METHODS = ("slot", "beta")
 
 def split(source: str, fn_name: str = "bound") -> tuple[str, str] | None:
     """(prepare source, step source) for the function ``fn_name`` in ``source``, or None when
-    nothing varies or nothing is invariant (the whole function is the step)."""
+    nothing but its return is left to move (the whole function is the step)."""
     tree = ast.parse(source)
     fn = next(node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name == fn_name)
     lines = source.splitlines()
@@ -48,15 +48,14 @@ def split(source: str, fn_name: str = "bound") -> tuple[str, str] | None:
             kept.append(text)
             kept_reads |= _read(st)
         else:
-            varying -= defs
             invariant_names += [n for n in sorted(defs) if n not in invariant_names]
             hoisted.append(text)
-    if not hoisted or not kept_reads:
+    if not hoisted:
         return None
     passed = [n for n in invariant_names if n in kept_reads]
     names = ", ".join(passed) + ("," if len(passed) == 1 else "")
     # a name bound inside an if block may stay unbound: None unless the block binds it
-    maybe_unbound = sorted(n for st in body if not isinstance(st, (ast.Assign, ast.FunctionDef))
+    maybe_unbound = sorted(n for st in body if isinstance(st, (ast.If, ast.For, ast.While, ast.With, ast.Try))
                            for n in _defined(st) if n in passed)
     signature = ", ".join(params)
     prepare = "\n".join([

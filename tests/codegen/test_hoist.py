@@ -65,7 +65,7 @@ def test_reads_see_their_reaching_definitions():
     assert "c = g" in step and "d = b * 3" in step
 
 
-def test_nothing_varying_or_nothing_invariant_keeps_the_function_whole():
+def test_a_function_with_nothing_to_hoist_stays_whole():
     assert hoist.split("def bound(a, alphas):\n    return a + 1\n") is None
     assert hoist.split("def bound(a, alphas):\n    return alphas.slot(a)\n") is None
 
