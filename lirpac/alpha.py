@@ -217,12 +217,12 @@ def _fits(pair, shape, lA, uA, like) -> bool:
 
 
 def _adam(groups):
-    """Adam with its fused kernel where the device has one (a tenth of the loop's time on a
-    CPU), else the multi-tensor one."""
+    """Adam ascending the objective, with its fused kernel where the device has one (a tenth
+    of the loop's time on a CPU), else the multi-tensor one."""
     try:
-        return torch.optim.Adam(groups, fused=True)
+        return torch.optim.Adam(groups, fused=True, maximize=True)
     except (RuntimeError, ValueError):
-        return torch.optim.Adam(groups, foreach=True)
+        return torch.optim.Adam(groups, foreach=True, maximize=True)
 
 
 def optimise(step, inp, C, params, output: str, opts: AlphaOptions, state: AlphaState | None):
@@ -282,10 +282,10 @@ def _optimise(step, inp, C, params, output: str, opts: AlphaOptions, state: Alph
             schedule = torch.optim.lr_scheduler.ExponentialLR(optimiser, opts.lr_decay)
         grads = torch.autograd.grad(objective, alphas + betas, allow_unused=True)
         for a, g in zip(alphas + betas, grads):
-            # Adam descends (the objective is maximised); the fused kernel needs gradients laid
-            # out like their slopes (a strided one is read in the wrong order); a line that fell
-            # back to its interval bounds (a tangent at a pole) may leave a NaN behind
-            a.grad = None if g is None else -g.nan_to_num(0.0, 0.0, 0.0).contiguous()
+            # the fused kernel needs gradients laid out like their slopes (a strided one is
+            # read in the wrong order); a line that fell back to its interval bounds (a tangent
+            # at a pole) may leave a NaN behind
+            a.grad = None if g is None else g.nan_to_num(0.0, 0.0, 0.0).contiguous()
         optimiser.step()
         schedule.step()
         with torch.no_grad():
