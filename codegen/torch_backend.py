@@ -471,7 +471,7 @@ class _Emitter:
         plan, graph, out = self.plan, self.graph, self.graph.output
         leaves = [n.name for n in graph.nodes if n.op in ("param", "constant")]
         body_start = len(self.lines)
-        self.emit(f"B = inp.batch")
+        self.emit("B = inp.batch")
         if leaves:
             self.emit(f"{', '.join(leaves)}{',' if len(leaves) == 1 else ''} = params")
         self.constants()
@@ -496,8 +496,8 @@ class _Emitter:
                 self.emit("upper = None")
         elif final == "forward":
             self.emit(f"_out = forward_spec({'C' if plan.spec else 'None'}, {out.name}_lin)")
-            self.emit(f"lower = inp.concretize(_out.lw, _out.lb, upper=False)" if lo else "lower = None")
-            self.emit(f"upper = inp.concretize(_out.uw, _out.ub, upper=True)" if up else "upper = None")
+            self.emit("lower = inp.concretize(_out.lw, _out.lb, upper=False)" if lo else "lower = None")
+            self.emit("upper = inp.concretize(_out.uw, _out.ub, upper=True)" if up else "upper = None")
             ret_A = "(_out.lw, _out.lb, _out.uw, _out.ub)"
         else:
             self.relaxations(out)
