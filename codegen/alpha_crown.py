@@ -48,8 +48,12 @@ class AlphaEmitter(torch_backend._Emitter):
         self.splittable = set(sign_splittable(graph))
         self.alpha_lines_of: dict[Node, str] = {}
 
-    def uses_lines(self, n: Node) -> bool:
-        return get_op(n.op).backward_alpha is None and super().uses_lines(n)
+    def lines_kind(self, n: Node) -> tuple[dict, str, str] | None:
+        # an alpha op's bounds-only part (``alpha_lines``), once for every pass and step
+        opdef = get_op(n.op)
+        if opdef.backward_alpha is None:
+            return super().lines_kind(n)
+        return None if opdef.alpha_lines is None else (self.alpha_lines_of, "alpha_lines", "{}")
 
     def pass_reference(self, n: Node) -> str:
         # the IBP reference, narrowed by the bounds of the loop's first evaluation
@@ -71,18 +75,6 @@ class AlphaEmitter(torch_backend._Emitter):
         if not patched and n in self.splittable:
             self.emit(f"lA_{n.name}, uA_{n.name} = alphas.beta({target.name!r}, {n.name!r}, "
                       f"lA_{n.name}, uA_{n.name})")
-
-    def relaxations(self, target: Node) -> None:
-        super().relaxations(target)
-        # an alpha op's bounds-only part (``alpha_lines``), once for every pass and step
-        for n in self.region([target]):
-            fn = get_op(n.op).alpha_lines
-            if fn is None or n in self.alpha_lines_of or n is self.x:
-                continue
-            bounds = next(self.bounds[i] for i in n.inputs if i.perturbed)
-            call = self.call(self.rule(n.op, "alpha_lines", n), [f"{bounds}.lower", f"{bounds}.upper"], self.attrs(n))
-            self.emit(f"{n.name}_lines = {call}")
-            self.alpha_lines_of[n] = f"{n.name}_lines"
 
     def patches_rule(self, target: Node, n: Node, args: list[str]) -> tuple[str, list[str]]:
         # backward_alpha takes Patches too: slopes per row's window

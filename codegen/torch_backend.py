@@ -262,19 +262,23 @@ class _Emitter:
         elementwise nodes they cross: computed once from final bounds, shared by every pass
         and chunk (the final pass re-crosses every earlier layer)."""
         for n in self.region([target]):
-            if n in self.lines_of or n is self.x or not self.uses_lines(n):
+            kind = None if n is self.x else self.lines_kind(n)
+            if kind is None or n in kind[0]:
                 continue
+            table, mode, wrap = kind
             bounds = next(self.bounds[i] for i in n.inputs if i.perturbed)
-            fn = self.rule(n.op, "relax", n)
-            call = self.call(fn, [f"{bounds}.lower", f"{bounds}.upper"], self.attrs(n))
-            self.emit(f"{n.name}_lines = prepare_lines({call})")
-            self.lines_of[n] = f"{n.name}_lines"
+            call = self.call(self.rule(n.op, mode, n), [f"{bounds}.lower", f"{bounds}.upper"], self.attrs(n))
+            self.emit(f"{n.name}_lines = {wrap.format(call)}")
+            table[n] = f"{n.name}_lines"
 
-    def uses_lines(self, n: Node) -> bool:
-        """``n``'s backward rule is its relaxation's lines (a hook: alpha-CROWN parametrises
-        some relaxations instead)."""
+    def lines_kind(self, n: Node) -> tuple[dict, str, str] | None:
+        """How ``n``'s lines are computed once for every pass: (the table of their variables,
+        the op's rule, a wrapper of its call), or None when its backward rule takes none (a
+        hook: alpha-CROWN's ops take their ``alpha_lines`` instead)."""
         opdef = get_op(n.op)
-        return opdef.relax is not None and sum(i.perturbed for i in n.inputs) == 1
+        if opdef.relax is None or sum(i.perturbed for i in n.inputs) != 1:
+            return None
+        return self.lines_of, "relax", "prepare_lines({})"
 
     def backward_rule(self, target: Node, n: Node, args: list[str]) -> tuple[str, list[str]]:
         """The rule of ``n`` in a backward pass from ``target``, and its arguments: a hook for
