@@ -145,8 +145,10 @@ def forward_spec(C, lin: Linear) -> Linear:
 def straddling_rows(bounds: Interval) -> torch.Tensor:
     """Indices of neurons whose reference bounds straddle 0 in some sample of the batch: only
     those change a ReLU-like relaxation when tightened."""
-    lower, upper = bounds.lower.flatten(1), bounds.upper.flatten(1)
-    return ((lower < 0) & (upper > 0)).any(0).nonzero().squeeze(1)
+    straddle = bounds.lower.flatten(1) * bounds.upper.flatten(1) < 0
+    # (a product that underflows to -0 leaves its neuron out: its reference bounds, sound,
+    # stay as they are)
+    return (straddle[0] if straddle.shape[0] == 1 else straddle.any(0)).nonzero().squeeze(1)
 
 
 def identity_rows(batch: int, rows: torch.Tensor, shape: tuple, like: torch.Tensor) -> torch.Tensor:

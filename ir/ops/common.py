@@ -104,13 +104,20 @@ def add_bias(a, b):
 
 # -- elementwise relaxations ---------------------------------------------------------------
 # A relaxation of f on [l, u] is four tensors of the node's shape: lower line (l_slope, l_bias)
-# and upper line (u_slope, u_bias) with l_slope*x + l_bias <= f(x) <= u_slope*x + u_bias.
+# and upper line (u_slope, u_bias) with l_slope*x + l_bias <= f(x) <= u_slope*x + u_bias; a
+# line that is zero everywhere may be given as the int 0.
 
 def prepare_lines(relax) -> tuple:
-    """A relaxation's four lines, with those that are zero everywhere given as 0 (a zero line,
-    such as ReLU's lower bias, then costs no product at all): checked once per relaxation,
-    however many backward passes use it."""
-    return tuple(0 if isinstance(r, torch.Tensor) and not r.any() else r for r in relax)
+    """A relaxation's four lines, with a bias that is zero everywhere given as 0 (it then
+    costs no product at all; a ReLU layer without unstable neurons has no upper bias): checked
+    once per relaxation, however many backward passes use it. Slopes are seldom all zero and
+    are not checked."""
+    l_slope, l_bias, u_slope, u_bias = relax
+    return (l_slope, _zero_if_zero(l_bias), u_slope, _zero_if_zero(u_bias))
+
+
+def _zero_if_zero(t):
+    return 0 if isinstance(t, torch.Tensor) and not t.any() else t
 
 
 def relaxed_backward(lA, uA, relax):
