@@ -79,6 +79,12 @@ class LpBall(Perturbation):
                 raise InputError(f"eps must be a nonnegative number, got {self.eps!r}")
 
     def bind(self, x: torch.Tensor) -> "InputSet":
+        if (self.norm == math.inf and self.lower is None and self.upper is None
+                and not isinstance(self.eps, torch.Tensor) and float(self.eps) < 1e30
+                and x.dtype in (torch.float32, torch.float64)):
+            # the common case, in two ops: a number checked at construction, no domain box
+            # (a finite x moved by less than half an ulp of the largest float cannot overflow)
+            return InputSet(x - float(self.eps), x + float(self.eps))
         eps = _per_sample(self.eps, x, "eps")
         if (eps < 0).any():
             raise InputError(f"eps must be nonnegative, got a minimum of {eps.min().item():g}")

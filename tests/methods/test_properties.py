@@ -121,3 +121,32 @@ def test_compiled_with_batch_one_bounds_any_batch():
     for batch in (1, 2, 17):
         lower, upper = net.bounds(torch.randn(batch, 10), lirpac.LpBall(eps=0.1), method="crown")
         assert lower.shape == (batch, 5)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_bounds_without_grad_are_ordinary_tensors_equal_to_grad_mode_ones(method):
+    """Without grad the call runs in inference mode; its results leave it as ordinary tensors
+    (usable by later autograd code and in place) equal to those of a grad-mode call."""
+    model = relu_mlp(8)
+    x = torch.randn(3, 10)
+    net = lirpac.compile(model, x[:1])
+    ball = lirpac.LpBall(eps=0.05)
+    tracked = net.bounds(x, ball, method=method)
+    with torch.no_grad():
+        plain = net.bounds(x, ball, method=method)
+    for t, p in zip(tracked, plain):
+        assert not p.is_inference() and not p.requires_grad
+        assert torch.equal(t.detach(), p)
+    w = torch.ones(5, requires_grad=True)
+    (plain[0] * w).sum().backward()
+    plain[1].add_(1.0)
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.01, 1 / 255, 0.5])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_number_eps_box_is_x_plus_minus_eps(eps, dtype):
+    """LpBall(eps=number)'s fast bind gives the same box as a per-sample tensor eps."""
+    x = torch.rand(4, 3, 5, dtype=dtype) * 4 - 2
+    fast = lirpac.LpBall(eps=eps).bind(x)
+    general = lirpac.LpBall(eps=torch.full((4,), eps, dtype=dtype)).bind(x)
+    assert torch.equal(fast.lower, general.lower) and torch.equal(fast.upper, general.upper)
