@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from lirpac import allocator
 from lirpac.alpha import AlphaOptions, AlphaState, optimise
 from lirpac.codegen import alpha_crown, torch_backend
 from lirpac.codegen.torch_backend import METHODS, Plan
@@ -58,6 +59,7 @@ class CompiledNet:
         self._cache: dict[Plan, tuple] = {}
         x = self.graph.perturbed_input
         self.input_shape = x.shape
+        allocator.tune()    # freed temporaries reused, not faulted in on every call (allocator.py)
         self.output_shape = self.graph.output.shape
 
     # -- code -----------------------------------------------------------------------------

@@ -298,8 +298,9 @@ def linear_map(name: str, fn, *, transpose=None, doc: str = "") -> OpDef:
 
 
 def vjp_transpose(fn, a: torch.Tensor, in_shape, **attrs) -> torch.Tensor:
-    """Transpose of a linear op applied to a (batch-first) by autograd: exact, generic."""
-    with torch.enable_grad():
+    """Transpose of a linear op applied to a (batch-first) by autograd: exact, generic (also
+    inside inference mode, which bound calls without grad run in)."""
+    with torch.inference_mode(False), torch.enable_grad():
         x = torch.zeros(a.shape[0], *in_shape, dtype=a.dtype, device=a.device, requires_grad=True)
         y = fn(x, **attrs)
         (grad,) = torch.autograd.grad(y, x, a, create_graph=a.requires_grad)
