@@ -1,27 +1,28 @@
 """lirpac.allocator: glibc malloc thresholds set once, and only where the user did not choose."""
-import os
 import platform
-import subprocess
-import sys
 
 import pytest
+import torch
 
-PROBE = ("import torch, lirpac, lirpac.allocator as a; "
-         "lirpac.compile(torch.nn.Linear(3, 2), torch.zeros(1, 3)); print(a.tune())")
+import lirpac
+from lirpac import allocator
 
-
-def _tuned(**env) -> str:
-    full = {k: v for k, v in os.environ.items()
-            if k not in ("LIRPAC_MALLOC_TUNING", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")}
-    full.update(env)
-    out = subprocess.run([sys.executable, "-c", PROBE], env=full, capture_output=True, text=True,
-                         timeout=120)
-    assert out.returncode == 0, out.stderr
-    return out.stdout.strip().splitlines()[-1]
+USER_CHOICES = ("LIRPAC_MALLOC_TUNING", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc malloc only")
-def test_compile_tunes_malloc_unless_the_user_chose():
-    assert _tuned() == "True"
-    assert _tuned(LIRPAC_MALLOC_TUNING="0") == "False"
-    assert _tuned(MALLOC_TRIM_THRESHOLD_="131072") == "False"
+def test_thresholds_are_set_unless_the_user_chose(monkeypatch):
+    for name in USER_CHOICES:
+        monkeypatch.delenv(name, raising=False)
+    assert allocator._apply()
+    for name, value in (("LIRPAC_MALLOC_TUNING", "0"), ("MALLOC_MMAP_THRESHOLD_", "131072"),
+                        ("MALLOC_TRIM_THRESHOLD_", "131072")):
+        with monkeypatch.context() as env:
+            env.setenv(name, value)
+            assert not allocator._apply()
+
+
+def test_compiling_a_model_tunes_once():
+    lirpac.compile(torch.nn.Linear(3, 2), torch.zeros(1, 3))
+    assert "tuned" in allocator._state
+    assert allocator.tune() is allocator._state["tuned"]
