@@ -13,7 +13,7 @@ from lirpac.codegen import alpha_crown, torch_backend
 from lirpac.codegen.torch_backend import METHODS, Plan
 from lirpac.errors import InputError
 from lirpac.ir.graph import Graph
-from lirpac.perturbation import Box, LpBall, Perturbation
+from lirpac.perturbation import LpBall, Perturbation
 from lirpac.passes import run_passes
 
 
@@ -118,10 +118,6 @@ class CompiledNet:
                              f"(batch, {', '.join(map(str, self.input_shape))})")
         if not x.is_floating_point():
             raise InputError(f"x must be a floating-point tensor, got {x.dtype}")
-        if not isinstance(perturbation, Box) and not bool(torch.isfinite(x).all()):
-            bad = (~torch.isfinite(x)).nonzero()[0].tolist()
-            raise InputError(f"x contains NaN or inf (first at index {tuple(bad)}); a ball needs "
-                             "a finite centre")
         if not isinstance(perturbation, Perturbation):
             raise InputError("perturbation must be a lirpac perturbation such as "
                              f"lirpac.LpBall(eps=...) or lirpac.Box(lower, upper), got {type(perturbation).__name__}")

@@ -79,6 +79,10 @@ class LpBall(Perturbation):
                 raise InputError(f"eps must be a nonnegative number, got {self.eps!r}")
 
     def bind(self, x: torch.Tensor) -> "InputSet":
+        if not bool(torch.isfinite(x).all()):
+            bad = (~torch.isfinite(x)).nonzero()[0].tolist()
+            raise InputError(f"x contains NaN or inf (first at index {tuple(bad)}); a ball needs "
+                             "a finite centre")
         if (self.norm == math.inf and self.lower is None and self.upper is None
                 and not isinstance(self.eps, torch.Tensor) and float(self.eps) < 1e30
                 and x.dtype in (torch.float32, torch.float64)):
