@@ -18,6 +18,7 @@ freed heap, which later tensors reuse.
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import sys
 
@@ -26,14 +27,10 @@ _M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD = 32 << 20      # glibc's largest allowed value on 64-bit systems
 TRIM_THRESHOLD = 256 << 20
 
-_state: dict = {}
-
-
+@functools.cache
 def tune() -> bool:
     """Set the thresholds once per process; whether they are in effect."""
-    if "tuned" not in _state:
-        _state["tuned"] = _apply()
-    return _state["tuned"]
+    return _apply()
 
 
 def _apply() -> bool:

@@ -1,6 +1,7 @@
 """The public entry point: ``lirpac.compile`` and the compiled network it returns."""
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from dataclasses import dataclass
@@ -154,15 +155,15 @@ class CompiledNet:
             if options:
                 raise InputError(f"options {sorted(options)} are for method='alpha-crown'; "
                                  f"method={method!r} takes only 'intersect' (crown)")
-            if return_A or torch.is_grad_enabled():
-                return (*fn(perturbation.bind(x), C, self._params(x)), None)
-            # no graph to record: inference mode also skips autograd's per-op bookkeeping (view
-            # and version tracking; 7-8% of CROWN on the MLP); the results leave it as ordinary
-            # tensors, so later autograd code may use them
-            with torch.inference_mode():
-                lower, upper, _ = fn(perturbation.bind(x), C, self._params(x))
-            return (None if lower is None else lower.clone(), None if upper is None else upper.clone(),
-                    None, None)
+            # with no graph to record, inference mode also skips autograd's per-op bookkeeping
+            # (view and version tracking; 7-8% of CROWN on the MLP); the bounds leave it as
+            # ordinary tensors, so later autograd code may use them
+            inference = not (return_A or torch.is_grad_enabled())
+            with torch.inference_mode() if inference else contextlib.nullcontext():
+                lower, upper, A = fn(perturbation.bind(x), C, self._params(x))
+            if inference:
+                lower, upper = (None if t is None else t.clone() for t in (lower, upper))
+            return lower, upper, A, None
         state = options.pop("state", None)
         if state is not None and not isinstance(state, AlphaState):
             raise InputError(f"options['state'] must be a lirpac.AlphaState, got {type(state).__name__}")
