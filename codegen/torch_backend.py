@@ -21,7 +21,7 @@ from lirpac.codegen import patches, runtime
 from lirpac.errors import InputError
 from lirpac.ir.graph import Graph, Node
 from lirpac.ir.opdef import Interval, Linear, REGISTRY, get_op
-from lirpac.ir.ops.common import prepare_lines, relaxed_backward_lines
+from lirpac.ir.ops.common import add_bias, prepare_lines, relaxed_backward_lines
 from lirpac.passes.bound_needs import chosen_mode, nodes_needing_bounds, single_affine_of_input
 
 METHODS = ("ibp", "crown", "forward", "crown-ibp", "forward+crown", "alpha-crown")
@@ -233,10 +233,11 @@ class _Emitter:
                     self.emit(f"lA_{n.name}, uA_{n.name} = dense_pair(lA_{n.name}, uA_{n.name})")
             if n not in self.lines_of:
                 self.emit(f"_coeffs, _lb, _ub = {self.call(fn, [f'lA_{n.name}', f'uA_{n.name}'] + args, self.attrs(n, opdef.backward_needs_shapes))}")
+            # (add_bias: a rule's zero bias, the int 0, costs no tensor op)
             if lower:
-                self.emit("lbias = lbias + _lb")
+                self.emit("lbias = add_bias(lbias, _lb)")
             if upper:
-                self.emit("ubias = ubias + _ub")
+                self.emit("ubias = add_bias(ubias, _ub)")
             for k, i in enumerate(n.inputs):
                 if not i.perturbed:
                     continue
@@ -551,7 +552,7 @@ def generate(graph: Graph, plan: Plan, emitter: "_Emitter | None" = None) -> tup
                  "forward_rows": runtime.forward_rows,
                  "identity_patches": patches.identity_patches, "dense_pair": runtime.dense_pair,
                  "concretize_pair": patches.concretize_pair, "prepare_lines": prepare_lines,
-                 "relaxed": relaxed_backward_lines}
+                 "relaxed": relaxed_backward_lines, "add_bias": add_bias}
     for op, mode in emitter.rules:
         opdef = REGISTRY[op]
         namespace[f"{_MODE_PREFIX[mode]}_{op}"] = getattr(opdef, mode)

@@ -107,13 +107,29 @@ def add_bias(a, b):
 # and upper line (u_slope, u_bias) with l_slope*x + l_bias <= f(x) <= u_slope*x + u_bias; a
 # line that is zero everywhere may be given as the int 0.
 
-def prepare_lines(relax) -> tuple:
+class PreparedLines(tuple):
+    """A relaxation's four node-shaped lines (``prepare_lines``), with the forms every dense
+    backward step through them needs made once (``dense``): the CROWN code crosses each
+    ReLU layer in several passes."""
+
+    def dense(self) -> tuple:
+        """(the lines with a row dimension, (B, 1, *shape); the biases as columns, (B, n, 1),
+        for matrix-vector products); a line given as 0 stays 0."""
+        forms = self.__dict__.get("_dense")
+        if forms is None:
+            rows = tuple(t if isinstance(t, int) else t.unsqueeze(1) for t in self)
+            columns = tuple(t if isinstance(t, int) else t.reshape(t.shape[0], -1, 1) for t in self)
+            forms = self._dense = (rows, columns)
+        return forms
+
+
+def prepare_lines(relax) -> PreparedLines:
     """A relaxation's four lines, with a bias that is zero everywhere given as 0 (it then
     costs no product at all; a ReLU layer without unstable neurons has no upper bias): checked
     once per relaxation, however many backward passes use it. Slopes are seldom all zero and
     are not checked."""
     l_slope, l_bias, u_slope, u_bias = relax
-    return (l_slope, _zero_if_zero(l_bias), u_slope, _zero_if_zero(u_bias))
+    return PreparedLines((l_slope, _zero_if_zero(l_bias), u_slope, _zero_if_zero(u_bias)))
 
 
 def _zero_if_zero(t):
@@ -130,6 +146,10 @@ def relaxed_backward_lines(lA, uA, lines):
     """``relaxed_backward`` from prepared lines (``prepare_lines``), on dense coefficients or
     on Patches."""
     rows = RowLayout(lA, uA)
+    if isinstance(lines, PreparedLines) and not rows.windowed:
+        at_rows, columns = lines.dense()
+        new_l, new_u, lbias, ubias = _relaxed_step(*rows.coeffs, *at_rows, _row_dot, columns=columns)
+        return [(new_l, new_u)], lbias, ubias
     lines = [r if isinstance(r, int) else rows.at(r) for r in lines]
     new_l, new_u, lbias, ubias = _relaxed_step(*rows.coeffs, *lines, _row_dot)
     return [(rows.wrap(new_l), rows.wrap(new_u))], lbias, ubias
@@ -189,15 +209,26 @@ def _shared_dot(coeff, bias):
     return torch.bmm(coeff.flatten(2), vector).squeeze(-1)
 
 
-def _relaxed_step(lA, uA, l_slope, l_bias, u_slope, u_bias, dot, l_slope_of_upper=None):
+def _column_dot(coeff, column):
+    """(B, S): each row of coeff (B, S, ...) against a (B or 1, n, 1) column."""
+    if column.shape[0] != coeff.shape[0]:
+        column = column.expand(coeff.shape[0], -1, -1)
+    return torch.bmm(coeff.flatten(2), column).squeeze(-1)
+
+
+def _relaxed_step(lA, uA, l_slope, l_bias, u_slope, u_bias, dot, l_slope_of_upper=None,
+                  columns=None):
     """Coefficients and biases through one relaxation (shared by the dense and patch forms):
     positive coefficients meet the lower line of a lower bound, negative ones the upper line.
     Each side splits its coefficients into positive and negative parts with two clamps (exact,
     and far cheaper than a broadcast selection on a boolean mask); ``dot`` sums against
     relaxation values; a line given as 0 costs nothing; when both sides are the same tensor,
     its parts are computed once. ``l_slope_of_upper``: the upper side's own lower-line slope
-    (alpha-CROWN optimises one per side), else ``l_slope``."""
+    (alpha-CROWN optimises one per side), else ``l_slope``. ``columns``: the four lines as
+    (B, n, 1) columns (``PreparedLines.dense``), for the bias products of dense coefficients."""
     parts = {}
+    if columns is not None:
+        l_bias, u_bias, dot = columns[1], columns[3], _column_dot
 
     def split(coeff):
         if id(coeff) not in parts:
@@ -276,10 +307,12 @@ def elementwise(name: str, fn, relax, ibp=None, aten: tuple[str, ...] = (), doc:
 
 # -- ops that are linear maps of their single perturbed input ------------------------------
 
-def linear_map(name: str, fn, *, transpose=None, doc: str = "") -> OpDef:
+def linear_map(name: str, fn, *, transpose=None, rows_transpose=None, doc: str = "") -> OpDef:
     """Register a structural op y = L(x) whose matrix is 0/1 or nonnegative (reshape, permute,
     slicing, pooling, sums): IBP maps both ends, forward mode maps every function, backward
-    applies the transpose (given, or by autograd's vector-Jacobian product)."""
+    applies the transpose (given, or by autograd's vector-Jacobian product) to the
+    coefficients folded into one batch dimension, or ``rows_transpose(a, in_shape, **attrs)``
+    to the (B, S, *shape) coefficients directly (reshape: one view instead of three)."""
     def ibp(x: Interval, **attrs) -> Interval:
         return Interval(fn(x.lower, **attrs), fn(x.upper, **attrs))
 
@@ -289,6 +322,8 @@ def linear_map(name: str, fn, *, transpose=None, doc: str = "") -> OpDef:
 
     def backward(lA, uA, x, *, in_shapes, **attrs):
         in_shape = in_shapes[0]
+        if rows_transpose is not None:
+            return [both_sides(lA, uA, lambda a: rows_transpose(a, in_shape=in_shape, **attrs))], 0, 0
         back = transpose or (lambda a, in_shape, **kw: vjp_transpose(fn, a, in_shape, **kw))
         return [(fold_opt(lA, lambda a: back(a, in_shape=in_shape, **attrs)),
                  fold_opt(uA, lambda a: back(a, in_shape=in_shape, **attrs)))], 0, 0

@@ -17,7 +17,8 @@ def _reshape(x, *, shape):
     return x.reshape(x.shape[0], *shape)
 
 
-linear_map("reshape", _reshape, transpose=lambda a, in_shape, shape: a.reshape(a.shape[0], *in_shape),
+linear_map("reshape", _reshape,
+           rows_transpose=lambda a, in_shape, shape: a.reshape(a.shape[0], a.shape[1], *in_shape),
            doc="reshape to a per-sample shape (view, flatten, squeeze, unsqueeze)")
 
 
