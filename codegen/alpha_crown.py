@@ -60,6 +60,11 @@ class AlphaEmitter(torch_backend._Emitter):
         self.emit(f"{n.name}_ref = alphas.reference({n.name!r}, {n.name})")
         return f"{n.name}_ref"
 
+    def start_function(self, n: Node) -> None:
+        # the steps of a call bound the same rows: their first coefficients (a slice of the
+        # weights, folded) are computed once, and hoisted with the rows
+        self.emit(f"{n.name}_start = once_per_rows({n.name}_start)")
+
     def pass_rows(self, n: Node, expr: str) -> str:
         # none once recorded, when the state freezes intermediate bounds (branch and bound)
         return f"alphas.rows({n.name!r}, {expr})"

@@ -196,6 +196,18 @@ def all_rows(bounds: Interval) -> torch.Tensor:
     return torch.arange(bounds.lower[0].numel(), device=bounds.lower.device)
 
 
+def once_per_rows(start):
+    """``start(rows)``, computed again only for another rows tensor: the first coefficients of
+    an intermediate pass, which alpha-CROWN's steps of a call all take for the same rows."""
+    memo = []
+
+    def run(rows):
+        if not memo or memo[0] is not rows:
+            memo[:] = [rows, start(rows)]
+        return memo[1]
+    return run
+
+
 def tighten_chunks(reference: Interval, rows: torch.Tensor, run, bytes_per_row: int,
                    max_memory: int, intersect: bool = False) -> Interval:
     """``tighten`` the neurons ``rows`` by ``run(chunk) -> (lower, upper)``, a backward pass

@@ -163,14 +163,16 @@ class _Emitter:
             self.bounds[n] = f"{n.name}_lin.bounds"
 
     def backward(self, target: Node, spec: bool, lower: bool, upper: bool, rows: str | None = None,
-                 layout: "_PassLayout | None" = None) -> bool:
+                 layout: "_PassLayout | None" = None, after_start=None) -> bool:
         """Emit a backward pass from ``target``; leaves lA_<x>, uA_<x>, lbias, ubias.
         ``rows`` names a tensor of neuron indices: the pass then bounds those neurons only.
         ``layout`` says which nodes carry Patches (codegen/patches.py) instead of matrices.
         Returns whether the pass may fold its sides (both asked, dense coefficients): then
         ``_fold`` says at run time whether it bounds the rows [c; -c] from below only
         (runtime.fold_pair: each rule runs once instead of once per side, worth it while the
-        folded rows are small), and ``finish_sides`` gives both sides' bounds."""
+        folded rows are small), and ``finish_sides`` gives both sides' bounds. ``after_start``
+        is called with the names the pass's start defines (its first coefficients, biases and
+        fold decision), before the first rule: intermediate passes close a function there."""
         nodes = self.region([target])
         patched = layout.patched if layout is not None else {}
         fold = lower and upper and not patched
@@ -215,6 +217,9 @@ class _Emitter:
             for n in have:
                 self.emit(f"lA_{n.name}, uA_{n.name} = fold_pair(lA_{n.name}, uA_{n.name}, _fold)")
             self.emit("lbias, ubias = fold_bias(lbias, ubias, _fold)")
+        if after_start is not None:
+            after_start([f"{side}A_{n.name}" for n in have for side in "lu"] + ["lbias", "ubias"]
+                        + (["_fold"] if fold else []))
         for n in reversed(nodes):
             if n is self.x or n not in have or (skip_target and n is target):
                 continue
@@ -411,9 +416,22 @@ class _Emitter:
             else:
                 layout = self.pass_layout(n)
                 self.relaxations(n)
-                self.emit(f"def {n.name}_pass(_rows):")
+                self.emit(f"def {n.name}_start(_rows):")
                 self.indent += 1
-                if self.backward(n, spec=False, lower=True, upper=True, rows="_rows", layout=layout):
+
+                def open_pass(names, n=n):
+                    # the start reads no bounds of the pass: a function of the rows alone
+                    # (``start_function``: alpha-CROWN's steps compute it once)
+                    listed = ", ".join(names)
+                    self.emit(f"return {listed}")
+                    self.indent -= 1
+                    self.start_function(n)
+                    self.emit(f"def {n.name}_pass(_rows):")
+                    self.indent += 1
+                    self.emit(f"{listed} = {n.name}_start(_rows)")
+
+                if self.backward(n, spec=False, lower=True, upper=True, rows="_rows", layout=layout,
+                                 after_start=open_pass):
                     self.emit(f"return finish_sides(inp, lA_{x}, lbias, uA_{x}, ubias, _fold)")
                 else:
                     self.emit(f"return concretize_pair(inp, lA_{x}, lbias, uA_{x}, ubias)")
@@ -428,6 +446,10 @@ class _Emitter:
             if self.restart_reference:
                 self.emit(f"{n.name} = {n.name}_bounds")
             self.bounds[n] = f"{n.name}_bounds"
+
+    def start_function(self, n: Node) -> None:
+        """A hook after ``<n>_start(_rows)``, the first coefficients of the pass for ``n``, is
+        defined (alpha-CROWN computes them once per call)."""
 
     def pass_reference(self, n: Node) -> str:
         """The bounds a pass for ``n`` tightens, which also pick its rows: its IBP reference
@@ -547,7 +569,7 @@ def generate(graph: Graph, plan: Plan, emitter: "_Emitter | None" = None) -> tup
                  "straddling_rows": runtime.straddling_rows, "identity_rows": runtime.identity_rows,
                  "tighten": runtime.tighten, "intersect": runtime.intersect, "all_rows": runtime.all_rows,
                  "tighten_chunks": runtime.tighten_chunks, "fold_worth": runtime.fold_worth,
-                 "fold_pair": runtime.fold_pair, "fold_bias": runtime.fold_bias, "finish_sides": runtime.finish_sides,
+                 "fold_pair": runtime.fold_pair, "once_per_rows": runtime.once_per_rows, "fold_bias": runtime.fold_bias, "finish_sides": runtime.finish_sides,
                  "unfold_coefficients": runtime.unfold_coefficients,
                  "forward_rows": runtime.forward_rows,
                  "identity_patches": patches.identity_patches, "dense_pair": runtime.dense_pair,
