@@ -157,15 +157,18 @@ def _merge(a: Patches, b: Patches) -> Patches | None:
     return Patches(place(a, 0, 0) + place(b, dy, dx), a.top + y0, a.left + x0, a.shape)
 
 
-def concretize_pair(inp, lA, lbias, uA, ubias):
+def concretize_pair(inp, lA, lbias, uA, ubias, consume: bool = False):
     """``inp.concretize_pair`` for coefficients that may be Patches: over a box, the centre and
-    radius terms are window sums (no dense matrix); other sets get the dense form."""
+    radius terms are window sums (no dense matrix); other sets get the dense form (dense
+    coefficients that share memory with nothing else may be ``consume``d)."""
     if isinstance(lA, Patches) and isinstance(uA, Patches) and inp.is_box:
         mid, rad = (inp.upper + inp.lower) / 2, (inp.upper - inp.lower) / 2
         lower = lA.bias(mid) - (lA.coeff.abs() * lA.windows(rad)).sum((2, 3, 4)) + lbias
         upper = uA.bias(mid) + (uA.coeff.abs() * uA.windows(rad)).sum((2, 3, 4)) + ubias
         return lower, upper
-    return inp.concretize_pair(to_dense(lA), lbias, to_dense(uA), ubias)
+    if isinstance(lA, Patches) or isinstance(uA, Patches):
+        consume = False
+    return inp.concretize_pair(to_dense(lA), lbias, to_dense(uA), ubias, consume)
 
 
 # -- static sizing, for the code generator's choice between patches and a dense matrix ----------

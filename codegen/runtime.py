@@ -52,11 +52,12 @@ def fold_bias(lbias, ubias, fold: bool):
     return torch.cat([lbias, -ubias], 1), 0
 
 
-def finish_sides(inp, lA, lbias, uA, ubias, fold: bool):
-    """(lower, upper) bounds at the end of a pass, folded or not."""
+def finish_sides(inp, lA, lbias, uA, ubias, fold: bool, consume: bool = False):
+    """(lower, upper) bounds at the end of a pass, folded or not (``consume``: the
+    coefficients share memory with nothing else and may be overwritten, InputSet.concretize)."""
     if not fold:
-        return concretize_pair(inp, lA, lbias, uA, ubias)
-    both = inp.concretize(lA, lbias, upper=False)
+        return concretize_pair(inp, lA, lbias, uA, ubias, consume)
+    both = inp.concretize(lA, lbias, upper=False, consume=consume)
     half = both.shape[1] // 2
     return both[:, :half], -both[:, half:]
 

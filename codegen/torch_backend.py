@@ -177,6 +177,9 @@ class _Emitter:
         patched = layout.patched if layout is not None else {}
         fold = lower and upper and not patched
         have: set[Node] = set()
+        # nodes whose coefficients share memory with no tensor that outlives the pass (made by
+        # a "fresh" rule or a relaxation, then only viewed): ``self.owned`` says so of the input
+        owned: set[Node] = set()
         what = "spec C" if spec else ("identity spec" if rows is None else f"identity rows {rows}")
         self.emit(f"# backward from %{target.name} ({what}{', patches' if patched else ''})")
         pick = "" if rows is None else f".index_select(1, {rows})"
@@ -243,15 +246,22 @@ class _Emitter:
                 self.emit("lbias = add_bias(lbias, _lb)")
             if upper:
                 self.emit("ubias = add_bias(ubias, _ub)")
+            memory = "fresh" if n in self.lines_of and not patched else opdef.backward_memory
+            fresh = memory == "fresh" or memory == "view" and n in owned and \
+                not (layout is not None and n in layout.densify)
             for k, i in enumerate(n.inputs):
                 if not i.perturbed:
                     continue
                 if i in have:
                     self.emit(f"lA_{i.name} = acc(lA_{i.name}, _coeffs[{k}][0])")
                     self.emit(f"uA_{i.name} = acc(uA_{i.name}, _coeffs[{k}][1])")
+                    owned.discard(i)
                 else:
                     self.emit(f"lA_{i.name}, uA_{i.name} = _coeffs[{k}]")
                     have.add(i)
+                    if fresh and sum(j is i for j in n.inputs) == 1:
+                        owned.add(i)
+        self.owned = self.x in owned
         return fold
 
     def fold_condition(self, expr: str) -> str:
@@ -430,11 +440,13 @@ class _Emitter:
                     self.indent += 1
                     self.emit(f"{listed} = {n.name}_start(_rows)")
 
-                if self.backward(n, spec=False, lower=True, upper=True, rows="_rows", layout=layout,
-                                 after_start=open_pass):
-                    self.emit(f"return finish_sides(inp, lA_{x}, lbias, uA_{x}, ubias, _fold)")
+                folded = self.backward(n, spec=False, lower=True, upper=True, rows="_rows", layout=layout,
+                                       after_start=open_pass)
+                consume = ", consume=True" if self.owned else ""
+                if folded:
+                    self.emit(f"return finish_sides(inp, lA_{x}, lbias, uA_{x}, ubias, _fold{consume})")
                 else:
-                    self.emit(f"return concretize_pair(inp, lA_{x}, lbias, uA_{x}, ubias)")
+                    self.emit(f"return concretize_pair(inp, lA_{x}, lbias, uA_{x}, ubias{consume})")
                 self.indent -= 1
                 # lA, uA, their successors and a relaxation step's gathered lines and
                 # selections: about 10 coefficient-sized tensors at the widest node (measured
@@ -531,7 +543,9 @@ class _Emitter:
             folded = self.backward(out, spec=plan.spec, lower=lo, upper=up)
             x = self.x.name
             if folded:
-                self.emit(f"lower, upper = finish_sides(inp, lA_{x}, lbias, uA_{x}, ubias, _fold)")
+                # (the coefficients, returned with return_A, are not consumed then)
+                consume = ", consume=True" if self.owned and not plan.return_A else ""
+                self.emit(f"lower, upper = finish_sides(inp, lA_{x}, lbias, uA_{x}, ubias, _fold{consume})")
                 ret_A = f"unfold_coefficients(lA_{x}, lbias, uA_{x}, ubias, _fold)"
             else:
                 self.emit(f"lower = inp.concretize(lA_{x}, lbias, upper=False)" if lo else "lower = None")

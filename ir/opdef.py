@@ -84,6 +84,11 @@ class OpDef:
     # The relaxation is exact whenever the input's bounds do not straddle 0 (ReLU, leaky ReLU,
     # abs): bounds of such inputs are only worth tightening where they straddle 0.
     exact_when_sign_known: bool = False
+    # What the backward rule returns, for the code generator's proof that a pass's last
+    # coefficients share memory with no other tensor (the concretization may then take their
+    # absolute value in place): "fresh" (new tensors, e.g. a product with the weight), "view"
+    # (views of the given coefficients, e.g. reshape) or "unknown" (anything else).
+    backward_memory: str = "unknown"
     # ATen ops (e.g. "sigmoid.default", "leaky_relu.default") the torch frontend lowers to this op
     # generically: tensor arguments become inputs, the others attrs named as in the ATen schema.
     aten: tuple[str, ...] = ()

@@ -307,7 +307,8 @@ def elementwise(name: str, fn, relax, ibp=None, aten: tuple[str, ...] = (), doc:
 
 # -- ops that are linear maps of their single perturbed input ------------------------------
 
-def linear_map(name: str, fn, *, transpose=None, rows_transpose=None, doc: str = "") -> OpDef:
+def linear_map(name: str, fn, *, transpose=None, rows_transpose=None, doc: str = "",
+               backward_memory: str = "unknown") -> OpDef:
     """Register a structural op y = L(x) whose matrix is 0/1 or nonnegative (reshape, permute,
     slicing, pooling, sums): IBP maps both ends, forward mode maps every function, backward
     applies the transpose (given, or by autograd's vector-Jacobian product) to the
@@ -329,7 +330,8 @@ def linear_map(name: str, fn, *, transpose=None, rows_transpose=None, doc: str =
                  fold_opt(uA, lambda a: back(a, in_shape=in_shape, **attrs)))], 0, 0
 
     return register(OpDef(name=name, forward=fn, ibp=ibp, backward=backward,
-                          forward_mode=forward_mode, backward_needs_shapes=True, doc=doc))
+                          forward_mode=forward_mode, backward_needs_shapes=True, doc=doc,
+                          backward_memory=backward_memory))
 
 
 def vjp_transpose(fn, a: torch.Tensor, in_shape, **attrs) -> torch.Tensor:

@@ -98,7 +98,7 @@ register(OpDef(
     ibp=lambda x, weight, bias=None: _affine_ibp(_linear, x, weight, bias),
     backward=_linear_backward,
     forward_mode=lambda x, weight, bias=None: _affine_forward_mode(_linear, x, weight, bias),
-    jacobian=_linear_jacobian,
+    jacobian=_linear_jacobian, backward_memory="fresh",
     doc="y = x @ weight.T + bias; weight and bias constant"))
 
 
@@ -195,7 +195,7 @@ register(OpDef(
     ibp=lambda x, weight, bias=None, **kw: _affine_ibp(_conv_rules(**kw), x, weight, bias),
     backward=_conv_backward, backward_patches=_conv_backward_patches,
     forward_mode=lambda x, weight, bias=None, **kw: _affine_forward_mode(_conv_rules(**kw), x, weight, bias),
-    backward_needs_shapes=True,
+    backward_needs_shapes=True, backward_memory="fresh",
     doc="N-d convolution (1-3 spatial dims) with constant weight and bias"))
 
 

@@ -19,7 +19,8 @@ def _reshape(x, *, shape):
 
 linear_map("reshape", _reshape,
            rows_transpose=lambda a, in_shape, shape: a.reshape(a.shape[0], a.shape[1], *in_shape),
-           doc="reshape to a per-sample shape (view, flatten, squeeze, unsqueeze)")
+           doc="reshape to a per-sample shape (view, flatten, squeeze, unsqueeze)",
+           backward_memory="view")
 
 
 def _permute(x, *, dims):

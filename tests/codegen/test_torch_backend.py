@@ -132,3 +132,39 @@ def test_fold_only_while_the_folded_rows_are_small():
     few, many = torch.zeros(1, 10, 5), torch.zeros(1, 400, 5)
     assert fold_worth(few, 784) and not fold_worth(many, 784)
     assert 2 * 400 * 784 * 4 > FOLD_MAX_BYTES
+
+
+def _plain_linear_net():
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(6, 3)).eval()
+    return model, lirpac.compile(model, torch.zeros(1, 2, 3))
+
+
+def test_concretization_overwrites_only_coefficients_it_owns():
+    """The last concretization takes |A| in A's memory only where the code generator proved
+    that A is a fresh product (then viewed): never a view of a weight (a one-layer net's
+    coefficients are its weight, expanded), never coefficients returned with return_A."""
+    model, net = _plain_linear_net()
+    weight = model[1].weight.detach().clone()
+    x = torch.randn(4, 2, 3)
+    ball = lirpac.LpBall(eps=0.2)
+    with torch.no_grad():
+        lower, upper = net.bounds(x, ball, method="crown")
+    assert "consume=True" not in net.source("crown")
+    assert torch.equal(model[1].weight.detach(), weight)
+    centre = model(x)
+    radius = 0.2 * weight.abs().sum(1)
+    torch.testing.assert_close(lower, centre - radius)
+    torch.testing.assert_close(upper, centre + radius)
+
+    model, net, shape = _net("mlp")
+    x = torch.randn(3, *shape)
+    assert "consume=True" in net.source("crown")
+    with torch.no_grad():
+        plain = net.bounds(x, ball, method="crown")
+        linear = net.linear_bounds(x, ball, method="crown")
+    assert torch.equal(plain[0], linear.lower) and torch.equal(plain[1], linear.upper)
+    # the returned coefficients are the linear functions themselves, not their absolute values
+    assert bool((linear.lower_coeff < 0).any())
+    flat = x.flatten(1)
+    value = torch.einsum("bsn,bn->bs", linear.lower_coeff.flatten(2), flat) + linear.lower_bias
+    assert torch.all(value <= model(x) + 1e-5)
