@@ -43,7 +43,7 @@ def _relu_upper(lower, upper):
     # never infinite: u_slope <= 1); a stable neuron's line is exact, and its bias exactly 0
     # (slack's underflow floor there would make every product with it subnormal, several
     # times slower on CPUs)
-    unstable = (lo < 0) & (hi > 0)
+    unstable = torch.logical_and(lo, hi)     # lo < 0 < hi: lo <= 0 <= hi, both nonzero
     u_bias = torch.where(unstable, torch.addcmul(slack(hi), u_slope, lo, value=-1), 0.0)
     return lo, hi, unstable, u_slope, u_bias
 
