@@ -20,7 +20,9 @@ lower's), except with slopes shared by a pass's rows (one per side, as unfolded)
 
 An op's ``alpha_lines`` (the part of its rule that depends on the bounds only) is computed once
 per bounds, next to the other relaxations, and ``build`` splits the function into the loop's
-``prepare`` and ``step`` (codegen/hoist.py): what no slope reaches runs once per call.
+``prepare`` and ``step`` (codegen/hoist.py): what no slope reaches runs once per call, and so
+do the first coefficients of each intermediate pass (``<node>_start``, a function of the pass's
+rows, which are the same in every step: runtime.once_per_rows).
 """
 from __future__ import annotations
 

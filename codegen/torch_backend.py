@@ -98,6 +98,8 @@ class _Emitter:
         # alpha-CROWN optimises every intermediate backward pass instead)
         self.forward_when_exact = plan.method == "crown"
         self.x = graph.perturbed_input
+        # the last backward pass ends with coefficients nothing else shares (``backward``)
+        self.owned = False
 
     def emit(self, line: str = "") -> None:
         self.lines.append(("    " * (1 + self.indent) + line) if line else "")
@@ -583,7 +585,8 @@ def generate(graph: Graph, plan: Plan, emitter: "_Emitter | None" = None) -> tup
                  "straddling_rows": runtime.straddling_rows, "identity_rows": runtime.identity_rows,
                  "tighten": runtime.tighten, "intersect": runtime.intersect, "all_rows": runtime.all_rows,
                  "tighten_chunks": runtime.tighten_chunks, "fold_worth": runtime.fold_worth,
-                 "fold_pair": runtime.fold_pair, "once_per_rows": runtime.once_per_rows, "fold_bias": runtime.fold_bias, "finish_sides": runtime.finish_sides,
+                 "fold_pair": runtime.fold_pair, "fold_bias": runtime.fold_bias, "finish_sides": runtime.finish_sides,
+                 "once_per_rows": runtime.once_per_rows,
                  "unfold_coefficients": runtime.unfold_coefficients,
                  "forward_rows": runtime.forward_rows,
                  "identity_patches": patches.identity_patches, "dense_pair": runtime.dense_pair,

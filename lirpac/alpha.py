@@ -221,8 +221,8 @@ class _Adam:
     """Adam (betas 0.9 and 0.999, eps 1e-8) ascending the objective, with an exponentially
     decaying step size: torch's functional ``torch.optim.adam.adam``, its fused kernel where
     the device has one, else the multi-tensor one. The functional form skips
-    torch.optim.Adam's per-step bookkeeping (hooks, state lookups, checks), which took two
-    thirds of the optimiser's time in the loop on the benchmark MLP."""
+    torch.optim.Adam's per-step bookkeeping (hooks, state lookups, checks) and the scheduler:
+    about 40% of the optimiser's time in the loop on the benchmark MLP, with the same steps."""
 
     def __init__(self, groups: list[tuple[list[torch.Tensor], float]], decay: float):
         self.groups = [(params, [lr], [torch.zeros_like(p) for p in params],

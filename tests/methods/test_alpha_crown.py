@@ -402,3 +402,28 @@ def test_relu_alpha_lines_equal_the_generic_kink_lines(seed, zeros):
     own = get_op("relu").alpha_lines(lower, upper)
     for a, b in zip(generic, own):
         assert torch.equal(torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_adam_steps_equal_torch_optim_adam(dtype):
+    """The loop's functional Adam moves the slopes exactly as torch.optim.Adam (maximize) with
+    ExponentialLR would, a parameter without gradient staying put in both."""
+    from lirpac.alpha import _Adam
+    g = torch.Generator().manual_seed(0)
+    ours = [torch.rand(2, 3, 4, generator=g, dtype=dtype) for _ in range(3)]
+    theirs = [p.clone().requires_grad_() for p in ours]
+    ours = [p.clone().requires_grad_() for p in ours]
+    optimiser = _Adam([(ours[:2], 0.5), (ours[2:], 0.05)], decay=0.9)
+    reference = torch.optim.Adam([{"params": theirs[:2], "lr": 0.5}, {"params": theirs[2:], "lr": 0.05}],
+                                 maximize=True, fused=True)
+    schedule = torch.optim.lr_scheduler.ExponentialLR(reference, 0.9)
+    for step in range(5):
+        grads = [torch.randn(p.shape, generator=g, dtype=dtype) for p in ours]
+        grads[1] = None if step == 2 else grads[1]
+        optimiser.step(grads)
+        for p, grad in zip(theirs, grads):
+            p.grad = grad
+        reference.step()
+        schedule.step()
+        for a, b in zip(ours, theirs):
+            assert torch.equal(a.detach(), b.detach())
