@@ -225,3 +225,29 @@ def test_bounds_have_finite_gradients(arch):
         lower, upper = net.bounds(torch.randn(3, 4), lirpac.LpBall(eps=0.3), method=method)
         (upper - lower).sum().backward()
         assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize("op, attrs", [("relu", {}), ("leaky_relu", {"negative_slope": 0.1})])
+@pytest.mark.parametrize("sides", ["both", "lower", "same"])
+def test_kink_step_with_fixed_coefficients_is_the_full_step(op, attrs, sides):
+    """alpha-CROWN's kink step keeps, for coefficients no slope reaches, the parts of the step
+    that do not depend on alpha (computed once per call): the result is bit for bit the full
+    step's, for fresh slopes every time, and so is alpha's gradient."""
+    g = torch.Generator().manual_seed(1)
+    lower = torch.randn(2, 7, generator=g)
+    upper = lower + 2 * torch.rand(2, 7, generator=g)
+    opdef = get_op(op)
+    lines = opdef.alpha_lines(lower, upper, **attrs)
+    lA = torch.randn(2, 5, 7, generator=g)
+    uA = {"both": torch.randn(2, 5, 7, generator=g), "lower": None, "same": lA}[sides]
+    for _ in range(2):     # the second call reads the kept parts
+        alphas = [None if c is None else torch.rand(2, 5, 7, generator=g).requires_grad_() for c in (lA, uA)]
+        kept = opdef.backward_alpha(lA, uA, lines, *alphas, **attrs)
+        full = opdef.backward_alpha(lA, uA, tuple(lines), *alphas, **attrs)   # (a plain tuple: no memory)
+        for a, b in zip(kept[0][0] + kept[1:], full[0][0] + full[1:]):
+            assert (a is None and b is None) or (isinstance(a, int) and a == b) or torch.equal(a, b)
+        live = [a for a in alphas if a is not None]
+        objective = lambda out: sum(t.sum() for t in out[0][0] if t is not None)
+        for ga, gb in zip(torch.autograd.grad(objective(kept), live), torch.autograd.grad(objective(full), live)):
+            assert torch.equal(ga, gb)
+    assert lines.__dict__["fixed_parts"]
