@@ -168,3 +168,18 @@ def test_concretization_overwrites_only_coefficients_it_owns():
     flat = x.flatten(1)
     value = torch.einsum("bsn,bn->bs", linear.lower_coeff.flatten(2), flat) + linear.lower_bias
     assert torch.all(value <= model(x) + 1e-5)
+
+
+def test_pass_starts_are_functions_of_the_rows():
+    """An intermediate pass's first coefficients are ``<node>_start(_rows)``; alpha-CROWN's
+    steps compute them once per rows tensor (runtime.once_per_rows)."""
+    from lirpac.codegen.runtime import once_per_rows
+    _, net, _ = _net("mlp")
+    assert "_start(_rows)" in net.source("crown")
+    alpha_source = net.source("alpha-crown")
+    assert "once_per_rows(" in alpha_source
+    calls = []
+    start = once_per_rows(lambda rows: calls.append(rows) or rows * 2)
+    rows, other = torch.arange(3), torch.arange(3)
+    assert start(rows) is start(rows) and len(calls) == 1
+    assert torch.equal(start(other), rows * 2) and len(calls) == 2     # another tensor: again
