@@ -225,30 +225,28 @@ class _Adam:
     about 40% of the optimiser's time in the loop on the benchmark MLP, with the same steps."""
 
     def __init__(self, groups: list[tuple[list[torch.Tensor], float]], decay: float):
-        self.groups = [(params, [lr], [torch.zeros_like(p) for p in params],
-                        [torch.zeros_like(p) for p in params], self._steps(params))
-                       for params, lr in groups]
+        # per parameter: itself, its moments, and its step count (the fused kernel counts in a
+        # float32 tensor on the parameter's device)
+        self.groups = [[(p, torch.zeros_like(p), torch.zeros_like(p),
+                         torch.zeros((), dtype=torch.float32, device=p.device)) for p in params]
+                       for params, _ in groups]
+        self.lrs = [lr for _, lr in groups]
         self.decay = decay
         self.fused = all(p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.float64)
                          for params, _ in groups for p in params)
-
-    def _steps(self, params):
-        # the fused kernel counts steps in float32 tensors on the parameters' device
-        return [torch.zeros((), dtype=torch.float32, device=p.device) for p in params]
 
     def step(self, grads: list[torch.Tensor | None]) -> None:
         """One step from the gradients of the groups' parameters, in order (None: a parameter
         the objective does not reach, left as it is, as torch.optim.Adam does)."""
         grads = iter(grads)
-        for params, lr, exp_avgs, exp_avg_sqs, steps in self.groups:
-            moving = [(p, g, m, v, t) for p, g, m, v, t in zip(params, grads, exp_avgs, exp_avg_sqs, steps)
-                      if g is not None]
+        for k, group in enumerate(self.groups):
+            moving = [(p, g, m, v, t) for (p, m, v, t), g in zip(group, grads) if g is not None]
             if moving:
                 ps, gs, ms, vs, ts = (list(column) for column in zip(*moving))
                 adam_step(ps, gs, ms, vs, [], ts, foreach=None if self.fused else True,
                           fused=self.fused or None, amsgrad=False, beta1=0.9, beta2=0.999,
-                          lr=lr[0], weight_decay=0.0, eps=1e-8, maximize=True)
-            lr[0] *= self.decay
+                          lr=self.lrs[k], weight_decay=0.0, eps=1e-8, maximize=True)
+            self.lrs[k] *= self.decay
 
 
 def optimise(step, inp, C, params, output: str, opts: AlphaOptions, state: AlphaState | None):

@@ -113,12 +113,12 @@ class PreparedLines(tuple):
     ReLU layer in several passes."""
 
     def dense(self) -> tuple:
-        """(the lines with a row dimension, (B, 1, *shape); the biases as columns, (B, n, 1),
-        for matrix-vector products); a line given as 0 stays 0."""
+        """(the lines with a row dimension, (B, 1, *shape); the two biases as columns,
+        (B, n, 1), for matrix-vector products); a line given as 0 stays 0."""
         forms = self.__dict__.get("_dense")
         if forms is None:
             rows = tuple(t if isinstance(t, int) else t.unsqueeze(1) for t in self)
-            columns = tuple(t if isinstance(t, int) else t.reshape(t.shape[0], -1, 1) for t in self)
+            columns = tuple(t if isinstance(t, int) else t.reshape(t.shape[0], -1, 1) for t in self[1::2])
             forms = self._dense = (rows, columns)
         return forms
 
@@ -205,8 +205,7 @@ def _row_dot(coeff, values):
 def _shared_dot(coeff, bias):
     """(B, S): each row of coeff against ``bias`` when it is the same for every row
     ((B, 1, ...)): one matrix-vector product instead of a row-by-row reduction."""
-    vector = bias.expand(coeff.shape[0], 1, *coeff.shape[2:]).reshape(coeff.shape[0], -1, 1)
-    return torch.bmm(coeff.flatten(2), vector).squeeze(-1)
+    return _column_dot(coeff, bias.expand(coeff.shape[0], 1, *coeff.shape[2:]).reshape(coeff.shape[0], -1, 1))
 
 
 def _column_dot(coeff, column):
@@ -224,11 +223,11 @@ def _relaxed_step(lA, uA, l_slope, l_bias, u_slope, u_bias, dot, l_slope_of_uppe
     and far cheaper than a broadcast selection on a boolean mask); ``dot`` sums against
     relaxation values; a line given as 0 costs nothing; when both sides are the same tensor,
     its parts are computed once. ``l_slope_of_upper``: the upper side's own lower-line slope
-    (alpha-CROWN optimises one per side), else ``l_slope``. ``columns``: the four lines as
+    (alpha-CROWN optimises one per side), else ``l_slope``. ``columns``: the two biases as
     (B, n, 1) columns (``PreparedLines.dense``), for the bias products of dense coefficients."""
     parts = {}
     if columns is not None:
-        l_bias, u_bias, dot = columns[1], columns[3], _column_dot
+        (l_bias, u_bias), dot = columns, _column_dot
 
     def split(coeff):
         if id(coeff) not in parts:

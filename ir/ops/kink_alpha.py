@@ -89,7 +89,7 @@ def _fixed_parts(lines: KinkLines, rows: RowLayout, lA, uA):
     g the coefficients that meet the lower line where the neuron is unstable (the positive
     ones of the lower side, the negative ones of the upper), and the biases do not depend on
     alpha. Computed once per (coefficients, lines) and kept on the lines: (a_l, g_l) or None,
-    (a_u, g_u) or None, lbias, ubias; bit for bit what the full step gives (one of a
+    (a_u, g_u) or None, lbias, ubias; the step is bit for bit the full one (one of a
     coefficient's parts is 0, so the sums meet the same terms). None where this does not
     apply (dense coefficients only)."""
     coeffs = [c for c in rows.coeffs if c is not None]
