@@ -248,7 +248,8 @@ class _Emitter:
                 self.emit("lbias = add_bias(lbias, _lb)")
             if upper:
                 self.emit("ubias = add_bias(ubias, _ub)")
-            memory = "fresh" if n in self.lines_of and not patched else opdef.backward_memory
+            # (a node on Patches runs its patches rule, which backward_memory does not describe)
+            memory = "unknown" if n in patched else "fresh" if n in self.lines_of else opdef.backward_memory
             fresh = memory == "fresh" or memory == "view" and n in owned and \
                 not (layout is not None and n in layout.densify)
             for k, i in enumerate(n.inputs):
