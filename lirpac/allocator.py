@@ -27,6 +27,7 @@ _M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD = 32 << 20      # glibc's largest allowed value on 64-bit systems
 TRIM_THRESHOLD = 256 << 20
 
+
 @functools.cache
 def tune() -> bool:
     """Set the thresholds once per process; whether they are in effect."""

@@ -150,8 +150,7 @@ def relaxed_backward_lines(lA, uA, lines):
         at_rows, columns = lines.dense()
         new_l, new_u, lbias, ubias = _relaxed_step(*rows.coeffs, *at_rows, _row_dot, columns=columns)
         return [(new_l, new_u)], lbias, ubias
-    lines = [r if isinstance(r, int) else rows.at(r) for r in lines]
-    new_l, new_u, lbias, ubias = _relaxed_step(*rows.coeffs, *lines, _row_dot)
+    new_l, new_u, lbias, ubias = _relaxed_step(*rows.coeffs, *rows.lines_at(lines), _row_dot)
     return [(rows.wrap(new_l), rows.wrap(new_u))], lbias, ubias
 
 
@@ -173,6 +172,10 @@ class RowLayout:
 
     def at(self, t: torch.Tensor) -> torch.Tensor:
         return self.some.windows(t) if self.windowed else t.unsqueeze(1)
+
+    def lines_at(self, lines) -> list:
+        """``at`` of each line, a line given as 0 staying 0."""
+        return [r if isinstance(r, int) else self.at(r) for r in lines]
 
     def slopes(self, alpha):
         if alpha is None or not self.windowed or alpha.shape == self.some.coeff.shape:

@@ -68,7 +68,7 @@ def kink_alpha_rules(relax, bottom_slope, lines=None) -> dict:
             new_l, new_u = (None if side is None else torch.addcmul(side[0], side[1], alpha)
                             for side, alpha in zip(parts[:2], (alpha_l, alpha_u)))
             return [(rows.wrap(new_l), rows.wrap(new_u))], parts[2], parts[3]
-        fixed, l_bias, u_slope, u_bias, unstable = (r if isinstance(r, int) else rows.at(r) for r in lines)
+        fixed, l_bias, u_slope, u_bias, unstable = rows.lines_at(lines)
         # the lower slope is alpha's where the neuron is unstable, the op's elsewhere: exactly
         # (0 + alpha, slope + 0), cheaper than a broadcast selection, and a tensor everywhere
         # (it carries alpha's gradient)
@@ -100,7 +100,7 @@ def _fixed_parts(lines: KinkLines, rows: RowLayout, lA, uA):
     hit = memo.get((id(lA), id(uA)))
     if hit is not None and hit[0] is lA and hit[1] is uA:
         return hit[2]
-    fixed, l_bias, u_slope, u_bias, unstable = (r if isinstance(r, int) else rows.at(r) for r in lines)
+    fixed, l_bias, u_slope, u_bias, unstable = rows.lines_at(lines)
     new_l, new_u, lbias, ubias = _relaxed_step(*rows.coeffs, fixed, l_bias, u_slope, u_bias, _row_dot)
     lower = upper = None
     if new_l is not None:
