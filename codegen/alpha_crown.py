@@ -49,6 +49,8 @@ class AlphaEmitter(torch_backend._Emitter):
         super().__init__(graph, plan)
         self.splittable = set(sign_splittable(graph))
         self.alpha_lines_of: dict[Node, str] = {}
+        self.slot_bounds: dict[Node, str] = {}     # node -> its live neurons' bounds
+        self.references: dict[Node, str] = {}      # node -> the reference its passes tighten
 
     def lines_kind(self, n: Node) -> tuple[dict, str, str] | None:
         # an alpha op's bounds-only part (``alpha_lines``), once for every pass and step
@@ -60,7 +62,14 @@ class AlphaEmitter(torch_backend._Emitter):
     def pass_reference(self, n: Node) -> str:
         # the IBP reference, narrowed by the bounds of the loop's first evaluation
         self.emit(f"{n.name}_ref = alphas.reference({n.name!r}, {n.name})")
+        self.references[n] = f"{n.name}_ref"
         return f"{n.name}_ref"
+
+    def fixed_bounds(self, a: Node, bounds: str) -> str:
+        # a step bounds only the neurons its reference leaves straddling 0 and keeps the
+        # reference elsewhere (runtime.tighten), so a neuron dead in the reference is dead in
+        # every step: the live neurons, and the slopes' shape, stay those of the call
+        return self.references.get(a, bounds)
 
     def start_function(self, n: Node) -> None:
         # the steps of a call bound the same rows: their first coefficients (a slice of the
@@ -93,10 +102,22 @@ class AlphaEmitter(torch_backend._Emitter):
         if get_op(n.op).backward_alpha is None:
             return super().backward_rule(target, n, args)
         bounds = next(a for i, a in zip(n.inputs, args) if i.perturbed)
-        slot = f"*alphas.slot({target.name!r}, {n.name!r}, {n.op!r}, lA_{n.name}, uA_{n.name}, {bounds})"
+        slot = (f"*alphas.slot({target.name!r}, {n.name!r}, {n.op!r}, lA_{n.name}, uA_{n.name}, "
+                f"{self.slot_bounds.get(n, bounds)})")
         if get_op(n.op).alpha_lines is not None:
             args = [self.alpha_lines_of[n] if a == bounds else a for a in args]
         return self.rule(n.op, "backward_alpha", n), args + [slot]
+
+    def drop_dead(self, n: Node, bounds: str, table: dict) -> None:
+        super().drop_dead(n, bounds, table)
+        if n in self.live_of:
+            # the slopes are those of the live neurons: no gather in every step
+            self.emit(f"{n.name}_live_bounds = prune_bounds({bounds}, {self.live_of[n]})")
+            self.slot_bounds[n] = f"{n.name}_live_bounds"
+
+    def live_neurons(self, a: Node, expr: str) -> str:
+        # branch and bound's multipliers of a's sign constraints cover the whole layer
+        return f"alphas.live({a.name!r}, {expr})"
 
 
 def build(graph: Graph, plan: Plan):

@@ -5,7 +5,7 @@ import torch
 
 from lirpac.codegen.patches import Patches, acc_patches, concretize_pair, to_dense
 from lirpac.ir.opdef import Interval, Linear
-from lirpac.ir.ops.common import split_pos_neg
+from lirpac.ir.ops.common import PreparedLines, split_pos_neg
 
 
 def acc(total, extra):
@@ -150,6 +150,55 @@ def straddling_rows(bounds: Interval) -> torch.Tensor:
     # (a product that underflows to -0 leaves its neuron out: its reference bounds, sound,
     # stay as they are)
     return (straddle[0] if straddle.shape[0] == 1 else straddle.any(0)).nonzero().squeeze(1)
+
+
+# A layer's dead neurons (0 on the whole set in every sample) leave the backward passes that
+# cross it when at least this fraction of them are dead: the smaller products then save more
+# than gathering the weights' live rows and columns costs (the benchmark MLP's first layer,
+# 28% dead: CROWN 0.92x of the time).
+PRUNE_MIN_DEAD = 0.2
+
+
+def live_neurons(zero: torch.Tensor) -> torch.Tensor | None:
+    """Indices of the neurons not 0 on the whole set in some sample (``zero``: (B, n), true
+    where a neuron is 0 on the whole set, OpDef.zero_where), or None when too few are dead
+    to be worth dropping."""
+    live = torch.logical_not(zero[0] if zero.shape[0] == 1 else zero.all(0))
+    index = live.nonzero().squeeze(1)
+    if index.shape[0] > (1 - PRUNE_MIN_DEAD) * live.shape[0]:
+        return None
+    # a few dead ones kept make the count a multiple of 8, the products' fast sizes (the
+    # MLP's 174x784 by 784x183 product: 1.2x the time of 784x184)
+    pad = -index.shape[0] % 8
+    if pad:
+        index = torch.cat([index, torch.logical_not(live).nonzero()[:pad, 0]])
+    return index
+
+
+def prune_lines(lines, live):
+    """A relaxation's node-shaped lines (PreparedLines, or an alpha op's KinkLines) at the
+    live neurons only (a line given as 0 stays 0)."""
+    if live is None:
+        return lines
+    pruned = [t if isinstance(t, int) else t.index_select(1, live) for t in lines]
+    return lines._make(pruned) if hasattr(lines, "_make") else PreparedLines(pruned)
+
+
+def prune_bounds(bounds: Interval, live) -> Interval:
+    """A layer's bounds (B, n) at the live neurons."""
+    if live is None:
+        return bounds
+    return Interval(bounds.lower.index_select(1, live), bounds.upper.index_select(1, live))
+
+
+def prune_rows(live, t: torch.Tensor) -> torch.Tensor:
+    """The live rows of a weight (out, in) or bias (out,) of the layer feeding dead neurons."""
+    return t if live is None else t.index_select(0, live)
+
+
+def prune_columns(live, weight: torch.Tensor) -> torch.Tensor:
+    """The live columns of a weight (out, in) of the layer the dead neurons feed."""
+    return weight if live is None else weight.index_select(1, live)
 
 
 def identity_rows(batch: int, rows: torch.Tensor, shape: tuple, like: torch.Tensor) -> torch.Tensor:

@@ -33,7 +33,7 @@ _FINAL = {"ibp": "ibp", "crown": "backward", "forward": "forward",
           "crown-ibp": "backward", "forward+crown": "backward", "alpha-crown": "backward"}
 _MODE_PREFIX = {"ibp_ball": "ball", "ibp": "ibp", "backward": "bwd", "forward_mode": "fwd", "forward": "val",
                 "jacobian": "jac", "backward_patches": "pat", "backward_alpha": "bwa",
-                "relax": "relax", "alpha_lines": "alines"}
+                "relax": "relax", "alpha_lines": "alines", "zero_where": "zero"}
 
 
 @dataclass(frozen=True)
@@ -93,6 +93,10 @@ class _Emitter:
         self.rules: set[tuple[str, str]] = set()
         self.bounds: dict[Node, str] = {}      # node -> expression of its intermediate bounds
         self.lines_of: dict[Node, str] = {}    # node -> variable of its relaxation's lines
+        # node -> {input index: variable} for constant inputs backward passes read pruned
+        self.pruned: dict[Node, dict[int, str]] = {}
+        self.live_of: dict[Node, str] = {}     # node -> variable of its live neurons' indices
+        self.users = graph.users()
         self.needs = nodes_needing_bounds(graph)
         # CROWN bounds a node by forward mode where that is exact and cheaper (a hook:
         # alpha-CROWN optimises every intermediate backward pass instead)
@@ -196,7 +200,7 @@ class _Emitter:
         elif not spec and op.jacobian is not None and len(target.shape) == 1:
             # (the Jacobian rule gives one row per output: a 1-D node; linear on (T, d) has a
             # block-diagonal Jacobian it does not build)
-            args = ["None" if i.perturbed else i.name for i in target.inputs]
+            args = self.constant_args(target, ["None"] * len(target.inputs))
             self.emit(f"_coeffs, _bias = {self.call(self.rule(target.op, 'jacobian', target), ['B'] + args, self.attrs(target))}")
             self.emit(f"lbias = {'_bias' + pick if lower else 0}")
             self.emit(f"ubias = {('lbias' if lower else '_bias' + pick) if upper else 0}")
@@ -229,8 +233,8 @@ class _Emitter:
             if n is self.x or n not in have or (skip_target and n is target):
                 continue
             opdef = get_op(n.op)
-            args = [(self.bounds[i] if opdef.nonlinear else "None") if i.perturbed else i.name
-                    for i in n.inputs]
+            args = self.constant_args(n, [(self.bounds[i] if opdef.nonlinear else "None") if i.perturbed else None
+                                          for i in n.inputs])
             self.at_coefficients(target, n, n in patched)
             if n in self.lines_of:
                 # the lines were computed once for every pass (``relaxations``)
@@ -267,6 +271,13 @@ class _Emitter:
         self.owned = self.x in owned
         return fold
 
+    def constant_args(self, n: Node, perturbed: list[str]) -> list[str]:
+        """Arguments of ``n``'s rule in a backward pass: ``perturbed[k]`` for a perturbed
+        input k, else the constant's variable (pruned to the live neurons, ``drop_dead``)."""
+        pruned = self.pruned.get(n, {})
+        return [p if i.perturbed else pruned.get(k, i.name)
+                for k, (i, p) in enumerate(zip(n.inputs, perturbed))]
+
     def fold_condition(self, expr: str) -> str:
         """The expression that decides whether a pass folds its sides (a hook: alpha-CROWN's
         slopes shared by a pass's rows stay one per side)."""
@@ -276,10 +287,11 @@ class _Emitter:
         """A hook where ``n``'s coefficients in the pass from ``target`` are complete, before
         its backward rule (beta-CROWN adds its split multipliers there)."""
 
-    def relaxations(self, target: Node) -> None:
+    def relaxations(self, target: Node, drop_dead: bool = False) -> None:
         """Emit, before the backward passes from ``target``, the relaxation lines of the
         elementwise nodes they cross: computed once from final bounds, shared by every pass
-        and chunk (the final pass re-crosses every earlier layer)."""
+        and chunk (the final pass re-crosses every earlier layer). ``drop_dead``: the passes
+        bound many rows (intermediate ones), worth dropping dead neurons for."""
         for n in self.region([target]):
             kind = None if n is self.x else self.lines_kind(n)
             if kind is None or n in kind[0]:
@@ -289,6 +301,57 @@ class _Emitter:
             call = self.call(self.rule(n.op, mode, n), [f"{bounds}.lower", f"{bounds}.upper"], self.attrs(n))
             self.emit(f"{n.name}_lines = {wrap.format(call)}")
             table[n] = f"{n.name}_lines"
+            if drop_dead:
+                self.drop_dead(n, bounds, table)
+
+    def drop_dead(self, n: Node, bounds: str, table: dict) -> None:
+        """Between two linear layers ``a -> n -> b`` that nothing else reads, neurons of ``n``
+        that are 0 on the whole set (OpDef.zero_where) add nothing to any later pass: those
+        passes use ``n``'s lines (in ``table``) and a's weight rows and b's weight columns at
+        the live neurons only (fewer multiply-adds in the products, the same bounds up to
+        rounding). Decided at run time (runtime.live_neurons)."""
+        layers = self.dead_drop_layers(n)
+        if layers is None:
+            return
+        a, b = layers
+        live = self.live_of[n] = f"{n.name}_live"
+        fixed = self.fixed_bounds(a, bounds)
+        zero = self.call(self.rule(n.op, "zero_where", n), [f"{fixed}.lower", f"{fixed}.upper"], self.attrs(n))
+        self.emit(f"# neurons of %{n.name} that are 0 on the whole set leave the later passes")
+        self.emit(f"{live} = {self.live_neurons(a, f'live_neurons({zero})')}")
+        self.emit(f"{n.name}_live_lines = prune_lines({table[n]}, {live})")
+        table[n] = f"{n.name}_live_lines"
+        for layer, prune, ks in ((a, "prune_rows", range(1, len(a.inputs))), (b, "prune_columns", (1,))):
+            pruned = self.pruned.setdefault(layer, {})
+            for k in ks:
+                name = f"{layer.name}_{'weight' if k == 1 else 'bias'}_live"
+                name += "_2" if k in pruned else ""    # (rows, then columns: at most twice)
+                self.emit(f"{name} = {prune}({live}, {pruned.get(k, layer.inputs[k].name)})")
+                pruned[k] = name
+
+    def fixed_bounds(self, a: Node, bounds: str) -> str:
+        """Bounds of ``a`` whose dead neurons are dead in ``bounds`` too (a hook: alpha-CROWN
+        takes them from the pass's reference, the same in every step of a call)."""
+        return bounds
+
+    def live_neurons(self, a: Node, expr: str) -> str:
+        """The expression for the live neurons after ``a`` (a hook: branch and bound keeps
+        every neuron of a layer whose signs it constrains)."""
+        return expr
+
+    def dead_drop_layers(self, n: Node) -> tuple[Node, Node] | None:
+        """(a, b) when ``n`` (with a ``zero_where`` rule) is ``a -> n -> b`` for two linear
+        layers with constant weights on vectors, and nothing else reads a or n."""
+        if get_op(n.op).zero_where is None or len(n.shape) != 1 or len(self.users[n]) != 1:
+            return None
+        a, b = n.inputs[0], self.users[n][0]
+        out = self.graph.output
+        if self.users[a] != [n] or out in (a, n) or b.inputs[0] is not n:
+            return None
+        for layer in (a, b):
+            if layer.op != "linear" or len(layer.shape) != 1 or any(i.perturbed for i in layer.inputs[1:]):
+                return None
+        return a, b
 
     def lines_kind(self, n: Node) -> tuple[dict, str, str] | None:
         """How ``n``'s lines are computed once for every pass: (the table of their variables,
@@ -428,7 +491,7 @@ class _Emitter:
                 row_bytes = "0"    # one call: its size grows with the input, not with the rows
             else:
                 layout = self.pass_layout(n)
-                self.relaxations(n)
+                self.relaxations(n, drop_dead=True)
                 self.emit(f"def {n.name}_start(_rows):")
                 self.indent += 1
 
@@ -592,7 +655,10 @@ def generate(graph: Graph, plan: Plan, emitter: "_Emitter | None" = None) -> tup
                  "forward_rows": runtime.forward_rows,
                  "identity_patches": patches.identity_patches, "dense_pair": runtime.dense_pair,
                  "concretize_pair": patches.concretize_pair, "prepare_lines": prepare_lines,
-                 "relaxed": relaxed_backward_lines, "add_bias": add_bias}
+                 "relaxed": relaxed_backward_lines, "add_bias": add_bias,
+                 "live_neurons": runtime.live_neurons, "prune_lines": runtime.prune_lines,
+                 "prune_rows": runtime.prune_rows, "prune_columns": runtime.prune_columns,
+                 "prune_bounds": runtime.prune_bounds}
     for op, mode in emitter.rules:
         opdef = REGISTRY[op]
         namespace[f"{_MODE_PREFIX[mode]}_{op}"] = getattr(opdef, mode)

@@ -84,6 +84,10 @@ class OpDef:
     # The relaxation is exact whenever the input's bounds do not straddle 0 (ReLU, leaky ReLU,
     # abs): bounds of such inputs are only worth tightening where they straddle 0.
     exact_when_sign_known: bool = False
+    # Elementwise ops that vanish on whole intervals: zero_where(lower, upper) -> a bool tensor,
+    # true where f(x) = 0 for every x in [lower, upper] (ReLU: upper <= 0). Backward passes
+    # drop such neurons from the layers around them (codegen: ``live_neurons``).
+    zero_where: Callable[..., torch.Tensor] | None = None
     # What the backward rule returns, for the code generator's proof that a pass's last
     # coefficients share memory with no other tensor (the concretization may then take their
     # absolute value in place): "fresh" (new tensors, e.g. a product with the weight), "view"

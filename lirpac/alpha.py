@@ -165,6 +165,11 @@ class AlphaState:
             self.alphas[(target, node)] = pair
         return pair
 
+    def live(self, node: str, live):
+        """The live neurons after ``node`` (codegen: dead neurons leave the later passes), or
+        None (all of them) where sign constraints on ``node`` have multipliers for each."""
+        return None if node in self.constraints else live
+
     def beta(self, target: str, node: str, lA, uA):
         """The coefficients at ``node`` in the pass from ``target`` with the multipliers of its
         sign constraints (called by the generated code; unchanged without constraints)."""

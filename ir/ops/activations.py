@@ -55,8 +55,13 @@ def relu_alpha_lines(lower, upper) -> KinkLines:
     return KinkLines((lower >= 0).to(u_slope.dtype), 0, u_slope, u_bias, unstable.to(u_slope.dtype))
 
 
+def relu_zero_where(lower, upper):
+    """ReLU is 0 on [l, u] exactly when u <= 0 (a NaN bound is never taken for 0)."""
+    return upper <= 0
+
+
 elementwise("relu", torch.relu, relu_relax, aten=("relu.default", "relu_.default"),
-            doc="max(x, 0)", exact_when_sign_known=True,
+            doc="max(x, 0)", exact_when_sign_known=True, zero_where=relu_zero_where,
             **kink_alpha_rules(relu_relax, lambda: 0.0, relu_alpha_lines))
 
 

@@ -288,12 +288,12 @@ def monotone_ibp(fn):
 
 
 def elementwise(name: str, fn, relax, ibp=None, aten: tuple[str, ...] = (), doc: str = "",
-                exact_when_sign_known: bool = False, **alpha_rules) -> OpDef:
+                exact_when_sign_known: bool = False, zero_where=None, **alpha_rules) -> OpDef:
     """Register a unary elementwise nonlinear op from its function and relaxation.
 
     ``relax(lower, upper, **attrs)`` returns (l_slope, l_bias, u_slope, u_bias); ``ibp``
     defaults to monotone increasing; ``alpha_rules`` are the optional ``backward_alpha`` and
-    ``alpha_init`` of a parametrised relaxation (alpha-CROWN).
+    ``alpha_init`` of a parametrised relaxation (alpha-CROWN); ``zero_where``: see OpDef.
     """
     def backward(lA, uA, x: Interval, **attrs):
         return relaxed_backward(lA, uA, relax(x.lower, x.upper, **attrs))
@@ -304,7 +304,8 @@ def elementwise(name: str, fn, relax, ibp=None, aten: tuple[str, ...] = (), doc:
     return register(OpDef(name=name, forward=fn, ibp=ibp or monotone_ibp(fn), backward=backward,
                           backward_patches=backward,
                           forward_mode=forward_mode, nonlinear=True, aten=aten, doc=doc,
-                          exact_when_sign_known=exact_when_sign_known, relax=relax, **alpha_rules))
+                          exact_when_sign_known=exact_when_sign_known, relax=relax,
+                          zero_where=zero_where, **alpha_rules))
 
 
 # -- ops that are linear maps of their single perturbed input ------------------------------

@@ -1,13 +1,17 @@
 """The torch backend: generated code is straight-line, cached, printable, and follows the
 input's dtype; LIRPAC_DUMP shows each stage."""
 import ast
+import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import lirpac
 from lirpac.codegen.torch_backend import METHODS
 from models import ARCHS, reinit
+from sampling import assert_contains, sample_lp_ball
 
 BASE_METHODS = ["ibp", "crown", "forward", "crown-ibp", "forward+crown"]
 
@@ -183,3 +187,72 @@ def test_pass_starts_are_functions_of_the_rows():
     rows, other = torch.arange(3), torch.arange(3)
     assert start(rows) is start(rows) and len(calls) == 1
     assert torch.equal(start(other), rows * 2) and len(calls) == 2     # another tensor: again
+
+
+def _mostly_dead_mlp(seed: int, shift: float):
+    """A ReLU MLP whose hidden layers' biases are pushed down by ``shift``: many neurons are
+    0 on the whole ball (dead), some in every sample, some in a few."""
+    torch.manual_seed(seed)
+    layers = [torch.nn.Linear(6, 24), torch.nn.ReLU(), torch.nn.Linear(24, 24), torch.nn.ReLU(),
+              torch.nn.Linear(24, 24), torch.nn.ReLU(), torch.nn.Linear(24, 4)]
+    with torch.no_grad():
+        for layer in layers[:-1:2]:
+            layer.bias.sub_(shift)
+    return torch.nn.Sequential(*layers).eval()
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), shift=st.floats(0.0, 1.5), eps=st.floats(0.01, 0.5),
+       batch=st.integers(1, 3), norm=st.sampled_from([math.inf, 2.0, 1.0]))
+def test_dead_neurons_leave_the_later_passes(seed, shift, eps, batch, norm):
+    """CROWN's and alpha-CROWN's passes drop a layer's dead neurons (runtime.live_neurons)
+    from its lines and the weights around it: the same bounds and linear functions as
+    without, up to the summation order of the smaller products, and sound at sampled points
+    (corners too)."""
+    from lirpac.codegen import runtime
+    model = _mostly_dead_mlp(seed, shift)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, 6, generator=g)
+    ball = lirpac.LpBall(eps=eps, norm=norm)
+    net = lirpac.compile(model, x[:1])
+    assert "live_neurons(zero_relu(" in net.source("crown")
+    assert "prune_bounds(" in net.source("alpha-crown")
+    results = []
+    old = runtime.PRUNE_MIN_DEAD
+    try:
+        for fraction in (2.0, 0.0):      # never drop / drop whenever one neuron is dead
+            runtime.PRUNE_MIN_DEAD = fraction
+            with torch.no_grad():
+                results.append((net.bounds(x, ball, method="crown"), net.linear_bounds(x, ball, method="crown"),
+                                net.bounds(x, ball, method="alpha-crown", options={"iterations": 5})))
+    finally:
+        runtime.PRUNE_MIN_DEAD = old
+    (kept, kept_lin, kept_alpha), (dropped, dropped_lin, dropped_alpha) = results
+    for a, b in zip(kept + kept_alpha, dropped + dropped_alpha):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    for field in ("lower_coeff", "lower_bias", "upper_coeff", "upper_bias"):
+        torch.testing.assert_close(getattr(kept_lin, field), getattr(dropped_lin, field),
+                                   rtol=1e-5, atol=1e-5, msg=field)
+    points = sample_lp_ball(x, eps, norm, 64, generator=g)
+    assert_contains(model, points, *dropped)
+    assert_contains(model, points, *dropped_alpha)
+
+
+def test_live_neurons_are_those_some_sample_needs():
+    """The live neurons (some sample's bounds leave them nonzero), padded with dead ones to a
+    multiple of 8; None when fewer than PRUNE_MIN_DEAD are dead."""
+    from lirpac.codegen.runtime import PRUNE_MIN_DEAD, live_neurons, prune_columns, prune_rows
+    zero = torch.rand(2, 40, generator=torch.Generator().manual_seed(0)) < 0.6
+    some_live = set(torch.logical_not(zero).any(0).nonzero().flatten().tolist())
+    first_live = set(torch.logical_not(zero[0]).nonzero().flatten().tolist())
+    for z, live in ((zero, some_live), (zero[:1], first_live)):
+        index = live_neurons(z).tolist()
+        assert live <= set(index) and len(set(index)) == len(index) and len(index) % 8 == 0
+        assert len(index) - len(live) < 8
+    assert live_neurons(torch.zeros(1, 10, dtype=torch.bool)) is None    # none dead
+    few = torch.zeros(1, 100, dtype=torch.bool)
+    few[0, : int(PRUNE_MIN_DEAD * 100) - 1] = True
+    assert live_neurons(few) is None                                     # too few to be worth it
+    weight = torch.arange(12.0).reshape(3, 4)
+    assert prune_rows(None, weight) is weight and prune_columns(None, weight) is weight
+    assert torch.equal(prune_columns(torch.tensor([1, 3]), weight), weight[:, [1, 3]])
