@@ -89,8 +89,9 @@ class AlphaEmitter(torch_backend._Emitter):
     def at_coefficients(self, target: Node, n: Node, patched: bool) -> None:
         # a neuron whose sign a branch-and-bound sub-domain fixes gets a multiplier there
         if not patched and n in self.splittable:
+            live = next((self.live_of[u] for u in self.users[n] if u in self.live_of), None)
             self.emit(f"lA_{n.name}, uA_{n.name} = alphas.beta({target.name!r}, {n.name!r}, "
-                      f"lA_{n.name}, uA_{n.name})")
+                      f"lA_{n.name}, uA_{n.name}{'' if live is None else ', ' + live})")
 
     def patches_rule(self, target: Node, n: Node, args: list[str]) -> tuple[str, list[str]]:
         # backward_alpha takes Patches too: slopes per row's window
@@ -115,9 +116,9 @@ class AlphaEmitter(torch_backend._Emitter):
             self.emit(f"{n.name}_live_bounds = prune_bounds({bounds}, {self.live_of[n]})")
             self.slot_bounds[n] = f"{n.name}_live_bounds"
 
-    def live_neurons(self, a: Node, expr: str) -> str:
-        # branch and bound's multipliers of a's sign constraints cover the whole layer
-        return f"alphas.live({a.name!r}, {expr})"
+    def zero_neurons(self, a: Node, expr: str) -> str:
+        # a neuron whose sign branch and bound constrains keeps its multiplier
+        return f"alphas.keep_constrained({a.name!r}, {expr})"
 
 
 def build(graph: Graph, plan: Plan):

@@ -318,7 +318,7 @@ class _Emitter:
         fixed = self.fixed_bounds(a, bounds)
         zero = self.call(self.rule(n.op, "zero_where", n), [f"{fixed}.lower", f"{fixed}.upper"], self.attrs(n))
         self.emit(f"# neurons of %{n.name} that are 0 on the whole set leave the later passes")
-        self.emit(f"{live} = {self.live_neurons(a, f'live_neurons({zero})')}")
+        self.emit(f"{live} = live_neurons({self.zero_neurons(a, zero)})")
         self.emit(f"{n.name}_live_lines = prune_lines({table[n]}, {live})")
         table[n] = f"{n.name}_live_lines"
         for layer, prune, ks in ((a, "prune_rows", range(1, len(a.inputs))), (b, "prune_columns", (1,))):
@@ -334,9 +334,9 @@ class _Emitter:
         takes them from the pass's reference, the same in every step of a call)."""
         return bounds
 
-    def live_neurons(self, a: Node, expr: str) -> str:
-        """The expression for the live neurons after ``a`` (a hook: branch and bound keeps
-        every neuron of a layer whose signs it constrains)."""
+    def zero_neurons(self, a: Node, expr: str) -> str:
+        """The expression for the neurons after ``a`` that may leave the passes (a hook:
+        branch and bound keeps the ones whose signs it constrains)."""
         return expr
 
     def dead_drop_layers(self, n: Node) -> tuple[Node, Node] | None:

@@ -165,19 +165,28 @@ class AlphaState:
             self.alphas[(target, node)] = pair
         return pair
 
-    def live(self, node: str, live):
-        """The live neurons after ``node`` (codegen: dead neurons leave the later passes), or
-        None (all of them) where sign constraints on ``node`` have multipliers for each."""
-        return None if node in self.constraints else live
+    def keep_constrained(self, node: str, zero: torch.Tensor) -> torch.Tensor:
+        """``zero`` (true where the op after ``node`` is 0 on the whole set: codegen drops
+        those neurons from later passes) without the neurons whose sign is constrained: their
+        multipliers tighten the bound even where the op is 0."""
+        clip = self.constraints.get(node)
+        if clip is None:
+            return zero
+        free = (clip[0] == -math.inf) & (clip[1] == math.inf)
+        return zero & free.reshape(zero.shape)
 
-    def beta(self, target: str, node: str, lA, uA):
+    def beta(self, target: str, node: str, lA, uA, live=None):
         """The coefficients at ``node`` in the pass from ``target`` with the multipliers of its
-        sign constraints (called by the generated code; unchanged without constraints)."""
+        sign constraints (called by the generated code; unchanged without constraints).
+        ``live``: the coefficients are those of these neurons only (codegen: dead neurons
+        leave the later passes)."""
         clip = self.constraints.get(node)
         some = lA if lA is not None else uA
         if clip is None or hasattr(some, "windows") or self.recording:
             return lA, uA
         sign = ((clip[0] > -math.inf).to(some.dtype) - (clip[1] < math.inf).to(some.dtype)).unsqueeze(1)
+        if live is not None:
+            sign = sign.index_select(2, live)
         pair = self.betas.get((target, node))
         if pair is None or not _fits(pair, tuple(some.shape), lA, uA, some):
             train = self.trained_passes == "all" or target == self.output

@@ -1,5 +1,6 @@
 """ReLU branch and bound: bounds of a sub-domain hold on it, a false property is never proved,
 and splitting proves properties alpha-CROWN alone cannot."""
+import contextlib
 import time
 
 import pytest
@@ -10,6 +11,7 @@ from hypothesis import given, settings, strategies as st
 import lirpac
 from lirpac.alpha import AlphaState
 from lirpac.bab import relu_split, splittable_nodes
+from lirpac.codegen import runtime
 from lirpac.codegen.torch_backend import Plan
 
 
@@ -32,14 +34,31 @@ UNIT = (-torch.ones(2, dtype=torch.float64), torch.ones(2, dtype=torch.float64))
 ONE = torch.ones(1, 1, dtype=torch.float64)
 
 
+@contextlib.contextmanager
+def dead_neurons_dropped(always: bool):
+    """Backward passes drop every dead neuron (``always``) or none (runtime.PRUNE_MIN_DEAD)."""
+    old = runtime.PRUNE_MIN_DEAD
+    runtime.PRUNE_MIN_DEAD = 0.0 if always else 2.0
+    try:
+        yield
+    finally:
+        runtime.PRUNE_MIN_DEAD = old
+
+
 @settings(max_examples=20, deadline=None)
 @given(seed=st.integers(0, 10_000), width=st.integers(3, 8), picks=st.integers(1, 4),
-       random_multipliers=st.booleans(), frozen=st.booleans())
-def test_bounds_of_a_sub_domain_hold_on_it(seed, width, picks, random_multipliers, frozen):
+       random_multipliers=st.booleans(), frozen=st.booleans(), drop_dead=st.booleans())
+def test_bounds_of_a_sub_domain_hold_on_it(seed, width, picks, random_multipliers, frozen, drop_dead):
     """Bounds with some neurons' signs fixed contain f at every sampled point of the box whose
     pre-activations have those signs: after optimisation, and for random slopes in [0, 1] and
     random beta multipliers >= 0; also when the steps keep the first evaluation's intermediate
-    bounds (frozen: only the final pass's slopes exist then)."""
+    bounds (frozen: only the final pass's slopes exist then), and whether or not the passes
+    drop dead neurons (constrained ones keep their multipliers)."""
+    with dead_neurons_dropped(drop_dead):
+        _check_sub_domain(seed, width, picks, random_multipliers, frozen)
+
+
+def _check_sub_domain(seed, width, picks, random_multipliers, frozen):
     model = mlp(seed, width)
     net = compiled(model)
     names = list(splittable_nodes(net.graph))
@@ -131,3 +150,36 @@ def test_groups_need_one_row_each():
     # each row its own group: the second group can be met, never proved
     assert relu_split(net, *UNIT, C, d_bad, [[0], [1]], time.monotonic() + 30,
                       max_domains=200).proved is not True
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_dropping_dead_neurons_keeps_sub_domain_bounds(seed):
+    """Under sign constraints (a constrained neuron stays in the passes with its multiplier),
+    alpha-CROWN with beta multipliers gives the same bounds whether or not dead neurons leave
+    the passes."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(2, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(),
+                          nn.Linear(16, 1)).double().eval()
+    with torch.no_grad():
+        model[0].bias.sub_(0.8)          # about half the first layer dead on the box
+    net = compiled(model)
+    names = list(splittable_nodes(net.graph))
+    centre, box = torch.zeros(1, 2, dtype=torch.float64), lirpac.Box(UNIT[0][None], UNIT[1][None])
+    results = []
+    for always in (False, True):
+        floors = {n: torch.full((1, 16), -torch.inf, dtype=torch.float64) for n in names}
+        ceilings = {n: torch.full((1, 16), torch.inf, dtype=torch.float64) for n in names}
+        with torch.no_grad():      # signs the centre has: the sub-domain holds the centre
+            pre = [model[0](centre)]
+            pre.append(model[2](torch.relu(pre[0])))
+        for layer, index in ((0, 5), (0, 7), (1, 2)):
+            table = floors if pre[layer][0, index] >= 0 else ceilings
+            table[names[layer]][0, index] = 0.0
+        state = AlphaState(constraints={n: (floors[n], ceilings[n]) for n in names})
+        with dead_neurons_dropped(always):
+            results.append(net.bounds(centre, box, method="alpha-crown",
+                                      options={"state": state, "iterations": 6}))
+        if always:
+            assert "keep_constrained(" in net.source("alpha-crown")
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
