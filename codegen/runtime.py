@@ -155,7 +155,7 @@ def straddling_rows(bounds: Interval) -> torch.Tensor:
 # A layer's dead neurons (0 on the whole set in every sample) leave the backward passes that
 # cross it when at least this fraction of them are dead: the smaller products then save more
 # than gathering the weights' live rows and columns costs (the benchmark MLP's first layer,
-# 28% dead: CROWN 0.92x of the time).
+# 28% dead: CROWN 0.95x of the time; mnist-net_256x4: 0.6x).
 PRUNE_MIN_DEAD = 0.2
 
 

@@ -66,10 +66,12 @@ class AlphaState:
     tensors of shape (batch, rows of the pass or 1, *node shape), or on Patches the shape of the
     rows' windows (batch, rows, C, KH, KW), in [0, 1] (None for a side not computed; a pass
     over few rows folds its sides, codegen/runtime.fold_pair: its slopes are then
-    ``[alpha, None]``, the upper side's rows after the lower's). Pass it back
-    (``net.alpha_crown(..., state=s)`` or ``options={"state": s}``) to start from these
-    slopes; a slot whose shape no longer fits (other batch, spec or alpha_shared) starts
-    again from CROWN's.
+    ``[alpha, None]``, the upper side's rows after the lower's). A ReLU layer whose dead
+    neurons leave the passes (codegen: ``live_neurons``) has slopes for its live neurons only,
+    in the order of the call's live index (the last dimension is then their count). Pass it
+    back (``net.alpha_crown(..., state=s)`` or ``options={"state": s}``) to start from these
+    slopes; a slot whose shape no longer fits (other batch, spec, alpha_shared or number of
+    live neurons) starts again from CROWN's.
 
     ``references``: each intermediate node's bounds from the first evaluation of the current
     call (CROWN's slopes, no gradients), which narrow the IBP reference of the steps that
@@ -173,7 +175,7 @@ class AlphaState:
         if clip is None:
             return zero
         free = (clip[0] == -math.inf) & (clip[1] == math.inf)
-        return zero & free.reshape(zero.shape)
+        return zero & free.reshape(free.shape[0], -1)
 
     def beta(self, target: str, node: str, lA, uA, live=None):
         """The coefficients at ``node`` in the pass from ``target`` with the multipliers of its
