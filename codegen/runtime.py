@@ -163,16 +163,13 @@ def live_neurons(zero: torch.Tensor) -> torch.Tensor | None:
     """Indices of the neurons not 0 on the whole set in some sample (``zero``: (B, n), true
     where a neuron is 0 on the whole set, OpDef.zero_where), or None when too few are dead
     to be worth dropping."""
-    live = torch.logical_not(zero[0] if zero.shape[0] == 1 else zero.all(0))
-    index = live.nonzero().squeeze(1)
-    if index.shape[0] > (1 - PRUNE_MIN_DEAD) * live.shape[0]:
+    dead = zero[0] if zero.shape[0] == 1 else zero.all(0)
+    count = dead.shape[0] - int(dead.sum())
+    if count > (1 - PRUNE_MIN_DEAD) * dead.shape[0]:
         return None
-    # a few dead ones kept make the count a multiple of 8, the products' fast sizes (the
-    # MLP's 174x784 by 784x183 product: 1.2x the time of 784x184)
-    pad = -index.shape[0] % 8
-    if pad:
-        index = torch.cat([index, torch.logical_not(live).nonzero()[:pad, 0]])
-    return index
+    # the live ones in order, then a few dead ones that make the count a multiple of 8, the
+    # products' fast sizes (the MLP's 174x784 by 784x183 product: 1.2x the time of 784x184)
+    return torch.argsort(dead, stable=True)[:min(dead.shape[0], count + -count % 8)]
 
 
 def prune_lines(lines, live):
