@@ -256,3 +256,25 @@ def test_live_neurons_are_those_some_sample_needs():
     weight = torch.arange(12.0).reshape(3, 4)
     assert prune_rows(None, weight) is weight and prune_columns(None, weight) is weight
     assert torch.equal(prune_columns(torch.tensor([1, 3]), weight), weight[:, [1, 3]])
+
+
+def test_dropping_dead_neurons_keeps_parameter_gradients():
+    """Certified training differentiates CROWN's bounds in the parameters: the same gradients
+    whether or not dead neurons leave the passes (their weight rows get none either way)."""
+    from lirpac.codegen import runtime
+    model = _mostly_dead_mlp(3, 0.8)
+    x = torch.randn(4, 6, generator=torch.Generator().manual_seed(3))
+    net = lirpac.compile(model, x[:1])
+    grads = []
+    old = runtime.PRUNE_MIN_DEAD
+    try:
+        for fraction in (2.0, 0.0):
+            runtime.PRUNE_MIN_DEAD = fraction
+            model.zero_grad()
+            lower, upper = net.bounds(x, lirpac.LpBall(eps=0.3), method="crown")
+            (upper - lower).sum().backward()
+            grads.append([p.grad.clone() for p in model.parameters()])
+    finally:
+        runtime.PRUNE_MIN_DEAD = old
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
