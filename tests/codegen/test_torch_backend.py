@@ -278,3 +278,48 @@ def test_dropping_dead_neurons_keeps_parameter_gradients():
         runtime.PRUNE_MIN_DEAD = old
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+class _ConvTwoDenseLayers(torch.nn.Module):
+    """A conv layer, then a dense head whose middle ReLU layer is crossed by a backward pass
+    that reaches the conv (Patches) after the dense layers."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(2, 4, 3, stride=2, padding=1)
+        self.head = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 24), torch.nn.ReLU(),
+                                        torch.nn.Linear(24, 24), torch.nn.ReLU(), torch.nn.Linear(24, 3))
+
+    def forward(self, x):
+        return self.head(torch.relu(self.conv(x)))
+
+
+_DROP_ARCHS = {**ARCHS, "conv_two_dense": (_ConvTwoDenseLayers, (2, 8, 8))}
+
+
+@pytest.mark.parametrize("arch", sorted(_DROP_ARCHS))
+@pytest.mark.parametrize("method", ["crown", "alpha-crown"])
+def test_every_arch_keeps_its_bounds_when_dead_neurons_leave(arch, method):
+    """Forcing the drop of every dead neuron (none need be dead: the live index then holds
+    all) changes no bound of the test architectures beyond rounding, and the bounds hold."""
+    from lirpac.codegen import runtime
+    cls, shape = _DROP_ARCHS[arch]
+    model = reinit(cls().eval(), 7)
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(2, *shape, generator=g)
+    ball = lirpac.LpBall(eps=0.2)
+    net = lirpac.compile(model, x[:1])
+    options = {"iterations": 3} if method == "alpha-crown" else None
+    results = []
+    old = runtime.PRUNE_MIN_DEAD
+    try:
+        for fraction in (2.0, 0.0):
+            runtime.PRUNE_MIN_DEAD = fraction
+            with torch.no_grad():
+                results.append(net.bounds(x, ball, method=method, options=options))
+    finally:
+        runtime.PRUNE_MIN_DEAD = old
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert_contains(model, sample_lp_ball(x, 0.2, math.inf, 64, generator=g), *results[1])
+    assert ("live_neurons(" in net.source(method)) == (arch in ("mlp", "conv_two_dense"))
