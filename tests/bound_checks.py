@@ -1,5 +1,6 @@
 """Shared check of the op-family tests: every method's bounds contain sampled outputs of a
 small model (compiled once per model class, re-initialised per example)."""
+import contextlib
 import math
 
 import torch
@@ -30,3 +31,17 @@ def check_sound(cls, shape, method, norm, seed, eps, batch=2, n_points=64):
     assert torch.all(lower <= upper + 1e-6)
     assert_contains(model, sample_lp_ball(x, eps, norm, n_points, generator=g), lower, upper)
     return lower, upper
+
+
+@contextlib.contextmanager
+def dead_neurons_dropped(always: bool):
+    """Backward passes drop every dead neuron, even when few are (``always``), or none
+    (codegen/runtime.PRUNE_MIN_DEAD); with ``always`` and none dead, the live index holds
+    every neuron."""
+    from lirpac.codegen import runtime
+    old = runtime.PRUNE_MIN_DEAD
+    runtime.PRUNE_MIN_DEAD = 0.0 if always else 2.0
+    try:
+        yield
+    finally:
+        runtime.PRUNE_MIN_DEAD = old

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 import lirpac
 from lirpac.codegen.torch_backend import METHODS
+from bound_checks import dead_neurons_dropped
 from models import ARCHS, reinit
 from sampling import assert_contains, sample_lp_ball
 
@@ -209,7 +210,6 @@ def test_dead_neurons_leave_the_later_passes(seed, shift, eps, batch, norm):
     from its lines and the weights around it: the same bounds and linear functions as
     without, up to the summation order of the smaller products, and sound at sampled points
     (corners too)."""
-    from lirpac.codegen import runtime
     model = _mostly_dead_mlp(seed, shift)
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, 6, generator=g)
@@ -218,15 +218,10 @@ def test_dead_neurons_leave_the_later_passes(seed, shift, eps, batch, norm):
     assert "live_neurons(zero_relu(" in net.source("crown")
     assert "prune_bounds(" in net.source("alpha-crown")
     results = []
-    old = runtime.PRUNE_MIN_DEAD
-    try:
-        for fraction in (2.0, 0.0):      # never drop / drop whenever one neuron is dead
-            runtime.PRUNE_MIN_DEAD = fraction
-            with torch.no_grad():
-                results.append((net.bounds(x, ball, method="crown"), net.linear_bounds(x, ball, method="crown"),
-                                net.bounds(x, ball, method="alpha-crown", options={"iterations": 5})))
-    finally:
-        runtime.PRUNE_MIN_DEAD = old
+    for always in (False, True):
+        with dead_neurons_dropped(always), torch.no_grad():
+            results.append((net.bounds(x, ball, method="crown"), net.linear_bounds(x, ball, method="crown"),
+                            net.bounds(x, ball, method="alpha-crown", options={"iterations": 5})))
     (kept, kept_lin, kept_alpha), (dropped, dropped_lin, dropped_alpha) = results
     for a, b in zip(kept + kept_alpha, dropped + dropped_alpha):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
@@ -261,21 +256,16 @@ def test_live_neurons_are_those_some_sample_needs():
 def test_dropping_dead_neurons_keeps_parameter_gradients():
     """Certified training differentiates CROWN's bounds in the parameters: the same gradients
     whether or not dead neurons leave the passes (their weight rows get none either way)."""
-    from lirpac.codegen import runtime
     model = _mostly_dead_mlp(3, 0.8)
     x = torch.randn(4, 6, generator=torch.Generator().manual_seed(3))
     net = lirpac.compile(model, x[:1])
     grads = []
-    old = runtime.PRUNE_MIN_DEAD
-    try:
-        for fraction in (2.0, 0.0):
-            runtime.PRUNE_MIN_DEAD = fraction
-            model.zero_grad()
+    for always in (False, True):
+        model.zero_grad()
+        with dead_neurons_dropped(always):
             lower, upper = net.bounds(x, lirpac.LpBall(eps=0.3), method="crown")
-            (upper - lower).sum().backward()
-            grads.append([p.grad.clone() for p in model.parameters()])
-    finally:
-        runtime.PRUNE_MIN_DEAD = old
+        (upper - lower).sum().backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
@@ -302,7 +292,6 @@ _DROP_ARCHS = {**ARCHS, "conv_two_dense": (_ConvTwoDenseLayers, (2, 8, 8))}
 def test_every_arch_keeps_its_bounds_when_dead_neurons_leave(arch, method):
     """Forcing the drop of every dead neuron (none need be dead: the live index then holds
     all) changes no bound of the test architectures beyond rounding, and the bounds hold."""
-    from lirpac.codegen import runtime
     cls, shape = _DROP_ARCHS[arch]
     model = reinit(cls().eval(), 7)
     g = torch.Generator().manual_seed(7)
@@ -311,14 +300,9 @@ def test_every_arch_keeps_its_bounds_when_dead_neurons_leave(arch, method):
     net = lirpac.compile(model, x[:1])
     options = {"iterations": 3} if method == "alpha-crown" else None
     results = []
-    old = runtime.PRUNE_MIN_DEAD
-    try:
-        for fraction in (2.0, 0.0):
-            runtime.PRUNE_MIN_DEAD = fraction
-            with torch.no_grad():
-                results.append(net.bounds(x, ball, method=method, options=options))
-    finally:
-        runtime.PRUNE_MIN_DEAD = old
+    for always in (False, True):
+        with dead_neurons_dropped(always), torch.no_grad():
+            results.append(net.bounds(x, ball, method=method, options=options))
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     assert_contains(model, sample_lp_ball(x, 0.2, math.inf, 64, generator=g), *results[1])

@@ -1,6 +1,5 @@
 """ReLU branch and bound: bounds of a sub-domain hold on it, a false property is never proved,
 and splitting proves properties alpha-CROWN alone cannot."""
-import contextlib
 import time
 
 import pytest
@@ -11,8 +10,8 @@ from hypothesis import given, settings, strategies as st
 import lirpac
 from lirpac.alpha import AlphaState
 from lirpac.bab import relu_split, splittable_nodes
-from lirpac.codegen import runtime
 from lirpac.codegen.torch_backend import Plan
+from bound_checks import dead_neurons_dropped
 
 
 def mlp(seed: int, width: int = 8) -> nn.Module:
@@ -32,17 +31,6 @@ def compiled(model):
 
 UNIT = (-torch.ones(2, dtype=torch.float64), torch.ones(2, dtype=torch.float64))
 ONE = torch.ones(1, 1, dtype=torch.float64)
-
-
-@contextlib.contextmanager
-def dead_neurons_dropped(always: bool):
-    """Backward passes drop every dead neuron (``always``) or none (runtime.PRUNE_MIN_DEAD)."""
-    old = runtime.PRUNE_MIN_DEAD
-    runtime.PRUNE_MIN_DEAD = 0.0 if always else 2.0
-    try:
-        yield
-    finally:
-        runtime.PRUNE_MIN_DEAD = old
 
 
 @settings(max_examples=20, deadline=None)
