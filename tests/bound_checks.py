@@ -1,5 +1,6 @@
 """Shared check of the op-family tests: every method's bounds contain sampled outputs of a
-small model (compiled once per model class, re-initialised per example)."""
+small model (compiled once per model class, re-initialised per example); and the switch that
+turns the dropping of dead neurons on or off for a test."""
 import contextlib
 import math
 
