@@ -455,7 +455,6 @@ class _Emitter:
         identity spec); the others keep the reference, which changes no relaxation. Rows go
         through the pass in chunks whose coefficients fit in ``plan.max_memory``; a node with
         no row to bound costs nothing."""
-        users = self.graph.users()
         x = self.x.name
         budget = self.plan.max_memory or runtime.DEFAULT_MAX_MEMORY
         done: set[Node] = set()
@@ -476,7 +475,7 @@ class _Emitter:
                 self.bounds[n] = f"{n.name}_bounds"
                 continue
             sparse = self.plan.sparse and all(
-                get_op(u.op).exact_when_sign_known for u in users[n] if get_op(u.op).nonlinear)
+                get_op(u.op).exact_when_sign_known for u in self.users[n] if get_op(u.op).nonlinear)
             rows = f"{n.name}_rows"
             reference = self.pass_reference(n)
             picked = f"{'straddling_rows' if sparse else 'all_rows'}({reference})"
