@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from lirpac.errors import InputError
+from lirpac.ir.scalar import scalar
 
 _NORMS = {float("inf"): float("inf"), 2.0: 2.0, 1.0: 1.0}
 
@@ -186,8 +187,9 @@ class InputSet:
         """(B, n, 1) centre and radius of the containing box, as bmm operands (computed once
         per set: every backward pass of a call concretizes against them)."""
         if self._centre_radius is None:
-            self._centre_radius = (((self.upper + self.lower) / 2).reshape(self.batch, -1, 1),
-                                   ((self.upper - self.lower) / 2).reshape(self.batch, -1, 1))
+            half = scalar(0.5, self.upper)
+            self._centre_radius = (((self.upper + self.lower) * half).reshape(self.batch, -1, 1),
+                                   ((self.upper - self.lower) * half).reshape(self.batch, -1, 1))
         return self._centre_radius
 
     def concretize_pair(self, lower_coeff, lower_bias, upper_coeff, upper_bias, consume: bool = False):

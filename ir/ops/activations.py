@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from lirpac.errors import UnsupportedOperationError
 from lirpac.ir.graph import Node
 from lirpac.ir.opdef import Interval, Linear, OpDef, aten_lowering, register
+from lirpac.ir.scalar import scalar
 from lirpac.ir.ops.common import elementwise, monotone_ibp, relaxed_backward, relaxed_forward
 from lirpac.ir.ops.kink_alpha import KinkLines, kink_alpha_rules
 from lirpac.ir.ops.blend_alpha import blend_alpha_rules
@@ -29,22 +30,25 @@ def relu_relax(lower, upper):
     that minimises the relaxation's area); stable neurons are exact. The lower bias is 0
     everywhere (given as the int 0: no product is spent on it)."""
     lo, hi, _, u_slope, u_bias = _relu_upper(lower, upper)
-    # a neuron that is active on the whole interval (l >= 0) is the identity
-    l_slope = ((hi > -lo) | (lower >= 0)).to(hi.dtype)
+    # u >= -l, with u = max(upper, 0) and l = min(lower, 0): 1 where active (l >= 0), 0 where
+    # dead (u <= 0, but for l = u = 0, where either slope is exact), and the adaptive choice
+    # where unstable (at the tie u = -l both lines have the same area)
+    l_slope = torch.ge(hi, -lo).to(hi.dtype)
     return l_slope, 0, u_slope, u_bias
 
 
 def _relu_upper(lower, upper):
     """min(l, 0), max(u, 0), the unstable mask and the upper line (the chord)."""
-    lo = lower.clamp(max=0)
-    hi = upper.clamp(min=0)
-    u_slope = hi / (hi - lo).clamp(min=torch.finfo(hi.dtype).tiny)
+    zero = scalar(0.0, lower)
+    lo = torch.clamp_max(lower, zero)
+    hi = torch.clamp_min(upper, zero)
+    u_slope = hi / torch.clamp_min(hi - lo, scalar(torch.finfo(hi.dtype).tiny, hi))
     # the rounded chord misses (u, u) by a few ulps of u: lift it by slack(u) (its value is
     # never infinite: u_slope <= 1); a stable neuron's line is exact, and its bias exactly 0
     # (slack's underflow floor there would make every product with it subnormal, several
     # times slower on CPUs)
     unstable = torch.logical_and(lo, hi)     # lo < 0 < hi: lo <= 0 <= hi, both nonzero
-    u_bias = torch.where(unstable, torch.addcmul(slack(hi), u_slope, lo, value=-1), 0.0)
+    u_bias = torch.where(unstable, torch.addcmul(slack(hi), u_slope, lo, value=-1), zero)
     return lo, hi, unstable, u_slope, u_bias
 
 
@@ -52,12 +56,13 @@ def relu_alpha_lines(lower, upper) -> KinkLines:
     """``KinkLines`` of ReLU in one go (every alpha-CROWN step recomputes those of bounds the
     slopes move): lower slope 1 where active, 0 elsewhere, no lower bias."""
     _, _, unstable, u_slope, u_bias = _relu_upper(lower, upper)
-    return KinkLines((lower >= 0).to(u_slope.dtype), 0, u_slope, u_bias, unstable.to(u_slope.dtype))
+    active = torch.ge(lower, scalar(0.0, lower))
+    return KinkLines(active.to(u_slope.dtype), 0, u_slope, u_bias, unstable.to(u_slope.dtype))
 
 
 def relu_zero_where(lower, upper):
     """ReLU is 0 on [l, u] exactly when u <= 0 (a NaN bound is never taken for 0)."""
-    return upper <= 0
+    return torch.le(upper, scalar(0.0, upper))
 
 
 elementwise("relu", torch.relu, relu_relax, aten=("relu.default", "relu_.default"),

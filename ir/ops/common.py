@@ -133,7 +133,8 @@ def prepare_lines(relax) -> PreparedLines:
 
 
 def _zero_if_zero(t):
-    return 0 if isinstance(t, torch.Tensor) and not t.any() else t
+    # (count_nonzero: any() on a float tensor first copies it to bool)
+    return 0 if isinstance(t, torch.Tensor) and not t.count_nonzero() else t
 
 
 def relaxed_backward(lA, uA, relax):

@@ -22,6 +22,8 @@ from typing import Callable, NamedTuple
 
 import torch
 
+from lirpac.ir.scalar import scalar
+
 SLACK_ULPS = 8.0
 BISECT_STEPS = 24
 HALF_TYPES = (torch.float16, torch.bfloat16)
@@ -37,7 +39,7 @@ class Lines(NamedTuple):
 def slack(scale: torch.Tensor) -> torch.Tensor:
     """SLACK_ULPS ulps of ``scale`` (plus the smallest normal, for underflow)."""
     info = torch.finfo(scale.dtype)
-    return SLACK_ULPS * info.eps * scale + info.tiny
+    return torch.add(scalar(info.tiny, scale), scale, alpha=SLACK_ULPS * info.eps)
 
 
 def pad_down(value: torch.Tensor, scale=None) -> torch.Tensor:
