@@ -251,3 +251,25 @@ def test_kink_step_with_fixed_coefficients_is_the_full_step(op, attrs, sides):
         for ga, gb in zip(torch.autograd.grad(objective(kept), live), torch.autograd.grad(objective(full), live)):
             assert torch.equal(ga, gb)
     assert lines.__dict__["fixed_parts"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_relu_lines_on_every_kind_of_interval(dtype):
+    """CROWN's ReLU lines case by case: exact where the sign is known (slope 1, bias 0 when
+    active; slope 0, bias 0 when dead, l = u = 0 included), the chord above and the adaptive
+    lower slope (1 when u >= -l) where unstable."""
+    from lirpac.ir.ops.activations import relu_relax
+    lower = torch.tensor([[0.5, 0.0, -2.0, -1.0, 0.0, -1.0, -3.0, -1.0]], dtype=dtype)
+    upper = torch.tensor([[2.0, 1.0, -1.0, 0.0, 0.0, 3.0, 1.0, 1.0]], dtype=dtype)
+    l_slope, l_bias, u_slope, u_bias = relu_relax(lower, upper)
+    assert l_bias == 0
+    assert l_slope.tolist() == [[1.0, 1.0, 0.0, 0.0, 1.0, 1.0, 0.0, 1.0]]
+    chord = upper.clamp(min=0) / (upper.clamp(min=0) - lower.clamp(max=0)).clamp(min=1e-30)
+    assert torch.equal(u_slope[:, :5], chord[:, :5])
+    assert torch.equal(u_bias[:, :5], torch.zeros(1, 5, dtype=dtype))
+    # unstable: the chord through (l, 0) and (u, u), lifted by a few ulps, never below
+    torch.testing.assert_close(u_slope[:, 5:], chord[:, 5:])
+    exact_bias = -chord[:, 5:] * lower[:, 5:]
+    assert (u_bias[:, 5:] >= exact_bias).all()
+    torch.testing.assert_close(u_bias[:, 5:], exact_bias)
+    assert l_slope.dtype == u_slope.dtype == u_bias.dtype == dtype
