@@ -47,6 +47,12 @@ def _per_sample(value, x: torch.Tensor, what: str) -> torch.Tensor:
     return t
 
 
+def _all_finite(x: torch.Tensor) -> bool:
+    """No NaN or inf in x. A finite sum says so in one reduction (a NaN or inf element makes
+    the sum NaN or inf); only a sum that overflowed needs the elementwise check."""
+    return math.isfinite(float(x.sum())) or bool(torch.isfinite(x).all())
+
+
 def _require_bounded(lower: torch.Tensor, upper: torch.Tensor, why: str) -> None:
     """Bounds over an unbounded input set are infinite at best and NaN at worst (inf - inf):
     refuse the set instead of returning either."""
@@ -80,7 +86,7 @@ class LpBall(Perturbation):
                 raise InputError(f"eps must be a nonnegative number, got {self.eps!r}")
 
     def bind(self, x: torch.Tensor) -> "InputSet":
-        if not bool(torch.isfinite(x).all()):
+        if not _all_finite(x):
             bad = (~torch.isfinite(x)).nonzero()[0].tolist()
             raise InputError(f"x contains NaN or inf (first at index {tuple(bad)}); a ball needs "
                              "a finite centre")

@@ -71,6 +71,17 @@ def test_non_finite_centre(net, bad):
         net.bounds(x, lirpac.LpBall(eps=0.1, norm=2))
 
 
+def test_huge_finite_centre_is_accepted(net):
+    """The finiteness check sums x first: a sum that overflows must not be taken for an inf."""
+    x = torch.full((2, 4), 3e38)
+    x[0, 0] = -math.inf
+    with pytest.raises(InputError, match=r"x contains NaN or inf \(first at index \(0, 0\)\)"):
+        net.bounds(x, lirpac.LpBall(eps=0.1))
+    x[0, 0] = 3e38
+    lower, upper = net.bounds(x, lirpac.LpBall(eps=0.0), method="ibp")
+    assert lower.shape == upper.shape == (2, *net.output_shape)
+
+
 @pytest.mark.parametrize("norm", [0, 3, "l3", None])
 def test_bad_norm(norm):
     with pytest.raises(InputError, match="norm"):
