@@ -188,7 +188,7 @@ class _Emitter:
         owned: set[Node] = set()
         what = "spec C" if spec else ("identity spec" if rows is None else f"identity rows {rows}")
         self.emit(f"# backward from %{target.name} ({what}{', patches' if patched else ''})")
-        pick = "" if rows is None else f".index_select(1, {rows})"
+        pick = (lambda t: t) if rows is None else (lambda t: f"pick_rows({t}, {rows})")
         op = get_op(target.op)
         skip_target = False
         if target in patched:
@@ -202,12 +202,12 @@ class _Emitter:
             # block-diagonal Jacobian it does not build)
             args = self.constant_args(target, ["None"] * len(target.inputs))
             self.emit(f"_coeffs, _bias = {self.call(self.rule(target.op, 'jacobian', target), ['B'] + args, self.attrs(target))}")
-            self.emit(f"lbias = {'_bias' + pick if lower else 0}")
-            self.emit(f"ubias = {('lbias' if lower else '_bias' + pick) if upper else 0}")
+            self.emit(f"lbias = {pick('_bias') if lower else 0}")
+            self.emit(f"ubias = {('lbias' if lower else pick('_bias')) if upper else 0}")
             for k, i in enumerate(target.inputs):
                 if i.perturbed:
-                    self.emit(f"lA_{i.name} = {f'_coeffs[{k}]{pick}' if lower else None}")
-                    self.emit(f"uA_{i.name} = {(f'lA_{i.name}' if lower else f'_coeffs[{k}]{pick}') if upper else None}")
+                    self.emit(f"lA_{i.name} = {pick(f'_coeffs[{k}]') if lower else None}")
+                    self.emit(f"uA_{i.name} = {(f'lA_{i.name}' if lower else pick(f'_coeffs[{k}]')) if upper else None}")
                     have.add(i)
             skip_target = True
         else:
@@ -648,6 +648,7 @@ def generate(graph: Graph, plan: Plan, emitter: "_Emitter | None" = None) -> tup
                  "straddling_rows": runtime.straddling_rows, "identity_rows": runtime.identity_rows,
                  "tighten": runtime.tighten, "intersect": runtime.intersect, "all_rows": runtime.all_rows,
                  "tighten_chunks": runtime.tighten_chunks, "fold_worth": runtime.fold_worth,
+                 "pick_rows": runtime.pick_rows,
                  "fold_pair": runtime.fold_pair, "fold_bias": runtime.fold_bias, "finish_sides": runtime.finish_sides,
                  "once_per_rows": runtime.once_per_rows,
                  "unfold_coefficients": runtime.unfold_coefficients,

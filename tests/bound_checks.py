@@ -46,3 +46,16 @@ def dead_neurons_dropped(always: bool):
         yield
     finally:
         runtime.PRUNE_MIN_DEAD = old
+
+
+@contextlib.contextmanager
+def whole_passes(always: bool):
+    """Intermediate passes run over all of a node's neurons whenever they bound any
+    (``always``), or only over the neurons they bound (codegen/runtime.WHOLE_PASS_FRACTION)."""
+    from lirpac.codegen import runtime
+    old = runtime.WHOLE_PASS_FRACTION
+    runtime.WHOLE_PASS_FRACTION = 0.0 if always else 2.0
+    try:
+        yield
+    finally:
+        runtime.WHOLE_PASS_FRACTION = old

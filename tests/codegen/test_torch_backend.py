@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 import lirpac
 from lirpac.codegen.torch_backend import METHODS
-from bound_checks import dead_neurons_dropped
+from bound_checks import dead_neurons_dropped, whole_passes
 from models import ARCHS, reinit
 from sampling import assert_contains, sample_lp_ball
 
@@ -289,9 +289,12 @@ _DROP_ARCHS = {**ARCHS, "conv_two_dense": (_ConvTwoDenseLayers, (2, 8, 8))}
 
 @pytest.mark.parametrize("arch", sorted(_DROP_ARCHS))
 @pytest.mark.parametrize("method", ["crown", "alpha-crown"])
-def test_every_arch_keeps_its_bounds_when_dead_neurons_leave(arch, method):
+@pytest.mark.parametrize("switch", [dead_neurons_dropped, whole_passes])
+def test_every_arch_keeps_its_bounds_under_the_run_time_choices(arch, method, switch):
     """Forcing the drop of every dead neuron (none need be dead: the live index then holds
-    all) changes no bound of the test architectures beyond rounding, and the bounds hold."""
+    all), or intermediate passes over every neuron of their node (the rows they bound are
+    then read off the whole pass), changes no bound of the test architectures beyond
+    rounding, and the bounds hold."""
     cls, shape = _DROP_ARCHS[arch]
     model = reinit(cls().eval(), 7)
     g = torch.Generator().manual_seed(7)
@@ -301,9 +304,10 @@ def test_every_arch_keeps_its_bounds_when_dead_neurons_leave(arch, method):
     options = {"iterations": 3} if method == "alpha-crown" else None
     results = []
     for always in (False, True):
-        with dead_neurons_dropped(always), torch.no_grad():
+        with switch(always), torch.no_grad():
             results.append(net.bounds(x, ball, method=method, options=options))
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     assert_contains(model, sample_lp_ball(x, 0.2, math.inf, 64, generator=g), *results[1])
-    assert ("live_neurons(" in net.source(method)) == (arch in ("mlp", "conv_two_dense"))
+    if switch is dead_neurons_dropped:
+        assert ("live_neurons(" in net.source(method)) == (arch in ("mlp", "conv_two_dense"))

@@ -151,3 +151,24 @@ def test_stale_note_never_puts_forward_where_it_is_not_exact():
     deep.notes["crown"] = "forward (written by hand)"
     assert not bound_needs.forward_exact(net.graph, deep)
     assert bound_needs.chosen_mode(net.graph, deep) == "backward"
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 1000), eps=st.floats(0.05, 1.0))
+def test_whole_passes_keep_the_bounds_in_both_modes(seed, eps):
+    """A pass over every neuron of its node (runtime.WHOLE_PASS_FRACTION), backward or
+    forward, gives its rows the bounds of a pass over those rows alone."""
+    from bound_checks import whole_passes
+    model = low_dim_mlp(seed)
+    x = torch.randn(2, 3, generator=torch.Generator().manual_seed(seed))
+    net = lirpac.compile(model, x[:1])
+    assert "forward_rows(inp, linear_1_lin, _rows)" in net.source("crown")
+    ball = lirpac.LpBall(eps=eps)
+    results = []
+    for always in (False, True):
+        with whole_passes(always), torch.no_grad():
+            results.append(net.bounds(x, ball, method="crown") +
+                           net.bounds(x, ball, method="crown", options={"intersect": True}))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert_contains(model, sample_lp_ball(x, eps, math.inf, 64), *results[1][:2])
