@@ -279,8 +279,9 @@ def tighten_chunks(reference: Interval, rows: torch.Tensor, run, bytes_per_row: 
                    max_memory: int, intersect: bool = False) -> Interval:
     """``tighten`` the neurons ``rows`` by ``run(chunk) -> (lower, upper)``, a backward pass
     over a chunk of rows, with chunks small enough for ``max_memory`` bytes: rows are
-    independent, so the bounds are those of one pass, without running out of memory. No rows
-    (no unstable neuron): no pass at all."""
+    independent, so the bounds are those of one pass, without running out of memory. Nearly
+    all rows (``WHOLE_PASS_FRACTION``), in one chunk: ``run(None)``, a pass over every row,
+    whose bounds at ``rows`` are kept. No rows (no unstable neuron): no pass at all."""
     if rows.numel() == 0:     # (split would still give one empty chunk)
         return reference
     size = max(1, max_memory // max(1, bytes_per_row))

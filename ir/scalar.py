@@ -13,8 +13,10 @@ _CACHE: dict = {}
 
 
 def scalar(value: float, like: torch.Tensor) -> torch.Tensor:
-    """``value`` as a 0-dim tensor of ``like``'s dtype and device (made once, then cached).
-    It is an ordinary tensor, not an inference-mode one, so autograd may save it."""
+    """``value`` as a 0-dim tensor of ``like``'s (floating) dtype and device, made once and
+    then cached by value: for the rules' fixed constants (0.0 and -0.0 share an entry; a NaN
+    would never hit). It is an ordinary tensor, not an inference-mode one, so autograd may save
+    it."""
     key = (value, like.dtype, like.device)
     hit = _CACHE.get(key)
     if hit is None:

@@ -26,7 +26,7 @@ from lirpac.ir.ops.relaxation import (Curve, Lines, concave_lines, convex_lines,
 
 def relu_relax(lower, upper):
     """CROWN's ReLU relaxation (Zhang et al. 2018): upper line is the chord from (l, 0) to
-    (u, u); for unstable neurons the lower slope is 1 when u > -l, else 0 (the adaptive choice
+    (u, u); for unstable neurons the lower slope is 1 when u >= -l, else 0 (the adaptive choice
     that minimises the relaxation's area); stable neurons are exact. The lower bias is 0
     everywhere (given as the int 0: no product is spent on it)."""
     lo, hi, _, u_slope, u_bias = _relu_upper(lower, upper)
