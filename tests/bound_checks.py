@@ -35,27 +35,25 @@ def check_sound(cls, shape, method, norm, seed, eps, batch=2, n_points=64):
 
 
 @contextlib.contextmanager
+def _runtime_setting(name: str, value):
+    """codegen/runtime's module constant ``name`` set to ``value`` for the block."""
+    from lirpac.codegen import runtime
+    old = getattr(runtime, name)
+    setattr(runtime, name, value)
+    try:
+        yield
+    finally:
+        setattr(runtime, name, old)
+
+
 def dead_neurons_dropped(always: bool):
     """Backward passes drop every dead neuron, even when few are (``always``), or none
     (codegen/runtime.PRUNE_MIN_DEAD); with ``always`` and none dead, the live index holds
     every neuron."""
-    from lirpac.codegen import runtime
-    old = runtime.PRUNE_MIN_DEAD
-    runtime.PRUNE_MIN_DEAD = 0.0 if always else 2.0
-    try:
-        yield
-    finally:
-        runtime.PRUNE_MIN_DEAD = old
+    return _runtime_setting("PRUNE_MIN_DEAD", 0.0 if always else 2.0)
 
 
-@contextlib.contextmanager
 def whole_passes(always: bool):
     """Intermediate passes run over all of a node's neurons whenever they bound any
     (``always``), or only over the neurons they bound (codegen/runtime.WHOLE_PASS_FRACTION)."""
-    from lirpac.codegen import runtime
-    old = runtime.WHOLE_PASS_FRACTION
-    runtime.WHOLE_PASS_FRACTION = 0.0 if always else 2.0
-    try:
-        yield
-    finally:
-        runtime.WHOLE_PASS_FRACTION = old
+    return _runtime_setting("WHOLE_PASS_FRACTION", 0.0 if always else 2.0)
