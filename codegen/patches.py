@@ -162,7 +162,7 @@ def concretize_pair(inp, lA, lbias, uA, ubias, consume: bool = False):
     radius terms are window sums (no dense matrix); other sets get the dense form (dense
     coefficients that share memory with nothing else may be ``consume``d)."""
     if isinstance(lA, Patches) and isinstance(uA, Patches) and inp.is_box:
-        mid, rad = (inp.upper + inp.lower) / 2, (inp.upper - inp.lower) / 2
+        mid, rad = (t.reshape(inp.lower.shape) for t in inp.box_centre_radius())
         lower = lA.bias(mid) - (lA.coeff.abs() * lA.windows(rad)).sum((2, 3, 4)) + lbias
         upper = uA.bias(mid) + (uA.coeff.abs() * uA.windows(rad)).sum((2, 3, 4)) + ubias
         return lower, upper

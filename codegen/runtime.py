@@ -6,7 +6,7 @@ import torch
 from lirpac.codegen.patches import Patches, acc_patches, concretize_pair, to_dense
 from lirpac.ir.opdef import Interval, Linear
 from lirpac.ir.ops.common import PreparedLines, split_pos_neg
-from lirpac.ir.scalar import scalar
+from lirpac.ir.scalar import centre_radius, scalar
 
 
 def acc(total, extra):
@@ -101,8 +101,7 @@ def ibp_spec_linear(C: torch.Tensor, x: Interval, weight: torch.Tensor, bias) ->
     """IBP of C . (W x + b) with C folded into the layer (W' = C W): exact for the layer, and as
     tight as IBP gets at the output (Gowal et al. 2018 fold the spec the same way)."""
     w = C.matmul(weight)                                   # (B, S, in)
-    center = ((x.upper + x.lower) / 2).unsqueeze(-1)       # (B, in, 1)
-    radius = ((x.upper - x.lower) / 2).unsqueeze(-1)
+    center, radius = (t.unsqueeze(-1) for t in centre_radius(x.lower, x.upper))   # (B, in, 1)
     mid = w.matmul(center).squeeze(-1)
     dev = w.abs().matmul(radius).squeeze(-1)
     if bias is not None:

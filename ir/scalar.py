@@ -23,3 +23,10 @@ def scalar(value: float, like: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode(False):
             hit = _CACHE[key] = torch.tensor(value, dtype=like.dtype, device=like.device)
     return hit
+
+
+def centre_radius(lower: torch.Tensor, upper: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The centre and radius of the box [lower, upper], as (upper + lower) / 2 and
+    (upper - lower) / 2 (halving is exact, and the constant costs no cast)."""
+    half = scalar(0.5, upper)
+    return (upper + lower) * half, (upper - lower) * half

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from lirpac.errors import InputError
-from lirpac.ir.scalar import scalar
+from lirpac.ir.scalar import centre_radius
 
 _NORMS = {float("inf"): float("inf"), 2.0: 2.0, 1.0: 1.0}
 
@@ -189,13 +189,12 @@ class InputSet:
         """The set is exactly the box [lower, upper] (an L-inf ball or a Box)."""
         return self.norm == math.inf
 
-    def _box_centre_radius(self):
+    def box_centre_radius(self):
         """(B, n, 1) centre and radius of the containing box, as bmm operands (computed once
         per set: every backward pass of a call concretizes against them)."""
         if self._centre_radius is None:
-            half = scalar(0.5, self.upper)
-            self._centre_radius = (((self.upper + self.lower) * half).reshape(self.batch, -1, 1),
-                                   ((self.upper - self.lower) * half).reshape(self.batch, -1, 1))
+            self._centre_radius = tuple(t.reshape(self.batch, -1, 1)
+                                        for t in centre_radius(self.lower, self.upper))
         return self._centre_radius
 
     def concretize_pair(self, lower_coeff, lower_bias, upper_coeff, upper_bias, consume: bool = False):
@@ -207,7 +206,7 @@ class InputSet:
             return (self.concretize(lower_coeff, lower_bias, upper=False, consume=consume),
                     self.concretize(upper_coeff, upper_bias, upper=True, consume=consume))
         a = lower_coeff.flatten(2)
-        mid, rad = self._box_centre_radius()
+        mid, rad = self.box_centre_radius()
         centre = _dot_rows(a, mid)
         radius = _dot_rows(self._absolute(a, consume), rad)
         return centre - radius + lower_bias, centre + radius + upper_bias
@@ -225,7 +224,7 @@ class InputSet:
         sign = 1.0 if upper else -1.0
         result = None
         if self.use_box:
-            mid, rad = self._box_centre_radius()
+            mid, rad = self.box_centre_radius()
             if a.requires_grad and a.shape[0] == self.batch and not (mid.requires_grad or rad.requires_grad):
                 result = _BoxExtreme.apply(a, mid, rad, sign)
             else:

@@ -12,14 +12,12 @@ import torch
 import torch.nn.functional as F
 
 from lirpac.ir.opdef import Interval, Linear, OpDef, register
-from lirpac.ir.scalar import scalar
+from lirpac.ir.scalar import centre_radius
 from lirpac.ir.ops.common import bias_of, both_sides, constant_abs, fold, fold_opt, split_pos_neg
 
 
 def _affine_ibp(apply, x: Interval, weight, bias) -> Interval:
-    half = scalar(0.5, x.upper)
-    center = (x.upper + x.lower) * half
-    radius = (x.upper - x.lower) * half
+    center, radius = centre_radius(x.lower, x.upper)
     mid = apply(center, weight, bias)
     dev = apply(radius, constant_abs(weight), None)
     return Interval(mid - dev, mid + dev)

@@ -17,6 +17,7 @@ from lirpac.ir.opdef import Interval, Linear, OpDef, aten_lowering, register
 from lirpac.ir.ops.bivariate import add_node
 from lirpac.ir.ops.common import elementwise, fold, linear_map, vjp_transpose
 from lirpac.ir.ops.relaxation import Curve, concave_lines, convex_lines, sound_relax
+from lirpac.ir.scalar import centre_radius
 
 
 # -- curves on inputs known to be >= floor -------------------------------------------------------
@@ -108,7 +109,7 @@ def _count(shape, dims):
 
 def _center_ibp(x: Interval, *, dims) -> Interval:
     """Centre and radius through M = I - J/n: |M| r = (1 - 2/n) r + mean(r), exact."""
-    mid, rad = (x.upper + x.lower) / 2, (x.upper - x.lower) / 2
+    mid, rad = centre_radius(x.lower, x.upper)
     n = _count(mid.shape, dims)
     spread = (1 - 2 / n) * rad + rad.mean(dim=dims, keepdim=True)
     centred = _center(mid, dims=dims)
