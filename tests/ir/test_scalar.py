@@ -21,3 +21,14 @@ def test_scalar_made_in_inference_mode_serves_autograd_later():
     assert not third.is_inference()
     (w * third).sum().backward()
     torch.testing.assert_close(w.grad, torch.full((2,), 1 / 3, dtype=torch.float64))
+
+
+def test_centre_radius_is_the_halved_sum_and_difference():
+    from lirpac.ir.scalar import centre_radius
+    for dtype in (torch.float32, torch.float64):
+        g = torch.Generator().manual_seed(0)
+        lower = torch.randn(3, 5, generator=g, dtype=dtype)
+        upper = lower + torch.rand(3, 5, generator=g, dtype=dtype)
+        centre, radius = centre_radius(lower, upper)
+        assert centre.dtype == radius.dtype == dtype
+        assert torch.equal(centre, (upper + lower) / 2) and torch.equal(radius, (upper - lower) / 2)
