@@ -8,8 +8,11 @@ CROWN's way per node (``crown_mode``, printed in the dump as ``[crown=...]``):
 
 * ``ibp``: one affine map of distinct input coordinates; IBP is its exact range already.
 * ``forward``: forward mode gives the same bounds as a backward pass (see ``forward_exact``)
-  and costs less: its work grows with the input's size, a backward pass's with the number of
-  unstable neurons of the node, so low-dimensional inputs (ACAS Xu's five) favour it.
+  and costs less: its work grows with the input's size times the dense size of every op it
+  crosses, a backward pass's with the number of unstable neurons of the node times what one
+  row touches, which on (C, H, W) maps is the row's receptive field only (patches,
+  codegen/patches.py). Low-dimensional inputs (ACAS Xu's five) favour forward mode; images
+  whose convolutions keep a large map favour backward passes on patches.
 * ``backward``: a backward pass over the node's unstable neurons.
 
 A choice never loosens a bound: forward mode is only picked where it is exact.
@@ -117,13 +120,53 @@ def forward_exact(graph: Graph, target: Node) -> bool:
     return len(below) == 1 and _affine_of_input(graph, below[0])
 
 
+def _fan_in(m: Node) -> int:
+    """Multiply-adds per output element of ``m``: its weight's fan-in, 1 for elementwise ops."""
+    weights = [c for c in m.inputs if not c.perturbed and len(c.shape) >= 2]
+    return math.prod(weights[0].shape[1:]) if weights else 1
+
+
 def _line_work(graph: Graph, target: Node) -> int:
-    """Multiply-adds of carrying one row of coefficients (backward) or one input column
-    (forward) through the ops ``target`` depends on: each op's size times its fan-in."""
+    """Multiply-adds of carrying one input column (forward mode) through the ops ``target``
+    depends on: each op's size times its fan-in."""
+    return sum(math.prod(m.shape) * _fan_in(m) for m in perturbed_region(graph, target))
+
+
+def _window_in(m: Node, extent: tuple[int, int]) -> tuple[int, int] | None:
+    """The window on ``m``'s perturbed (C, H, W) inputs that an ``extent`` window on its
+    output reads, or None when one row's coefficients there are dense (another shape)."""
+    if m.op == "conv":
+        attrs, kernel = m.attrs, m.inputs[1].shape[2:]
+        return tuple((e - 1) * s + (k - 1) * d + 1 for e, s, d, k
+                     in zip(extent, attrs["stride"], attrs["dilation"], kernel))
+    if all(i.shape == m.shape for i in m.inputs if i.perturbed):
+        return extent
+    return None
+
+
+def _row_work(graph: Graph, target: Node) -> int:
+    """Multiply-adds of carrying one row of coefficients back from ``target`` (a backward
+    pass): on (C, H, W) maps a row is nonzero on its receptive field only (patches), elsewhere
+    it is dense, as in ``_line_work``."""
+    windows: dict[Node, tuple[int, int] | None] = {target: (1, 1) if len(target.shape) == 3 else None}
     total = 0
-    for m in perturbed_region(graph, target):
-        weights = [c for c in m.inputs if not c.perturbed and len(c.shape) >= 2]
-        total += math.prod(m.shape) * (math.prod(weights[0].shape[1:]) if weights else 1)
+    for m in reversed(perturbed_region(graph, target)):
+        if m not in windows or m is graph.perturbed_input:
+            continue
+        extent = windows[m]
+        size = math.prod(m.shape)
+        if extent is not None and len(m.shape) == 3:
+            size = m.shape[0] * min(extent[0], m.shape[1]) * min(extent[1], m.shape[2])
+        total += size * _fan_in(m)
+        below = _window_in(m, extent) if extent is not None and len(m.shape) == 3 else None
+        for i in m.inputs:
+            if not i.perturbed:
+                continue
+            if below is None or len(i.shape) != 3 or windows.get(i, ()) is None:
+                windows[i] = None
+            else:
+                old = windows.get(i, (0, 0))
+                windows[i] = (max(old[0], below[0]), max(old[1], below[1]))
     return total
 
 
@@ -137,13 +180,13 @@ def crown_mode(graph: Graph, node: Node) -> tuple[str, str]:
         return "ibp", "exact, one affine map of the input"
     if forward_exact(graph, node):
         columns, rows = math.prod(x.shape), FORWARD_SHARE * math.prod(node.shape)
-        saving = (rows - columns) * _line_work(graph, node)
-        if saving >= FORWARD_MIN_SAVING:
-            return "forward", (f"exact here; {columns} input columns vs ~{rows:.0f} unstable "
-                               f"rows save ~{saving / 1e6:.0f}M multiply-adds")
+        forward, backward = columns * _line_work(graph, node), rows * _row_work(graph, node)
+        cost = f"~{forward / 1e6:.0f}M multiply-adds forward vs ~{backward / 1e6:.0f}M backward"
+        if backward - forward >= FORWARD_MIN_SAVING:
+            return "forward", f"exact here; {columns} input columns vs ~{rows:.0f} unstable rows: {cost}"
         if columns >= rows:
             return "backward", f"forward mode would be exact but carries {columns} input columns"
-        return "backward", "forward mode would be exact but saves too little"
+        return "backward", f"forward mode would be exact but saves too little: {cost}"
     return "backward", "over the unstable neurons"
 
 

@@ -15,7 +15,8 @@ import torch
 import torch.nn as nn
 
 __all__ = ["mlp", "cnn_2c", "cnn_4c_bn", "resnet_2b", "BasicBlock", "ResNet2B",
-           "BENCHMARK_MODELS"]
+           "cifar_cnn_4c", "cifar_resnet", "cifar_densenet", "cnn_7layer", "BENCHMARK_MODELS",
+           "CALIBRATION_MODELS"]
 
 
 def _randomize_batchnorm(model: nn.Module, seed: int) -> None:
@@ -136,9 +137,98 @@ def resnet_2b(seed: int = 0) -> nn.Module:
     return _build(seed, ResNet2B)
 
 
+# -- calibration shapes: CIFAR models that keep 32x32 resolution in their first layers --------
+# (shapes the cost model was not tuned on; see benchmarks/README.md)
+
+def cifar_cnn_4c(seed: int = 0) -> nn.Module:
+    """Four-conv CNN with BatchNorm on 3x32x32 whose first two convs keep 32x32: 32-32-64-64
+    channels, strides 1-1-2-1, head Linear(64*16*16, 256) + BatchNorm1d + ReLU + Linear."""
+    def conv_bn(cin, cout, stride):
+        return [nn.Conv2d(cin, cout, 3, stride=stride, padding=1),
+                nn.BatchNorm2d(cout), nn.ReLU()]
+
+    return _build(seed, lambda: nn.Sequential(
+        *conv_bn(3, 32, 1), *conv_bn(32, 32, 1),      # 32 x 32 x 32
+        *conv_bn(32, 64, 2), *conv_bn(64, 64, 1),     # 64 x 16 x 16
+        nn.Flatten(),
+        nn.Linear(64 * 16 * 16, 256), nn.BatchNorm1d(256), nn.ReLU(),
+        nn.Linear(256, 10),
+    ))
+
+
+class CifarResNet(nn.Module):
+    """Stem conv 3->16 at 32x32, BasicBlock(16->16), BasicBlock(16->32, stride 2), a Linear head
+    over the flattened 32x16x16 map."""
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
+        self.block1 = BasicBlock(16, 16, stride=1)
+        self.block2 = BasicBlock(16, 32, stride=2)
+        self.fc = nn.Linear(32 * 16 * 16, num_classes)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.block2(self.block1(self.stem(x))), 1))
+
+
+def cifar_resnet(seed: int = 0) -> nn.Module:
+    return _build(seed, CifarResNet)
+
+
+class _DenseLayer(nn.Module):
+    """BN-ReLU-conv3x3 whose output is concatenated to its input (DenseNet's layer)."""
+
+    def __init__(self, channels: int, growth: int):
+        super().__init__()
+        self.body = nn.Sequential(nn.BatchNorm2d(channels), nn.ReLU(),
+                                  nn.Conv2d(channels, growth, 3, padding=1, bias=False))
+
+    def forward(self, x):
+        return torch.cat([x, self.body(x)], 1)
+
+
+def cifar_densenet(seed: int = 0) -> nn.Module:
+    """DenseNet-style on 3x32x32: stem conv 3->8 stride 2, three dense layers (growth 8),
+    a transition (BN-ReLU-conv1x1 16, AvgPool 2), two dense layers, BN-ReLU, Linear head."""
+    def ctor():
+        return nn.Sequential(
+            nn.Conv2d(3, 8, 3, stride=2, padding=1, bias=False),     # 8 x 16 x 16
+            _DenseLayer(8, 8), _DenseLayer(16, 8), _DenseLayer(24, 8),   # 32 x 16 x 16
+            nn.BatchNorm2d(32), nn.ReLU(), nn.Conv2d(32, 16, 1, bias=False), nn.AvgPool2d(2),
+            _DenseLayer(16, 8), _DenseLayer(24, 8),                  # 32 x 8 x 8
+            nn.BatchNorm2d(32), nn.ReLU(), nn.Flatten(),
+            nn.Linear(32 * 8 * 8, 10),
+        )
+    return _build(seed, ctor)
+
+
+def cnn_7layer(seed: int = 0) -> nn.Module:
+    """The CROWN-IBP papers' CIFAR cnn_7layer: convs 64-64-128-128-128 (the third with stride
+    2) with BatchNorm, Linear(128*16*16, 512) + BatchNorm1d + ReLU + Linear(512, 10)."""
+    def conv_bn(cin, cout, stride):
+        return [nn.Conv2d(cin, cout, 3, stride=stride, padding=1),
+                nn.BatchNorm2d(cout), nn.ReLU()]
+
+    return _build(seed, lambda: nn.Sequential(
+        *conv_bn(3, 64, 1), *conv_bn(64, 64, 1), *conv_bn(64, 128, 2),
+        *conv_bn(128, 128, 1), *conv_bn(128, 128, 1),
+        nn.Flatten(),
+        nn.Linear(128 * 16 * 16, 512), nn.BatchNorm1d(512), nn.ReLU(),
+        nn.Linear(512, 10),
+    ))
+
+
 BENCHMARK_MODELS = {
     "mlp": (mlp, (1, 28, 28)),
     "cnn_2c": (cnn_2c, (1, 28, 28)),
     "cnn_4c_bn": (cnn_4c_bn, (3, 32, 32)),
     "resnet_2b": (resnet_2b, (3, 32, 32)),
+}
+
+# shapes the benchmarks check the cost model on (benchmarks/bounds.py --models ...)
+CALIBRATION_MODELS = {
+    "cifar_cnn_4c": (cifar_cnn_4c, (3, 32, 32)),
+    "cifar_resnet": (cifar_resnet, (3, 32, 32)),
+    "cifar_densenet": (cifar_densenet, (3, 32, 32)),
+    "cnn_7layer": (cnn_7layer, (3, 32, 32)),
 }

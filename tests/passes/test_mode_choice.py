@@ -172,3 +172,27 @@ def test_whole_passes_keep_the_bounds_in_both_modes(seed, eps):
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     assert_contains(model, sample_lp_ball(x, eps, math.inf, 64), *results[1][:2])
+
+
+def test_convolutions_that_keep_the_map_stay_backward(monkeypatch):
+    """On a 32x32 image a backward row touches its receptive field only (patches), while a
+    forward column crosses every map densely: the second conv of a CIFAR net stays backward,
+    even though 3,072 input columns are fewer than its ~8,192 unstable rows."""
+    monkeypatch.undo()
+    model = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1),
+                          nn.ReLU(), nn.Flatten(), nn.Linear(32 * 32 * 32, 10)).eval()
+    net = lirpac.compile(model, torch.zeros(1, 3, 32, 32))
+    assert modes(net)["conv2d_1"] == "backward", str(net.graph)
+    conv = next(n for n in net.graph.nodes if n.name == "conv2d_1")
+    assert "multiply-adds forward vs" in conv.notes["crown"]
+
+
+def test_row_work_counts_the_receptive_field():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 3, stride=2, padding=1)).eval()
+    net = lirpac.compile(model, torch.zeros(1, 3, 16, 16))
+    target = next(n for n in net.graph.nodes if n.name == "conv2d_1")
+    # one row: a 1x1 window of conv2d_1 (4 channels, fan-in 8*9), a 3x3 window of relu and
+    # conv2d (8 channels; conv2d's fan-in 3*9)
+    assert bound_needs._row_work(net.graph, target) == 4 * 72 + 8 * 9 + 8 * 9 * 27
+    # one column: every map whole (the input counts its own size)
+    assert bound_needs._line_work(net.graph, target) == 4 * 64 * 72 + 8 * 256 + 8 * 256 * 27 + 3 * 256
