@@ -3,6 +3,10 @@
     from lirpac.compat import BoundedModule, BoundedTensor, PerturbationLpNorm
     model = BoundedModule(net, torch.empty_like(x))
     lb, ub = model.compute_bounds(x=(BoundedTensor(x, PerturbationLpNorm(eps=0.1)),), method="CROWN")
+
+The semantics are auto_LiRPA 0.7.1's, measured on it: the set a PerturbationLpNorm describes,
+the method that flags such as ``IBP=True`` select, and the reuse of the intermediate bounds of
+an earlier call on the same input (the CROWN-IBP flow of its certified-training example).
 """
 from __future__ import annotations
 
@@ -10,22 +14,92 @@ import math
 
 import torch
 
+from lirpac.alpha import AlphaOptions
 from lirpac.api import compile as _compile
 from lirpac.errors import InputError
-from lirpac.perturbation import LpBall
+from lirpac.perturbation import Box, LpBall, Perturbation
 
+# auto_LiRPA's method names (matched without case) and the lirpac method each one runs
 _METHODS = {
-    "ibp": "ibp", "crown": "crown", "backward": "crown", "forward": "forward",
-    "crown-ibp": "crown-ibp", "ibp+backward": "crown-ibp", "forward+backward": "forward+crown",
-    "forward+crown": "forward+crown", "alpha-crown": "alpha-crown", "crown-optimized": "alpha-crown",
+    "IBP": "ibp", "CROWN": "crown", "backward": "crown", "CROWN-IBP": "crown-ibp",
+    "IBP+backward": "crown-ibp", "IBP+CROWN": "crown-ibp", "forward": "forward",
+    "forward+backward": "forward+crown", "forward+CROWN": "forward+crown",
+    "alpha-CROWN": "alpha-crown", "CROWN-optimized": "alpha-crown",
 }
+_BY_KEY = {name.lower(): method for name, method in _METHODS.items()}
+
+# which bounds of the intermediate nodes a method leaves behind, and the method a later
+# backward call on the same input runs when it reuses them
+_INTERMEDIATE = {"ibp": "ibp", "crown-ibp": "ibp", "crown": "crown", "alpha-crown": "crown",
+                 "forward": "forward", "forward+crown": "forward"}
+_BACKWARD_FROM = {"ibp": "crown-ibp", "crown": "crown", "forward": "forward+crown"}
+
+# auto_LiRPA's optimize_bound_args that lirpac's alpha-CROWN reads, and their lirpac names
+_ALPHA_OPTIONS = {"iteration": "iterations", "lr_alpha": "lr", "lr_decay": "lr_decay",
+                  "early_stop_patience": "patience", "use_shared_alpha": "alpha_shared"}
+
+# compute_bounds arguments that only save work or memory in auto_LiRPA: any value gives the
+# same (sound) bounds here
+_IGNORED_ARGUMENTS = {"reuse_alpha", "average_A", "cache_bounds", "aux_reference_bounds"}
+# arguments that change what is bounded or how: accepted only at their default
+_UNSUPPORTED_ARGUMENTS = {"aux", "final_node_name", "interm_bounds", "reference_bounds",
+                          "intermediate_constr", "alpha_idx", "need_A_only", "cutter",
+                          "decision_thresh", "update_mask", "ibp_nodes"}
 
 
-class PerturbationLpNorm(LpBall):
-    """auto_LiRPA's PerturbationLpNorm(eps, norm, x_L, x_U)."""
+def _method_list() -> str:
+    return ", ".join(_METHODS) + ", or method=None with IBP=True"
+
+
+class PerturbationLpNorm(Perturbation):
+    """auto_LiRPA's PerturbationLpNorm(eps, norm, x_L, x_U), with its semantics:
+
+    - norm inf: the box [x_L, x_U]; a side not given is x - eps (or x + eps), so with both
+      x_L and x_U given eps is not used, and the box need not contain x;
+    - norm 2 or 1: the ball of radius eps around x; x_L and x_U are not used (auto_LiRPA
+      bounds the whole ball; its training example passes x_L = x_U = x there).
+    """
 
     def __init__(self, eps=0.0, norm=math.inf, x_L=None, x_U=None):
-        super().__init__(eps=eps, norm=norm, lower=x_L, upper=x_U)
+        self.norm = LpBall(eps=0.0, norm=norm).norm     # checked now, not at the first bound
+        self.x_L, self.x_U = x_L, x_U
+        self.set_eps(eps)
+
+    def set_eps(self, eps) -> None:
+        """eps may be None only where it is not used: norm inf with both x_L and x_U given."""
+        if eps is None and not (self.norm == math.inf and self.x_L is not None and self.x_U is not None):
+            raise InputError("PerturbationLpNorm needs eps (a number or a tensor); only a norm-inf "
+                             "perturbation with both x_L and x_U given may leave it out")
+        self.ball = None if eps is None else LpBall(eps=eps, norm=self.norm)
+        self.eps = eps
+
+    def bind(self, x: torch.Tensor):
+        if self.norm != math.inf or (self.x_L is None and self.x_U is None):
+            return self.ball.bind(x)
+        if self.x_L is not None and self.x_U is not None:
+            lower, upper = self.x_L, self.x_U
+        else:
+            ball = self.ball.bind(x)
+            lower = ball.lower if self.x_L is None else self.x_L
+            upper = ball.upper if self.x_U is None else self.x_U
+        _require_nonempty(lower, upper, x)
+        return Box(lower, upper).bind(x)
+
+    def __repr__(self):
+        return f"PerturbationLpNorm(eps={self.eps!r}, norm={self.norm}, x_L={self.x_L!r}, x_U={self.x_U!r})"
+
+
+def _require_nonempty(lower, upper, x: torch.Tensor) -> None:
+    """An empty box has no bounds: say which side of it the user gave."""
+    try:
+        lower_t, upper_t = torch.broadcast_tensors(torch.as_tensor(lower, dtype=x.dtype, device=x.device),
+                                                   torch.as_tensor(upper, dtype=x.dtype, device=x.device))
+    except RuntimeError:
+        return      # Box.bind names the shapes
+    if (lower_t > upper_t).any():
+        count = int((lower_t > upper_t).sum())
+        raise InputError(f"PerturbationLpNorm: the box [x_L, x_U] is empty: lower > upper at {count} "
+                         "element(s) (a side not given is x - eps or x + eps)")
 
 
 class BoundedTensor(torch.Tensor):
@@ -41,43 +115,136 @@ class BoundedTensor(torch.Tensor):
     __torch_function__ = torch._C._disabled_torch_function_impl
 
 
+def _read_bound_opts(bound_opts) -> tuple[str, dict]:
+    """(conv_mode, alpha-CROWN options) from auto_LiRPA's bound_opts; the options lirpac reads
+    are checked here, so a wrong type fails at construction with the option's own name. The
+    other keys tune auto_LiRPA's internals and are ignored, as auto_LiRPA ignores unknown keys."""
+    if bound_opts is None:
+        return "auto", {}
+    if not isinstance(bound_opts, dict):
+        raise InputError(f"bound_opts must be a dict such as {{'conv_mode': 'patches'}} or None, "
+                         f"got {type(bound_opts).__name__} {bound_opts!r}")
+    conv_mode = bound_opts.get("conv_mode", "auto")
+    if not isinstance(conv_mode, str) or conv_mode not in ("patches", "matrix", "auto"):
+        raise InputError(f"bound_opts['conv_mode'] must be 'patches' or 'matrix', got {conv_mode!r}")
+    relu = bound_opts.get("relu")
+    if relu not in (None, "adaptive"):
+        raise InputError(f"bound_opts['relu']={relu!r} is not supported: lirpac relaxes ReLU with "
+                         "CROWN's adaptive lower slope only; leave 'relu' out or set it to 'adaptive'")
+    return conv_mode, _read_alpha_options(bound_opts.get("optimize_bound_args", {}))
+
+
+def _read_alpha_options(args) -> dict:
+    if not isinstance(args, dict):
+        raise InputError(f"bound_opts['optimize_bound_args'] must be a dict such as "
+                         f"{{'iteration': 20}}, got {type(args).__name__} {args!r}")
+    options = {}
+    for name, lirpac_name in _ALPHA_OPTIONS.items():
+        if name in args:
+            try:
+                AlphaOptions.from_dict({lirpac_name: args[name]})
+            except InputError as err:
+                raise InputError(f"bound_opts['optimize_bound_args']['{name}']={args[name]!r}: "
+                                 f"{err}") from None
+            options[lirpac_name] = args[name]
+    return options
+
+
+def _check_arguments(kwargs: dict) -> None:
+    """auto_LiRPA's other compute_bounds arguments: harmless ones are ignored, the ones that
+    would change the answer are refused rather than silently dropped."""
+    for name, value in kwargs.items():
+        if name in _IGNORED_ARGUMENTS:
+            continue
+        if name in _UNSUPPORTED_ARGUMENTS:
+            if value is None or value is False:
+                continue
+            raise InputError(f"compute_bounds({name}=...) is not supported by lirpac.compat; use "
+                             "lirpac.compile(...).bounds for what lirpac offers")
+        raise InputError(f"compute_bounds got an unknown argument {name!r}")
+
+
 class BoundedModule(torch.nn.Module):
-    """Wraps a model: ``forward`` runs it, ``compute_bounds`` bounds it (compiled once)."""
+    """Wraps a model: ``forward`` runs it, ``compute_bounds`` bounds it (compiled once).
+
+    As in auto_LiRPA, the intermediate bounds of a call stay with the input until a new one is
+    given (``forward``, or ``compute_bounds(x=...)``): a backward call with ``x=None`` reuses
+    them, so ``compute_bounds(IBP=True, method=None)`` followed by
+    ``compute_bounds(IBP=False, method="backward")`` is CROWN-IBP. lirpac recomputes the
+    reused bounds (IBP or forward mode, cheap) for the input's current set, so changing the
+    perturbation in place never leaves stale bounds behind."""
 
     def __init__(self, model: torch.nn.Module, global_input: torch.Tensor, bound_opts=None,
                  device=None, **kwargs):
         super().__init__()
         self.model = model
+        conv_mode, self._alpha_options = _read_bound_opts(bound_opts)
         self.bound_opts = bound_opts or {}
-        self.net = _compile(model, global_input)
+        self.net = _compile(model, global_input, conv_mode=conv_mode)
         self._last_x = None
+        self._intermediate = None   # "ibp" | "crown" | "forward": bounds kept for _last_x
+        self._ibp_bounds = None     # the last IBP bounds, for reuse_ibp=True
+
+    def _new_input(self, x) -> None:
+        self._last_x = x
+        self._intermediate = None
+        self._ibp_bounds = None
 
     def forward(self, *x):
-        self._last_x = x[0]
+        self._new_input(x[0])
         return self.model(*(torch.Tensor(t) if isinstance(t, BoundedTensor) else t for t in x))
 
+    def _method(self, method, IBP: bool, forward: bool) -> str:
+        """The lirpac method auto_LiRPA would run for these arguments: IBP=True computes IBP
+        bounds of every node first, so a backward pass after it is CROWN-IBP; without it a
+        backward pass reuses the kept intermediate bounds, or makes forward-mode ones
+        (forward=True), or CROWN ones."""
+        if method is None:
+            if not IBP:
+                raise InputError("compute_bounds(method=None) computes bounds only with IBP=True "
+                                 f"(then it is IBP); otherwise give a method: {_method_list()}")
+            return "ibp"
+        name = _BY_KEY.get(method.lower()) if isinstance(method, str) else None
+        if name is None:
+            raise InputError(f"unknown method {method!r}; choose one of {_method_list()}")
+        if name in ("crown", "crown-ibp", "forward+crown"):
+            if name == "crown-ibp" or IBP:
+                return _BACKWARD_FROM[self._intermediate or "ibp"]
+            if self._intermediate is not None:
+                return _BACKWARD_FROM[self._intermediate]
+            return "forward+crown" if forward or name == "forward+crown" else "crown"
+        if name == "forward" and IBP:
+            raise InputError("compute_bounds(IBP=True, method='forward') is not supported (forward "
+                             "mode from IBP's intermediate bounds); use method='CROWN-IBP', 'IBP' "
+                             "or 'forward'")
+        return name
+
     def compute_bounds(self, x=None, C=None, method="backward", IBP=False, forward=False,
-                       bound_lower=True, bound_upper=True, return_A=False, needed_A_dict=None, **kwargs):
-        if x is None:
-            x = (self._last_x,)
-        bx = x[0] if isinstance(x, (tuple, list)) else x
-        ptb = getattr(bx, "ptb", None)
+                       bound_lower=True, bound_upper=True, reuse_ibp=False, return_A=False,
+                       needed_A_dict=None, **kwargs):
+        _check_arguments(kwargs)
+        if x is not None:
+            self._new_input(x[0] if isinstance(x, (tuple, list)) else x)
+        ptb = getattr(self._last_x, "ptb", None)
         if ptb is None:
             raise InputError("compute_bounds needs a BoundedTensor input carrying a perturbation")
-        key = method.lower()
-        if key not in _METHODS:
-            raise InputError(f"unknown method {method!r}; choose one of "
-                             "IBP, CROWN, backward, forward, CROWN-IBP, IBP+backward, Forward+Backward")
-        name = _METHODS[key]
-        if key == "backward" and IBP:
-            name = "crown-ibp"
-        if key == "backward" and forward:
-            name = "forward+crown"
-        x_plain = bx.as_subclass(torch.Tensor)
+        name = self._method(method, IBP, forward)
+        if name == "ibp" and method is None and reuse_ibp and self._ibp_bounds is not None:
+            return self._ibp_bounds
+        x_plain = self._last_x.as_subclass(torch.Tensor)
+        options = self._alpha_options if name == "alpha-crown" else None
         if not return_A:
-            return self.net.bounds(x_plain, ptb, method=name, C=C, bound_lower=bound_lower,
-                                   bound_upper=bound_upper)
-        lin = self.net.linear_bounds(x_plain, ptb, method=name, C=C, bound_lower=bound_lower,
+            result = self.net.bounds(x_plain, ptb, method=name, C=C, bound_lower=bound_lower,
+                                     bound_upper=bound_upper, options=options)
+        else:
+            result = self._bounds_and_A(x_plain, ptb, name, C, bound_lower, bound_upper)
+        self._intermediate = self._intermediate or _INTERMEDIATE[name]
+        if name == "ibp":
+            self._ibp_bounds = result
+        return result
+
+    def _bounds_and_A(self, x, ptb, name, C, bound_lower, bound_upper):
+        lin = self.net.linear_bounds(x, ptb, method=name, C=C, bound_lower=bound_lower,
                                      bound_upper=bound_upper)
         out_name = self.net.graph.output.name
         in_name = self.net.graph.perturbed_input.name
