@@ -7,6 +7,7 @@ inputs are all constant become ``const_fn`` nodes that the generated code evalua
 """
 from __future__ import annotations
 
+import contextlib
 import operator
 import re
 import warnings
@@ -530,15 +531,66 @@ def _example_batch(example: torch.Tensor) -> torch.Tensor:
     return torch.cat([example, example], 0)
 
 
+_HALF_TYPES = (torch.float16, torch.bfloat16)
+
+
+def _name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _check_tensors(module: torch.nn.Module, example: torch.Tensor) -> None:
+    """The model and the example must hold values, agree on one float dtype, and not be in half
+    precision: a float16/bfloat16 forward pass rounds every op (about 1e-3 on a small MLP,
+    a hundred half-precision ulps near 0), which no bound computed without that rounding can
+    promise to contain."""
+    tensors = [*module.parameters(), *module.buffers()]
+    if example.device.type == "meta" or any(t.device.type == "meta" for t in tensors):
+        where = "example_input is" if example.device.type == "meta" else "the model's parameters are"
+        raise InputError(f"lirpac.compile: {where} on the meta device, which holds shapes but no "
+                         "values; load the weights (or give an example) on the cpu or a gpu")
+    if not example.is_floating_point():
+        raise InputError(f"example_input must be a floating-point tensor, got {_name(example.dtype)}")
+    half = sorted({_name(t.dtype) for t in [*tensors, example] if t.dtype in _HALF_TYPES})
+    if half:
+        raise InputError(f"lirpac.compile: the model or example_input is in {' and '.join(half)}; "
+                         "lirpac bounds float32 and float64 models only, since a half-precision "
+                         "forward pass rounds each op and its outputs can lie outside bounds computed "
+                         "without that rounding. Convert both first: model.float(), example.float()")
+    params = sorted({_name(p.dtype) for p in module.parameters() if p.is_floating_point()})
+    if params and params != [_name(example.dtype)]:
+        raise InputError(f"lirpac.compile: the dtypes differ: the model's parameters are "
+                         f"{' and '.join(params)} but example_input is {_name(example.dtype)}; convert "
+                         f"one to match (model.to(torch.{_name(example.dtype)}) or "
+                         f"example.to(torch.{params[0]}))")
+
+
+@contextlib.contextmanager
+def eval_mode(module: torch.nn.Module):
+    """``module`` in eval mode inside the block; afterwards every submodule's own training
+    flag is as it was (compiling or running the model must not change the user's module)."""
+    flags = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield module
+    finally:
+        for m, training in flags:
+            m.training = training
+
+
 def lower_module(module: torch.nn.Module, example: torch.Tensor) -> Graph:
     """Export ``module`` at the example's per-sample shape with a free batch and lower it."""
     if not isinstance(example, torch.Tensor):
         raise InputError(f"example_input must be a torch.Tensor, got {type(example).__name__}")
+    _check_tensors(module, example)
     _GENERIC.update(_generic_table())
     if module.training:
         warnings.warn("lirpac.compile: the model is in training mode; it is bounded in eval mode "
                       "(call model.eval() to silence this)", stacklevel=3)
-        module = module.eval()
+    with eval_mode(module):
+        return _lower_in_eval_mode(module, example)
+
+
+def _lower_in_eval_mode(module: torch.nn.Module, example: torch.Tensor) -> Graph:
     module = unroll_recurrent(module)
     example = _example_batch(example)
     try:

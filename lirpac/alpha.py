@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 import time
 from dataclasses import dataclass, field, fields
 
@@ -32,7 +33,7 @@ class AlphaOptions:
     a better objective before stopping; alpha_shared: one slope per neuron shared by all rows
     of a pass instead of one per row; optimize_intermediate: also optimise the slopes of the
     intermediate bounds' passes (else they keep CROWN's); time_limit: seconds after which no
-    further step starts (the best bound so far is returned; None: no limit); beta_lr: Adam's
+    further step starts (the best bound so far is returned; None or inf: no limit); beta_lr: Adam's
     step size for beta-CROWN's multipliers (only with sign constraints: lirpac.bab)."""
     iterations: int = 20
     lr: float = 0.5
@@ -51,13 +52,42 @@ class AlphaOptions:
         if unknown:
             raise InputError(f"unknown alpha-crown option(s) {', '.join(unknown)}; the options are "
                              f"{', '.join(sorted(known))} (and state=lirpac.AlphaState for a warm start)")
-        opts = cls(**options)
-        if (opts.iterations < 1 or opts.lr < 0 or opts.beta_lr < 0 or not 0 < opts.lr_decay <= 1
-                or opts.patience < 1
-                or opts.time_limit is not None and not opts.time_limit > 0):
-            raise InputError(f"alpha-crown options out of range: {opts} (iterations >= 1, lr and beta_lr >= 0, "
-                             "0 < lr_decay <= 1, patience >= 1, time_limit > 0 or None)")
-        return opts
+        for name, value in options.items():
+            _check_option(name, value)
+        return cls(**options)
+
+
+def _is_integer(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_real(value) -> bool:
+    """A finite real number (a bool is no number here; NaN and inf are refused: a NaN step
+    size would silently turn every slope into NaN, and the loop would keep CROWN's bound)."""
+    return (isinstance(value, numbers.Real) and not isinstance(value, bool)
+            and math.isfinite(float(value)))
+
+
+# what each option accepts: (test, the accepted values in words)
+_OPTION_RULES = {
+    "iterations": (lambda v: _is_integer(v) and v >= 1, "an integer >= 1"),
+    "patience": (lambda v: _is_integer(v) and v >= 1, "an integer >= 1"),
+    "lr": (lambda v: _is_real(v) and v >= 0, "a finite number >= 0"),
+    "beta_lr": (lambda v: _is_real(v) and v >= 0, "a finite number >= 0"),
+    "lr_decay": (lambda v: _is_real(v) and 0 < v <= 1, "a number in (0, 1]"),
+    # +inf, like None, is no limit: a caller's deadline may be infinite (verify(timeout=inf))
+    "time_limit": (lambda v: v is None or v == math.inf or _is_real(v) and v > 0,
+                   "a number of seconds > 0, or None (or inf) for no limit"),
+    "alpha_shared": (lambda v: isinstance(v, bool), "True or False"),
+    "optimize_intermediate": (lambda v: isinstance(v, bool), "True or False"),
+}
+
+
+def _check_option(name: str, value) -> None:
+    accepts, words = _OPTION_RULES[name]
+    if not accepts(value):
+        raise InputError(f"alpha-crown option {name}={value!r} ({type(value).__name__}) is not "
+                         f"accepted: {name} must be {words}")
 
 
 @dataclass

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -14,7 +15,7 @@ from lirpac.codegen import alpha_crown, torch_backend
 from lirpac.codegen.torch_backend import METHODS, Plan
 from lirpac.errors import InputError
 from lirpac.ir.graph import Graph
-from lirpac.perturbation import LpBall, Perturbation
+from lirpac.perturbation import LpBall, Perturbation, all_finite
 from lirpac.passes import run_passes
 
 
@@ -41,6 +42,27 @@ class LinearBounds:
     upper: torch.Tensor | None
 
 
+def _method_name(method) -> str:
+    """The method's canonical (lower-case) name; codegen's METHODS is the one list of them."""
+    if not isinstance(method, str) or method.lower() not in METHODS:
+        raise InputError(f"unknown method {method!r}; method must be one of "
+                         f"{', '.join(repr(m) for m in METHODS)}")
+    return method.lower()
+
+
+def _require_values(t: torch.Tensor, what: str) -> None:
+    """A meta tensor has a shape but no values: nothing to bound (or to multiply by)."""
+    if t.device.type == "meta":
+        raise InputError(f"{what} is on the meta device, which holds shapes but no values; "
+                         "give a tensor on the cpu or a gpu")
+
+
+def _no_autocast(x: torch.Tensor):
+    """Bounds run in the dtype _check chose: under torch.autocast a matmul would round its
+    operands to half precision and the bounds could miss the model's outputs."""
+    return torch.autocast(x.device.type, enabled=False)
+
+
 class CompiledNet:
     """A model lowered to the bound IR, with generated bound functions cached per plan."""
 
@@ -60,6 +82,7 @@ class CompiledNet:
         self._cache: dict[Plan, tuple] = {}
         x = self.graph.perturbed_input
         self.input_shape = x.shape
+        self.dtype = x.dtype
         allocator.tune()    # freed temporaries reused, not faulted in on every call (allocator.py)
         self.output_shape = self.graph.output.shape
 
@@ -111,37 +134,59 @@ class CompiledNet:
             out.append(v)
         return out
 
-    def _check(self, x, perturbation, method, C):
+    def _check(self, x, perturbation, C):
+        """The one validation of a bound call's input and spec: (x in the dtype the bounds are
+        computed in, C as a tensor of that dtype, or None)."""
         if not isinstance(x, torch.Tensor):
             raise InputError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        _require_values(x, "x")
         if tuple(x.shape[1:]) != tuple(self.input_shape):
             raise InputError(f"input shape {tuple(x.shape)} does not match the compiled model's "
                              f"(batch, {', '.join(map(str, self.input_shape))})")
+        if x.shape[0] == 0:
+            raise InputError(f"x has batch size 0 (shape {tuple(x.shape)}); bounds need at least "
+                             "one sample")
         if not x.is_floating_point():
             raise InputError(f"x must be a floating-point tensor, got {x.dtype}")
         if not isinstance(perturbation, Perturbation):
             raise InputError("perturbation must be a lirpac perturbation such as "
                              f"lirpac.LpBall(eps=...) or lirpac.Box(lower, upper), got {type(perturbation).__name__}")
-        if method not in METHODS:
-            raise InputError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-        if C is not None:
-            n_out = 1
-            for s in self.output_shape:
-                n_out *= s
-            if not isinstance(C, torch.Tensor) or C.dim() != 3 or C.shape[2] != n_out or \
-                    C.shape[0] not in (1, x.shape[0]):
-                shape = tuple(C.shape) if isinstance(C, torch.Tensor) else type(C).__name__
-                raise InputError(f"C must have shape (batch, n_spec, {n_out}) (batch {x.shape[0]} or 1), "
-                                 f"got {shape}")
-            C = C.to(dtype=x.dtype, device=x.device)
+        x = x.to(self._compute_dtype(x))
+        return x, None if C is None else self._check_spec(C, x)
+
+    def _compute_dtype(self, x: torch.Tensor) -> torch.dtype:
+        """The wider of the model's and x's dtypes, so that neither the weights nor the input
+        are rounded; never below float32 (a half-precision x is upcast, exactly)."""
+        return torch.promote_types(torch.promote_types(x.dtype, self.dtype), torch.float32)
+
+    def _check_spec(self, C, x: torch.Tensor) -> torch.Tensor:
+        n_out = 1
+        for s in self.output_shape:
+            n_out *= s
+        if not isinstance(C, torch.Tensor) or C.dim() != 3 or C.shape[2] != n_out or \
+                C.shape[0] not in (1, x.shape[0]):
+            shape = tuple(C.shape) if isinstance(C, torch.Tensor) else type(C).__name__
+            raise InputError(f"C must have shape (batch, n_spec, {n_out}) (batch {x.shape[0]} or 1), "
+                             f"got {shape}")
+        _require_values(C, "C")
+        if C.dtype == torch.bool or C.is_complex():
+            raise InputError(f"C must be a real (floating-point or integer) tensor, got {C.dtype}")
+        C = C.to(dtype=x.dtype, device=x.device)
+        if not all_finite(C):
+            bad = (~torch.isfinite(C)).nonzero()[0].tolist()
+            raise InputError(f"C contains NaN or inf (first at index {tuple(bad)}, in {x.dtype}); "
+                             "the bounds of C f(x) would be NaN or infinite")
         return C
 
     def _run(self, x, perturbation, method, C, bound_lower, bound_upper, return_A, options=None):
         """(lower, upper, A, alpha state or None) of one bound computation."""
-        method = method.lower()
-        C = self._check(x, perturbation, method, C)
+        method = _method_name(method)
+        x, C = self._check(x, perturbation, C)
         if not (bound_lower or bound_upper):
             raise InputError("at least one of bound_lower and bound_upper must be True")
+        if options is not None and not isinstance(options, Mapping):
+            raise InputError(f"options must be a dict such as {{'iterations': 20}} or None, got "
+                             f"{type(options).__name__} {options!r}")
         options = dict(options or {})
         intersect = options.pop("intersect", False)
         if intersect and method != "crown":
@@ -159,7 +204,7 @@ class CompiledNet:
             # (view and version tracking; 7-8% of CROWN on the MLP); the bounds leave it as
             # ordinary tensors, so later autograd code may use them
             inference = not (return_A or torch.is_grad_enabled())
-            with torch.inference_mode() if inference else contextlib.nullcontext():
+            with torch.inference_mode() if inference else contextlib.nullcontext(), _no_autocast(x):
                 lower, upper, A = fn(perturbation.bind(x), C, self._params(x))
             if inference:
                 lower, upper = (None if t is None else t.clone() for t in (lower, upper))
@@ -167,8 +212,9 @@ class CompiledNet:
         state = options.pop("state", None)
         if state is not None and not isinstance(state, AlphaState):
             raise InputError(f"options['state'] must be a lirpac.AlphaState, got {type(state).__name__}")
-        return optimise(fn, perturbation.bind(x.detach()), C, self._params(x),
-                        self.graph.output.name, AlphaOptions.from_dict(options), state)
+        with _no_autocast(x):
+            return optimise(fn, perturbation.bind(x.detach()), C, self._params(x),
+                            self.graph.output.name, AlphaOptions.from_dict(options), state)
 
     def bounds(self, x: torch.Tensor, perturbation: Perturbation, method: str = "crown", C=None,
                bound_lower: bool = True, bound_upper: bool = True, options: dict | None = None):
@@ -203,7 +249,7 @@ class CompiledNet:
         """Linear functions of the input that bound C f(x) over the whole set (backward and
         forward methods), with their concretized values (alpha-crown: the functions of the step
         with the best objective, and the elementwise best bounds, no looser than theirs)."""
-        if method.lower() in ("ibp",):
+        if _method_name(method) == "ibp":
             raise InputError("linear_bounds needs a linear method (crown, crown-ibp, forward, "
                              "forward+crown); IBP gives intervals only")
         lower, upper, A, _ = self._run(x, perturbation, method, C, bound_lower, bound_upper, True)
@@ -219,6 +265,10 @@ class CompiledNet:
         """The model's own output (for convenience: checks and counterexamples)."""
         if self.module is None:
             raise InputError("this compiled network has no torch module to run")
+        if isinstance(self.module, torch.nn.Module):
+            from lirpac.ir.torch_frontend import eval_mode
+            with eval_mode(self.module):    # as bounded, whatever mode the user keeps it in
+                return self.module(x)
         return self.module(x)
 
 

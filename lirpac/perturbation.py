@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from lirpac.errors import InputError
+from lirpac.ir.ops.common import overflow_unbounded
 from lirpac.ir.scalar import centre_radius
 
 _NORMS = {float("inf"): float("inf"), 2.0: 2.0, 1.0: 1.0}
@@ -34,6 +35,9 @@ def _as_norm(norm) -> float:
 
 def _per_sample(value, x: torch.Tensor, what: str) -> torch.Tensor:
     """A float, a (B,) tensor or a tensor broadcastable to x, as a tensor that broadcasts to x."""
+    if isinstance(value, torch.Tensor) and value.device.type == "meta":
+        raise InputError(f"{what} is on the meta device, which holds shapes but no values; give "
+                         "a number or a tensor on the cpu or a gpu")
     t = torch.as_tensor(value, dtype=x.dtype, device=x.device)
     if t.dim() == 1 and t.shape[0] == x.shape[0] and x.dim() > 1:
         t = t.reshape(-1, *([1] * (x.dim() - 1)))
@@ -47,7 +51,20 @@ def _per_sample(value, x: torch.Tensor, what: str) -> torch.Tensor:
     return t
 
 
-def _all_finite(x: torch.Tensor) -> bool:
+def _overflow_note(value, what: str, dtype: torch.dtype) -> str:
+    """Why a value the user gave as finite is infinite here (eps=1e300 in float32), or ""."""
+    if value is None:
+        return ""
+    given = value if isinstance(value, torch.Tensor) else torch.as_tensor(value, dtype=torch.float64)
+    if not bool(torch.isfinite(given).all()) or bool(torch.isfinite(given.to(dtype)).all()):
+        return ""
+    shown = (f"{float(given):g}" if given.numel() == 1
+             else f"a tensor of magnitude up to {given.abs().max().item():g}")
+    return (f" ({what}={shown} is infinite in {str(dtype).removeprefix('torch.')}, the input's "
+            f"dtype, whose largest number is {torch.finfo(dtype).max:.4g})")
+
+
+def all_finite(x: torch.Tensor) -> bool:
     """No NaN or inf in x. A finite sum says so in one reduction (a NaN or inf element makes
     the sum NaN or inf); only a sum that overflowed needs the elementwise check."""
     return math.isfinite(float(x.sum())) or bool(torch.isfinite(x).all())
@@ -86,7 +103,7 @@ class LpBall(Perturbation):
                 raise InputError(f"eps must be a nonnegative number, got {self.eps!r}")
 
     def bind(self, x: torch.Tensor) -> "InputSet":
-        if not _all_finite(x):
+        if not all_finite(x):
             bad = (~torch.isfinite(x)).nonzero()[0].tolist()
             raise InputError(f"x contains NaN or inf (first at index {tuple(bad)}); a ball needs "
                              "a finite centre")
@@ -108,13 +125,14 @@ class LpBall(Perturbation):
             if (lower > upper).any():
                 raise InputError("the eps-ball around x does not meet the domain box [lower, upper] "
                                  "(x lies outside it by more than eps)")
-        _require_bounded(lower, upper, "LpBall: eps is infinite and no finite domain box "
-                                       "(lower=, upper=) bounds the set")
+        _require_bounded(lower, upper, "LpBall: eps is infinite" + _overflow_note(self.eps, "eps", x.dtype)
+                         + " and no finite domain box (lower=, upper=) bounds the set")
         if self.norm == math.inf:
             return InputSet(lower, upper)
         if not torch.isfinite(eps).all():
-            raise InputError(f"LpBall: eps must be finite for the L{int(self.norm)} norm (an "
-                             "infinite ball is its domain box: use lirpac.Box(lower, upper))")
+            raise InputError(f"LpBall: eps must be finite for the L{int(self.norm)} norm"
+                             f"{_overflow_note(self.eps, 'eps', x.dtype)} (an infinite ball is "
+                             "its domain box: use lirpac.Box(lower, upper))")
         has_box = self.lower is not None or self.upper is not None
         return InputSet(lower, upper, center=x, eps=eps, norm=self.norm, use_box=has_box)
 
@@ -130,7 +148,9 @@ class Box(Perturbation):
         upper = _per_sample(self.upper, x, "upper").expand_as(x)
         if (lower > upper).any():
             raise InputError("Box: lower > upper for some elements")
-        _require_bounded(lower, upper, "Box: some bounds are infinite")
+        _require_bounded(lower, upper, "Box: some bounds are infinite"
+                         + _overflow_note(self.lower, "lower", x.dtype)
+                         + _overflow_note(self.upper, "upper", x.dtype))
         return InputSet(lower.to(x.dtype), upper.to(x.dtype))
 
 
@@ -209,7 +229,8 @@ class InputSet:
         mid, rad = self.box_centre_radius()
         centre = _dot_rows(a, mid)
         radius = _dot_rows(self._absolute(a, consume), rad)
-        return centre - radius + lower_bias, centre + radius + upper_bias
+        return (overflow_unbounded(centre - radius + lower_bias, False),
+                overflow_unbounded(centre + radius + upper_bias, True))
 
     def _absolute(self, a: torch.Tensor, consume: bool) -> torch.Tensor:
         """|a|, in a's own memory when the caller gives it up (``consume``: the code generator
@@ -235,7 +256,7 @@ class InputSet:
             ball = a.matmul(x0).squeeze(-1) + sign * self.eps_flat * a.norm(p=self.dual, dim=-1)
             result = ball if result is None else (torch.minimum(result, ball) if upper
                                                   else torch.maximum(result, ball))
-        return result + bias
+        return overflow_unbounded(result + bias, upper)
 
     def concretize_linear(self, lin) -> tuple[torch.Tensor, torch.Tensor]:
         """Bounds of a node from its forward-mode linear functions (lw: (B, N, *shape))."""

@@ -131,3 +131,128 @@ def test_batchnorm_in_training_mode_is_bounded_in_eval_mode_with_a_warning():
     model = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3))
     with pytest.warns(UserWarning, match="training mode"):
         lirpac.compile(model, torch.randn(1, 4))
+
+
+# -- argument validation: each bad argument named, with what is accepted ----------------------
+
+def test_batch_size_zero(net):
+    for method in ("crown", "alpha-crown"):
+        with pytest.raises(InputError, match="batch size 0"):
+            net.bounds(torch.randn(0, 4), lirpac.LpBall(eps=0.1), method=method)
+
+
+@pytest.mark.parametrize("method", [None, 3, "crwn"])
+def test_unknown_method_lists_every_accepted_name(net, method):
+    from lirpac.codegen.torch_backend import METHODS
+    for call in (net.bounds, net.linear_bounds):
+        with pytest.raises(InputError, match="unknown method") as info:
+            call(torch.randn(1, 4), lirpac.LpBall(eps=0.1), method=method)
+        assert all(repr(name) in str(info.value) for name in METHODS)
+
+
+@pytest.mark.parametrize("method", ["crown", "alpha-crown"])
+def test_options_must_be_a_dict(net, method):
+    with pytest.raises(InputError, match="options must be a dict.*got list"):
+        net.bounds(torch.randn(1, 4), lirpac.LpBall(eps=0.1), method=method, options=["iterations", 2])
+
+
+@pytest.mark.parametrize("name, value, accepted", [
+    ("iterations", "20", "an integer >= 1"), ("iterations", 2.5, "an integer >= 1"),
+    ("iterations", 0, "an integer >= 1"), ("iterations", True, "an integer >= 1"),
+    ("patience", None, "an integer >= 1"),
+    ("lr", math.nan, "a finite number >= 0"), ("lr", math.inf, "a finite number >= 0"),
+    ("lr", -1, "a finite number >= 0"), ("lr", "0.5", "a finite number >= 0"),
+    ("beta_lr", math.nan, "a finite number >= 0"),
+    ("lr_decay", 0, r"a number in \(0, 1\]"), ("lr_decay", math.nan, r"a number in \(0, 1\]"),
+    ("time_limit", math.nan, "a number of seconds > 0"), ("time_limit", -math.inf, "a number of seconds > 0"),
+    ("time_limit", 0, "a number of seconds > 0"), ("time_limit", "1", "a number of seconds > 0"), ("alpha_shared", "yes", "True or False"),
+    ("optimize_intermediate", 1, "True or False")])
+def test_bad_alpha_option_names_option_and_what_it_accepts(net, name, value, accepted):
+    x, ball = torch.randn(1, 4), lirpac.LpBall(eps=0.1)
+    with pytest.raises(InputError, match=f"option {name}=.*{name} must be {accepted}"):
+        net.bounds(x, ball, method="alpha-crown", options={name: value})
+    with pytest.raises(InputError, match=f"option {name}="):
+        net.alpha_crown(x, ball, **{name: value})
+
+
+def test_every_alpha_option_has_a_rule():
+    from dataclasses import fields
+    from lirpac.alpha import _OPTION_RULES
+    assert set(_OPTION_RULES) == {f.name for f in fields(lirpac.AlphaOptions)}
+
+
+def test_good_alpha_options_are_accepted(net):
+    lower, upper = net.bounds(torch.randn(1, 4), lirpac.LpBall(eps=0.1), method="alpha-crown",
+                              options={"iterations": 2, "lr": 1, "time_limit": 5, "patience": 3})
+    assert torch.isfinite(lower).all() and torch.isfinite(upper).all()
+    for no_limit in (None, math.inf):    # an infinite deadline is no limit
+        net.bounds(torch.randn(1, 4), lirpac.LpBall(eps=0.1), method="alpha-crown",
+                   options={"iterations": 2, "time_limit": no_limit})
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_spec_with_nan_or_inf(net, bad):
+    C = torch.ones(2, 3, 2)
+    C[1, 2, 0] = bad
+    with pytest.raises(InputError, match=r"C contains NaN or inf \(first at index \(1, 2, 0\)"):
+        net.bounds(torch.randn(2, 4), lirpac.LpBall(eps=0.1), C=C)
+
+
+def test_spec_overflowing_the_input_dtype(net):
+    with pytest.raises(InputError, match="C contains NaN or inf"):
+        net.bounds(torch.randn(1, 4), lirpac.LpBall(eps=0.1),
+                   C=torch.full((1, 1, 2), 1e300, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("C", [torch.ones(3, 2), torch.ones(2, 3, 5), torch.ones(3, 1, 2), [[[1.0, 0.0]]]])
+def test_spec_of_the_wrong_shape(net, C):
+    with pytest.raises(InputError, match=r"C must have shape \(batch, n_spec, 2\)"):
+        net.bounds(torch.randn(2, 4), lirpac.LpBall(eps=0.1), C=C)
+
+
+def test_boolean_spec(net):
+    with pytest.raises(InputError, match="C must be a real"):
+        net.bounds(torch.randn(1, 4), lirpac.LpBall(eps=0.1), C=torch.ones(1, 1, 2, dtype=torch.bool))
+
+
+def test_meta_tensors(net):
+    x = torch.randn(1, 4)
+    with pytest.raises(InputError, match="x is on the meta device"):
+        net.bounds(x.to("meta"), lirpac.LpBall(eps=0.1))
+    with pytest.raises(InputError, match="C is on the meta device"):
+        net.bounds(x, lirpac.LpBall(eps=0.1), C=torch.ones(1, 1, 2, device="meta"))
+    with pytest.raises(InputError, match="eps is on the meta device"):
+        net.bounds(x, lirpac.LpBall(eps=torch.ones(1, device="meta")))
+    with pytest.raises(InputError, match="lower is on the meta device"):
+        net.bounds(x, lirpac.Box(torch.zeros(1, 4, device="meta"), 1.0))
+    model = nn.Linear(4, 2).eval()
+    with pytest.raises(InputError, match="example_input is on the meta device"):
+        lirpac.compile(model, x.to("meta"))
+    with pytest.raises(InputError, match="parameters are on the meta device"):
+        lirpac.compile(model.to("meta"), x)
+
+
+@pytest.mark.parametrize("norm", ["inf", 2, 1])
+def test_eps_finite_as_given_but_infinite_in_the_input_dtype(net, norm):
+    for eps in (1e300, torch.tensor([1e300], dtype=torch.float64)):
+        with pytest.raises(InputError, match=r"infinite \(eps=1e\+300 is infinite in float32, the "
+                                             r"input's dtype, whose largest number is 3.403e\+38\)"):
+            net.bounds(torch.randn(1, 4), lirpac.LpBall(eps=eps, norm=norm))
+    with pytest.raises(InputError, match=r"Box: some bounds are infinite.*lower=-1e\+300 is infinite"):
+        net.bounds(torch.randn(1, 4), lirpac.Box(-1e300, 1.0))
+
+
+def test_eps_overflowing_to_inf_inside_a_domain_box_is_that_box(net):
+    x = torch.zeros(1, 4)
+    lower, upper = net.bounds(x, lirpac.LpBall(eps=1e300, lower=-1, upper=1), method="crown")
+    box = net.bounds(x, lirpac.Box(-1.0, 1.0), method="crown")
+    assert torch.equal(lower, box[0]) and torch.equal(upper, box[1])
+
+
+def test_model_and_example_of_different_dtypes():
+    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)).double().eval()
+    with pytest.raises(InputError, match="the dtypes differ: the model's parameters are float64 but "
+                                         "example_input is float32"):
+        lirpac.compile(model, torch.randn(1, 4))
+    with pytest.raises(InputError, match="example_input must be a floating-point tensor"):
+        lirpac.compile(model, torch.ones(1, 4, dtype=torch.int64))

@@ -159,7 +159,7 @@ def test_options_errors():
     ball = lirpac.LpBall(eps=0.1)
     with pytest.raises(lirpac.InputError, match="unknown alpha-crown option"):
         net.bounds(x, ball, method="alpha-crown", options={"iters": 3})
-    with pytest.raises(lirpac.InputError, match="out of range"):
+    with pytest.raises(lirpac.InputError, match="iterations must be an integer >= 1"):
         net.bounds(x, ball, method="alpha-crown", options={"iterations": 0})
     with pytest.raises(lirpac.InputError, match="alpha-crown"):
         net.bounds(x, ball, method="crown", options={"iterations": 3})
