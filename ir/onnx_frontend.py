@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -812,14 +813,19 @@ def supported_onnx_ops() -> list[str]:
 
 # -- loading, the input, the runner, the check ------------------------------------------------------
 
+def model_origin(model) -> str:
+    """How messages name the model: its path, or "the ONNX model" for a ModelProto."""
+    return repr(os.fspath(model)) if isinstance(model, (str, os.PathLike)) else "the ONNX model"
+
+
 def load_model(model):
     """A ModelProto from a path or a ModelProto, checked; ModelFormatError otherwise."""
     import onnx
+    origin = model_origin(model)
     if isinstance(model, onnx.ModelProto):
-        proto, origin = model, "the ONNX model"
+        proto = model
     elif isinstance(model, (str, os.PathLike)):
         path = os.fspath(model)
-        origin = repr(path)
         if not os.path.isfile(path):
             raise ModelFormatError(f"ONNX file {path!r} does not exist (or is not a file)")
         try:
@@ -875,18 +881,34 @@ def _model_input(proto):
     return inp.name, tuple(per_sample), batch, _FLOAT_TYPES[tt.elem_type], mode
 
 
+# the C++ source location and function signature onnxruntime puts in its messages
+_ORT_SOURCE = re.compile(r"/onnxruntime_src/\S+ [^(]*\([^)]*\) ")
+
+
+def _from_onnxruntime(err: Exception) -> bool:
+    """onnxruntime's own exceptions (Fail, InvalidGraph, NotImplemented, ...: pybind classes of
+    its own module); anything else, such as a bug of ours, keeps its type and traceback."""
+    return type(err).__module__.startswith("onnxruntime")
+
+
 class OnnxRunner:
     """Runs the original ONNX model with onnxruntime on a torch batch (batch, *input_shape) and
     returns (batch, *output_shape). Samples go one at a time unless the batch is free."""
 
     def __init__(self, proto, input_name: str, input_shape: tuple, output_shape: tuple, mode: str,
-                 dtype: torch.dtype):
+                 dtype: torch.dtype, origin: str = "the ONNX model"):
         import onnxruntime as ort
         options = ort.SessionOptions()
         options.intra_op_num_threads = 1
         options.log_severity_level = 3
-        self.session = ort.InferenceSession(proto.SerializeToString(), options,
-                                            providers=["CPUExecutionProvider"])
+        self.origin, self.opset = origin, _opset(proto)
+        try:
+            self.session = ort.InferenceSession(proto.SerializeToString(), options,
+                                                providers=["CPUExecutionProvider"])
+        except Exception as err:
+            if not _from_onnxruntime(err):
+                raise
+            raise self._error(err, "load") from err
         self.input_name = input_name
         self.output_name = proto.graph.output[0].name
         self.input_shape = tuple(input_shape)
@@ -895,7 +917,26 @@ class OnnxRunner:
         self.np_dtype = _NP_DTYPES[dtype]
         self.max_error: float | None = None   # of the load-time check against the IR
 
+    def _error(self, err: Exception, doing: str) -> ModelFormatError:
+        """onnxruntime's exception as a ModelFormatError that names the model and the way out."""
+        import onnxruntime as ort
+        message = _ORT_SOURCE.sub("", str(err)).strip()
+        return ModelFormatError(
+            f"onnxruntime {ort.__version__} cannot {doing} {self.origin} (ONNX opset {self.opset}): "
+            f"{type(err).__name__}: {message}. Hint: lirpac checks every model and confirms every "
+            "counterexample with onnxruntime, so it must run the model: export it with a released "
+            "opset (e.g. torch.onnx.export(..., opset_version=17)) and float32/float64 tensors, or "
+            "update onnxruntime")
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        try:
+            return self._run(x)
+        except Exception as err:
+            if not _from_onnxruntime(err):
+                raise
+            raise self._error(err, f"run a batch of shape {tuple(x.shape)} through") from err
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
         arr = np.ascontiguousarray(x.detach().cpu().numpy().astype(self.np_dtype))
         batch = arr.shape[0]
         arr = arr.reshape(batch, *self.input_shape)
@@ -948,7 +989,7 @@ def lower_onnx(model, *, check: bool = True, check_samples: int = 4):
         warnings.warn("onnxruntime is not installed: the ONNX model is not checked against it and "
                       "counterexamples cannot be confirmed (pip install onnxruntime)", stacklevel=2)
         return graph, None
-    runner = OnnxRunner(proto, name, per_sample, graph.output.shape, mode, dtype)
+    runner = OnnxRunner(proto, name, per_sample, graph.output.shape, mode, dtype, model_origin(model))
     if check:
         error = check_against(graph, runner, check_samples)
         runner.max_error = error
