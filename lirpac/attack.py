@@ -5,7 +5,9 @@ an output is ``max_i (C_i y - d_i)``: it is <= 0 exactly when y lies in the poly
 minimises it over the input box, for every polytope at once (each gets its own restarts in
 one batch), with signed-gradient steps whose size decays from a quarter of the box width, and
 projects back onto the box after every step (Madry et al. 2018, with restarts and a decaying
-step as in Croce & Hein 2020).
+step as in Croce & Hein 2020). A polytope with a strict row (``C_i y < d_i``, a ``strict`` flag
+as on lirpac.vnnlib.OutputPolytope) counts as reached only at a violation below 0, so the search
+goes on past its boundary, which no strict row contains.
 
 The attack only proposes candidates; whoever calls it must confirm them on the real model
 (onnxruntime for ONNX files) before calling anything a counterexample.
@@ -48,9 +50,10 @@ def pgd_attack(forward: Callable[[torch.Tensor], torch.Tensor], lower: torch.Ten
 
     Returns ``(x, viol)``: candidate inputs (M, *input_shape) sorted by their violation (most
     negative first; <= 0 means inside a polytope by the model given as ``forward``), the best
-    per polytope and every one that got inside. Stops early once some candidate is inside, and
-    at ``deadline`` (a time.monotonic() value). ``start`` (optional, (1, *shape)) seeds the
-    first restart of each polytope; otherwise the box centre does.
+    per polytope and every one that got inside. Stops early once some candidate is inside
+    (strictly, for a polytope with strict rows), and at ``deadline`` (a time.monotonic()
+    value). ``start`` (optional, (1, *shape)) seeds the first restart of each polytope;
+    otherwise the box centre does.
     """
     polytopes = [p for p in polytopes if len(p.d) > 0]
     if not polytopes:
@@ -62,6 +65,12 @@ def pgd_attack(forward: Callable[[torch.Tensor], torch.Tensor], lower: torch.Ten
     C, d = _stack_polytopes(polytopes, dtype, device)
     C = C.repeat_interleave(restarts, 0)            # (P*R, k, n_out)
     d = d.repeat_interleave(restarts, 0)
+    strict = torch.tensor([bool(getattr(p, "strict", None) is not None and p.strict.any()) for p in polytopes],
+                          device=device).repeat_interleave(restarts)
+
+    def reached(v):   # inside the polytope by `forward`, strict rows strictly (conservatively)
+        return torch.where(strict, v < 0, v <= 0)
+
     width = upper - lower
     x = lower + width * torch.rand((P * restarts,) + shape, generator=gen, dtype=dtype).to(device)
     first = ((lower + upper) / 2 if start is None else start).expand(P, *shape)
@@ -77,13 +86,13 @@ def pgd_attack(forward: Callable[[torch.Tensor], torch.Tensor], lower: torch.Ten
             better = v < best_v
             best_v = torch.where(better, v.detach(), best_v)
             best_x[better] = x.detach()[better]
-            if bool((best_v <= 0).any()) or step == steps or \
+            if bool(reached(best_v).any()) or step == steps or \
                     (deadline is not None and time.monotonic() > deadline):
                 break
             # step size decays geometrically from width/4 to width/200
             alpha = width * (0.25 * (0.02 ** (step / max(steps - 1, 1))))
             x = torch.minimum(torch.maximum(x - alpha * grad.sign(), lower), upper)
-    inside = best_v <= 0
+    inside = reached(best_v)
     per_polytope = best_v.view(P, restarts).argmin(1) + torch.arange(P, device=device) * restarts
     keep = inside.clone()
     keep[per_polytope] = True

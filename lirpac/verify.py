@@ -101,13 +101,16 @@ class _OutOfTime(Exception):
     pass
 
 
-def _inward_box(lower: np.ndarray, upper: np.ndarray, dtype: torch.dtype):
+def _inward_box(lower: np.ndarray, upper: np.ndarray, dtype: torch.dtype,
+                lower_strict: np.ndarray | bool = False, upper_strict: np.ndarray | bool = False):
     """The box in the model's dtype, rounded inwards so every point of it is in the float64
-    box (a float32 cast of 0.1 may fall below 0.1)."""
+    box (a float32 cast of 0.1 may fall below 0.1); a strict side moves one float further in,
+    off the end it excludes, so that PGD's projections never land on it."""
     np_dtype = np.float32 if dtype == torch.float32 else np.float64
     lo, hi = lower.astype(np_dtype), upper.astype(np_dtype)
-    lo = np.where(lo.astype(np.float64) < lower, np.nextafter(lo, np_dtype(np.inf)), lo)
-    hi = np.where(hi.astype(np.float64) > upper, np.nextafter(hi, np_dtype(-np.inf)), hi)
+    lo64, hi64 = lo.astype(np.float64), hi.astype(np.float64)
+    lo = np.where((lo64 < lower) | (lower_strict & (lo64 == lower)), np.nextafter(lo, np_dtype(np.inf)), lo)
+    hi = np.where((hi64 > upper) | (upper_strict & (hi64 == upper)), np.nextafter(hi, np_dtype(-np.inf)), hi)
     if np.any(lo > hi):  # a box thinner than one float: its float points are its ends
         lo, hi = np.minimum(lo, hi), np.maximum(lo, hi)
     return torch.from_numpy(lo), torch.from_numpy(hi)
@@ -138,12 +141,21 @@ class _Instance:
 
     # -- falsification ------------------------------------------------------------------
     def confirm(self, region, x: torch.Tensor):
-        """(x, y) flat float64 when onnxruntime puts x (in the box) in an unsafe polytope."""
+        """(x, y) flat float64 when onnxruntime puts x (in the box) in an unsafe polytope and so
+        does the network evaluated in float64 (lirpac's IR): an x that only the model's float32
+        rounding makes unsafe (e.g. onto the end of a strict row) is dropped, so a "violated"
+        holds for the deployed model and for the network the file describes alike."""
+        from lirpac.ir.interpret import evaluate
         x64 = x.detach().double().reshape(-1).numpy()
         if not region.contains(x64):
             return None
         y = self.net.module(x.detach().reshape(1, *self.shape)).double().reshape(-1).numpy()
-        if any(p.satisfied(y) for p in region.outputs):
+        unsafe = [p for p in region.outputs if p.satisfied(y)]
+        if not unsafe:
+            return None
+        with torch.no_grad():
+            exact = evaluate(self.net.graph, torch.from_numpy(x64).reshape(1, *self.shape)).reshape(-1).numpy()
+        if any(p.satisfied(exact) for p in unsafe):
             return x64, y
         return None
 
@@ -152,7 +164,7 @@ class _Instance:
         from lirpac.attack import pgd_attack
         from lirpac.ir.interpret import evaluate
         for region in self.spec.regions:
-            lo, hi = _inward_box(region.lower, region.upper, self.dtype)
+            lo, hi = _inward_box(region.lower, region.upper, self.dtype, region.lower_strict, region.upper_strict)
             lo, hi = lo.reshape(1, *self.shape), hi.reshape(1, *self.shape)
             if any(len(p.d) == 0 for p in region.outputs):   # every output is unsafe
                 found = self.confirm(region, (lo + hi) / 2)
@@ -353,6 +365,8 @@ def verify(model, spec, method: str | None = None, timeout: float = 60.0, *,
     try:
         net, spec = _load(model, spec)
         inst = _Instance(net, spec, deadline, log)
+        if not spec.regions:   # no input (or no output) is unsafe: nothing to search or bound
+            return result("holds", message=spec.empty_reason or "the spec's unsafe set is empty")
         if attack:   # rounds with new seeds until the first attack's share of the time is spent
             budget = min(start + FIRST_ATTACK_SHARE * float(timeout), deadline)
             for round_ in range(FIRST_ATTACK_ROUNDS):

@@ -15,8 +15,15 @@ which is what `parse_vnnlib` returns as a `Spec`. The conjunction of all asserts
 (a top-level box applies to every region, a disjunct's input bounds intersect with it), and its
 output part, the rows of one polytope. Conjuncts with the same box share one `Region`.
 
-Strict comparisons are read as non-strict: the closed unsafe set contains the open one, so a
-property proved for the closed set holds for the file's, which is the sound direction.
+Strict comparisons (``<``, ``>``) stay strict in the result: each polytope row and each side of
+each input bound carries a strict flag. A proof may ignore the flags (the closed unsafe set
+contains the open one, so a property proved for it holds for the file's), but a counterexample
+must meet every comparison as written: `OutputPolytope.satisfied` and `Region.contains` check
+strict rows and sides strictly. A region whose box is empty (lower > upper, or lower == upper
+with a strict side) holds no input and is dropped; when every region is dropped the unsafe set
+is empty, ``Spec.regions == []``, and ``Spec.empty_reason`` says why (the property holds).
+A text with no declared input or output, or no assert, is refused: read as a spec it would make
+every output unsafe, which is never what a file that says nothing means.
 
 The parser is one regular expression over the text (`re.finditer`) feeding a stack that builds
 the S-expressions, and an explicit stack for the DNF expansion, so a 300 KB CIFAR spec parses in
@@ -32,7 +39,8 @@ import os
 import re
 import sys
 import time
-from dataclasses import dataclass
+import zlib
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -43,37 +51,58 @@ __all__ = ["OutputPolytope", "Region", "Spec", "parse_vnnlib"]
 
 @dataclass(eq=False)  # arrays have no truth value, so the generated __eq__ would raise
 class OutputPolytope:
-    """The conjunction ``C @ y <= d`` (all rows) over the network's outputs.
+    """The conjunction ``C @ y <= d`` (all rows) over the network's outputs; a row whose
+    ``strict`` flag is set reads ``C_i @ y < d_i`` (from a ``<`` or ``>`` in the file).
 
     A polytope with no rows is the whole output space: every output is unsafe.
     """
 
     C: np.ndarray  # (k, n_out) float64
     d: np.ndarray  # (k,) float64
+    strict: np.ndarray | None = field(default=None)  # (k,) bool; None: no row is strict
+
+    def __post_init__(self):
+        if self.strict is None:
+            self.strict = np.zeros(len(self.d), dtype=bool)
 
     def satisfied(self, y: np.ndarray, tol: float = 0.0) -> bool:
-        """Whether the output ``y`` (any shape with n_out entries) meets every row within tol.
+        """Whether the output ``y`` (any shape with n_out entries) meets every row within tol,
+        strict rows strictly.
 
-        Used to confirm a counterexample: an output inside this polytope violates the property.
+        Used to confirm a counterexample: an output inside this polytope violates the property,
+        and one on the boundary of a strict row does not.
         """
         y = np.asarray(y, dtype=np.float64).reshape(-1)
         if y.shape[0] != self.C.shape[1]:
             raise SpecFormatError(
                 f"output has {y.shape[0]} entries but the spec has {self.C.shape[1]} outputs"
             )
-        return bool(np.all(self.C @ y <= self.d + tol))
+        value, bound = self.C @ y, self.d + tol
+        return bool(np.all(np.where(self.strict, value < bound, value <= bound)))
 
 
 @dataclass(eq=False)
 class Region:
-    """One input box and the union of output polytopes that are unsafe for inputs in it."""
+    """One input box and the union of output polytopes that are unsafe for inputs in it.
+
+    A side whose strict flag is set excludes its end (``X_i > lower_i`` or ``X_i < upper_i``).
+    """
 
     lower: np.ndarray  # (n_in,) float64
     upper: np.ndarray  # (n_in,) float64
     outputs: list[OutputPolytope]
+    lower_strict: np.ndarray | None = field(default=None)  # (n_in,) bool; None: no side strict
+    upper_strict: np.ndarray | None = field(default=None)
+
+    def __post_init__(self):
+        if self.lower_strict is None:
+            self.lower_strict = np.zeros(self.lower.shape, dtype=bool)
+        if self.upper_strict is None:
+            self.upper_strict = np.zeros(self.upper.shape, dtype=bool)
 
     def contains(self, x: np.ndarray, tol: float = 0.0) -> bool:
-        """Whether the input ``x`` (any shape with n_in entries, e.g. an image) lies in the box.
+        """Whether the input ``x`` (any shape with n_in entries, e.g. an image) lies in the box,
+        on no strict side's end.
 
         A counterexample must come from the box it claims; tol absorbs rounding of the search.
         """
@@ -82,16 +111,23 @@ class Region:
             raise SpecFormatError(
                 f"input has {x.shape[0]} entries but the spec has {self.lower.shape[0]} inputs"
             )
-        return bool(np.all(x >= self.lower - tol) and np.all(x <= self.upper + tol))
+        lower, upper = self.lower - tol, self.upper + tol
+        return bool(np.all(np.where(self.lower_strict, x > lower, x >= lower))
+                    and np.all(np.where(self.upper_strict, x < upper, x <= upper)))
 
 
 @dataclass(eq=False)
 class Spec:
-    """A VNNLIB property in DNF: the unsafe set is the union of the regions' unsafe sets."""
+    """A VNNLIB property in DNF: the unsafe set is the union of the regions' unsafe sets.
+
+    ``regions == []`` is an empty unsafe set (the property holds); ``empty_reason`` then says
+    why, e.g. every input box of the file is empty.
+    """
 
     n_inputs: int
     n_outputs: int
     regions: list[Region]
+    empty_reason: str = ""
 
 
 # One pass over the text. The first alternative takes a whole simple comparison such as
@@ -105,13 +141,43 @@ _NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 _COMPARISONS = frozenset(("<=", ">=", "<", ">", "="))
 _IGNORED_COMMANDS = frozenset(("check-sat", "get-model", "set-logic", "set-info", "exit"))
 
-# Compiled comparison atoms are tuples whose first entry is the kind:
-#   (_X_LOWER, index, value, pos), (_X_UPPER, index, value, pos): one bound on input `index`;
-#   (_Y_ROW, i, ci, j, cj, b, pos): the row ci*y_i + cj*y_j <= b (j = -1 when one variable).
+# Compiled comparison atoms are tuples whose first entry is the kind and last the strict flag:
+#   (_X_LOWER, index, value, pos, strict), (_X_UPPER, ...): one bound on input `index`;
+#   (_Y_ROW, i, ci, j, cj, b, pos, strict): the row ci*y_i + cj*y_j <= b (< b when strict;
+#   j = -1 when one variable).
 _X_LOWER, _X_UPPER, _Y_ROW = 0, 1, 2
 # Distributing `and` over `or` multiplies the disjunctions' sizes; past this many conjuncts a
 # clear error beats exhausting memory (real specs have at most a few thousand).
 _MAX_CONJUNCTS = 1_000_000
+
+
+class _Box:
+    """An input box under construction: its bounds and, per side, whether it excludes its end."""
+
+    __slots__ = ("lower", "upper", "lower_strict", "upper_strict")
+
+    def __init__(self, lower, upper, lower_strict, upper_strict):
+        self.lower, self.upper = lower, upper
+        self.lower_strict, self.upper_strict = lower_strict, upper_strict
+
+    @classmethod
+    def unbounded(cls, n: int) -> _Box:
+        return cls(np.full(n, -np.inf), np.full(n, np.inf), np.zeros(n, dtype=bool), np.zeros(n, dtype=bool))
+
+    def copy(self) -> _Box:
+        return _Box(self.lower.copy(), self.upper.copy(), self.lower_strict.copy(), self.upper_strict.copy())
+
+    def key(self) -> bytes:
+        """Equal keys for equal boxes, strictness included (such conjuncts share a region)."""
+        return b"".join(part.tobytes() for part in (self.lower, self.upper, self.lower_strict, self.upper_strict))
+
+    def empty_inputs(self) -> np.ndarray:
+        """Inputs no value satisfies: lower > upper, or lower == upper with a strict side."""
+        touching = (self.lower == self.upper) & (self.lower_strict | self.upper_strict)
+        return np.flatnonzero((self.lower > self.upper) | touching)
+
+    def region(self) -> Region:
+        return Region(self.lower, self.upper, [], self.lower_strict, self.upper_strict)
 
 
 class _List(list):
@@ -250,25 +316,26 @@ class _Parser:
             left, right = self.term(*node[1]), self.term(*node[2])
         if op in (">=", ">"):  # a >= b  is  b <= a
             left, right = right, left
-        atoms = self.less_equal(left, right, node)
+        strict = op in ("<", ">")
+        atoms = self.less_equal(left, right, node, strict)
         if op == "=":
-            atoms += self.less_equal(right, left, node)
+            atoms += self.less_equal(right, left, node, strict)
         return atoms
 
-    def less_equal(self, left, right, node: _Comparison | _List) -> list[tuple]:
-        """Atoms for ``left <= right``."""
+    def less_equal(self, left, right, node: _Comparison | _List, strict: bool) -> list[tuple]:
+        """Atoms for ``left <= right`` (``left < right`` when strict)."""
         pos = node.pos
         (left_kind, a), (right_kind, b) = left, right
         if left_kind == "X" and right_kind == "num":
-            return [(_X_UPPER, a, b, pos)]
+            return [(_X_UPPER, a, b, pos, strict)]
         if left_kind == "num" and right_kind == "X":
-            return [(_X_LOWER, b, a, pos)]
+            return [(_X_LOWER, b, a, pos, strict)]
         if left_kind == "Y" and right_kind == "num":
-            return [(_Y_ROW, a, 1.0, -1, 0.0, b, pos)]
+            return [(_Y_ROW, a, 1.0, -1, 0.0, b, pos, strict)]
         if left_kind == "num" and right_kind == "Y":
-            return [(_Y_ROW, b, -1.0, -1, 0.0, -a, pos)]
+            return [(_Y_ROW, b, -1.0, -1, 0.0, -a, pos, strict)]
         if left_kind == "Y" and right_kind == "Y":
-            return [(_Y_ROW, a, 1.0, b, -1.0, 0.0, pos)]
+            return [(_Y_ROW, a, 1.0, b, -1.0, 0.0, pos, strict)]
         if left_kind == "num" and right_kind == "num":
             raise self.error(pos, "comparison of two numbers: expected a variable on one side")
         raise self.error(pos, "an input (X) may only be compared with a number: expected a box, "
@@ -366,8 +433,12 @@ class _Parser:
             elif command not in _IGNORED_COMMANDS:
                 raise self.error(command_pos, f"unknown command {command!r}: "
                                  "expected declare-const or assert")
+        self.check_not_blank(forms)
         n_in = self.check_declared(self.inputs, "X", n_inputs, "input")
         n_out = self.check_declared(self.outputs, "Y", n_outputs, "output")
+        if not asserts:
+            raise self.error(0, "no (assert ...): a spec must bound every input X_i and may "
+                             "constrain the outputs; without asserts it states nothing")
 
         # Conjunctions are folded into one base conjunct; only disjunctions are multiplied out.
         base: list[tuple] = []
@@ -385,21 +456,32 @@ class _Parser:
                 last_disjunction = formula.pos
         terms = self.distribute([], disjunctions, last_disjunction)
 
-        base_lower, base_upper = self.box(np.full(n_in, -np.inf), np.full(n_in, np.inf), base)
+        base_box = self.box(_Box.unbounded(n_in), base)
+        why = self.why_empty(base_box, base)
+        if why:
+            return Spec(n_in, n_out, [], f"the input set is empty: {why}")
         base_rows = [atom for atom in base if atom[0] == _Y_ROW]
-        base_key = (base_lower.tobytes(), base_upper.tobytes())
-        regions: dict[tuple[bytes, bytes], Region] = {}  # conjuncts with equal boxes share a region
+        base_key = base_box.key()
+        regions: dict[bytes, Region] = {}  # conjuncts with equal boxes share a region
+        empty_boxes = []  # why each dropped conjunct's box is empty
         for term in terms:
+            box, key = base_box, base_key
             if any(atom[0] != _Y_ROW for atom in term):
-                lower, upper = self.box(base_lower.copy(), base_upper.copy(), term, base)
-                key = (lower.tobytes(), upper.tobytes())
-            else:
-                lower, upper, key = base_lower, base_upper, base_key
+                box = self.box(base_box.copy(), term)
+                why = self.why_empty(box, base, term)
+                if why:  # no input meets this conjunct: it adds nothing to the unsafe set
+                    empty_boxes.append(why)
+                    continue
+                key = box.key()
             region = regions.get(key)
             if region is None:
-                region = regions[key] = Region(lower, upper, [])
+                region = regions[key] = box.region()
             rows = base_rows + [atom for atom in term if atom[0] == _Y_ROW]
             region.outputs.append(self.polytope(rows, n_out))
+        if not regions:
+            why = (f"the input set is empty: every input box of the (or ...) is empty, e.g. {empty_boxes[0]}"
+                   if empty_boxes else "an empty (or) in the asserts: no output is unsafe")
+            return Spec(n_in, n_out, [], why)
 
         for number, region in enumerate(regions.values()):
             for bound, name in ((region.lower, "lower"), (region.upper, "upper")):
@@ -411,35 +493,58 @@ class _Parser:
                                      f"expected (assert (<= X_{index} ...)) and (assert (>= X_{index} ...))")
         return Spec(n_in, n_out, list(regions.values()))
 
-    def box(self, lower: np.ndarray, upper: np.ndarray, atoms: list[tuple], applied: list[tuple] = ()):
-        """Tighten lower/upper by the input atoms; applied: atoms already in lower/upper (for errors)."""
-        lowers = [(atom[1], atom[2]) for atom in atoms if atom[0] == _X_LOWER]
-        uppers = [(atom[1], atom[2]) for atom in atoms if atom[0] == _X_UPPER]
-        if lowers:
-            index, value = zip(*lowers)
-            np.maximum.at(lower, np.array(index), np.array(value))
-        if uppers:
-            index, value = zip(*uppers)
-            np.minimum.at(upper, np.array(index), np.array(value))
-        empty = np.flatnonzero(lower > upper)
-        if empty.size:
-            index = int(empty[0])
-            culprit = max((atom[3] for atom in [*applied, *atoms]
-                           if atom[0] != _Y_ROW and atom[1] == index), default=0)
-            raise self.error(culprit, f"input X_{index} has lower bound {float(lower[index])!r} > upper bound "
-                             f"{float(upper[index])!r}: the box is empty (expected lower <= upper)")
-        return lower, upper
+    @staticmethod
+    def box(box: _Box, atoms: list[tuple]) -> _Box:
+        """Tighten ``box`` in place by the input atoms; on a tie a strict bound beats a non-strict one."""
+        for kind, bound, strict, tighter in ((_X_LOWER, box.lower, box.lower_strict, np.maximum),
+                                             (_X_UPPER, box.upper, box.upper_strict, np.minimum)):
+            chosen = [atom for atom in atoms if atom[0] == kind]
+            if not chosen:
+                continue
+            index = np.array([atom[1] for atom in chosen])
+            value = np.array([atom[2] for atom in chosen])
+            is_strict = np.array([atom[4] for atom in chosen], dtype=bool)
+            before = bound.copy()
+            tighter.at(bound, index, value)
+            strict &= bound == before   # a side an atom moved takes that atom's strictness
+            strict[index[is_strict & (value == bound[index])]] = True
+        return box
+
+    def why_empty(self, box: _Box, *atom_lists: list[tuple]) -> str:
+        """Why no input lies in the box, naming the last bound on the first empty input, or ""."""
+        empty = box.empty_inputs()
+        if not empty.size:
+            return ""
+        index = int(empty[0])
+        culprit = max((atom[3] for atoms in atom_lists for atom in atoms
+                       if atom[0] != _Y_ROW and atom[1] == index), default=0)
+        low = ">" if box.lower_strict[index] else ">="
+        high = "<" if box.upper_strict[index] else "<="
+        return (f"X_{index} {low} {float(box.lower[index])!r} and X_{index} {high} "
+                f"{float(box.upper[index])!r} hold for no value ({self.where(culprit)})")
+
+    def check_not_blank(self, forms: _List) -> None:
+        """Refuse a text that declares no input or no output: read as a spec, it would say that
+        every output is unsafe, and an empty or comment-only file never means that."""
+        if not forms:
+            raise self.error(0, "the spec is empty (no commands, at most comments): expected "
+                             "(declare-const X_0 Real) ..., (declare-const Y_0 Real) ... and (assert ...)")
+        for table, letter, role in ((self.inputs, "X", "input"), (self.outputs, "Y", "output")):
+            if not table:
+                raise self.error(0, f"no {role} variable is declared: expected (declare-const {letter}_0 Real) "
+                                 f"and one for each further {role}")
 
     @staticmethod
     def polytope(rows: list[tuple], n_out: int) -> OutputPolytope:
         """The matrix form of _Y_ROW atoms; += so that (<= Y_0 Y_0) gives a zero row, not y0 <= 0."""
         C = np.zeros((len(rows), n_out))
         d = np.array([row[5] for row in rows], dtype=np.float64)
-        for r, (_, i, ci, j, cj, _b, _pos) in enumerate(rows):
+        strict = np.array([row[7] for row in rows], dtype=bool)
+        for r, (_, i, ci, j, cj, _b, _pos, _strict) in enumerate(rows):
             C[r, i] += ci
             if j >= 0:
                 C[r, j] += cj
-        return OutputPolytope(C, d)
+        return OutputPolytope(C, d, strict)
 
 
 def parse_vnnlib(source: str | os.PathLike, n_inputs: int | None = None,
@@ -449,20 +554,36 @@ def parse_vnnlib(source: str | os.PathLike, n_inputs: int | None = None,
     A str containing ``(declare-const`` is the text; any other str or PathLike is a file path
     (``.gz`` files are decompressed). n_inputs/n_outputs, when given, must equal the declared
     counts, which catches a spec paired with the wrong model. Raises `SpecFormatError` with
-    line and column for anything malformed.
+    line and column for anything malformed. A leading UTF-8 byte order mark is skipped.
     """
     if isinstance(source, str) and "(declare-const" in source:
-        text, origin = source, ""
+        text, origin = source.removeprefix("\ufeff"), ""
     else:
         path = os.fspath(source)
         if not os.path.isfile(path):
             raise SpecFormatError(f"{path!r} is neither an existing file nor VNNLIB text "
                                   "(text must contain '(declare-const')")
-        opener = gzip.open if path.endswith(".gz") else open
-        with opener(path, "rt", encoding="utf-8") as file:
-            text = file.read()
-        origin = f"{path}: "
+        text, origin = _read_text(path), f"{path}: "
     return _Parser(text, origin).parse(n_inputs, n_outputs)
+
+
+def _read_text(path: str) -> str:
+    """The file's text (gunzipped for .gz, a UTF-8 byte order mark dropped); a corrupt archive
+    or bytes that are not UTF-8 are a SpecFormatError naming the file, not a codec traceback."""
+    compressed = path.endswith(".gz")
+    try:
+        with (gzip.open if compressed else open)(path, "rb") as file:
+            data = file.read()
+    except (OSError, EOFError, zlib.error) as err:  # gzip.BadGzipFile is an OSError
+        what = "a gzip-compressed VNNLIB file (is it corrupt or truncated?)" if compressed else "a file"
+        raise SpecFormatError(f"{path}: cannot read it as {what}: {type(err).__name__}: {err}") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        column = err.start - data.rfind(b"\n", 0, err.start)
+        raise SpecFormatError(f"{path}: line {line}, column {column}: byte 0x{data[err.start]:02x} is not "
+                              "UTF-8 text (a Latin-1 file?): save the spec as UTF-8 or ASCII") from None
 
 
 def _main(paths: list[str]) -> None:

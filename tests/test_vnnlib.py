@@ -124,9 +124,11 @@ def test_variable_against_variable_and_constant_on_the_left():
         (1.0, -1.0, 0.0, 0.0),   # y0 - y1 <= 0
         (0.0, 1.0, -1.0, 0.0),   # y1 - y2 <= 0
         (-1.0, 0.0, 0.0, -0.5),  # 0.5 <= y0
-        (0.0, 0.0, 1.0, 2.0),    # strict read as non-strict
-        (0.0, 1.0, 0.0, 4.0),
+        (0.0, 0.0, 1.0, 2.0),    # strict: y2 < 2
+        (0.0, 1.0, 0.0, 4.0),    # strict: y1 < 4
     }
+    strict = {tuple(region.outputs[0].C[r]): bool(region.outputs[0].strict[r]) for r in range(5)}
+    assert [key for key, value in strict.items() if value] == [(0.0, 0.0, 1.0), (0.0, 1.0, 0.0)]
 
 
 def test_constant_on_the_left_bounds_an_input():
@@ -278,7 +280,6 @@ GOOD_HEAD = declare(1, 2)  # 3 lines; line 4 is where each case below starts
         ("(declare-const X_0 Real)", 4, 16, "declared twice"),
         ("(declare-const X_5 Int)", 4, 20, "unknown sort 'Int'"),
         ("(declare-const W_1 Real)", 4, 16, "unknown variable 'W_1'"),
-        ("(assert (<= X_0 -1))\n(assert (>= X_0 1))", 5, 9, "lower bound 1.0 > upper bound -1.0"),
         ("(assert (<= X_0 1))", 1, 16, "X_0 has no lower bound"),
         ("(assert (>= X_0 1))", 1, 16, "X_0 has no upper bound"),
     ],
@@ -291,10 +292,12 @@ def test_malformed_spec_names_line_and_column(body, line, column, words):
     assert words in message, message
 
 
-def test_empty_disjunct_box_is_an_error():
+def test_empty_disjunct_box_is_dropped():
+    """A disjunct no input satisfies adds nothing to the unsafe set: dropped, not an error."""
     text = declare(1, 1) + unit_box(1) + "(assert (or (and (>= X_0 2)) (and (<= Y_0 0))))"
-    with pytest.raises(SpecFormatError, match=r"line 5, column 18: input X_0 has lower bound 2\.0 > upper"):
-        parse_vnnlib(text)
+    (region,) = parse_vnnlib(text).regions
+    assert (region.lower[0], region.upper[0]) == (-1.0, 1.0)
+    assert rows(region.outputs[0]) == {(1.0, 0.0)}
 
 
 def test_missing_bound_inside_one_region_names_the_region():
@@ -342,3 +345,56 @@ def test_deep_nesting_does_not_recurse():
     text = declare(1, 1) + unit_box(1) + "(assert " + "(and " * depth + "(<= Y_0 1)" + ")" * depth + ")"
     (region,) = parse_vnnlib(text).regions
     assert rows(region.outputs[0]) == {(1.0, 1.0)}
+
+
+# -- blank files and encodings ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text, words", [
+    ("", "the spec is empty"),
+    ("; only a comment\n\n   ; and another\n", "the spec is empty"),
+    ("(check-sat)\n", "no input variable is declared"),
+    ("(declare-const X_0 Real)\n(assert (>= X_0 0))\n(assert (<= X_0 1))\n", "no output variable is declared"),
+    ("(declare-const Y_0 Real)\n(assert (<= Y_0 0))\n", "no input variable is declared"),
+    (declare(1, 1), "no (assert ...)"),
+])
+def test_blank_spec_is_refused_not_read_as_every_output_unsafe(tmp_path, text, words):
+    path = tmp_path / "blank.vnnlib"
+    path.write_text(text)
+    with pytest.raises(SpecFormatError, match=r"blank\.vnnlib: line 1, column 1: ") as info:
+        parse_vnnlib(path)
+    assert words in str(info.value)
+
+
+def test_utf8_byte_order_mark_is_accepted(tmp_path):
+    text = declare(1, 1) + unit_box(1) + "(assert (<= Y_0 0))\n"
+    path = tmp_path / "bom.vnnlib"
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    (region,) = parse_vnnlib(path).regions
+    assert (region.lower[0], region.upper[0]) == (-1.0, 1.0)
+    assert len(parse_vnnlib("\ufeff" + text).regions) == 1
+
+
+def test_latin1_file_names_the_file_and_the_byte(tmp_path):
+    path = tmp_path / "latin1.vnnlib"
+    path.write_bytes((declare(1, 1) + "; propriété\n" + unit_box(1)).encode("latin-1"))
+    with pytest.raises(SpecFormatError, match=r"latin1\.vnnlib: line 3, column 9: byte 0xe9 is not UTF-8"):
+        parse_vnnlib(path)
+
+
+def test_gzip_files_read_and_corrupt_ones_name_the_file(tmp_path):
+    import gzip
+    text = declare(1, 1) + unit_box(1) + "(assert (<= Y_0 0))\n"
+    good = tmp_path / "good.vnnlib.gz"
+    good.write_bytes(gzip.compress(text.encode()))
+    assert parse_vnnlib(good).n_inputs == 1
+    for name, data in [("plain.vnnlib.gz", text.encode()), ("truncated.vnnlib.gz", gzip.compress(text.encode())[:-12]),
+                       ("garbled.vnnlib.gz", gzip.compress(text.encode())[:10] + b"\x00" * 40)]:
+        path = tmp_path / name
+        path.write_bytes(data)
+        with pytest.raises(SpecFormatError, match=rf"{name}: cannot read it as a gzip-compressed VNNLIB file"):
+            parse_vnnlib(path)
+    latin = tmp_path / "latin1.vnnlib.gz"
+    latin.write_bytes(gzip.compress("; é\n".encode("latin-1") + text.encode()))
+    with pytest.raises(SpecFormatError, match=r"latin1\.vnnlib\.gz: line 1, column 3: byte 0xe9"):
+        parse_vnnlib(latin)
