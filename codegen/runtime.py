@@ -1,7 +1,13 @@
 """Small helpers the generated code calls: spec handling, accumulation, identity starts."""
 from __future__ import annotations
 
+import math
+import time
+import weakref
+
 import torch
+
+from lirpac import deadline
 
 from lirpac.codegen.patches import Patches, acc_patches, concretize_pair, to_dense
 from lirpac.ir.opdef import Interval, Linear
@@ -285,11 +291,47 @@ def tighten_chunks(reference: Interval, rows: torch.Tensor, run, bytes_per_row: 
         return reference
     size = max(1, max_memory // max(1, bytes_per_row))
     every = reference.lower[0].numel()
+# Under a deadline (lirpac.verify), an intermediate pass that may take longer than this runs in
+# chunks of about this many seconds, and the deadline is checked before each one
+DEADLINE_CHUNK_SECONDS = 0.25
+# seconds per row and sample of each pass (by its code), as last measured under a deadline
+_SECONDS_PER_ROW: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _timed_pass(rows: torch.Tensor, run, whole, max_rows: int, batch: int):
+    """The pass ``run`` over ``rows`` (of ``batch`` samples) under a deadline: at once
+    (``whole()``) when the last time it ran says it is cheap, else in chunks of about
+    DEADLINE_CHUNK_SECONDS (64 rows the first time; at most ``max_rows``), starting none that
+    would end past the deadline (lirpac.deadline.OutOfTime then)."""
+    key = getattr(run, "__code__", run)
+    per_row = _SECONDS_PER_ROW.get(key)
+    if per_row is not None and per_row * batch * rows.numel() <= DEADLINE_CHUNK_SECONDS:
+        deadline.check(per_row * batch * rows.numel(), "an intermediate bound pass")
+        return whole()
+    fit = 64 if per_row is None else int(DEADLINE_CHUNK_SECONDS / max(per_row * batch, 1e-12))
+    results = []
+    for chunk in rows.split(max(1, min(max_rows, fit))):
+        if per_row is not None:
+            deadline.check(per_row * batch * chunk.numel(), "an intermediate bound pass")
+        started = time.monotonic()
+        results.append(run(chunk))
+        per_row = (time.monotonic() - started) / (batch * chunk.numel())
+    _SECONDS_PER_ROW[key] = per_row
+    return (torch.cat([r[side] for r in results], 1) for side in (0, 1))
+
+
     if rows.numel() >= WHOLE_PASS_FRACTION * every and every <= size:
-        lower, upper = (side.index_select(1, rows) for side in run(None))
+        def whole():
+            return (side.index_select(1, rows) for side in run(None))
     elif rows.numel() <= size:
-        lower, upper = run(rows)
+        def whole():
+            return run(rows)
     else:
-        results = [run(chunk) for chunk in rows.split(size)]
-        lower, upper = (torch.cat([r[side] for r in results], 1) for side in (0, 1))
+        def whole():
+            results = [run(chunk) for chunk in rows.split(size)]
+            return (torch.cat([r[side] for r in results], 1) for side in (0, 1))
+    if deadline.left() == math.inf:
+        lower, upper = whole()
+    else:
+        lower, upper = _timed_pass(rows, run, whole, size, reference.lower.shape[0])
     return tighten(reference, lower, upper, rows, intersect)

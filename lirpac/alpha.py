@@ -21,6 +21,8 @@ from dataclasses import dataclass, field, fields
 import torch
 from torch.optim.adam import adam as adam_step
 
+from lirpac import deadline as clock
+from lirpac.deadline import OutOfTime
 from lirpac.errors import InputError
 from lirpac.ir.opdef import get_op
 from lirpac.ir.ops.common import weights_fixed
@@ -325,11 +327,21 @@ def _optimise(step, inp, C, params, output: str, opts: AlphaOptions, state: Alph
     best_A = None
     best_objective, best_alphas, stale = -math.inf, None, 0
     optimiser = alphas = None
+    iteration_seconds = time.monotonic() - started   # the first evaluation's, until one is timed
     for iteration in range(opts.iterations):
-        # (the last evaluation takes no step: no graph to record)
-        with torch.set_grad_enabled(iteration < opts.iterations - 1):
-            lower, upper, A = step(inp, C, params, state)
-            objective = (lower.sum() if lower is not None else 0) - (upper.sum() if upper is not None else 0)
+        # no iteration starts that the last one's time says would end past the time limit or
+        # the deadline (lirpac.deadline: verify's); past it, the best bound so far is returned
+        if opts.time_limit is not None and time.monotonic() + iteration_seconds - started > opts.time_limit:
+            break
+        iteration_started = time.monotonic()
+        try:
+            clock.check(iteration_seconds, "an alpha-crown iteration")
+            # (the last evaluation takes no step: no graph to record)
+            with torch.set_grad_enabled(iteration < opts.iterations - 1):
+                lower, upper, A = step(inp, C, params, state)
+                objective = (lower.sum() if lower is not None else 0) - (upper.sum() if upper is not None else 0)
+        except OutOfTime:
+            break
         if lower is not None:
             best_lower = lower.detach() if best_lower is None else torch.maximum(best_lower, lower.detach())
         if upper is not None:
@@ -360,6 +372,7 @@ def _optimise(step, inp, C, params, output: str, opts: AlphaOptions, state: Alph
             for b in betas:
                 b.clamp_(min=0)
     if best_alphas is not None:
+        iteration_seconds = time.monotonic() - iteration_started
         state.alphas, state.betas = best_alphas
     return best_lower, best_upper, best_A, state
 

@@ -43,7 +43,8 @@ def _stack_polytopes(polytopes: Sequence, dtype, device):
 
 def pgd_attack(forward: Callable[[torch.Tensor], torch.Tensor], lower: torch.Tensor, upper: torch.Tensor,
                polytopes: Sequence, *, restarts: int = 8, steps: int = 50, seed: int = 0,
-               deadline: float | None = None, start: torch.Tensor | None = None):
+               deadline: float | None = None, start: torch.Tensor | None = None,
+               first_step_seconds: float = 0.0, timing: dict | None = None):
     """Search the box [lower, upper] (each (1, *input_shape)) for inputs whose output
     ``forward(x).reshape(N, -1)`` lies in one of ``polytopes`` (objects with C (k, n_out) and
     d (k,) arrays, like lirpac.vnnlib.OutputPolytope).
@@ -52,8 +53,11 @@ def pgd_attack(forward: Callable[[torch.Tensor], torch.Tensor], lower: torch.Ten
     negative first; <= 0 means inside a polytope by the model given as ``forward``), the best
     per polytope and every one that got inside. Stops early once some candidate is inside
     (strictly, for a polytope with strict rows), and at ``deadline`` (a time.monotonic()
-    value). ``start`` (optional, (1, *shape)) seeds the first restart of each polytope;
-    otherwise the box centre does.
+    value): no step starts that would end past it, by the time the last step took (the first:
+    ``first_step_seconds``, the caller's estimate), and when not even the first can, no
+    candidate comes back; ``timing`` (a dict, optional) gets the longest step's seconds as
+    "step_seconds" and the batch's size as "samples". ``start`` (optional, (1, *shape)) seeds
+    the first restart of each polytope; otherwise the box centre does.
     """
     polytopes = [p for p in polytopes if len(p.d) > 0]
     if not polytopes:
@@ -77,7 +81,11 @@ def pgd_attack(forward: Callable[[torch.Tensor], torch.Tensor], lower: torch.Ten
     x.view(P, restarts, *shape)[:, 0] = first
     best_x = x.detach().clone()
     best_v = torch.full((P * restarts,), math.inf, dtype=dtype, device=device)
+    step_seconds = first_step_seconds
     for step in range(steps + 1):
+        if deadline is not None and time.monotonic() + step_seconds > deadline:
+            break
+        started = time.monotonic()
         x = x.detach().requires_grad_(True)
         with torch.enable_grad():
             v = violation(forward(x).reshape(x.shape[0], -1), C, d)
@@ -92,6 +100,12 @@ def pgd_attack(forward: Callable[[torch.Tensor], torch.Tensor], lower: torch.Ten
             # step size decays geometrically from width/4 to width/200
             alpha = width * (0.25 * (0.02 ** (step / max(steps - 1, 1))))
             x = torch.minimum(torch.maximum(x - alpha * grad.sign(), lower), upper)
+        step_seconds = time.monotonic() - started
+        if timing is not None:
+            timing["step_seconds"] = max(timing.get("step_seconds", 0.0), step_seconds)
+            timing["samples"] = x.shape[0]
+    if not bool(torch.isfinite(best_v).any()):   # not one step fitted before the deadline
+        return lower.new_zeros((0,) + shape), lower.new_zeros(0)
     inside = reached(best_v)
     per_polytope = best_v.view(P, restarts).argmin(1) + torch.arange(P, device=device) * restarts
     keep = inside.clone()

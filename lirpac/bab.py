@@ -24,7 +24,9 @@ from dataclasses import dataclass
 
 import torch
 
+from lirpac import deadline as clock
 from lirpac.alpha import AlphaState
+from lirpac.deadline import OutOfTime
 from lirpac.codegen.torch_backend import Plan
 from lirpac.passes.bound_needs import sign_splittable
 from lirpac.perturbation import Box
@@ -65,16 +67,31 @@ def relu_split(net, lower: torch.Tensor, upper: torch.Tensor, C: torch.Tensor, d
     group of rows has a row with ``C f(x) - d > 0`` (C: (rows, n_out), d: (rows,)): each
     group is one unsafe polytope, empty when one of its rows can never be met. Stops at
     ``deadline`` (time.monotonic()), or once ``max_domains`` sub-domains were bounded or
-    are waiting."""
+    are waiting; no batch starts that the last one's time says would end past ``deadline``
+    (the work of a batch cut short by the deadline, lirpac.deadline.OutOfTime, is dropped)."""
+    with clock.within(deadline):
+        try:
+            return _search(net, lower, upper, C, d, groups, deadline, batch, iterations, max_domains)
+        except OutOfTime as err:
+            return BabResult(None, 0, str(err))
+
+
+def _search(net, lower, upper, C, d, groups, deadline, batch, iterations, max_domains) -> BabResult:
+    """relu_split's loop."""
     nodes = {n.name: n for n in net.graph.nodes}
     splittable = set(splittable_nodes(net.graph))
     queue = [_Domain((), torch.ones(len(groups), dtype=torch.bool))]
-    bounded = 0
+    bounded, last = 0, 0.0
     while queue:
-        if time.monotonic() >= deadline or max(bounded, len(queue)) >= max_domains:
+        if time.monotonic() + last >= deadline or max(bounded, len(queue)) >= max_domains:
             return BabResult(None, bounded, f"{bounded} sub-domains bounded, {len(queue)} left")
+        started = time.monotonic()
         chunk, queue = queue[-batch:], queue[:-batch]
-        margins, state, inputs = _bound(net, chunk, nodes, lower, upper, C, d, iterations, deadline)
+        try:
+            margins, state, inputs = _bound(net, chunk, nodes, lower, upper, C, d, iterations, deadline)
+        except OutOfTime:
+            return BabResult(None, bounded, f"{bounded} sub-domains bounded, {len(queue) + len(chunk)} left "
+                             "(out of time)")
         bounded += len(chunk)
         empty = _infeasible(state, len(chunk))
         todo = []
@@ -86,6 +103,7 @@ def relu_split(net, lower: torch.Tensor, upper: torch.Tensor, C: torch.Tensor, d
         if not todo:
             continue
         picks = _branch(net, state, inputs, [b for b, _ in todo], splittable)
+        last = time.monotonic() - started
         for (b, dom), score in zip(todo, picks):
             if score is None:
                 return BabResult(None, bounded, "a sub-domain has no unstable ReLU left to split")

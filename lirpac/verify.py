@@ -33,11 +33,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from lirpac import deadline as clock
+from lirpac.deadline import OutOfTime, validate_timeout
 from lirpac.errors import InputError
 from lirpac.perturbation import Box
 from lirpac.vnnlib import Spec, parse_vnnlib
 
-__all__ = ["VerificationResult", "verify", "default_method", "STATUSES"]
+__all__ = ["VerificationResult", "verify", "default_method", "check_method", "STATUSES"]
 
 STATUSES = ("holds", "violated", "unknown", "timeout", "error")
 # share of the budget the first PGD rounds may use, and at most this many rounds
@@ -56,6 +58,13 @@ SPLIT_BATCH = 256          # sub-boxes per bound call
 SPLIT_MAX_BOXES = 200_000  # queue size past which splitting gives up
 # share of the time left after alpha-CROWN that ReLU branch and bound may use (the rest: PGD)
 RELU_SPLIT_SHARE = 0.8
+# spec rows (over all polytopes of a region) past which a spec is refused: real specs have a
+# few dozen, and every bound call and attack carries them all
+MAX_REGION_ROWS = 10_000
+# spec rows per bound call (boxes are bounded in groups of at most this many rows)
+BOUND_ROWS = 4096
+# polytopes per PGD call (each gets its restarts in one batch)
+ATTACK_POLYTOPES = 64
 
 
 @dataclass
@@ -97,8 +106,17 @@ def default_method() -> str:
     return "alpha-crown" if "alpha-crown" in METHODS else "crown"
 
 
-class _OutOfTime(Exception):
-    pass
+def check_method(method: str | None) -> str:
+    """The method's canonical name (default: `default_method()`); an unknown one is an
+    InputError naming the accepted ones, before any work (a typo would otherwise run the whole
+    budget and fail in the bounds)."""
+    from lirpac.codegen.torch_backend import METHODS
+    if method is None:
+        return default_method()
+    name = method.lower() if isinstance(method, str) else method
+    if name not in METHODS:
+        raise InputError(f"unknown method {method!r}: expected one of {', '.join(METHODS)}")
+    return name
 
 
 def _inward_box(lower: np.ndarray, upper: np.ndarray, dtype: torch.dtype,
@@ -132,6 +150,13 @@ class _Instance:
                              "spec for this model?")
         if net.module is None:
             raise InputError("onnxruntime is needed to confirm counterexamples (pip install onnxruntime)")
+        for r, region in enumerate(spec.regions):
+            rows = sum(len(p.d) for p in region.outputs)
+            if rows > MAX_REGION_ROWS:
+                raise InputError(f"region {r} of the spec has {len(region.outputs)} unsafe polytopes with {rows} "
+                                 f"rows in all (its DNF), more than the {MAX_REGION_ROWS} lirpac verify bounds "
+                                 "at once: split the property into several files")
+        self._step_seconds = None   # PGD: seconds of one step per sample (measured once)
         # the parts of the input left to prove: at first each region's whole box
         self.boxes = [_SubBox(r, list(range(len(region.outputs))), torch.from_numpy(region.lower),
                               torch.from_numpy(region.upper)) for r, region in enumerate(spec.regions)]
@@ -159,8 +184,22 @@ class _Instance:
             return x64, y
         return None
 
+    def step_seconds(self) -> float:
+        """Seconds one PGD step takes per sample (forward and gradient on the IR), measured once
+        on two samples: what a first step costs, before the attack has timed any."""
+        from lirpac.ir.interpret import evaluate
+        if self._step_seconds is None:
+            x = torch.zeros((2, *self.shape), dtype=self.dtype, requires_grad=True)
+            started = time.monotonic()
+            with torch.enable_grad():
+                torch.autograd.grad(evaluate(self.net.graph, x).sum(), x)
+            self._step_seconds = (time.monotonic() - started) / 2
+        return self._step_seconds
+
     def attack(self, seed: int, deadline: float, restarts: int = 8, steps: int = 50):
-        """One PGD round on every region; a confirmed counterexample or None."""
+        """One PGD round on every region, its polytopes in groups of ATTACK_POLYTOPES; a
+        confirmed counterexample or None. No group whose first step would end past
+        ``deadline`` starts."""
         from lirpac.attack import pgd_attack
         from lirpac.ir.interpret import evaluate
         for region in self.spec.regions:
@@ -170,21 +209,42 @@ class _Instance:
                 found = self.confirm(region, (lo + hi) / 2)
                 if found:
                     return found
-            candidates, viol = pgd_attack(lambda x: evaluate(self.net.graph, x), lo, hi, region.outputs,
-                                          restarts=restarts, steps=steps, seed=seed, deadline=deadline)
-            for x in candidates[:4]:   # the most violating few, confirmed on onnxruntime
-                found = self.confirm(region, x)
-                if found:
-                    return found
-            if time.monotonic() > deadline:
-                break
+            for first in range(0, len(region.outputs), ATTACK_POLYTOPES):
+                group = region.outputs[first:first + ATTACK_POLYTOPES]
+                first_step = self.step_seconds() * len(group) * restarts
+                if time.monotonic() + first_step > deadline:
+                    return None
+                timing = {}
+                candidates, viol = pgd_attack(lambda x: evaluate(self.net.graph, x), lo, hi, group,
+                                              restarts=restarts, steps=steps, seed=seed, deadline=deadline,
+                                              first_step_seconds=first_step, timing=timing)
+                if timing:   # the steps' own time beats the two-sample estimate
+                    self._step_seconds = timing["step_seconds"] / timing["samples"]
+                for x in candidates[:4]:   # the most violating few, confirmed on onnxruntime
+                    found = self.confirm(region, x)
+                    if found:
+                        return found
         return None
 
     # -- proof --------------------------------------------------------------------------
     def bound(self, boxes: list[_SubBox], method: str, split: bool = False) -> list[_SubBox]:
-        """Bound the open polytopes of ``boxes`` (one batched call) and return the boxes that
-        still have open polytopes; with ``split``, each of those comes back as its two
-        halves along the input dim that the linear lower bounds depend on most."""
+        """Bound the open polytopes of ``boxes`` (batched calls of at most BOUND_ROWS spec rows)
+        and return the boxes that still have open polytopes; with ``split``, each of those comes
+        back as its two halves along the input dim that the linear lower bounds depend on most.
+        No call starts that the last one's time says would end past the deadline."""
+        left, group, rows, last = [], [], 0, 0.0
+        for k, box in enumerate(boxes):
+            group.append(box)
+            rows += sum(len(self.spec.regions[box.region].outputs[p].d) for p in box.open)
+            if rows >= BOUND_ROWS or k == len(boxes) - 1:
+                clock.check(last, f"a {method} bound call")
+                started = time.monotonic()
+                left += self.bound_group(group, method, split)
+                last, group, rows = time.monotonic() - started, [], 0
+        return left
+
+    def bound_group(self, boxes: list[_SubBox], method: str, split: bool) -> list[_SubBox]:
+        """`bound` in one batched call."""
         polys = [[self.spec.regions[b.region].outputs[p] for p in b.open] for b in boxes]
         n_rows = max(1, max(sum(len(poly.d) for poly in ps) for ps in polys))
         C = torch.zeros(len(boxes), n_rows, self.spec.n_outputs, dtype=torch.float64)
@@ -240,18 +300,24 @@ class _Instance:
         """Branch and bound on the input box: bound sub-boxes in batches, split the undecided
         ones in two. True when all are proved; None when time or the box budget ran out.
         Each batch's box centres are also tried as counterexamples (``self.found``)."""
-        queue, bounded = list(self.boxes), 0
+        queue, bounded, last = list(self.boxes), 0, 0.0
         while queue:
-            if self.time_left() <= 0 or len(queue) > SPLIT_MAX_BOXES:
+            if self.time_left() <= last or len(queue) > SPLIT_MAX_BOXES:
                 self.log.append(f"input splitting: {bounded} boxes bounded, {len(queue)} left")
                 self.boxes = queue
                 return None
+            started = time.monotonic()
             batch, queue = queue[-SPLIT_BATCH:], queue[:-SPLIT_BATCH]
             self.found = self.try_centres(batch)
             if self.found:
                 return False
-            queue.extend(self.bound(batch, method, split=True))
+            try:
+                queue.extend(self.bound(batch, method, split=True))
+            except OutOfTime:
+                queue.extend(batch)
+                continue
             bounded += len(batch)
+            last = time.monotonic() - started
         self.log.append(f"input splitting: proved with {bounded} boxes bounded")
         self.boxes = []
         return True
@@ -354,48 +420,63 @@ def verify(model, spec, method: str | None = None, timeout: float = 60.0, *,
     status "holds", "violated" (with a counterexample confirmed by onnxruntime), "unknown",
     "timeout" or "error" (the message says why: a missing file, a malformed model or spec).
     """
+    timeout = validate_timeout(timeout)
     start = time.monotonic()
-    deadline = start + float(timeout)
+    deadline = start + timeout
     log: list[str] = []
-    method = (method or default_method()).lower()
+    method = check_method(method)
 
     def result(status, **kw):
         return VerificationResult(status, time.monotonic() - start, method, log=log, **kw)
 
     try:
-        net, spec = _load(model, spec)
-        inst = _Instance(net, spec, deadline, log)
-        if not spec.regions:   # no input (or no output) is unsafe: nothing to search or bound
-            return result("holds", message=spec.empty_reason or "the spec's unsafe set is empty")
-        if attack:   # rounds with new seeds until the first attack's share of the time is spent
-            budget = min(start + FIRST_ATTACK_SHARE * float(timeout), deadline)
-            for round_ in range(FIRST_ATTACK_ROUNDS):
-                found = inst.attack(seed + 1000 * round_, budget)
-                if found:
-                    return result("violated", counterexample=found, message="PGD counterexample")
-                if time.monotonic() >= budget:
-                    break
-        if time.monotonic() > deadline:
-            return result("timeout")
-        try:
-            decided = _prove(inst, method)
-        except Exception as err:  # a bound the backend cannot compute: still try to falsify
-            decided, proof_error = None, f"bounds failed: {type(err).__name__}: {err}"
-            log.append(proof_error)
-        else:
-            proof_error = None
-        if decided:
-            status, how, found = decided
-            return result(status, message=how, counterexample=found)
-        if attack:
-            for round_ in range(1, LATE_ATTACK_ROUNDS + 1):
-                if inst.time_left() <= 0:
-                    break
-                found = inst.attack(seed + round_, deadline, restarts=16, steps=100)
-                if found:
-                    return result("violated", counterexample=found, message="PGD counterexample")
-        if proof_error:
-            return result("error", message=proof_error)
-        return result("timeout" if inst.time_left() <= 0 else "unknown")
+        with clock.within(deadline):
+            return _decide(model, spec, method, deadline, attack, seed, log, result)
+    except OutOfTime as err:
+        log.append(str(err))
+        return result("timeout")
     except Exception as err:  # a missing file, a malformed model or spec, an op lirpac lacks
         return result("error", message=f"{type(err).__name__}: {err}")
+
+
+def _decide(model, spec, method: str, deadline: float, attack: bool, seed: int, log: list[str],
+            result) -> VerificationResult:
+    """verify's steps, under its deadline (lirpac.deadline): a unit of work that would end past
+    it raises OutOfTime."""
+    net, spec = _load(model, spec)
+    inst = _Instance(net, spec, deadline, log)
+    if not spec.regions:   # no input (or no output) is unsafe: nothing to search or bound
+        return result("holds", message=spec.empty_reason or "the spec's unsafe set is empty")
+    if attack:   # rounds with new seeds until the first attack's share of the time is spent
+        budget = time.monotonic() + FIRST_ATTACK_SHARE * inst.time_left()
+        for round_ in range(FIRST_ATTACK_ROUNDS):
+            found = inst.attack(seed + 1000 * round_, budget)
+            if found:
+                return result("violated", counterexample=found, message="PGD counterexample")
+            if time.monotonic() >= budget:
+                break
+    if time.monotonic() > deadline:
+        return result("timeout")
+    try:
+        decided = _prove(inst, method)
+    except OutOfTime as err:   # a pass that would have ended past the deadline did not start
+        decided, proof_error = None, None
+        log.append(f"bounds: {err}")
+    except Exception as err:  # a bound the backend cannot compute: still try to falsify
+        decided, proof_error = None, f"bounds failed: {type(err).__name__}: {err}"
+        log.append(proof_error)
+    else:
+        proof_error = None
+    if decided:
+        status, how, found = decided
+        return result(status, message=how, counterexample=found)
+    if attack:
+        for round_ in range(1, LATE_ATTACK_ROUNDS + 1):
+            if inst.time_left() <= 0:
+                break
+            found = inst.attack(seed + round_, deadline, restarts=16, steps=100)
+            if found:
+                return result("violated", counterexample=found, message="PGD counterexample")
+    if proof_error:
+        return result("error", message=proof_error)
+    return result("timeout" if inst.time_left() <= 0 else "unknown")

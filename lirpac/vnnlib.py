@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from lirpac import deadline
 from lirpac.errors import SpecFormatError
 
 __all__ = ["OutputPolytope", "Region", "Spec", "parse_vnnlib"]
@@ -407,6 +408,7 @@ class _Parser:
                                  f"{_MAX_CONJUNCTS} conjuncts: expected fewer, smaller (or ...)")
         terms = [shared]
         for disjunction in disjunctions:
+            deadline.check(what="expanding the spec's (or ...) into DNF")   # verify's, if any
             terms = [term + alternative for term in terms for alternative in disjunction]
         return terms
 
@@ -465,6 +467,7 @@ class _Parser:
         regions: dict[bytes, Region] = {}  # conjuncts with equal boxes share a region
         empty_boxes = []  # why each dropped conjunct's box is empty
         for term in terms:
+            deadline.check(what="building the spec's polytopes")   # verify's deadline, if any
             box, key = base_box, base_key
             if any(atom[0] != _Y_ROW for atom in term):
                 box = self.box(base_box.copy(), term)

@@ -172,7 +172,13 @@ def test_bound_failure_is_an_error_but_still_falsifies(files, monkeypatch):
 
 
 def test_timeout(files):
-    assert verify(str(files["model"]), str(files["holds"]), timeout=0).status == "timeout"
+    assert verify(str(files["model"]), str(files["holds"]), timeout=1e-9).status == "timeout"
+
+
+@pytest.mark.parametrize("timeout", [0, -1, float("nan"), float("inf"), "soon", None, True])
+def test_timeout_must_be_finite_and_positive(files, timeout):
+    with pytest.raises(lirpac.errors.InputError, match="timeout must be"):
+        verify(str(files["model"]), str(files["holds"]), timeout=timeout)
 
 
 def test_errors(files, tmp_path):
