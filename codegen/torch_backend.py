@@ -429,8 +429,12 @@ class _Emitter:
 
     def patch_inputs(self, n: Node, geo) -> list | None:
         """Geometry on each perturbed input of ``n`` from its own, or None if ``n`` cannot
-        pass Patches on (no patch rule, not 2-D maps)."""
-        if get_op(n.op).backward_patches is None:
+        pass Patches on (no patch rule, not 2-D maps, a window the op cannot keep)."""
+        opdef = get_op(n.op)
+        if opdef.backward_patches is None:
+            return None
+        window = None if opdef.reads_window is None else opdef.reads_window(n.attrs, [i.shape for i in n.inputs])
+        if opdef.reads_window is not None and window is None:
             return None
         outs = []
         for i in n.inputs:
@@ -438,10 +442,8 @@ class _Emitter:
                 continue
             if len(i.shape) != 3:
                 return None
-            if n.op == "conv":
-                weight = n.inputs[1].shape
-                outs.append((i, patches.conv_geometry(geo, n.attrs["stride"], n.attrs["padding"],
-                                                      n.attrs["dilation"], weight[2:])))
+            if window is not None:
+                outs.append((i, patches.conv_geometry(geo, *window)))
             elif i.shape == n.shape:
                 outs.append((i, geo))
             else:

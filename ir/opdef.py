@@ -61,6 +61,13 @@ class OpDef:
     # Backward on Patches (codegen/patches.py: one window per row on a (C, H, W) node), same
     # convention as ``backward``; an op without it makes the code generator go dense first.
     backward_patches: Callable[..., Any] | None = None
+    # Ops whose output position on a (C, H, W) map reads a window of each perturbed input (conv,
+    # pooling, channel concatenation): reads_window(attrs, in_shapes) -> (stride, padding,
+    # dilation, kernel), one pair per spatial dim, or None where a row cannot stay a window
+    # (in_shapes: every input's shape, per sample for perturbed ones). Without it, Patches pass
+    # only to inputs of the op's own shape. The code generator sizes windows with it
+    # (codegen/patches.py), the cost model (passes/bound_needs.py) a backward row's work.
+    reads_window: Callable[..., Any] | None = None
     # Affine ops on an Lp ball: ibp_ball(center, eps, dual, *consts, **attrs) -> Interval, the
     # exact range f(c) +- eps * ||row||_dual (IBP's box around the ball is looser there).
     ibp_ball: Callable[..., Interval] | None = None

@@ -135,10 +135,13 @@ def _line_work(graph: Graph, target: Node) -> int:
 def _window_in(m: Node, extent: tuple[int, int]) -> tuple[int, int] | None:
     """The window on ``m``'s perturbed (C, H, W) inputs that an ``extent`` window on its
     output reads, or None when one row's coefficients there are dense (another shape)."""
-    if m.op == "conv":
-        attrs, kernel = m.attrs, m.inputs[1].shape[2:]
-        return tuple((e - 1) * s + (k - 1) * d + 1 for e, s, d, k
-                     in zip(extent, attrs["stride"], attrs["dilation"], kernel))
+    reads_window = get_op(m.op).reads_window
+    if reads_window is not None:
+        window = reads_window(m.attrs, [i.shape for i in m.inputs])
+        if window is None:
+            return None
+        stride, _, dilation, kernel = window
+        return tuple((e - 1) * s + (k - 1) * d + 1 for e, s, d, k in zip(extent, stride, dilation, kernel))
     if all(i.shape == m.shape for i in m.inputs if i.perturbed):
         return extent
     return None

@@ -312,12 +312,13 @@ def elementwise(name: str, fn, relax, ibp=None, aten: tuple[str, ...] = (), doc:
 # -- ops that are linear maps of their single perturbed input ------------------------------
 
 def linear_map(name: str, fn, *, transpose=None, rows_transpose=None, doc: str = "",
-               backward_memory: str = "unknown") -> OpDef:
+               backward_memory: str = "unknown", **patch_rules) -> OpDef:
     """Register a structural op y = L(x) whose matrix is 0/1 or nonnegative (reshape, permute,
     slicing, pooling, sums): IBP maps both ends, forward mode maps every function, backward
     applies the transpose (given, or by autograd's vector-Jacobian product) to the
     coefficients folded into one batch dimension, or ``rows_transpose(a, in_shape, **attrs)``
-    to the (B, S, *shape) coefficients directly (reshape: one view instead of three)."""
+    to the (B, S, *shape) coefficients directly (reshape: one view instead of three).
+    ``patch_rules``: the OpDef's optional ``backward_patches`` and ``reads_window``."""
     def ibp(x: Interval, **attrs) -> Interval:
         return Interval(fn(x.lower, **attrs), fn(x.upper, **attrs))
 
@@ -335,7 +336,7 @@ def linear_map(name: str, fn, *, transpose=None, rows_transpose=None, doc: str =
 
     return register(OpDef(name=name, forward=fn, ibp=ibp, backward=backward,
                           forward_mode=forward_mode, backward_needs_shapes=True, doc=doc,
-                          backward_memory=backward_memory))
+                          backward_memory=backward_memory, **patch_rules))
 
 
 def vjp_transpose(fn, a: torch.Tensor, in_shape, **attrs) -> torch.Tensor:

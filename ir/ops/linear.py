@@ -204,6 +204,8 @@ register(OpDef(
 def _bn_scale_shift(ndim, weight, bias, mean, var, eps):
     scale = torch.rsqrt(var + eps)
     if weight is not None:
+    reads_window=lambda attrs, in_shapes: (attrs["stride"], attrs["padding"], attrs["dilation"],
+                                           tuple(in_shapes[1][2:])),
         scale = scale * weight
     shift = -mean * scale
     if bias is not None:

@@ -6,11 +6,13 @@ of the full batch-first tensor (dim 0 is the batch and never moves).
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
 from lirpac.ir.opdef import Interval, Linear, OpDef, register
-from lirpac.ir.ops.common import bias_of, fold_opt, linear_map
+from lirpac.ir.ops.common import bias_of, both_sides, fold_opt, linear_map
 
 
 def _reshape(x, *, shape):
@@ -131,9 +133,32 @@ def _cat_forward_mode(*xs, dim):
                   torch.cat([p.uw for p in parts], dim + 1), torch.cat([p.ub for p in parts], dim))
 
 
+def _cat_backward_patches(lA, uA, *xs, dim, in_shapes, sizes):
+    """Channel concatenation of (C, H, W) maps: each operand takes its channels of every
+    window (the positions are the same); a constant operand's part joins the bias."""
+    coeffs, lbias, ubias, offset = [], 0, 0, 0
+    for x, size in zip(xs, sizes):
+        la, ua = (None if a is None else type(a)(a.coeff.narrow(2, offset, size), a.top, a.left,
+                                                  (size, *a.shape[1:])) for a in (lA, uA))
+        offset += size
+        if isinstance(x, torch.Tensor):
+            coeffs.append(None)
+            lbias = lbias + (0 if la is None else la.bias(x))
+            ubias = ubias + (0 if ua is None else ua.bias(x))
+        else:
+            coeffs.append((la, ua))
+    return coeffs, lbias, ubias
+
+
+def _cat_reads_window(attrs, in_shapes):
+    """A concatenation of (C, H, W) maps along C keeps every position: a 1x1 window."""
+    return ((1, 1), (0, 0), (1, 1), (1, 1)) if attrs["dim"] in (1, -3) else None
+
+
 register(OpDef(name="cat", forward=lambda *xs, dim, sizes=None: _cat(*xs, dim=dim),
                ibp=lambda *xs, dim, sizes=None: _cat_ibp(*xs, dim=dim),
                backward=_cat_backward,
+               backward_patches=_cat_backward_patches, reads_window=_cat_reads_window,
                forward_mode=lambda *xs, dim, sizes=None: _cat_forward_mode(*xs, dim=dim),
                backward_needs_shapes=True,
                doc="concatenate along a non-batch dim; sizes = each operand's extent there"))
@@ -149,7 +174,28 @@ def _avg_pool(x, *, kernel_size, stride, padding, ceil_mode=False, count_include
     return pool(x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
 
 
-linear_map("avg_pool", _avg_pool, doc="average pooling (1-3 spatial dims)")
+def _avg_pool_exact_as_conv(attrs) -> bool:
+    """2-D average pooling that is a depthwise convolution with weights 1 / (kh * kw)."""
+    return (len(attrs["kernel_size"]) == 2 and not attrs.get("ceil_mode", False)
+            and attrs.get("divisor_override") is None
+            and (attrs.get("count_include_pad", True) or not any(attrs["padding"])))
+
+
+def _avg_pool_backward_patches(lA, uA, x, *, in_shapes, kernel_size, stride, padding, **attrs):
+    """Each row's window goes back through the pooling as through its depthwise convolution."""
+    channels = in_shapes[0][0]
+    like = lA.coeff if lA is not None else uA.coeff
+    weight = like.new_full((channels, 1, *kernel_size), 1.0 / math.prod(kernel_size))
+
+    def back(a):
+        return a.conv_transpose(weight, stride, padding, (1, 1), channels, in_shapes[0])
+    return [both_sides(lA, uA, back)], 0, 0
+
+
+linear_map("avg_pool", _avg_pool, doc="average pooling (1-3 spatial dims)",
+           backward_patches=_avg_pool_backward_patches,
+           reads_window=lambda attrs, in_shapes: ((attrs["stride"], attrs["padding"], (1, 1), attrs["kernel_size"])
+                                                  if _avg_pool_exact_as_conv(attrs) else None))
 
 
 def _adaptive_avg_pool(x, *, output_size):

@@ -51,7 +51,28 @@ class TwoBlocks(nn.Module):
         return self.fc(F.adaptive_avg_pool2d(h, 1).flatten(1))
 
 
+class DensePooled(nn.Module):
+    """DenseNet's pattern: channel concatenations (with a constant operand too), average
+    pooling as a depthwise convolution, and one pooling that is not one (padding left out of
+    the count), where the windows must go dense."""
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(2, 3, 3, padding=1), nn.Conv2d(5, 2, 3, padding=1)
+        self.c3 = nn.Conv2d(8, 3, 1)
+        self.register_buffer("const", torch.linspace(-1, 1, 16).reshape(1, 1, 4, 4))
+        self.fc = nn.Linear(3 * 2 * 2, 3)
+
+    def forward(self, x):                           # x: (B, 2, 8, 8)
+        h = torch.cat([x, F.relu(self.c1(x))], 1)   # (5, 8, 8)
+        h = torch.cat([h, F.relu(self.c2(h)) + 0.1, F.relu(-h[:, :1])], 1)   # (8, 8, 8)
+        h = F.avg_pool2d(F.relu(h), 2)              # (8, 4, 4)
+        h = torch.cat([F.relu(self.c3(h))[:, :2], self.const.expand(x.shape[0], 1, 4, 4)], 1)
+        h = F.avg_pool2d(F.relu(h), 3, stride=2, padding=1, count_include_pad=False)   # (3, 2, 2)
+        return self.fc(F.relu(h).flatten(1))
+
+
 MODELS = {
+    "dense_pooled": (DensePooled, (2, 8, 8)),
     "strided": (StridedDilatedGrouped, (2, 10, 9)),
     "two_blocks": (TwoBlocks, (1, 8, 8)),
     "convnet": (ConvNet, (2, 8, 8)),
