@@ -221,7 +221,7 @@ def test_cli_batch_with_expected(files, tmp_path, capsys):
     assert "[2/2]" in captured.err and re.search(r"holds.*\n\s+1\s+1\s+0\s+0\s+0\s+0", captured.out)
     (tmp_path / "broken.onnx").write_bytes(b"not onnx")
     (tmp_path / "errors.csv").write_text("broken.onnx,holds.vnnlib,5\ntiny.onnx,holds.vnnlib,5\nbroken.onnx,holds.vnnlib,5\n")
-    assert main(["verify", "--instances", str(tmp_path / "errors.csv")]) == 0   # --root: the csv's folder
+    assert main(["verify", "--instances", str(tmp_path / "errors.csv")]) == 2   # --root: the csv's folder; errors: 2
     captured = capsys.readouterr()
     assert captured.err.count("error") == 2 and "ModelFormatError" in captured.err
     (tmp_path / "wrong.csv").write_text("tiny.onnx,holds.vnnlib,sat\nrank1.onnx,violated.vnnlib,unsat\n")
