@@ -19,10 +19,19 @@ A configuration that raises prints the exception's class in its row instead of n
 that runs past ``--timeout`` or is killed (e.g. out of memory) says so.  Workers run one at a
 time so timings do not compete for the cores.
 
+``--reference PYTHON`` runs every configuration a second time, right after lirpac's, with the
+reference library (auto_LiRPA, installed beside torch in the environment of that interpreter:
+see shared/reference/README.md) on the same model, input and set, and adds its time, the ratio
+(reference time / lirpac time: above 1, lirpac is faster) and the width ratio (lirpac's mean
+width / the reference's: at most 1 is as tight or tighter). ``--calibration`` adds the CIFAR
+shapes the cost model is checked on (``CALIBRATION_MODELS`` in examples/models/zoo.py).
+
     python benchmarks/bounds.py --quick
     python benchmarks/bounds.py --models mlp cnn_2c --methods ibp crown --batch 1 32 --json out.json
+    python benchmarks/bounds.py --calibration --methods crown --batch 1 2 32 --reference ../ref-venv/bin/python
 """
 import argparse
+import importlib.util
 import json
 import math
 import os
@@ -140,6 +149,63 @@ def _soundness_check(model, x, eps, lb, ub, n_corners=8):
     return worst
 
 
+def _zoo():
+    """examples/models/zoo.py loaded from its file: the reference's environment may hold a
+    package named ``examples`` that would shadow the repository's."""
+    spec = importlib.util.spec_from_file_location("_bench_zoo", REPO / "examples" / "models" / "zoo.py")
+    zoo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(zoo)
+    return zoo
+
+
+def all_models() -> dict:
+    zoo = _zoo()
+    return {**zoo.BENCHMARK_MODELS, **zoo.CALIBRATION_MODELS}
+
+
+# lirpac's method names as the reference library spells them
+REFERENCE_METHODS = {"ibp": "IBP", "crown": "CROWN", "crown-ibp": "CROWN-IBP", "forward": "forward",
+                     "forward+crown": "forward+backward", "alpha-crown": "CROWN-Optimized"}
+
+
+def _lirpac_call(cfg, model, x, example, res, sync):
+    """Compile with lirpac (timed) and return the bound call."""
+    import lirpac
+    t0 = time.perf_counter()
+    net = lirpac.compile(model, example, conv_mode=cfg.get("conv_mode", "auto"),
+                         max_memory=cfg.get("max_memory"))
+    sync()
+    res["compile_s"] = time.perf_counter() - t0
+    ptb = lirpac.LpBall(eps=cfg["eps"])
+
+    def call():
+        out = net.bounds(x, ptb, method=cfg["method"])
+        sync()
+        return out
+    return call
+
+
+def _reference_call(cfg, model, x, example, res, sync):
+    """Wrap the model with the reference library (timed as "compile") and return its bound
+    call on the same L-inf ball."""
+    import torch
+    from auto_LiRPA import BoundedModule, BoundedTensor, PerturbationLpNorm
+    t0 = time.perf_counter()
+    opts = {"optimize_bound_args": {"iteration": 20}} if cfg["method"] == "alpha-crown" else {}
+    bounded = BoundedModule(model, torch.empty_like(x), bound_opts=opts, device=cfg["device"],
+                            verbose=False)
+    sync()
+    res["compile_s"] = time.perf_counter() - t0
+    bx = BoundedTensor(x, PerturbationLpNorm(eps=cfg["eps"], norm=float("inf")))
+    method = REFERENCE_METHODS[cfg["method"]]
+
+    def call():
+        out = bounded.compute_bounds(x=(bx,), method=method)
+        sync()
+        return out
+    return call
+
+
 def run_worker(cfg):
     """Measure one configuration; returns a JSON-able dict (never raises)."""
     res = {"model": cfg["model"], "method": cfg["method"], "batch": cfg["batch"],
@@ -149,8 +215,6 @@ def run_worker(cfg):
         import torch
         if cfg.get("threads"):
             torch.set_num_threads(cfg["threads"])
-        import lirpac
-        from examples.models.zoo import BENCHMARK_MODELS
 
         device = torch.device(cfg["device"])
         cuda = device.type == "cuda"
@@ -160,7 +224,7 @@ def run_worker(cfg):
                 torch.cuda.synchronize(device)
 
         stage = "model"
-        factory, shape = BENCHMARK_MODELS[cfg["model"]]
+        factory, shape = all_models()[cfg["model"]]
         model = factory(seed=cfg["seed"]).to(device)
         g = torch.Generator().manual_seed(INPUT_SEED)
         x_all = torch.rand(max(MAX_BATCH, cfg["batch"]), *shape, generator=g)
@@ -169,19 +233,10 @@ def run_worker(cfg):
         eps = cfg["eps"]
 
         stage = "compile"
-        t0 = time.perf_counter()
-        net = lirpac.compile(model, example, conv_mode=cfg.get("conv_mode", "auto"),
-                             max_memory=cfg.get("max_memory"))
-        sync()
-        res["compile_s"] = time.perf_counter() - t0
-        ptb = lirpac.LpBall(eps=eps)
+        make_call = _reference_call if cfg.get("reference") else _lirpac_call
+        call = make_call(cfg, model, x, example, res, sync)
 
         _limit_address_space(cfg.get("mem_limit_gb"))
-
-        def call():
-            out = net.bounds(x, ptb, method=cfg["method"])
-            sync()
-            return out
 
         stage = "bounds"
         with torch.no_grad():
@@ -268,10 +323,11 @@ def run_worker(cfg):
 # driver
 # --------------------------------------------------------------------------------------------
 
-def run_config(cfg, timeout):
-    """Run one configuration in a fresh subprocess; returns its result dict."""
+def run_config(cfg, timeout, python=None):
+    """Run one configuration in a fresh subprocess (of ``python``, default this interpreter);
+    returns its result dict."""
     base = {"model": cfg["model"], "method": cfg["method"], "batch": cfg["batch"], "eps": cfg["eps"]}
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--_worker", json.dumps(cfg)]
+    cmd = [python or sys.executable, str(Path(__file__).resolve()), "--_worker", json.dumps(cfg)]
     env = dict(os.environ)
     # the repository root (for examples.models) after any user PYTHONPATH entries
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [env.get("PYTHONPATH"), str(REPO)]))
@@ -304,17 +360,34 @@ def _fmt(v, spec):
     return format(v, spec)
 
 
-COLUMNS = [("model", "<", 10), ("method", "<", 13), ("batch", ">", 5), ("time (ms)", ">", 12),
+COLUMNS = [("model", "<", 14), ("method", "<", 13), ("batch", ">", 5), ("time (ms)", ">", 12),
            ("peak mem (MB)", ">", 13), ("mean width", ">", 11), ("compile (s)", ">", 11)]
+REFERENCE_COLUMNS = [("ref time (ms)", ">", 13), ("ref/lirpac", ">", 10), ("ref mem (MB)", ">", 12),
+                     ("width ratio", ">", 11)]
 
 
-def table_header():
-    cells = [f"{name:{al}{w}}" for name, al, w in COLUMNS]
-    rule = [("-" * (w + 1) + ":") if al == ">" else "-" * (w + 2) for name, al, w in COLUMNS]
+def table_header(reference=False):
+    columns = COLUMNS + (REFERENCE_COLUMNS if reference else [])
+    cells = [f"{name:{al}{w}}" for name, al, w in columns]
+    rule = [("-" * (w + 1) + ":") if al == ">" else "-" * (w + 2) for name, al, w in columns]
     return "| " + " | ".join(cells) + " |\n|" + "|".join(rule) + "|"
 
 
-def table_row(r):
+def reference_cells(r, ref) -> str:
+    """The reference's columns of a row: its time, the speed ratio, its memory, the width ratio."""
+    if "error" in ref:
+        cells = [ref["error"], "", "", ""]
+    else:
+        ok = "error" not in r
+        width = ref.get("mean_width")
+        cells = [_fmt(ref.get("time_ms"), ".2f"),
+                 _fmt(ref["time_ms"] / r["time_ms"], ".2f") if ok else "-",
+                 _fmt(ref.get("peak_mem_mb"), ".1f"),
+                 _fmt(r["mean_width"] / width, ".4f") if ok and width else "-"]
+    return " " + " | ".join(f"{c:{al}{w}}" for c, (_, al, w) in zip(cells, REFERENCE_COLUMNS)) + " |"
+
+
+def table_row(r, ref=None):
     if "error" in r:
         cells = [r["model"], r["method"], str(r["batch"]), r["error"], "", "",
                  _fmt(r.get("compile_s"), ".2f")]
@@ -331,6 +404,8 @@ def table_row(r):
         else:
             out.append(f"{c:{al}{w}}")
     line = "| " + " | ".join(out) + " |"
+    if ref is not None:
+        line += reference_cells(r, ref)
     if r.get("warning"):
         line += f"  <- {r['warning']}"
     return line
@@ -362,13 +437,21 @@ def environment():
 
 
 def main(argv=None):
-    from examples.models.zoo import BENCHMARK_MODELS
+    zoo = _zoo()
+    models = all_models()
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", nargs="+", default=list(BENCHMARK_MODELS),
-                   choices=list(BENCHMARK_MODELS), metavar="MODEL",
-                   help=f"models to run (default: all of {', '.join(BENCHMARK_MODELS)})")
+    p.add_argument("--models", nargs="+", default=list(zoo.BENCHMARK_MODELS),
+                   choices=list(models), metavar="MODEL",
+                   help=f"models to run (default: {', '.join(zoo.BENCHMARK_MODELS)}; "
+                        f"also: {', '.join(zoo.CALIBRATION_MODELS)})")
+    p.add_argument("--calibration", action="store_true",
+                   help="add the calibration models (CIFAR shapes: "
+                        f"{', '.join(zoo.CALIBRATION_MODELS)})")
+    p.add_argument("--reference", metavar="PYTHON",
+                   help="also run each configuration with the reference library (auto_LiRPA) "
+                        "under this interpreter, and print both side by side")
     p.add_argument("--methods", nargs="+", default=list(METHODS), metavar="METHOD",
                    help=f"bound methods (default: {' '.join(METHODS)})")
     p.add_argument("--batch", nargs="+", type=int, default=None, metavar="B",
@@ -400,6 +483,11 @@ def main(argv=None):
                    help="coefficient memory of one backward pass before rows are chunked")
     p.add_argument("--json", metavar="OUT", help="also write header and rows to this JSON file")
     args = p.parse_args(argv)
+    if args.calibration:
+        args.models += [m for m in zoo.CALIBRATION_MODELS if m not in args.models]
+    unknown = [m for m in args.methods if args.reference and m not in REFERENCE_METHODS]
+    if unknown:
+        p.error(f"no reference spelling for method(s) {unknown}")
 
     batches = args.batch or ([1] if args.quick else list(BATCHES))
     repeat = args.repeat if args.repeat is not None else (2 if args.quick else 5)
@@ -420,7 +508,9 @@ def main(argv=None):
           + f"; inputs uniform in [0, 1] (seed {INPUT_SEED}), models seed {args.seed}")
     print(f"# time: median of >= {repeat} calls and >= {min_time:g} s after {warmup} warm-up "
           f"call(s); peak mem: resident-set growth during one call (see benchmarks/README.md)")
-    print(table_header(), flush=True)
+    if args.reference:
+        print(f"# reference: auto_LiRPA under {args.reference}, run right after each lirpac row")
+    print(table_header(args.reference is not None), flush=True)
 
     rows = []
     failed = {}     # (model, method) -> error at a smaller batch: skip larger batches
@@ -443,8 +533,10 @@ def main(argv=None):
                     err = r.get("error", "")
                     if err.startswith(("Timeout", "Killed", "OOM")):
                         failed[key] = err.split("(")[0]
+                    if args.reference:
+                        r["reference"] = run_config({**cfg, "reference": True}, args.timeout, args.reference)
                 rows.append(r)
-                print(table_row(r), flush=True)
+                print(table_row(r, r.get("reference", {}) if args.reference else None), flush=True)
     total = time.perf_counter() - t_all
 
     errors = [r for r in rows if "error" in r and r.get("error_stage") != "skipped"]
