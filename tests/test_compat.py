@@ -31,7 +31,7 @@ def test_method_names_map_to_lirpac_methods(setup, name):
     assert torch.equal(lower, ref_lower) and torch.equal(upper, ref_upper)
 
 
-def test_forward_runs_the_model_and_x_L_x_U_clip(setup):
+def test_forward_runs_the_model_and_x_L_x_U_are_the_box(setup):
     model, bounded, x = setup
     bx = BoundedTensor(x, PerturbationLpNorm(eps=0.3, x_L=x - 0.1, x_U=x + 0.1))
     assert torch.equal(bounded(bx), model(x))
