@@ -61,25 +61,32 @@ class PerturbationLpNorm(Perturbation):
     """
 
     def __init__(self, eps=0.0, norm=math.inf, x_L=None, x_U=None):
-        self.norm = LpBall(eps=0.0, norm=norm).norm     # checked now, not at the first bound
+        self.norm = LpBall(eps=0.0, norm=norm).norm
         self.x_L, self.x_U = x_L, x_U
         self.set_eps(eps)
 
     def set_eps(self, eps) -> None:
-        """eps may be None only where it is not used: norm inf with both x_L and x_U given."""
-        if eps is None and not (self.norm == math.inf and self.x_L is not None and self.x_U is not None):
-            raise InputError("PerturbationLpNorm needs eps (a number or a tensor); only a norm-inf "
-                             "perturbation with both x_L and x_U given may leave it out")
-        self.ball = None if eps is None else LpBall(eps=eps, norm=self.norm)
         self.eps = eps
+        self._ball()        # checks eps now, not at the first bound
+
+    def _ball(self) -> LpBall | None:
+        """The eps-ball, built from the attributes at each use (auto_LiRPA's users assign
+        ``ptb.eps`` directly). eps may be None only where it is not used: norm inf with both
+        x_L and x_U given."""
+        if self.eps is not None:
+            return LpBall(eps=self.eps, norm=self.norm)
+        if self.norm == math.inf and self.x_L is not None and self.x_U is not None:
+            return None
+        raise InputError("PerturbationLpNorm needs eps (a number or a tensor); only a norm-inf "
+                         "perturbation with both x_L and x_U given may leave it out")
 
     def bind(self, x: torch.Tensor):
         if self.norm != math.inf or (self.x_L is None and self.x_U is None):
-            return self.ball.bind(x)
+            return self._ball().bind(x)
         if self.x_L is not None and self.x_U is not None:
             lower, upper = self.x_L, self.x_U
         else:
-            ball = self.ball.bind(x)
+            ball = self._ball().bind(x)
             lower = ball.lower if self.x_L is None else self.x_L
             upper = ball.upper if self.x_U is None else self.x_U
         _require_nonempty(lower, upper, x)

@@ -308,12 +308,16 @@ def test_a_new_input_drops_the_kept_bounds(tiny):
     assert torch.equal(given[0], crown[0])
 
 
-def test_reused_bounds_follow_the_current_set(tiny):
+@pytest.mark.parametrize("change", ["set_eps", "assign"])
+def test_reused_bounds_follow_the_current_set(tiny, change):
     """auto_LiRPA would keep IBP bounds of the old eps (stale, possibly unsound); lirpac
-    recomputes them for the set the tensor carries now."""
+    recomputes them for the set the tensor carries now, however eps was changed."""
     bounded, bx = tiny
     bounded.compute_bounds(x=(bx,), IBP=True, C=TINY_C, method=None)
-    bx.ptb.set_eps(0.6)
+    if change == "set_eps":
+        bx.ptb.set_eps(0.6)
+    else:
+        bx.ptb.eps = 0.6
     lower, upper = bounded.compute_bounds(C=TINY_C, method="backward")
     wide = _lirpac(bounded, "crown-ibp", eps=0.6)
     assert torch.equal(lower, wide[0]) and torch.equal(upper, wide[1])
