@@ -22,6 +22,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from lirpac.ir.ops.common import overflow_unbounded
+
 # A window position is an affine function of the starting neuron's position h: a*h + b, with
 # extent K; the code generator tracks (a, b, K) per spatial dim to size windows statically.
 Geometry = tuple[tuple[int, int, int], tuple[int, int, int]]
@@ -165,7 +167,7 @@ def concretize_pair(inp, lA, lbias, uA, ubias, consume: bool = False):
         mid, rad = (t.reshape(inp.lower.shape) for t in inp.box_centre_radius())
         lower = lA.bias(mid) - (lA.coeff.abs() * lA.windows(rad)).sum((2, 3, 4)) + lbias
         upper = uA.bias(mid) + (uA.coeff.abs() * uA.windows(rad)).sum((2, 3, 4)) + ubias
-        return lower, upper
+        return overflow_unbounded(lower, False), overflow_unbounded(upper, True)
     if isinstance(lA, Patches) or isinstance(uA, Patches):
         consume = False
     return inp.concretize_pair(to_dense(lA), lbias, to_dense(uA), ubias, consume)

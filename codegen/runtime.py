@@ -11,7 +11,7 @@ from lirpac import deadline
 
 from lirpac.codegen.patches import Patches, acc_patches, concretize_pair, to_dense
 from lirpac.ir.opdef import Interval, Linear
-from lirpac.ir.ops.common import PreparedLines, split_pos_neg
+from lirpac.ir.ops.common import PreparedLines, all_finite, split_pos_neg, unbounded_map_ibp
 from lirpac.ir.scalar import centre_radius, scalar
 
 
@@ -99,8 +99,16 @@ def ibp_spec(C: torch.Tensor, out: Interval) -> Interval:
     lower = out.lower.reshape(out.lower.shape[0], -1, 1)
     upper = out.upper.reshape(out.upper.shape[0], -1, 1)
     pos, neg = split_pos_neg(C)
+    if not all_finite(lower, upper):    # an infinite end meets C's zeros: 0 * inf = 0
+        return _spec_of_unbounded(pos, neg, Interval(lower, upper), 0)
     return Interval((pos.matmul(lower) + neg.matmul(upper)).squeeze(-1),
                     (pos.matmul(upper) + neg.matmul(lower)).squeeze(-1))
+
+
+def _spec_of_unbounded(pos, neg, x: Interval, offset) -> Interval:
+    """Interval of (pos + neg) x + offset, x (B, in, 1), for a box with infinite ends."""
+    box = unbounded_map_ibp(pos.matmul, neg.matmul, x)
+    return Interval(box.lower.squeeze(-1) + offset, box.upper.squeeze(-1) + offset)
 
 
 def ibp_spec_linear(C: torch.Tensor, x: Interval, weight: torch.Tensor, bias) -> Interval:
@@ -108,6 +116,9 @@ def ibp_spec_linear(C: torch.Tensor, x: Interval, weight: torch.Tensor, bias) ->
     tight as IBP gets at the output (Gowal et al. 2018 fold the spec the same way)."""
     w = C.matmul(weight)                                   # (B, S, in)
     center, radius = (t.unsqueeze(-1) for t in centre_radius(x.lower, x.upper))   # (B, in, 1)
+    if not all_finite(radius):          # an infinite end: the centre would be inf - inf
+        return _spec_of_unbounded(*split_pos_neg(w), Interval(x.lower.unsqueeze(-1), x.upper.unsqueeze(-1)),
+                                  0 if bias is None else C.matmul(bias))
     mid = w.matmul(center).squeeze(-1)
     dev = w.abs().matmul(radius).squeeze(-1)
     if bias is not None:

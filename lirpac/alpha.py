@@ -347,7 +347,8 @@ def _optimise(step, inp, C, params, output: str, opts: AlphaOptions, state: Alph
         if upper is not None:
             best_upper = upper.detach() if best_upper is None else torch.minimum(best_upper, upper.detach())
         value = float(objective.detach()) if isinstance(objective, torch.Tensor) else float(objective)
-        if value > best_objective:
+        # (the first step always counts: with an infinite bound every objective is -inf)
+        if value > best_objective or best_alphas is None:
             best_objective, best_alphas, stale = value, state._snapshot(), 0
             best_A = None if A is None else tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in A)
         else:

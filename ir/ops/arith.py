@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from lirpac.ir.opdef import Interval, Linear, OpDef, register
-from lirpac.ir.ops.common import bias_of, split_pos_neg, unbroadcast
+from lirpac.ir.ops.common import bias_of, split_pos_neg, times, unbroadcast
 
 
 def _is_const(x) -> bool:
@@ -101,7 +101,7 @@ register(OpDef(
 # -- scale by a constant: mul, div, neg --------------------------------------------------------
 
 def _scale_ibp(x: Interval, scale) -> Interval:
-    a, b = x.lower * scale, x.upper * scale
+    a, b = times(x.lower, scale), times(x.upper, scale)     # a zero scale of an infinite end: 0
     return Interval(torch.minimum(a, b), torch.maximum(a, b))
 
 
@@ -113,7 +113,8 @@ def _scale_backward(lA, uA, scale, shape):
 def _scale_forward_mode(x: Linear, scale) -> Linear:
     pos, neg = split_pos_neg(scale)
     pw, nw = pos.unsqueeze(1) if pos.dim() == x.lb.dim() else pos, neg.unsqueeze(1) if neg.dim() == x.lb.dim() else neg
-    return Linear(pw * x.lw + nw * x.uw, pos * x.lb + neg * x.ub, pw * x.uw + nw * x.lw, pos * x.ub + neg * x.lb)
+    return Linear(pw * x.lw + nw * x.uw, times(pos, x.lb) + times(neg, x.ub), pw * x.uw + nw * x.lw,
+                  times(pos, x.ub) + times(neg, x.lb))
 
 
 def _mul_ibp(a, b):

@@ -14,7 +14,7 @@ import torch
 
 from lirpac.ir.graph import Node
 from lirpac.ir.opdef import Interval, Linear, OpDef, aten_lowering, get_op, register
-from lirpac.ir.ops.common import split_pos_neg, unbroadcast
+from lirpac.ir.ops.common import split_pos_neg, times, unbroadcast
 
 
 def _broadcast_bounds(x: Interval, y: Interval):
@@ -23,17 +23,29 @@ def _broadcast_bounds(x: Interval, y: Interval):
 
 def _mul_ibp(x: Interval, y: Interval) -> Interval:
     lx, ux, ly, uy = _broadcast_bounds(x, y)
-    corners = torch.stack([lx * ly, lx * uy, ux * ly, ux * uy])
-    # 0 * inf (an unbounded operand, e.g. 1/y with 0 in y's range): the other corners carry
-    # the infinity, this one is 0
-    corners = torch.where(torch.isnan(corners), torch.zeros_like(corners), corners)
+    # 0 * inf (an unbounded operand, e.g. 1/y with 0 in y's range) is 0: the other corners
+    # carry the infinity (a NaN bound stays NaN)
+    corners = torch.stack([times(lx, ly), times(lx, uy), times(ux, ly), times(ux, uy)])
     return Interval(corners.min(0).values, corners.max(0).values)
 
 
 def _planes(x: Interval, y: Interval):
-    """(slope on x, slope on y, offset) of McCormick's lower and upper planes, (B, *out)."""
+    """(slope on x, slope on y, offset) of McCormick's lower and upper planes, (B, *out).
+    They need finite bounds and offsets: elsewhere (an unbounded operand, or an offset beyond
+    the float range) the planes are constant at the product's interval bounds, the largest
+    float for an unbounded side (as ``relaxation.finish``: 0 * that is 0, never NaN)."""
     lx, ux, ly, uy = _broadcast_bounds(x, y)
-    return (ly, lx, -lx * ly), (uy, lx, -lx * uy)
+    low, up = (ly, lx, -lx * ly), (uy, lx, -lx * uy)
+    bounded = torch.isfinite(low[2] + up[2] + ux + uy)
+    if bool(bounded.all()):
+        return low, up
+    big = torch.finfo(lx.dtype).max
+    box = _mul_ibp(x, y)
+    zero = torch.zeros_like(lx)
+
+    def constant(plane, level):
+        return tuple(torch.where(bounded, t, c) for t, c in zip(plane, (zero, zero, level)))
+    return constant(low, box.lower.clamp(-big, big)), constant(up, box.upper.clamp(-big, big))
 
 
 def _mul_backward(lA, uA, x: Interval, y: Interval, *, in_shapes):
@@ -68,7 +80,7 @@ def _scaled(scale, v: Linear, lower: bool):
     pos, neg = split_pos_neg(scale)
     a, b = (v.lw, v.uw) if lower else (v.uw, v.lw)
     c, d = (v.lb, v.ub) if lower else (v.ub, v.lb)
-    return pos.unsqueeze(1) * a + neg.unsqueeze(1) * b, pos * c + neg * d
+    return pos.unsqueeze(1) * a + neg.unsqueeze(1) * b, times(pos, c) + times(neg, d)
 
 
 def _mul_forward_mode(x: Linear, y: Linear) -> Linear:

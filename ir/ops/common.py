@@ -7,6 +7,7 @@ folding the first two dimensions into one batch dimension and unfolding after.
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Callable
 
 import torch
@@ -92,6 +93,55 @@ def split_pos_neg(t: torch.Tensor):
     cheaper than clamp's (alpha-CROWN differentiates every split)."""
     pos = torch.relu(t)
     return pos, t - pos
+
+
+# -- infinite bounds ------------------------------------------------------------------------
+# A bound may be +-inf where the math is unbounded (1/y across 0, an overflowing exp). Products
+# with it follow the limit 0 * inf = 0 (a zero weight or slope ignores the value): a dense
+# product would give NaN for every zero weight that meets an infinity.
+
+def all_finite(*tensors: torch.Tensor) -> bool:
+    """Every entry finite, by one sum per tensor (a sum that overflows only sends the caller
+    to its exact path for infinite entries, which gives the same result on finite ones)."""
+    return all(bool(torch.isfinite(t.sum())) for t in tensors)
+
+
+def times(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a * b with 0 * inf = 0 (a NaN times 0 is 0 too: a zero factor takes no part)."""
+    return torch.where((a == 0) | (b == 0), torch.zeros((), dtype=a.dtype, device=a.device), a * b)
+
+
+def map_unbounded(fn: Callable, v: torch.Tensor, sign: int) -> torch.Tensor:
+    """fn(v) for a linear map ``fn`` (no offset) whose weights all have the sign ``sign`` (a
+    positive or negative part), with 0 * inf = 0: an infinite entry of v makes an output
+    infinite exactly where fn weighs it. An output reached by both +inf and -inf is NaN, as
+    inf - inf has no value (a sound bound never meets that: its infinities share one sign)."""
+    zero = torch.zeros((), dtype=v.dtype, device=v.device)
+    out = fn(torch.where(torch.isinf(v), zero, v))
+    for end in (math.inf, -math.inf):
+        weighed = sign * fn((v == end).to(v.dtype)) > 0
+        out = out + torch.where(weighed, torch.full((), sign * end, dtype=v.dtype, device=v.device), zero)
+    return out
+
+
+def overflow_unbounded(bound: torch.Tensor, upper: bool) -> torch.Tensor:
+    """A concretized linear bound, with the rows whose coefficients or bias overflowed the
+    float range made unbounded: -inf (lower) or +inf (upper). Lines are finite (finite
+    slopes, biases at most the largest float), but their products along a deep pass can
+    exceed it (exp's slopes times McCormick's bounds); an overflowed row comes out NaN
+    (inf - inf) or infinite on the wrong side (a +inf lower bound), and nothing finite is
+    known of it. A bound that is truly +inf below (f overflows everywhere) is given up too."""
+    wrong = torch.isnan(bound) | (bound == (-math.inf if upper else math.inf))
+    return torch.where(wrong, torch.full((), math.inf if upper else -math.inf, dtype=bound.dtype,
+                                         device=bound.device), bound)
+
+
+def unbounded_map_ibp(pos: Callable, neg: Callable, x: Interval, offset=0) -> Interval:
+    """Interval of the affine map pos + neg + offset (pos, neg: the linear map's positive and
+    negative parts) over a box with infinite ends, exactly: the centre-radius form IBP uses
+    elsewhere is inf - inf there."""
+    return Interval(map_unbounded(pos, x.lower, 1) + map_unbounded(neg, x.upper, -1) + offset,
+                    map_unbounded(pos, x.upper, 1) + map_unbounded(neg, x.lower, -1) + offset)
 
 
 def add_bias(a, b):
@@ -271,14 +321,15 @@ def _combine(pos, on_pos, neg, on_neg):
 
 
 def relaxed_forward(x: Linear, relax) -> Linear:
-    """Forward mode through y = f(x): compose each relaxation line with x's linear bounds."""
+    """Forward mode through y = f(x): compose each relaxation line with x's linear bounds (an
+    infinite bias of x meets a zero slope part, at least, where x's bounds are infinite: 0)."""
     l_slope, l_bias, u_slope, u_bias = relax
     lsp, lsn = split_pos_neg(l_slope)
     usp, usn = split_pos_neg(u_slope)
     lw = lsp.unsqueeze(1) * x.lw + lsn.unsqueeze(1) * x.uw
     uw = usp.unsqueeze(1) * x.uw + usn.unsqueeze(1) * x.lw
-    lb = lsp * x.lb + lsn * x.ub + l_bias
-    ub = usp * x.ub + usn * x.lb + u_bias
+    lb = times(lsp, x.lb) + times(lsn, x.ub) + l_bias
+    ub = times(usp, x.ub) + times(usn, x.lb) + u_bias
     return Linear(lw, lb, uw, ub)
 
 

@@ -13,11 +13,16 @@ import torch.nn.functional as F
 
 from lirpac.ir.opdef import Interval, Linear, OpDef, register
 from lirpac.ir.scalar import centre_radius
-from lirpac.ir.ops.common import bias_of, both_sides, constant_abs, fold, fold_opt, split_pos_neg
+from lirpac.ir.ops.common import (all_finite, bias_of, both_sides, constant_abs, fold, fold_opt,
+                                  map_unbounded, split_pos_neg, times, unbounded_map_ibp)
 
 
 def _affine_ibp(apply, x: Interval, weight, bias) -> Interval:
     center, radius = centre_radius(x.lower, x.upper)
+    if not all_finite(radius):      # an infinite end: the centre would be inf - inf
+        w_pos, w_neg = split_pos_neg(weight)
+        return unbounded_map_ibp(lambda v: apply(v, w_pos, None), lambda v: apply(v, w_neg, None),
+                                 x, 0 if bias is None else apply(torch.zeros_like(center), weight, bias))
     mid = apply(center, weight, bias)
     dev = apply(radius, constant_abs(weight), None)
     return Interval(mid - dev, mid + dev)
@@ -25,8 +30,13 @@ def _affine_ibp(apply, x: Interval, weight, bias) -> Interval:
 
 def _affine_forward_mode(apply, x: Linear, weight, bias) -> Linear:
     w_pos, w_neg = split_pos_neg(weight)
+    finite = all_finite(x.lb, x.ub)
 
     def both(f_pos, f_neg, b):
+        if not finite:      # an infinite bias meets zero weights: 0 * inf = 0
+            offset = 0 if b is None else apply(torch.zeros_like(f_pos), w_pos, b)
+            return (map_unbounded(lambda v: apply(v, w_pos, None), f_pos, 1)
+                    + map_unbounded(lambda v: apply(v, w_neg, None), f_neg, -1) + offset)
         return apply(f_pos, w_pos, b) + apply(f_neg, w_neg, None)
 
     lw = fold(x.lw, lambda t: apply(t, w_pos, None)) + fold(x.uw, lambda t: apply(t, w_neg, None))
@@ -194,6 +204,8 @@ register(OpDef(
     name="conv", forward=_conv, ibp_ball=_conv_ball,
     ibp=lambda x, weight, bias=None, **kw: _affine_ibp(_conv_rules(**kw), x, weight, bias),
     backward=_conv_backward, backward_patches=_conv_backward_patches,
+    reads_window=lambda attrs, in_shapes: (attrs["stride"], attrs["padding"], attrs["dilation"],
+                                           tuple(in_shapes[1][2:])),
     forward_mode=lambda x, weight, bias=None, **kw: _affine_forward_mode(_conv_rules(**kw), x, weight, bias),
     backward_needs_shapes=True, backward_memory="fresh",
     doc="N-d convolution (1-3 spatial dims) with constant weight and bias"))
@@ -204,8 +216,6 @@ register(OpDef(
 def _bn_scale_shift(ndim, weight, bias, mean, var, eps):
     scale = torch.rsqrt(var + eps)
     if weight is not None:
-    reads_window=lambda attrs, in_shapes: (attrs["stride"], attrs["padding"], attrs["dilation"],
-                                           tuple(in_shapes[1][2:])),
         scale = scale * weight
     shift = -mean * scale
     if bias is not None:
@@ -221,7 +231,7 @@ def _batch_norm(x, weight, bias, mean, var, *, eps):
 
 def _bn_ibp(x: Interval, weight, bias, mean, var, *, eps):
     scale, shift = _bn_scale_shift(x.lower.dim(), weight, bias, mean, var, eps)
-    a, b = x.lower * scale, x.upper * scale
+    a, b = times(x.lower, scale), times(x.upper, scale)
     return Interval(torch.minimum(a, b) + shift, torch.maximum(a, b) + shift)
 
 

@@ -15,7 +15,8 @@ import torch
 
 from lirpac.ir.opdef import Interval, Linear, OpDef, aten_lowering, register
 from lirpac.ir.ops.bivariate import add_node
-from lirpac.ir.ops.common import elementwise, fold, linear_map, vjp_transpose
+from lirpac.ir.ops.common import (all_finite, elementwise, fold, linear_map, map_unbounded,
+                                  unbounded_map_ibp, vjp_transpose)
 from lirpac.ir.ops.relaxation import Curve, concave_lines, convex_lines, sound_relax
 from lirpac.ir.scalar import centre_radius
 
@@ -111,9 +112,16 @@ def _center_ibp(x: Interval, *, dims) -> Interval:
     """Centre and radius through M = I - J/n: |M| r = (1 - 2/n) r + mean(r), exact."""
     mid, rad = centre_radius(x.lower, x.upper)
     n = _count(mid.shape, dims)
+    if not all_finite(rad):         # an infinite end: the centre would be inf - inf
+        return unbounded_map_ibp(*_center_parts(n, dims), x)
     spread = (1 - 2 / n) * rad + rad.mean(dim=dims, keepdim=True)
     centred = _center(mid, dims=dims)
     return Interval(centred - spread, centred + spread)
+
+
+def _center_parts(n: int, dims):
+    """The positive and negative parts of M = I - J/n as maps: (1 - 1/n) v and (v - sum v)/n."""
+    return (lambda v: (1 - 1 / n) * v), (lambda v: (v - v.sum(dim=dims, keepdim=True)) / n)
 
 
 def _center_forward_mode(x: Linear, *, dims) -> Linear:
@@ -124,8 +132,15 @@ def _center_forward_mode(x: Linear, *, dims) -> Linear:
 
     def side(a, b, ds):
         return (1 - 1 / n) * a + b / n - b.mean(dim=ds, keepdim=True)
-    return Linear(side(x.lw, x.uw, wdims), side(x.lb, x.ub, dims),
-                  side(x.uw, x.lw, wdims), side(x.ub, x.lb, dims))
+
+    def bias(a, b):
+        if finite:
+            return side(a, b, dims)
+        pos, neg = _center_parts(n, dims)     # an infinite bias: b/n - mean(b) is inf - inf
+        return map_unbounded(pos, a, 1) + map_unbounded(neg, b, -1)
+    finite = all_finite(x.lb, x.ub)
+    return Linear(side(x.lw, x.uw, wdims), bias(x.lb, x.ub),
+                  side(x.uw, x.lw, wdims), bias(x.ub, x.lb))
 
 
 def _center_backward(lA, uA, x, *, dims):
