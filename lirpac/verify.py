@@ -3,7 +3,8 @@
 A VNNLIB file states the *unsafe* set (see lirpac.vnnlib): the union over regions of
 ``x in box_r and C_p f(x) <= d_p`` for some polytope p of the region. The property holds iff
 every such polytope is empty, which the bounds prove when, for some row i of each polytope,
-``lower(C_p,i . f(x) - d_p,i) > 0`` over the box: that row can never be met.
+``lower(C_p,i . f(x) - d_p,i) > 0`` over the box (``>= 0`` for a strict row, ``C_p,i . f(x) <
+d_p,i``: `OutputPolytope.proof_d`): that row can never be met.
 
 The steps, cheapest first, all within one time budget:
 
@@ -253,7 +254,7 @@ class _Instance:
             k = 0
             for poly in ps:
                 C[b, k:k + len(poly.d)] = torch.from_numpy(poly.C)
-                d[b, k:k + len(poly.d)] = torch.from_numpy(poly.d)
+                d[b, k:k + len(poly.d)] = torch.from_numpy(poly.proof_d)
                 k += len(poly.d)
         lower = torch.stack([b.lower for b in boxes])
         upper = torch.stack([b.upper for b in boxes])
@@ -269,7 +270,7 @@ class _Instance:
                            if method == "alpha-crown" else None)
                 lb, _ = self.net.bounds(centre, box, method=method, C=C, bound_upper=False,
                                         options=options)
-        margin = lb.double() - d   # > 0: that row is never met in the box
+        margin = lb.double() - d   # > 0: that row is never met in the box (d: proof_d)
         left = []
         for b, (sub, ps) in enumerate(zip(boxes, polys)):
             k, still_open, rows = 0, [], []
@@ -336,7 +337,7 @@ class _Instance:
                 groups.append(list(range(k, k + len(poly.d))))
                 k += len(poly.d)
             C = torch.from_numpy(np.concatenate([poly.C for poly in polys]))
-            d = torch.from_numpy(np.concatenate([poly.d for poly in polys]))
+            d = torch.from_numpy(np.concatenate([poly.proof_d for poly in polys]))
             found = relu_split(self.net, sub.lower.reshape(self.shape), sub.upper.reshape(self.shape),
                                C, d, groups, deadline)
             self.log.append(f"ReLU splitting (region {sub.region}): {found.message}")

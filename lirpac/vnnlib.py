@@ -66,6 +66,14 @@ class OutputPolytope:
         if self.strict is None:
             self.strict = np.zeros(len(self.d), dtype=bool)
 
+    @property
+    def proof_d(self) -> np.ndarray:
+        """The d a proof compares a lower bound of ``C_i @ y`` with: a row is never met when
+        that bound exceeds ``d_i``, or, for a strict row, reaches it (``lower >= d_i``). As a
+        strict ``>``: d_i itself, or for strict rows the float64 just below it (no float64
+        lies between the two), so that one ``lower > proof_d`` serves every row."""
+        return np.where(self.strict, np.nextafter(self.d, -np.inf), self.d)
+
     def satisfied(self, y: np.ndarray, tol: float = 0.0) -> bool:
         """Whether the output ``y`` (any shape with n_out entries) meets every row within tol,
         strict rows strictly.

@@ -1,9 +1,10 @@
 """Strict comparisons (< and >) in VNNLIB specs: parsed as strict, never dropped from a
 counterexample's check, and an empty input set (by strictness or crossed bounds) holds.
 
-A counterexample must meet every comparison as written; proofs may read strict as non-strict
-(the closed set contains the open one), so the answer on a property that holds only because
-of strictness may be "timeout" or "unknown", never "violated"."""
+A counterexample must meet every comparison as written. A proof may read a strict output row as
+``lower >= d`` (`OutputPolytope.proof_d`), and strict input sides as non-strict (the closed box
+contains the open one), so a property that holds only because of an open box may end "timeout"
+or "unknown", never "violated"."""
 import itertools
 
 import numpy as np
@@ -71,6 +72,18 @@ def test_strict_property_is_never_violated(case, tmp_path):
     assert result.status in UNDECIDED, result
     if case == "empty_open_interval":
         assert result.status == "holds" and "input set is empty" in result.message, result
+    if case in PROVED_BY_STRICT_ROWS:
+        assert result.status == "holds" and "proved" in result.message, result
+
+
+# strict output rows a bound reaches but never passes: lower(C y) >= d proves them
+PROVED_BY_STRICT_ROWS = ("relu_of_nonpositive_is_not_positive", "equal_outputs_are_not_greater")
+
+
+def test_proof_d_is_the_float_below_d_on_strict_rows_only():
+    polytope = OutputPolytope(np.eye(2), np.array([0.0, 1.0]), np.array([True, False]))
+    assert polytope.proof_d[0] < 0 and np.nextafter(polytope.proof_d[0], 1.0) == 0.0
+    assert polytope.proof_d[1] == 1.0
 
 
 def test_the_same_cases_non_strict_are_violated(tmp_path):
