@@ -291,17 +291,6 @@ def once_per_rows(start):
     return run
 
 
-def tighten_chunks(reference: Interval, rows: torch.Tensor, run, bytes_per_row: int,
-                   max_memory: int, intersect: bool = False) -> Interval:
-    """``tighten`` the neurons ``rows`` by ``run(chunk) -> (lower, upper)``, a backward pass
-    over a chunk of rows, with chunks small enough for ``max_memory`` bytes: rows are
-    independent, so the bounds are those of one pass, without running out of memory. Nearly
-    all rows (``WHOLE_PASS_FRACTION``), in one chunk: ``run(None)``, a pass over every row,
-    whose bounds at ``rows`` are kept. No rows (no unstable neuron): no pass at all."""
-    if rows.numel() == 0:     # (split would still give one empty chunk)
-        return reference
-    size = max(1, max_memory // max(1, bytes_per_row))
-    every = reference.lower[0].numel()
 # Under a deadline (lirpac.verify), an intermediate pass that may take longer than this runs in
 # chunks of about this many seconds, and the deadline is checked before each one
 DEADLINE_CHUNK_SECONDS = 0.25
@@ -331,6 +320,17 @@ def _timed_pass(rows: torch.Tensor, run, whole, max_rows: int, batch: int):
     return (torch.cat([r[side] for r in results], 1) for side in (0, 1))
 
 
+def tighten_chunks(reference: Interval, rows: torch.Tensor, run, bytes_per_row: int,
+                   max_memory: int, intersect: bool = False) -> Interval:
+    """``tighten`` the neurons ``rows`` by ``run(chunk) -> (lower, upper)``, a backward pass
+    over a chunk of rows, with chunks small enough for ``max_memory`` bytes: rows are
+    independent, so the bounds are those of one pass, without running out of memory. Nearly
+    all rows (``WHOLE_PASS_FRACTION``), in one chunk: ``run(None)``, a pass over every row,
+    whose bounds at ``rows`` are kept. No rows (no unstable neuron): no pass at all."""
+    if rows.numel() == 0:     # (split would still give one empty chunk)
+        return reference
+    size = max(1, max_memory // max(1, bytes_per_row))
+    every = reference.lower[0].numel()
     if rows.numel() >= WHOLE_PASS_FRACTION * every and every <= size:
         def whole():
             return (side.index_select(1, rows) for side in run(None))

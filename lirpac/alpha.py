@@ -372,8 +372,8 @@ def _optimise(step, inp, C, params, output: str, opts: AlphaOptions, state: Alph
                 a.clamp_(0, 1)
             for b in betas:
                 b.clamp_(min=0)
-    if best_alphas is not None:
         iteration_seconds = time.monotonic() - iteration_started
+    if best_alphas is not None:
         state.alphas, state.betas = best_alphas
     return best_lower, best_upper, best_A, state
 
