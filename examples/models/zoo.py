@@ -46,6 +46,11 @@ def _build(seed: int, ctor):
     return model.eval()
 
 
+def _conv_bn(cin: int, cout: int, stride: int) -> list[nn.Module]:
+    """conv3x3 (padding 1) - BatchNorm - ReLU."""
+    return [nn.Conv2d(cin, cout, 3, stride=stride, padding=1), nn.BatchNorm2d(cout), nn.ReLU()]
+
+
 def mlp(seed: int = 0) -> nn.Module:
     """784-256-256-10 MLP with ReLU; input (B, 1, 28, 28)."""
     return _build(seed, lambda: nn.Sequential(
@@ -69,15 +74,11 @@ def cnn_2c(seed: int = 0) -> nn.Module:
 
 def cnn_4c_bn(seed: int = 0) -> nn.Module:
     """Four-conv CNN with BatchNorm on 3x32x32: 32-32-64-64 channels, FC 256, FC 10."""
-    def conv_bn(cin, cout, stride):
-        return [nn.Conv2d(cin, cout, 3, stride=stride, padding=1),
-                nn.BatchNorm2d(cout), nn.ReLU()]
-
     return _build(seed, lambda: nn.Sequential(
-        *conv_bn(3, 32, 1),      # 32 x 32 x 32
-        *conv_bn(32, 32, 2),     # 32 x 16 x 16
-        *conv_bn(32, 64, 1),     # 64 x 16 x 16
-        *conv_bn(64, 64, 2),     # 64 x 8 x 8
+        *_conv_bn(3, 32, 1),      # 32 x 32 x 32
+        *_conv_bn(32, 32, 2),     # 32 x 16 x 16
+        *_conv_bn(32, 64, 1),     # 64 x 16 x 16
+        *_conv_bn(64, 64, 2),     # 64 x 8 x 8
         nn.Flatten(),
         nn.Linear(64 * 8 * 8, 256), nn.ReLU(),
         nn.Linear(256, 10),
@@ -143,13 +144,9 @@ def resnet_2b(seed: int = 0) -> nn.Module:
 def cifar_cnn_4c(seed: int = 0) -> nn.Module:
     """Four-conv CNN with BatchNorm on 3x32x32 whose first two convs keep 32x32: 32-32-64-64
     channels, strides 1-1-2-1, head Linear(64*16*16, 256) + BatchNorm1d + ReLU + Linear."""
-    def conv_bn(cin, cout, stride):
-        return [nn.Conv2d(cin, cout, 3, stride=stride, padding=1),
-                nn.BatchNorm2d(cout), nn.ReLU()]
-
     return _build(seed, lambda: nn.Sequential(
-        *conv_bn(3, 32, 1), *conv_bn(32, 32, 1),      # 32 x 32 x 32
-        *conv_bn(32, 64, 2), *conv_bn(64, 64, 1),     # 64 x 16 x 16
+        *_conv_bn(3, 32, 1), *_conv_bn(32, 32, 1),      # 32 x 32 x 32
+        *_conv_bn(32, 64, 2), *_conv_bn(64, 64, 1),     # 64 x 16 x 16
         nn.Flatten(),
         nn.Linear(64 * 16 * 16, 256), nn.BatchNorm1d(256), nn.ReLU(),
         nn.Linear(256, 10),
@@ -205,13 +202,9 @@ def cifar_densenet(seed: int = 0) -> nn.Module:
 def cnn_7layer(seed: int = 0) -> nn.Module:
     """The CROWN-IBP papers' CIFAR cnn_7layer: convs 64-64-128-128-128 (the third with stride
     2) with BatchNorm, Linear(128*16*16, 512) + BatchNorm1d + ReLU + Linear(512, 10)."""
-    def conv_bn(cin, cout, stride):
-        return [nn.Conv2d(cin, cout, 3, stride=stride, padding=1),
-                nn.BatchNorm2d(cout), nn.ReLU()]
-
     return _build(seed, lambda: nn.Sequential(
-        *conv_bn(3, 64, 1), *conv_bn(64, 64, 1), *conv_bn(64, 128, 2),
-        *conv_bn(128, 128, 1), *conv_bn(128, 128, 1),
+        *_conv_bn(3, 64, 1), *_conv_bn(64, 64, 1), *_conv_bn(64, 128, 2),
+        *_conv_bn(128, 128, 1), *_conv_bn(128, 128, 1),
         nn.Flatten(),
         nn.Linear(128 * 16 * 16, 512), nn.BatchNorm1d(512), nn.ReLU(),
         nn.Linear(512, 10),
