@@ -172,6 +172,15 @@ class PreparedLines(tuple):
             forms = self._dense = (rows, columns)
         return forms
 
+    @property
+    def unbounded(self) -> bool:
+        """Some bias is infinite (a line at an unbounded interval end, relaxation.finish):
+        checked once, however many backward steps cross the lines."""
+        flag = self.__dict__.get("_unbounded")
+        if flag is None:
+            flag = self._unbounded = _unbounded(self[1::2])
+        return flag
+
 
 def prepare_lines(relax) -> PreparedLines:
     """A relaxation's four lines, with a bias that is zero everywhere given as 0 (it then
@@ -180,6 +189,11 @@ def prepare_lines(relax) -> PreparedLines:
     are not checked."""
     l_slope, l_bias, u_slope, u_bias = relax
     return PreparedLines((l_slope, _zero_if_zero(l_bias), u_slope, _zero_if_zero(u_bias)))
+
+
+def _unbounded(biases) -> bool:
+    """Some bias is infinite (a line at an unbounded interval end, relaxation.finish)."""
+    return not all_finite(*(b for b in biases if not isinstance(b, int)))
 
 
 def _zero_if_zero(t):
@@ -199,9 +213,11 @@ def relaxed_backward_lines(lA, uA, lines):
     rows = RowLayout(lA, uA)
     if isinstance(lines, PreparedLines) and not rows.windowed:
         at_rows, columns = lines.dense()
-        new_l, new_u, lbias, ubias = _relaxed_step(*rows.coeffs, *at_rows, _row_dot, columns=columns)
+        new_l, new_u, lbias, ubias = _relaxed_step(*rows.coeffs, *at_rows, _row_dot, columns=columns,
+                                                   unbounded=lines.unbounded)
         return [(new_l, new_u)], lbias, ubias
-    new_l, new_u, lbias, ubias = _relaxed_step(*rows.coeffs, *rows.lines_at(lines), _row_dot)
+    new_l, new_u, lbias, ubias = _relaxed_step(*rows.coeffs, *rows.lines_at(lines), _row_dot,
+                                               unbounded=getattr(lines, "unbounded", None))
     return [(rows.wrap(new_l), rows.wrap(new_u))], lbias, ubias
 
 
@@ -270,7 +286,7 @@ def _column_dot(coeff, column):
 
 
 def _relaxed_step(lA, uA, l_slope, l_bias, u_slope, u_bias, dot, l_slope_of_upper=None,
-                  columns=None):
+                  columns=None, unbounded: bool | None = None):
     """Coefficients and biases through one relaxation (shared by the dense and patch forms):
     positive coefficients meet the lower line of a lower bound, negative ones the upper line.
     Each side splits its coefficients into positive and negative parts with two clamps (exact,
@@ -278,8 +294,12 @@ def _relaxed_step(lA, uA, l_slope, l_bias, u_slope, u_bias, dot, l_slope_of_uppe
     relaxation values; a line given as 0 costs nothing; when both sides are the same tensor,
     its parts are computed once. ``l_slope_of_upper``: the upper side's own lower-line slope
     (alpha-CROWN optimises one per side), else ``l_slope``. ``columns``: the two biases as
-    (B, n, 1) columns (``PreparedLines.dense``), for the bias products of dense coefficients."""
+    (B, n, 1) columns (``PreparedLines.dense``), for the bias products of dense coefficients.
+    ``unbounded``: whether a bias is infinite somewhere (None: find out); its products then
+    take 0 * inf = 0, so a row meets an infinite line end only through a nonzero coefficient."""
     parts = {}
+    if unbounded is None:
+        unbounded = _unbounded((l_bias, u_bias))
     if columns is not None:
         (l_bias, u_bias), dot = columns, _column_dot
 
@@ -294,10 +314,11 @@ def _relaxed_step(lA, uA, l_slope, l_bias, u_slope, u_bias, dot, l_slope_of_uppe
         if new is None:
             new = torch.zeros_like(coeff)
         bias = 0
-        for part, b in ((pos, bias_pos), (neg, bias_neg)):
+        for part, b, sign in ((pos, bias_pos, 1), (neg, bias_neg, -1)):
             if isinstance(b, int):
                 continue
-            term = _shared_dot(part, b) if dot is _row_dot and b.shape[1] == 1 else dot(part, b)
+            product = _shared_dot if dot is _row_dot and b.shape[1] == 1 else dot
+            term = map_unbounded(lambda v: product(part, v), b, sign) if unbounded else product(part, b)
             bias = term if isinstance(bias, int) else bias + term
         return new, bias
 

@@ -31,7 +31,10 @@ def floored(name, fn, df, convex: bool, increasing: bool, doc: str):
     lines = convex_lines if convex else concave_lines
 
     def clip(lower, upper, floor):
-        return lower.clamp(min=floor), upper.clamp(min=floor)
+        # a lower bound of +inf is an overflow (a sum of exponentials past the largest float,
+        # whose real value is finite): the largest float is a true lower bound of it
+        big = torch.finfo(lower.dtype).max
+        return lower.clamp(min=floor, max=big), upper.clamp(min=floor)
 
     def relax(lower, upper, floor):
         return lines(curve, *clip(lower, upper, floor))

@@ -313,11 +313,13 @@ def finish(lines: Lines, l, u, lo, hi) -> Lines:
     okl = ok & torch.isfinite(ls) & torch.isfinite(lb)
     oku = ok & torch.isfinite(us) & torch.isfinite(ub)
     zero = torch.zeros_like(l)
-    # an unbounded side becomes the largest float, not inf: a zero coefficient times it is 0
-    # (0 * inf would be NaN), and sums of such terms overflow to inf on the sound side
+    # an unbounded side stays infinite (the largest float would claim f <= 3.4e38 where f's
+    # real value may be e^117: the model computes softmax without that exp); the backward
+    # step's bias products take 0 * inf = 0 (common._relaxed_step). An end that overflowed
+    # inwards (exp(l) = inf for a finite f) is a valid bound at the largest float.
     big = torch.finfo(lb.dtype).max
-    lo = pad_down(lo).to(lb.dtype).nan_to_num(nan=-big, neginf=-big, posinf=big)
-    hi = pad_up(hi).to(ub.dtype).nan_to_num(nan=big, neginf=-big, posinf=big)
+    lo = pad_down(lo).to(lb.dtype).nan_to_num(nan=-math.inf, posinf=big, neginf=-math.inf)
+    hi = pad_up(hi).to(ub.dtype).nan_to_num(nan=math.inf, posinf=math.inf, neginf=-big)
     return Lines(torch.where(okl, ls, zero), torch.where(okl, lb, lo),
                  torch.where(oku, us, zero), torch.where(oku, ub, hi))
 

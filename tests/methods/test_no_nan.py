@@ -197,3 +197,19 @@ def test_random_models_at_large_eps_have_no_nan_and_are_sound(blocks, d, seed, e
         check(model, net, x, eps, norm, method, torch.Generator().manual_seed(seed))
     except UnsupportedOperationError:
         pass        # log or 1/y over an interval reaching its pole: a precise error, no bound
+
+
+@pytest.mark.parametrize("seed", [34, 36])
+@pytest.mark.parametrize("method", METHODS)
+def test_overflowing_exponentials_stay_sound(seed, method):
+    """log_softmax(exp(exp(x))): the softmax's exponentials of differences overflow the float
+    range (e^117) where the model, computing log_softmax stably, stays finite. An unbounded
+    line end must stay infinite (the largest float would claim exp(117) <= 3.4e38: a lower
+    bound 28.7 too high), and a sum whose lower bound overflowed is still >= the largest float
+    (an upper bound of -inf on a finite output before)."""
+    blocks = ["exp", "exp", "log_softmax"]
+    model, net = compiled(("blocks", tuple(blocks), 4), lambda: Blocks(blocks, 4), 4)
+    torch.manual_seed(seed)
+    model.load_state_dict(Blocks(blocks, 4).state_dict())
+    x = 2 * torch.randn(2, 4, generator=torch.Generator().manual_seed(seed))
+    check(model, net, x, 0.2, math.inf, method, torch.Generator().manual_seed(seed))
