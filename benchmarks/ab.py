@@ -43,11 +43,14 @@ sys.meta_path.insert(0, FromRoot)
 sys.path.insert(0, root)
 import torch
 import lirpac
-from examples.models.zoo import BENCHMARK_MODELS
 assert lirpac.__file__.startswith(root), lirpac.__file__
 cfg = json.loads(sys.argv[2])
+# the models of this checkout's zoo for both sides (A's zoo may predate a model)
+spec = importlib.util.spec_from_file_location("_ab_zoo", cfg["zoo"])
+zoo = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(zoo)
 torch.set_num_threads(cfg["threads"])
-factory, shape = BENCHMARK_MODELS[cfg["model"]]
+factory, shape = {**zoo.BENCHMARK_MODELS, **getattr(zoo, "CALIBRATION_MODELS", {})}[cfg["model"]]
 model = factory().eval()
 x = torch.rand(cfg["batch"], *shape, generator=torch.Generator().manual_seed(0))
 net = lirpac.compile(model, x[:1])
@@ -89,6 +92,7 @@ def main():
     args = parser.parse_args()
     calls = args.calls or (30 if args.method == "alpha-crown" else 600)
     cfg = {"method": args.method, "model": args.model, "batch": args.batch, "eps": args.eps,
+           "zoo": str(REPO / "examples" / "models" / "zoo.py"),
            "calls": calls, "warmup": args.warmup, "threads": args.threads}
     tmp = Path(tempfile.mkdtemp(prefix="lirpac-ab-"))
     base = tmp / "base"
