@@ -195,3 +195,28 @@ def test_patch_bounds_contain_sampled_outputs(name, norm, seed, eps, use_spec):
     points = sample_lp_ball(x, eps, norm, 64, generator=g)
     assert_contains(model, points, lower, upper, C=C)
     reinit(model, 0)
+
+
+class PaddedPool(nn.Module):
+    """Average pooling with padding counted (a depthwise convolution with zero padding) and
+    a stride that does not divide the map, between two convolutions."""
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(2, 3, 3, padding=1), nn.Conv2d(3, 2, 2)
+        self.fc = nn.Linear(2 * 3 * 3, 2)
+
+    def forward(self, x):                           # x: (B, 2, 7, 7)
+        h = F.avg_pool2d(F.relu(self.c1(x)), 3, stride=2, padding=1)   # (3, 4, 4)
+        return self.fc(F.relu(self.c2(F.relu(h))).flatten(1))
+
+
+def test_padded_average_pooling_keeps_windows_and_bounds():
+    model = reinit(PaddedPool().double(), 3)
+    x = torch.rand(2, 2, 7, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    ball = lirpac.LpBall(eps=0.1)
+    nets = {mode: lirpac.compile(model, x[:1], conv_mode=mode) for mode in ("matrix", "patches")}
+    assert "pat_avg_pool" in nets["patches"].source("crown")
+    ref = nets["matrix"].bounds(x, ball, method="crown")
+    for a, b in zip(nets["patches"].bounds(x, ball, method="crown"), ref):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    assert_contains(model, sample_lp_ball(x, 0.1, math.inf, 64), *ref)
