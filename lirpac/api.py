@@ -42,7 +42,7 @@ class LinearBounds:
     upper: torch.Tensor | None
 
 
-def _method_name(method) -> str:
+def method_name(method) -> str:
     """The method's canonical (lower-case) name; codegen's METHODS is the one list of them."""
     if not isinstance(method, str) or method.lower() not in METHODS:
         raise InputError(f"unknown method {method!r}; method must be one of "
@@ -183,7 +183,7 @@ class CompiledNet:
 
     def _run(self, x, perturbation, method, C, bound_lower, bound_upper, return_A, options=None):
         """(lower, upper, A, alpha state or None) of one bound computation."""
-        method = _method_name(method)
+        method = method_name(method)
         x, C = self._check(x, perturbation, C)
         if not (bound_lower or bound_upper):
             raise InputError("at least one of bound_lower and bound_upper must be True")
@@ -252,7 +252,7 @@ class CompiledNet:
         """Linear functions of the input that bound C f(x) over the whole set (backward and
         forward methods), with their concretized values (alpha-crown: the functions of the step
         with the best objective, and the elementwise best bounds, no looser than theirs)."""
-        if _method_name(method) == "ibp":
+        if method_name(method) == "ibp":
             raise InputError("linear_bounds needs a linear method (crown, crown-ibp, forward, "
                              "forward+crown); IBP gives intervals only")
         lower, upper, A, _ = self._run(x, perturbation, method, C, bound_lower, bound_upper, True)

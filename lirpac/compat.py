@@ -89,24 +89,14 @@ class PerturbationLpNorm(Perturbation):
             ball = self._ball().bind(x)
             lower = ball.lower if self.x_L is None else self.x_L
             upper = ball.upper if self.x_U is None else self.x_U
-        _require_nonempty(lower, upper, x)
-        return Box(lower, upper).bind(x)
+        try:
+            return Box(lower, upper).bind(x)
+        except InputError as err:
+            raise InputError(f"PerturbationLpNorm, the box [x_L, x_U] (a side not given is x - eps "
+                             f"or x + eps): {err}") from None
 
     def __repr__(self):
         return f"PerturbationLpNorm(eps={self.eps!r}, norm={self.norm}, x_L={self.x_L!r}, x_U={self.x_U!r})"
-
-
-def _require_nonempty(lower, upper, x: torch.Tensor) -> None:
-    """An empty box has no bounds: say which side of it the user gave."""
-    try:
-        lower_t, upper_t = torch.broadcast_tensors(torch.as_tensor(lower, dtype=x.dtype, device=x.device),
-                                                   torch.as_tensor(upper, dtype=x.dtype, device=x.device))
-    except RuntimeError:
-        return      # Box.bind names the shapes
-    if (lower_t > upper_t).any():
-        count = int((lower_t > upper_t).sum())
-        raise InputError(f"PerturbationLpNorm: the box [x_L, x_U] is empty: lower > upper at {count} "
-                         "element(s) (a side not given is x - eps or x + eps)")
 
 
 class BoundedTensor(torch.Tensor):

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from lirpac.errors import InputError
-from lirpac.ir.ops.common import overflow_unbounded
+from lirpac.ir.ops.common import all_finite, overflow_unbounded
 from lirpac.ir.scalar import centre_radius
 
 _NORMS = {float("inf"): float("inf"), 2.0: 2.0, 1.0: 1.0}
@@ -62,12 +62,6 @@ def _overflow_note(value, what: str, dtype: torch.dtype) -> str:
              else f"a tensor of magnitude up to {given.abs().max().item():g}")
     return (f" ({what}={shown} is infinite in {str(dtype).removeprefix('torch.')}, the input's "
             f"dtype, whose largest number is {torch.finfo(dtype).max:.4g})")
-
-
-def all_finite(x: torch.Tensor) -> bool:
-    """No NaN or inf in x. A finite sum says so in one reduction (a NaN or inf element makes
-    the sum NaN or inf); only a sum that overflowed needs the elementwise check."""
-    return math.isfinite(float(x.sum())) or bool(torch.isfinite(x).all())
 
 
 def _require_bounded(lower: torch.Tensor, upper: torch.Tensor, why: str) -> None:
@@ -146,8 +140,9 @@ class Box(Perturbation):
     def bind(self, x: torch.Tensor) -> "InputSet":
         lower = _per_sample(self.lower, x, "lower").expand_as(x)
         upper = _per_sample(self.upper, x, "upper").expand_as(x)
-        if (lower > upper).any():
-            raise InputError("Box: lower > upper for some elements")
+        crossed = int((lower > upper).sum())
+        if crossed:
+            raise InputError(f"Box: lower > upper at {crossed} element(s): the box is empty")
         _require_bounded(lower, upper, "Box: some bounds are infinite"
                          + _overflow_note(self.lower, "lower", x.dtype)
                          + _overflow_note(self.upper, "upper", x.dtype))

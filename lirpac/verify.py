@@ -111,13 +111,8 @@ def check_method(method: str | None) -> str:
     """The method's canonical name (default: `default_method()`); an unknown one is an
     InputError naming the accepted ones, before any work (a typo would otherwise run the whole
     budget and fail in the bounds)."""
-    from lirpac.codegen.torch_backend import METHODS
-    if method is None:
-        return default_method()
-    name = method.lower() if isinstance(method, str) else method
-    if name not in METHODS:
-        raise InputError(f"unknown method {method!r}: expected one of {', '.join(METHODS)}")
-    return name
+    from lirpac.api import method_name
+    return default_method() if method is None else method_name(method)
 
 
 def _inward_box(lower: np.ndarray, upper: np.ndarray, dtype: torch.dtype,

@@ -101,9 +101,9 @@ def split_pos_neg(t: torch.Tensor):
 # product would give NaN for every zero weight that meets an infinity.
 
 def all_finite(*tensors: torch.Tensor) -> bool:
-    """Every entry finite, by one sum per tensor (a sum that overflows only sends the caller
-    to its exact path for infinite entries, which gives the same result on finite ones)."""
-    return all(bool(torch.isfinite(t.sum())) for t in tensors)
+    """No NaN or inf in any tensor. A finite sum says so in one reduction (a NaN or inf element
+    makes the sum NaN or inf); only a sum that overflowed needs the elementwise check."""
+    return all(math.isfinite(float(t.sum())) or bool(torch.isfinite(t).all()) for t in tensors)
 
 
 def times(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
