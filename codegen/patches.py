@@ -39,6 +39,11 @@ class Patches:
     def with_coeff(self, coeff: torch.Tensor) -> "Patches":
         return Patches(coeff, self.top, self.left, self.shape)
 
+    def channels(self, start: int, size: int) -> "Patches":
+        """The rows' coefficients on channels [start, start + size) of the node, as Patches on
+        a node of that many channels (an operand of a channel concatenation)."""
+        return Patches(self.coeff.narrow(2, start, size), self.top, self.left, (size, *self.shape[1:]))
+
     def __neg__(self) -> "Patches":
         return self.with_coeff(-self.coeff)
 
@@ -175,9 +180,14 @@ def concretize_pair(inp, lA, lbias, uA, ubias, consume: bool = False):
 
 # -- static sizing, for the code generator's choice between patches and a dense matrix ----------
 
+def read_extent(extent: int, stride: int, dilation: int, kernel: int) -> int:
+    """Extent of the input window that an ``extent``-wide window of a conv's output reads."""
+    return (extent - 1) * stride + (kernel - 1) * dilation + 1
+
+
 def conv_geometry(geometry: Geometry, stride, padding, dilation, kernel) -> Geometry:
     """Window geometry on a conv's input from the geometry on its output."""
-    return tuple((a * s, b * s - p, (k - 1) * s + (w - 1) * d + 1)
+    return tuple((a * s, b * s - p, read_extent(k, s, d, w))
                  for (a, b, k), s, p, d, w in zip(geometry, stride, padding, dilation, kernel))
 
 

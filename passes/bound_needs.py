@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 
+from lirpac.codegen.patches import read_extent
 from lirpac.ir.graph import Graph, Node
 from lirpac.ir.opdef import get_op
 
@@ -141,7 +142,7 @@ def _window_in(m: Node, extent: tuple[int, int]) -> tuple[int, int] | None:
         if window is None:
             return None
         stride, _, dilation, kernel = window
-        return tuple((e - 1) * s + (k - 1) * d + 1 for e, s, d, k in zip(extent, stride, dilation, kernel))
+        return tuple(read_extent(*args) for args in zip(extent, stride, dilation, kernel))
     if all(i.shape == m.shape for i in m.inputs if i.perturbed):
         return extent
     return None

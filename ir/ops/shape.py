@@ -138,8 +138,7 @@ def _cat_backward_patches(lA, uA, *xs, dim, in_shapes, sizes):
     window (the positions are the same); a constant operand's part joins the bias."""
     coeffs, lbias, ubias, offset = [], 0, 0, 0
     for x, size in zip(xs, sizes):
-        la, ua = (None if a is None else type(a)(a.coeff.narrow(2, offset, size), a.top, a.left,
-                                                  (size, *a.shape[1:])) for a in (lA, uA))
+        la, ua = (None if a is None else a.channels(offset, size) for a in (lA, uA))
         offset += size
         if isinstance(x, torch.Tensor):
             coeffs.append(None)
