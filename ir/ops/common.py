@@ -103,7 +103,7 @@ def split_pos_neg(t: torch.Tensor):
 def all_finite(*tensors: torch.Tensor) -> bool:
     """No NaN or inf in any tensor. A finite sum says so in one reduction (a NaN or inf element
     makes the sum NaN or inf); only a sum that overflowed needs the elementwise check."""
-    return all(math.isfinite(float(t.sum())) or bool(torch.isfinite(t).all()) for t in tensors)
+    return all(math.isfinite(float(t.detach().sum())) or bool(torch.isfinite(t).all()) for t in tensors)
 
 
 def times(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
