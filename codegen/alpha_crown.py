@@ -2,10 +2,10 @@
 
 One call of the generated function is one step of the optimisation (the loop is lirpac/alpha.py):
 it is CROWN's straight-line code, except that a node whose op has a ``backward_alpha`` rule
-(ReLU) takes its slopes from ``alphas.slot(target, node, op, lA, uA, bounds)``, one pair of
+(ReLU) takes its slopes from ``ctx.slot(target, node, op, lA, uA, bounds)``, one pair of
 tensors per backward pass (the target) and node, so every intermediate pass and the final pass
-relax each unstable neuron with its own slope per row. ``alphas`` is an argument of the function
-(a lirpac.AlphaState), never a property of the graph.
+relax each unstable neuron with its own slope per row. ``ctx`` is an argument of the function
+(a lirpac.alpha.StepContext), never a property of the graph.
 
 The rows of an intermediate pass are the neurons its reference leaves unstable: the IBP
 reference intersected with the bounds the loop's first evaluation recorded (lirpac/alpha.py;
@@ -32,17 +32,11 @@ from lirpac.ir.graph import Graph, Node
 from lirpac.ir.opdef import get_op
 from lirpac.passes.bound_needs import sign_splittable
 
-ONE_CHUNK = 1 << 62
-
-
-def alpha_plan(spec: bool, lower: bool = True, upper: bool = True, return_A: bool = False,
-               conv_mode: str = "auto") -> Plan:
-    return Plan(method="alpha-crown", spec=spec, lower=lower, upper=upper, return_A=return_A,
-                conv_mode=conv_mode, max_memory=ONE_CHUNK)
+ONE_CHUNK = 1 << 62   # max_memory of alpha-CROWN's plans: passes run as one chunk
 
 
 class AlphaEmitter(torch_backend._Emitter):
-    signature = "inp, C, params, alphas"
+    signature = "inp, C, params, ctx"
     restart_reference = False
 
     def __init__(self, graph: Graph, plan: Plan):
@@ -61,7 +55,7 @@ class AlphaEmitter(torch_backend._Emitter):
 
     def pass_reference(self, n: Node) -> str:
         # the IBP reference, narrowed by the bounds of the loop's first evaluation
-        self.emit(f"{n.name}_ref = alphas.reference({n.name!r}, {n.name})")
+        self.emit(f"{n.name}_ref = ctx.reference({n.name!r}, {n.name})")
         self.references[n] = f"{n.name}_ref"
         return f"{n.name}_ref"
 
@@ -78,19 +72,19 @@ class AlphaEmitter(torch_backend._Emitter):
 
     def pass_rows(self, n: Node, expr: str) -> str:
         # none once recorded, when the state freezes intermediate bounds (branch and bound)
-        return f"alphas.rows({n.name!r}, {expr})"
+        return f"ctx.rows({n.name!r}, {expr})"
 
     def fold_condition(self, expr: str) -> str:
-        return f"{expr} and not alphas.shared"
+        return f"{expr} and not ctx.shared"
 
     def kept_bounds(self, n: Node, expr: str) -> str:
-        return f"alphas.record({n.name!r}, {expr})"
+        return f"ctx.record({n.name!r}, {expr})"
 
     def at_coefficients(self, target: Node, n: Node, patched: bool) -> None:
         # a neuron whose sign a branch-and-bound sub-domain fixes gets a multiplier there
         if not patched and n in self.splittable:
             live = next((self.live_of[u] for u in self.users[n] if u in self.live_of), None)
-            self.emit(f"lA_{n.name}, uA_{n.name} = alphas.beta({target.name!r}, {n.name!r}, "
+            self.emit(f"lA_{n.name}, uA_{n.name} = ctx.beta({target.name!r}, {n.name!r}, "
                       f"lA_{n.name}, uA_{n.name}{'' if live is None else ', ' + live})")
 
     def patches_rule(self, target: Node, n: Node, args: list[str]) -> tuple[str, list[str]]:
@@ -103,7 +97,7 @@ class AlphaEmitter(torch_backend._Emitter):
         if get_op(n.op).backward_alpha is None:
             return super().backward_rule(target, n, args)
         bounds = next(a for i, a in zip(n.inputs, args) if i.perturbed)
-        slot = (f"*alphas.slot({target.name!r}, {n.name!r}, {n.op!r}, lA_{n.name}, uA_{n.name}, "
+        slot = (f"*ctx.slot({target.name!r}, {n.name!r}, {n.op!r}, lA_{n.name}, uA_{n.name}, "
                 f"{self.slot_bounds.get(n, bounds)})")
         if get_op(n.op).alpha_lines is not None:
             args = [self.alpha_lines_of[n] if a == bounds else a for a in args]
@@ -118,13 +112,13 @@ class AlphaEmitter(torch_backend._Emitter):
 
     def zero_neurons(self, a: Node, expr: str) -> str:
         # a neuron whose sign branch and bound constrains keeps its multiplier
-        return f"alphas.keep_constrained({a.name!r}, {expr})"
+        return f"ctx.keep_constrained({a.name!r}, {expr})"
 
 
 def build(graph: Graph, plan: Plan):
-    """The generated step ``bound(inp, C, params, alphas)`` and its source. When some of its
+    """The generated step ``bound(inp, C, params, ctx)`` and its source. When some of its
     statements never see a slope, ``bound.hoisted`` is (prepare, step) from codegen/hoist.py:
-    ``step(inp, C, params, alphas, prepare(inp, C, params, alphas))`` computes what ``bound``
+    ``step(inp, C, params, ctx, prepare(inp, C, params, ctx))`` computes what ``bound``
     does, and the loop runs ``prepare`` once per call."""
     fn, source = torch_backend.build(graph, plan, AlphaEmitter(graph, plan))
     parts = hoist.split(source)

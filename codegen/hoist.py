@@ -78,7 +78,7 @@ def _is_docstring(st: ast.stmt) -> bool:
 
 def _calls_step_method(st: ast.stmt) -> bool:
     return any(isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
-               and isinstance(n.func.value, ast.Name) and n.func.value.id == "alphas"
+               and isinstance(n.func.value, ast.Name) and n.func.value.id == "ctx"
                and n.func.attr in STEP_METHODS for n in ast.walk(st))
 
 

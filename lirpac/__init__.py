@@ -5,7 +5,7 @@
 """
 from lirpac.alpha import AlphaOptions, AlphaState
 from lirpac.api import AlphaResult, CompiledNet, LinearBounds, compile
-from lirpac.codegen.torch_backend import METHODS
+from lirpac.methods import METHODS
 from lirpac.errors import (InputError, LirpacError, ModelFormatError, SpecFormatError,
                            UnsupportedOperationError)
 from lirpac.perturbation import Box, LpBall, Perturbation

@@ -12,6 +12,7 @@ the slopes' storage, an ``AlphaState`` that a later call can start from (warm st
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import numbers
@@ -94,116 +95,154 @@ def _check_option(name: str, value) -> None:
 
 @dataclass
 class AlphaState:
-    """The slopes of one alpha-CROWN problem, by (pass target, node): ``[alpha_l, alpha_u]``,
-    tensors of shape (batch, rows of the pass or 1, *node shape), or on Patches the shape of the
-    rows' windows (batch, rows, C, KH, KW), in [0, 1] (None for a side not computed; a pass
-    over few rows folds its sides, codegen/runtime.fold_pair: its slopes are then
-    ``[alpha, None]``, the upper side's rows after the lower's). A ReLU layer whose dead
-    neurons leave the passes (codegen: ``live_neurons``) has slopes for its live neurons only,
-    in the order of the call's live index (the last dimension is then their count). Pass it
-    back (``net.alpha_crown(..., state=s)`` or ``options={"state": s}``) to start from these
-    slopes; a slot whose shape no longer fits (other batch, spec, alpha_shared or number of
-    live neurons) starts again from CROWN's.
+    """What a caller of alpha-CROWN holds: the slopes and multipliers found, to warm-start a
+    later call (``net.alpha_crown(..., state=s)`` or ``options={"state": s}``).
 
-    ``references``: each intermediate node's bounds from the first evaluation of the current
-    call (CROWN's slopes, no gradients), which narrow the IBP reference of the steps that
-    follow, so their passes bound only the neurons those bounds leave unstable. They belong to
-    one input set: ``optimise`` clears them at the start of every call.
+    ``alphas``: by (pass target, node), ``[alpha_l, alpha_u]``, tensors of shape (batch, rows
+    of the pass or 1, *node shape), or on Patches the shape of the rows' windows (batch, rows,
+    C, KH, KW), in [0, 1] (None for a side not computed; a pass over few rows folds its
+    sides, codegen/runtime.fold_pair: its slopes are then ``[alpha, None]``, the upper side's
+    rows after the lower's). A ReLU layer whose dead neurons leave the passes (codegen:
+    ``live_neurons``) has slopes for its live neurons only, in the order of the call's live
+    index (the last dimension is then their count). A slot whose shape no longer fits (other
+    batch, spec, alpha_shared or number of live neurons) starts again from CROWN's.
+
+    ``betas``: beta-CROWN's multipliers (Wang et al. 2021) of sign constraints (a
+    ``BranchContext``), by (pass target, node) like the slopes, >= 0.
+
+    ``references``: what the last call recorded (read only): each intermediate node's bounds
+    from its first evaluation (CROWN's slopes), which narrowed the references of its steps."""
+    alphas: dict = field(default_factory=dict)
+    betas: dict = field(default_factory=dict)
+    references: dict = field(default_factory=dict)
+
+    def _snapshot(self) -> tuple[dict, dict]:
+        def copy(table):
+            return {k: [None if a is None else a.detach().clone() for a in pair] for k, pair in table.items()}
+        return copy(self.alphas), copy(self.betas)
+
+
+@dataclass
+class BranchContext:
+    """What branch and bound (lirpac/bab.py) sets for a batch of sub-domains, and what it
+    reads back; the slopes stay in the AlphaState.
 
     ``constraints``: per node, (floor, ceiling) tensors of the node's batched shape (-inf /
-    +inf where free) that its bounds are clipped to: ReLU branch and bound (lirpac/bab.py)
-    bounds a sub-domain where chosen neurons are >= 0 or <= 0 this way. Every bound then holds
-    for the inputs of the sub-domain only. ``probing``: the recorded bounds come back as
-    fresh leaves that require gradients (``probes``), so the output bound's sensitivity to
-    each neuron's bounds can be read (branching scores).
-
-    ``betas``: beta-CROWN's multipliers (Wang et al. 2021) of those sign constraints, by (pass
-    target, node) like the slopes, >= 0. A lower bound over a sub-domain where s_j x_j >= 0
-    (s_j = +1 or -1) may subtract beta_j s_j x_j from the bounded function, an upper bound
-    add it: neither is smaller (larger) than the function anywhere in the sub-domain, so every
-    beta >= 0 is sound, and beta = 0 is the clipping alone. The backward pass adds
-    -beta s (+beta s) to the coefficients at x.
+    +inf where free) that its bounds are clipped to: a sub-domain where chosen neurons are
+    >= 0 or <= 0. Every bound then holds for the inputs of the sub-domain only; a lower bound
+    may subtract beta_j s_j x_j (s_j = +1 or -1 the constrained sign, beta_j >= 0), an upper
+    bound add it: neither is smaller (larger) than the function anywhere in the sub-domain,
+    so every beta >= 0 is sound, and beta = 0 is the clipping alone.
 
     ``known``: per node, bounds (an Interval of the node's batched shape) that hold already,
-    such as the parent sub-domain's in branch and bound: references and recorded bounds are
-    intersected with them, so passes skip the neurons they prove stable. ``tracking``: keep
-    in ``tightest`` each node's tightest bounds over every evaluation of the call. ``frozen``:
-    the steps keep the intermediate bounds of the first evaluation (no intermediate pass runs
-    after it, and only the final pass's slopes move): far cheaper steps, for sub-domains whose
-    known bounds come from an optimised parent."""
-    alphas: dict = field(default_factory=dict)
-    output: str = ""
-    shared: bool = False
-    trained_passes: str = "all"      # "all" or "final": whose slopes the optimiser moves
-    references: dict = field(default_factory=dict)
-    recording: bool = False
+    such as the parent sub-domain's: references and recorded bounds are intersected with
+    them, so passes skip the neurons they prove stable. ``frozen``: the steps keep the
+    intermediate bounds of the first evaluation (only the final pass's slopes move): far
+    cheaper steps, for sub-domains whose known bounds come from an optimised parent.
+
+    ``track``: keep in ``tightest`` each node's tightest bounds over every evaluation.
+    ``probe``: recorded bounds come back as fresh leaves that require gradients, kept in
+    ``probes``, so the output bound's sensitivity to each neuron's bounds can be read
+    (branching scores)."""
     constraints: dict = field(default_factory=dict)
-    probing: bool = False
-    probes: dict = field(default_factory=dict)
-    betas: dict = field(default_factory=dict)
     known: dict = field(default_factory=dict)
-    tracking: bool = False
-    tightest: dict = field(default_factory=dict)
     frozen: bool = False
+    track: bool = False
+    probe: bool = False
+    tightest: dict = field(default_factory=dict)
+    probes: dict = field(default_factory=dict)
+
+
+class StepContext:
+    """The object generated alpha-CROWN code calls (``ctx.slot``, ``ctx.beta``,
+    ``ctx.reference``, ``ctx.rows``, ``ctx.record``, ``ctx.keep_constrained``): one per call,
+    built from the caller's AlphaState and options and an optional BranchContext."""
+
+    def __init__(self, state: AlphaState, output: str, opts: AlphaOptions,
+                 branch: BranchContext | None = None, references: dict | None = None):
+        """``references``: bounds an earlier call recorded on the same inputs (state.references)
+        to start from, instead of recording them in a first evaluation."""
+        self.state, self.output = state, output
+        self.branch = branch if branch is not None else BranchContext()
+        self.shared = opts.alpha_shared
+        self.train_all = opts.optimize_intermediate     # else only the final pass's slopes move
+        self.references: dict = dict(references or {})
+        self.recording = False
+        # fresh leaves for this call (projected into [0, 1]: a state edited by hand stays sound)
+        for table, top in ((state.alphas, 1), (state.betas, None)):
+            for key, pair in table.items():
+                table[key] = [None if a is None else a.detach().clamp(0, top).requires_grad_(self._trains(key[0]))
+                              for a in pair]
+
+    def _trains(self, target: str) -> bool:
+        return self.train_all or target == self.output
+
+    @contextlib.contextmanager
+    def recording_evaluation(self):
+        """The first evaluation of a call: CROWN's slopes, intermediate bounds recorded."""
+        self.references, self.branch.tightest, self.recording = {}, {}, True
+        try:
+            yield
+        finally:
+            self.recording = False
+            self.state.references = self.references
 
     def reference(self, node: str, ibp):
         """The bounds a pass for ``node`` tightens: its IBP reference, intersected with the
         known and the recorded bounds where there are some (all are sound)."""
-        for table in (self.known, self.references):
+        for table in (self.branch.known, self.references):
             ibp = _within(ibp, table.get(node))
         return ibp
 
     def rows(self, node: str, rows: torch.Tensor) -> torch.Tensor:
-        """The neurons a pass for ``node`` bounds: none once recorded when frozen (called by the
-        generated code)."""
-        if self.frozen and not self.recording and node in self.references:
+        """The neurons a pass for ``node`` bounds: none once recorded when frozen."""
+        if self.branch.frozen and not self.recording and node in self.references:
             return rows[:0]
         return rows
 
     def record(self, node: str, bounds):
         """``node``'s bounds, clipped to its constraints and known bounds; kept when recording
-        (and the tightest when tracking), and returned as gradient leaves when probing (called
-        by the generated code)."""
-        for clip in (self.constraints.get(node), self.known.get(node)):
+        (and the tightest when tracking), and returned as gradient leaves when probing."""
+        branch = self.branch
+        for clip in (branch.constraints.get(node), branch.known.get(node)):
             bounds = _within(bounds, clip)
         if self.recording:
             self.references[node] = type(bounds)(bounds.lower.detach(), bounds.upper.detach())
-        if self.tracking:
-            self.tightest[node] = _within(type(bounds)(bounds.lower.detach(), bounds.upper.detach()),
-                                          self.tightest.get(node))
-        if self.probing:
+        if branch.track:
+            branch.tightest[node] = _within(type(bounds)(bounds.lower.detach(), bounds.upper.detach()),
+                                            branch.tightest.get(node))
+        if branch.probe:
             bounds = type(bounds)(bounds.lower.detach().requires_grad_(), bounds.upper.detach().requires_grad_())
-            self.probes[node] = bounds
+            branch.probes[node] = bounds
         return bounds
 
     def slot(self, target: str, node: str, op: str, lA, uA, bounds):
-        """The slopes of ``node`` in the pass from ``target`` (called by the generated code),
-        created from the op's CROWN choice the first time."""
+        """The slopes of ``node`` in the pass from ``target``, created from the op's CROWN
+        choice the first time."""
         some = lA if lA is not None else uA
         lower = bounds.lower
         # Patches (codegen/patches.py) get a slope per row and window position, unless shared
         windowed = hasattr(some, "windows") and not self.shared
         shape = (tuple(some.coeff.shape) if windowed else
                  (lower.shape[0], 1 if self.shared else some.shape[1], *lower.shape[1:]))
-        pair = self.alphas.get((target, node))
+        pair = self.state.alphas.get((target, node))
         if pair is None or not _fits(pair, shape, lA, uA, lower):
             start = get_op(op).alpha_init(lower.detach(), bounds.upper.detach())
             start = (some.windows(start) if windowed else start.unsqueeze(1)).expand(shape)
             if self.recording:
                 # the recording evaluation runs CROWN's slopes and keeps no slot of its shape
                 return [None if side is None else start for side in (lA, uA)]
-            train = self.trained_passes == "all" or target == self.output
             pair = [None if side is None
-                    else start.clone(memory_format=torch.contiguous_format).requires_grad_(train)
+                    else start.clone(memory_format=torch.contiguous_format).requires_grad_(self._trains(target))
                     for side in (lA, uA)]
-            self.alphas[(target, node)] = pair
+            self.state.alphas[(target, node)] = pair
         return pair
 
     def keep_constrained(self, node: str, zero: torch.Tensor) -> torch.Tensor:
         """``zero`` (true where the op after ``node`` is 0 on the whole set: codegen drops
         those neurons from later passes) without the neurons whose sign is constrained: their
         multipliers tighten the bound even where the op is 0."""
-        clip = self.constraints.get(node)
+        clip = self.branch.constraints.get(node)
         if clip is None:
             return zero
         free = (clip[0] == -math.inf) & (clip[1] == math.inf)
@@ -211,22 +250,20 @@ class AlphaState:
 
     def beta(self, target: str, node: str, lA, uA, live=None):
         """The coefficients at ``node`` in the pass from ``target`` with the multipliers of its
-        sign constraints (called by the generated code; unchanged without constraints).
-        ``live``: the coefficients are those of these neurons only (codegen: dead neurons
-        leave the later passes)."""
-        clip = self.constraints.get(node)
+        sign constraints (unchanged without constraints). ``live``: the coefficients are those
+        of these neurons only (codegen: dead neurons leave the later passes)."""
+        clip = self.branch.constraints.get(node)
         some = lA if lA is not None else uA
         if clip is None or hasattr(some, "windows") or self.recording:
             return lA, uA
         sign = ((clip[0] > -math.inf).to(some.dtype) - (clip[1] < math.inf).to(some.dtype)).unsqueeze(1)
         if live is not None:
             sign = sign.index_select(2, live)
-        pair = self.betas.get((target, node))
+        pair = self.state.betas.get((target, node))
         if pair is None or not _fits(pair, tuple(some.shape), lA, uA, some):
-            train = self.trained_passes == "all" or target == self.output
-            pair = [None if side is None else torch.zeros_like(some).requires_grad_(train)
+            pair = [None if side is None else torch.zeros_like(some).requires_grad_(self._trains(target))
                     for side in (lA, uA)]
-            self.betas[(target, node)] = pair
+            self.state.betas[(target, node)] = pair
         return (None if lA is None else lA - pair[0] * sign,
                 None if uA is None else uA + pair[1] * sign)
 
@@ -234,22 +271,7 @@ class AlphaState:
         """The slopes and the multipliers the optimiser moves."""
         def moving(table):
             return [a for pair in table.values() for a in pair if a is not None and a.requires_grad]
-        return moving(self.alphas), moving(self.betas)
-
-    def _prepare(self, output: str, opts: AlphaOptions) -> None:
-        """Fresh leaves for this call (projected into [0, 1]: a state edited by hand stays sound)."""
-        self.output, self.shared = output, opts.alpha_shared
-        self.trained_passes = "all" if opts.optimize_intermediate else "final"
-        for table, top in ((self.alphas, 1), (self.betas, None)):
-            for key, pair in table.items():
-                train = self.trained_passes == "all" or key[0] == output
-                table[key] = [None if a is None else a.detach().clamp(0, top).requires_grad_(train)
-                              for a in pair]
-
-    def _snapshot(self) -> tuple[dict, dict]:
-        def copy(table):
-            return {k: [None if a is None else a.detach().clone() for a in pair] for k, pair in table.items()}
-        return copy(self.alphas), copy(self.betas)
+        return moving(self.state.alphas), moving(self.state.betas)
 
 
 def _within(bounds, clip):
@@ -297,32 +319,30 @@ class _Adam:
             self.lrs[k] *= self.decay
 
 
-def optimise(step, inp, C, params, output: str, opts: AlphaOptions, state: AlphaState | None):
+def optimise(step, inp, C, params, output: str, opts: AlphaOptions, state: AlphaState | None,
+             branch: BranchContext | None = None):
     """Run the loop over the generated ``step``; returns (lower, upper, A, state) with the
     elementwise best bounds, A (when the step returns it) of the step with the best objective,
     and the state holding that step's slopes."""
     with weights_fixed():
-        return _optimise(step, inp, C, params, output, opts, state)
+        return _optimise(step, inp, C, params, output, opts, state, branch)
 
 
-def _optimise(step, inp, C, params, output: str, opts: AlphaOptions, state: AlphaState | None):
+def _optimise(step, inp, C, params, output: str, opts: AlphaOptions, state: AlphaState | None,
+              branch: BranchContext | None):
     state = state if state is not None else AlphaState()
-    state._prepare(output, opts)
+    ctx = StepContext(state, output, opts, branch)
     params = [p.detach() for p in params]
     started = time.monotonic()
     # a first evaluation with CROWN's slopes records every intermediate node's bounds; the
     # steps then bound only the neurons those leave unstable (far fewer rows than IBP's)
-    state.references, state.tightest, state.recording = {}, {}, True
-    try:
-        with torch.no_grad():
-            best_lower, best_upper, _ = step(inp, C, params, state)
-    finally:
-        state.recording = False
+    with ctx.recording_evaluation(), torch.no_grad():
+        best_lower, best_upper, _ = step(inp, C, params, ctx)
     # the statements no slope reaches run once (codegen/hoist.py), the rest every step
     hoisted = getattr(step, "hoisted", None)
     if hoisted is not None:
         with torch.no_grad():
-            invariants = hoisted[0](inp, C, params, state)
+            invariants = hoisted[0](inp, C, params, ctx)
         step = functools.partial(hoisted[1], pre=invariants)
     best_A = None
     best_objective, best_alphas, stale = -math.inf, None, 0
@@ -338,7 +358,7 @@ def _optimise(step, inp, C, params, output: str, opts: AlphaOptions, state: Alph
             clock.check(iteration_seconds, "an alpha-crown iteration")
             # (the last evaluation takes no step: no graph to record)
             with torch.set_grad_enabled(iteration < opts.iterations - 1):
-                lower, upper, A = step(inp, C, params, state)
+                lower, upper, A = step(inp, C, params, ctx)
                 objective = (lower.sum() if lower is not None else 0) - (upper.sum() if upper is not None else 0)
         except OutOfTime:
             break
@@ -357,7 +377,7 @@ def _optimise(step, inp, C, params, output: str, opts: AlphaOptions, state: Alph
                 opts.time_limit is not None and time.monotonic() - started >= opts.time_limit):
             break
         if optimiser is None:
-            alphas, betas = state.trainable()
+            alphas, betas = ctx.trainable()
             if not alphas + betas or not objective.requires_grad:
                 break       # nothing to optimise (no unstable ReLU on the way)
             optimiser = _Adam([(group, lr) for group, lr in
@@ -378,4 +398,4 @@ def _optimise(step, inp, C, params, output: str, opts: AlphaOptions, state: Alph
     return best_lower, best_upper, best_A, state
 
 
-__all__ = ["AlphaOptions", "AlphaState", "optimise"]
+__all__ = ["AlphaOptions", "AlphaState", "BranchContext", "StepContext", "optimise"]

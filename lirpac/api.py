@@ -9,10 +9,9 @@ from dataclasses import dataclass
 
 import torch
 
-from lirpac import allocator
-from lirpac.alpha import AlphaOptions, AlphaState, optimise
-from lirpac.codegen import alpha_crown, torch_backend
-from lirpac.codegen.torch_backend import METHODS, Plan
+from lirpac import allocator, methods
+from lirpac.alpha import AlphaState
+from lirpac.codegen.torch_backend import Plan
 from lirpac.errors import InputError
 from lirpac.ir.graph import Graph
 from lirpac.perturbation import LpBall, Perturbation, all_finite
@@ -43,11 +42,8 @@ class LinearBounds:
 
 
 def method_name(method) -> str:
-    """The method's canonical (lower-case) name; codegen's METHODS is the one list of them."""
-    if not isinstance(method, str) or method.lower() not in METHODS:
-        raise InputError(f"unknown method {method!r}; method must be one of "
-                         f"{', '.join(repr(m) for m in METHODS)}")
-    return method.lower()
+    """The method's canonical (lower-case) name (lirpac/methods/ holds the list)."""
+    return methods.get(method).name
 
 
 def _require_values(t: torch.Tensor, what: str) -> None:
@@ -90,26 +86,25 @@ class CompiledNet:
         self.output_shape = self.graph.output.shape
 
     # -- code -----------------------------------------------------------------------------
-    @staticmethod
-    def _plan(plan: Plan) -> Plan:
-        """The plan actually generated (alpha-crown runs its passes unchunked)."""
-        if plan.method == "alpha-crown":
-            return alpha_crown.alpha_plan(plan.spec, plan.lower, plan.upper, plan.return_A,
-                                          plan.conv_mode)
-        return plan
+    def plan(self, method: str = "crown", **fields) -> Plan:
+        """The plan of ``method`` on this network (``fields``: Plan's, such as spec=True)."""
+        fields = {"conv_mode": self.conv_mode, "max_memory": self.max_memory, **fields}
+        return methods.get(method).complete(Plan(method=method_name(method), **fields))
 
     def function(self, plan: Plan):
-        plan = self._plan(plan)
+        """The generated function of ``plan`` (built on first use; its method fills in the
+        plan's modes)."""
+        method = methods.get(plan.method)
+        plan = method.complete(plan)
         if plan not in self._cache:
-            build = alpha_crown.build if plan.method == "alpha-crown" else torch_backend.build
-            fn, source = build(self.graph, plan)
+            fn, source = method.build(self.graph, plan)
             self._cache[plan] = (fn, source)
             if _dump_enabled("code"):
                 _print_stage(f"generated code ({plan.method})", source)
         return self._cache[plan][0]
 
     def source(self, method: str = "crown", spec: bool = False) -> str:
-        plan = self._plan(Plan(method=method, spec=spec, conv_mode=self.conv_mode, max_memory=self.max_memory))
+        plan = self.plan(method, spec=spec)
         self.function(plan)
         return self._cache[plan][1]
 
@@ -183,41 +178,22 @@ class CompiledNet:
 
     def _run(self, x, perturbation, method, C, bound_lower, bound_upper, return_A, options=None):
         """(lower, upper, A, alpha state or None) of one bound computation."""
-        method = method_name(method)
+        method = methods.get(method)
         x, C = self._check(x, perturbation, C)
         if not (bound_lower or bound_upper):
             raise InputError("at least one of bound_lower and bound_upper must be True")
         if options is not None and not isinstance(options, Mapping):
             raise InputError(f"options must be a dict such as {{'iterations': 20}} or None, got "
                              f"{type(options).__name__} {options!r}")
-        options = dict(options or {})
-        intersect = options.pop("intersect", False)
-        if intersect and method != "crown":
-            raise InputError("options['intersect'] applies to the intermediate backward passes of "
-                             f"method='crown'; method={method!r} has none")
-        plan = Plan(method=method, spec=C is not None, lower=bound_lower, upper=bound_upper,
-                    return_A=return_A, conv_mode=self.conv_mode, max_memory=self.max_memory,
-                    intersect=bool(intersect))
+        plan_fields, run_options = methods.read_options(method, options or {})
+        plan = self.plan(method.name, spec=C is not None, lower=bound_lower, upper=bound_upper,
+                         return_A=return_A, **plan_fields)
         fn = self.function(plan)
-        if method != "alpha-crown":
-            if options:
-                raise InputError(f"options {sorted(options)} are for method='alpha-crown'; "
-                                 f"method={method!r} takes only 'intersect' (crown)")
-            # with no graph to record, inference mode also skips autograd's per-op bookkeeping
-            # (view and version tracking; 7-8% of CROWN on the MLP); the bounds leave it as
-            # ordinary tensors, so later autograd code may use them
-            inference = not (return_A or torch.is_grad_enabled())
-            with torch.inference_mode() if inference else contextlib.nullcontext(), _no_autocast(x):
-                lower, upper, A = fn(perturbation.bind(x), C, self._params(x))
-            if inference:
-                lower, upper = (None if t is None else t.clone() for t in (lower, upper))
-            return lower, upper, A, None
-        state = options.pop("state", None)
-        if state is not None and not isinstance(state, AlphaState):
-            raise InputError(f"options['state'] must be a lirpac.AlphaState, got {type(state).__name__}")
+        # (an iterative method differentiates its steps with respect to its own parameters
+        # only: the input set is detached)
+        inp = perturbation.bind(x.detach() if method.iterative else x)
         with _no_autocast(x):
-            return optimise(fn, perturbation.bind(x.detach()), C, self._params(x),
-                            self.graph.output.name, AlphaOptions.from_dict(options), state)
+            return method.run(fn, inp, C, self._params(x), plan, self.graph.output.name, run_options)
 
     def bounds(self, x: torch.Tensor, perturbation: Perturbation, method: str = "crown", C=None,
                bound_lower: bool = True, bound_upper: bool = True, options: dict | None = None):
@@ -252,9 +228,10 @@ class CompiledNet:
         """Linear functions of the input that bound C f(x) over the whole set (backward and
         forward methods), with their concretized values (alpha-crown: the functions of the step
         with the best objective, and the elementwise best bounds, no looser than theirs)."""
-        if method_name(method) == "ibp":
-            raise InputError("linear_bounds needs a linear method (crown, crown-ibp, forward, "
-                             "forward+crown); IBP gives intervals only")
+        if not methods.get(method).linear:
+            linear = ", ".join(m.name for m in methods.REGISTRY.values() if m.linear)
+            raise InputError(f"linear_bounds needs a linear method ({linear}); "
+                             f"{method_name(method)} gives intervals only")
         lower, upper, A, _ = self._run(x, perturbation, method, C, bound_lower, bound_upper, True)
         lA, lb, uA, ub = A
         shape = (x.shape[0], -1, *self.input_shape)

@@ -2,19 +2,19 @@
 
 A sub-domain is the input box with some pre-activation neurons fixed to one sign
 (``x_j >= 0`` or ``x_j <= 0``). Bounding it is alpha-CROWN with, for those neurons, bounds
-clipped at 0 (``AlphaState.constraints``: their ReLU becomes exact and every later bound
+clipped at 0 (``BranchContext.constraints``: their ReLU becomes exact and every later bound
 tightens) and beta-CROWN's multipliers (Wang et al. 2021, ``AlphaState.betas``), which bring
 the constraint itself into each backward pass; both are optimised by the same steps. The
 root optimises every pass; a sub-domain below it starts from its parent's intermediate bounds
-(``AlphaState.known``), tightens them by one CROWN evaluation under its splits (skipping the
+(``BranchContext.known``), tightens them by one CROWN evaluation under its splits (skipping the
 neurons the parent proved stable), and then moves only the final pass's slopes and
-multipliers (``AlphaState.frozen``): cheap steps, many sub-domains. Each bound holds for the inputs of the
+multipliers (``BranchContext.frozen``): cheap steps, many sub-domains. Each bound holds for the inputs of the
 sub-domain only, and the two halves of a split cover the parent, so the property holds once
 every sub-domain is proved. A sub-domain whose bounds cross (lower > upper somewhere) holds no
 input at all and is proved.
 
 Branching: the output bound's gradient with respect to each unstable neuron's bounds
-(``AlphaState.probing``) estimates how much fixing its sign raises the bound on each side;
+(``BranchContext.probe``) estimates how much fixing its sign raises the bound on each side;
 the neuron with the largest sum is split (a first-order cousin of BaBSR, Bunel et al. 2020).
 """
 from __future__ import annotations
@@ -25,9 +25,9 @@ from dataclasses import dataclass
 import torch
 
 from lirpac import deadline as clock
-from lirpac.alpha import AlphaState
+from lirpac.alpha import AlphaOptions, AlphaState, BranchContext, StepContext
 from lirpac.deadline import OutOfTime
-from lirpac.codegen.torch_backend import Plan
+from lirpac.methods import ALPHA_CROWN
 from lirpac.passes.bound_needs import sign_splittable
 from lirpac.perturbation import Box
 
@@ -93,16 +93,17 @@ def _search(net, lower, upper, C, d, groups, deadline, batch, iterations, max_do
             return BabResult(None, bounded, f"{bounded} sub-domains bounded, {len(queue) + len(chunk)} left "
                              "(out of time)")
         bounded += len(chunk)
-        empty = _infeasible(state, len(chunk))
+        state, branch = state
+        empty = _infeasible(branch, len(chunk))
         todo = []
         for b, dom in enumerate(chunk):
             still = dom.open & ~torch.stack([(margins[b, g] > 0).any() for g in groups])
             if not bool(empty[b]) and bool(still.any()):
-                known = {k: type(v)(v.lower[b], v.upper[b]) for k, v in state.tightest.items()}
+                known = {k: type(v)(v.lower[b], v.upper[b]) for k, v in branch.tightest.items()}
                 todo.append((b, _Domain(dom.splits, still, known)))
         if not todo:
             continue
-        picks = _branch(net, state, inputs, [b for b, _ in todo], splittable)
+        picks = _branch(net, state, branch, inputs, [b for b, _ in todo], splittable)
         last = time.monotonic() - started
         for (b, dom), score in zip(todo, picks):
             if score is None:
@@ -149,40 +150,42 @@ def _bound(net, chunk, nodes, lower, upper, C, d, iterations, deadline):
     Cn = C.unsqueeze(0).expand(n, *C.shape).to(lower.dtype)
     # below the root, the steps keep the intermediate bounds (the parent's optimised ones,
     # tightened by one CROWN evaluation under the splits) and move the final pass only
-    state = AlphaState(constraints=_constraints(chunk, nodes, lower), known=_known(chunk), tracking=True,
-                       frozen=all(dom.bounds is not None for dom in chunk))
+    branch = BranchContext(constraints=_constraints(chunk, nodes, lower), known=_known(chunk), track=True,
+                           frozen=all(dom.bounds is not None for dom in chunk))
+    state = AlphaState()
     time_limit = max(deadline - time.monotonic(), 1e-3)
     with torch.no_grad():
-        lb, _ = net.bounds(centre, box, method="alpha-crown", C=Cn, bound_upper=False,
-                           options={"state": state, "iterations": iterations, "time_limit": time_limit})
-    return lb.double() - d.double(), state, (centre, box, Cn)
+        lb, _ = net.bounds(centre, box, method=ALPHA_CROWN.name, C=Cn, bound_upper=False,
+                           options={"state": state, "branch": branch, "iterations": iterations,
+                                    "time_limit": time_limit})
+    return lb.double() - d.double(), (state, branch), (centre, box, Cn)
 
 
-def _infeasible(state: AlphaState, n: int) -> torch.Tensor:
+def _infeasible(branch: BranchContext, n: int) -> torch.Tensor:
     """(n,) bool: sub-domains whose bounds cross somewhere (they hold no input)."""
     empty = torch.zeros(n, dtype=torch.bool)
-    for bounds in state.tightest.values():
+    for bounds in branch.tightest.values():
         empty |= (bounds.lower > bounds.upper).flatten(1).any(1)
     return empty
 
 
-def _branch(net, state, inputs, indices, splittable):
+def _branch(net, state, branch, inputs, indices, splittable):
     """For each sub-domain in ``indices``: (node name, flat index) of the unstable splittable
-    neuron whose sign, fixed either way, is estimated to raise the bound most; None if none."""
+    neuron whose sign, fixed either way, is estimated to raise the bound most; None if none.
+    One evaluation with the optimised slopes, whose recorded bounds are gradient leaves
+    (BranchContext.probe)."""
     centre, box, C = inputs
-    fn = net.function(Plan(method="alpha-crown", spec=True, lower=True, upper=False,
-                           conv_mode=net.conv_mode))
-    state.probing, state.probes = True, {}
-    try:
-        with torch.enable_grad():
-            lower, _, _ = fn(box.bind(centre), C, net._params(centre), state)
-            # the rows still negative are the ones to raise
-            objective = lower.clamp(max=0).sum()
-            probes = {k: v for k, v in state.probes.items() if k in splittable}
-            leaves = [t for v in probes.values() for t in (v.lower, v.upper)]
-            grads = torch.autograd.grad(objective, leaves, allow_unused=True) if leaves else []
-    finally:
-        state.probing, state.probes = False, {}
+    fn = net.function(net.plan(ALPHA_CROWN.name, spec=True, upper=False))
+    probing = BranchContext(constraints=branch.constraints, known=branch.known, frozen=branch.frozen,
+                            probe=True)
+    ctx = StepContext(state, net.graph.output.name, AlphaOptions(), probing, state.references)
+    with torch.enable_grad():
+        lower, _, _ = fn(box.bind(centre), C, net._params(centre), ctx)
+        # the rows still negative are the ones to raise
+        objective = lower.clamp(max=0).sum()
+        probes = {k: v for k, v in probing.probes.items() if k in splittable}
+        leaves = [t for v in probes.values() for t in (v.lower, v.upper)]
+        grads = torch.autograd.grad(objective, leaves, allow_unused=True) if leaves else []
     best_score = torch.full((len(centre),), -torch.inf, dtype=torch.float64)
     best = [None] * len(centre)
     for k, (name, bounds) in enumerate(probes.items()):

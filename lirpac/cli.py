@@ -58,7 +58,7 @@ def _positive_int(text: str) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from lirpac.codegen.torch_backend import METHODS
+    from lirpac.methods import METHODS
     from lirpac import __version__
     methods = ", ".join(METHODS)
     parser = argparse.ArgumentParser(prog="lirpac", description="Neural-network bound propagation and verification.",

@@ -14,25 +14,17 @@ import math
 
 import torch
 
+from lirpac import methods
 from lirpac.alpha import AlphaOptions
 from lirpac.api import compile as _compile
 from lirpac.errors import InputError
 from lirpac.perturbation import Box, LpBall, Perturbation
 
 # auto_LiRPA's method names (matched without case) and the lirpac method each one runs
-_METHODS = {
-    "IBP": "ibp", "CROWN": "crown", "backward": "crown", "CROWN-IBP": "crown-ibp",
-    "IBP+backward": "crown-ibp", "IBP+CROWN": "crown-ibp", "forward": "forward",
-    "forward+backward": "forward+crown", "forward+CROWN": "forward+crown",
-    "alpha-CROWN": "alpha-crown", "CROWN-optimized": "alpha-crown",
-}
-_BY_KEY = {name.lower(): method for name, method in _METHODS.items()}
-
-# which bounds of the intermediate nodes a method leaves behind, and the method a later
-# backward call on the same input runs when it reuses them
-_INTERMEDIATE = {"ibp": "ibp", "crown-ibp": "ibp", "crown": "crown", "alpha-crown": "crown",
-                 "forward": "forward", "forward+crown": "forward"}
-_BACKWARD_FROM = {"ibp": "crown-ibp", "crown": "crown", "forward": "forward+crown"}
+# (Method.compat_names)
+_BY_KEY = methods.by_compat_name()
+# the method that is interval arithmetic throughout (method=None with IBP=True)
+_INTERVAL = next(m for m in methods.REGISTRY.values() if m.intermediate == m.final == "ibp")
 
 # auto_LiRPA's optimize_bound_args that lirpac's alpha-CROWN reads, and their lirpac names
 _ALPHA_OPTIONS = {"iteration": "iterations", "lr_alpha": "lr", "lr_decay": "lr_decay",
@@ -48,7 +40,8 @@ _UNSUPPORTED_ARGUMENTS = {"aux", "final_node_name", "interm_bounds", "reference_
 
 
 def _method_list() -> str:
-    return ", ".join(_METHODS) + ", or method=None with IBP=True"
+    names = [alias for m in methods.REGISTRY.values() for alias in m.compat_names]
+    return ", ".join(names) + ", or method=None with IBP=True"
 
 
 class PerturbationLpNorm(Perturbation):
@@ -179,7 +172,7 @@ class BoundedModule(torch.nn.Module):
         self.bound_opts = bound_opts or {}
         self.net = _compile(model, global_input, conv_mode=conv_mode)
         self._last_x = None
-        self._intermediate = None   # "ibp" | "crown" | "forward": bounds kept for _last_x
+        self._intermediate = None   # "ibp" | "backward" | "forward": bounds kept for _last_x
         self._ibp_bounds = None     # the last IBP bounds, for reuse_ibp=True
 
     def _new_input(self, x) -> None:
@@ -200,17 +193,19 @@ class BoundedModule(torch.nn.Module):
             if not IBP:
                 raise InputError("compute_bounds(method=None) computes bounds only with IBP=True "
                                  f"(then it is IBP); otherwise give a method: {_method_list()}")
-            return "ibp"
+            return _INTERVAL.name
         name = _BY_KEY.get(method.lower()) if isinstance(method, str) else None
         if name is None:
             raise InputError(f"unknown method {method!r}; choose one of {_method_list()}")
-        if name in ("crown", "crown-ibp", "forward+crown"):
-            if name == "crown-ibp" or IBP:
-                return _BACKWARD_FROM[self._intermediate or "ibp"]
+        m = methods.get(name)
+        if m.final == "backward" and not m.iterative:
+            # the intermediate bounds come from an earlier call, from IBP=True, or as asked
+            if m.intermediate == "ibp" or IBP:
+                return methods.backward_after(self._intermediate or "ibp").name
             if self._intermediate is not None:
-                return _BACKWARD_FROM[self._intermediate]
-            return "forward+crown" if forward or name == "forward+crown" else "crown"
-        if name == "forward" and IBP:
+                return methods.backward_after(self._intermediate).name
+            return methods.backward_after("forward" if forward else m.intermediate).name
+        if m.final == "forward" and IBP:
             raise InputError("compute_bounds(IBP=True, method='forward') is not supported (forward "
                              "mode from IBP's intermediate bounds); use method='CROWN-IBP', 'IBP' "
                              "or 'forward'")
@@ -226,17 +221,18 @@ class BoundedModule(torch.nn.Module):
         if ptb is None:
             raise InputError("compute_bounds needs a BoundedTensor input carrying a perturbation")
         name = self._method(method, IBP, forward)
-        if name == "ibp" and method is None and reuse_ibp and self._ibp_bounds is not None:
+        interval = name == _INTERVAL.name
+        if interval and method is None and reuse_ibp and self._ibp_bounds is not None:
             return self._ibp_bounds
         x_plain = self._last_x.as_subclass(torch.Tensor)
-        options = self._alpha_options if name == "alpha-crown" else None
+        options = self._alpha_options if methods.get(name).iterative else None
         if not return_A:
             result = self.net.bounds(x_plain, ptb, method=name, C=C, bound_lower=bound_lower,
                                      bound_upper=bound_upper, options=options)
         else:
             result = self._bounds_and_A(x_plain, ptb, name, C, bound_lower, bound_upper)
-        self._intermediate = self._intermediate or _INTERMEDIATE[name]
-        if name == "ibp":
+        self._intermediate = self._intermediate or methods.get(name).intermediate
+        if interval:
             self._ibp_bounds = result
         return result
 

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from lirpac import deadline as clock
+from lirpac import deadline as clock, methods
 from lirpac.deadline import OutOfTime, validate_timeout
 from lirpac.errors import InputError
 from lirpac.perturbation import Box
@@ -48,10 +48,9 @@ FIRST_ATTACK_SHARE = 0.1
 FIRST_ATTACK_ROUNDS = 10
 # PGD rounds (new seeds) after the bounds failed; past them the answer is "unknown"
 LATE_ATTACK_ROUNDS = 20
-# methods cheaper than CROWN or equal to it, run as they are; others (alpha-crown) run after
-# CROWN, when the time left exceeds EXPENSIVE_METHOD_COST times what CROWN took (alpha-CROWN's
+# cheap methods (Method.cheap) run as they are; iterative ones (alpha-crown) run after CROWN,
+# when the time left exceeds EXPENSIVE_METHOD_COST times what CROWN took (alpha-CROWN's
 # default 20 iterations each cost about one CROWN pass)
-_CHEAP_METHODS = ("ibp", "crown-ibp", "forward", "forward+crown", "crown")
 EXPENSIVE_METHOD_COST = 25
 # input splitting (branch and bound on the box) for models with at most this many inputs
 SPLIT_MAX_INPUTS = 16
@@ -102,9 +101,9 @@ class VerificationResult:
 
 
 def default_method() -> str:
-    """alpha-CROWN when the torch backend offers it, else CROWN."""
-    from lirpac.codegen.torch_backend import METHODS
-    return "alpha-crown" if "alpha-crown" in METHODS else "crown"
+    """The tightest registered method (lirpac.methods.DEFAULT_VERIFY: alpha-CROWN)."""
+    from lirpac.methods import DEFAULT_VERIFY
+    return DEFAULT_VERIFY
 
 
 def check_method(method: str | None) -> str:
@@ -262,7 +261,7 @@ class _Instance:
             else:
                 # alpha-CROWN stops its steps when the instance's time is nearly spent
                 options = ({"time_limit": max(0.8 * self.time_left(), 1e-3)}
-                           if method == "alpha-crown" else None)
+                           if methods.get(method).iterative else None)
                 lb, _ = self.net.bounds(centre, box, method=method, C=C, bound_upper=False,
                                         options=options)
         margin = lb.double() - d   # > 0: that row is never met in the box (d: proof_d)
@@ -377,7 +376,7 @@ def _prove(inst: _Instance, method: str):
     """("holds", how, None) or ("violated", how, counterexample) when the bounds (and input
     splitting) decide, else None. CROWN first unless ``method`` is cheaper; ``method`` after
     it when the time left allows."""
-    first = method if method in _CHEAP_METHODS else "crown"
+    first = method if methods.get(method).cheap else methods.CROWN.name
     started = time.monotonic()
     if inst.prove(first):
         return "holds", f"proved by {first}", None
@@ -390,7 +389,7 @@ def _prove(inst: _Instance, method: str):
     elif method != first and inst.time_left() > EXPENSIVE_METHOD_COST * first_time:
         if inst.prove(method):
             return "holds", f"proved by {method}", None
-        if method == "alpha-crown" and inst.prove_by_relu_splitting(RELU_SPLIT_SHARE):
+        if methods.get(method).iterative and inst.prove_by_relu_splitting(RELU_SPLIT_SHARE):
             return "holds", "proved by alpha-crown with ReLU splitting", None
     return None
 

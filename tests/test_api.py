@@ -9,7 +9,7 @@ import torch.nn as nn
 from hypothesis import given, settings, strategies as st
 
 import lirpac
-from lirpac.codegen.torch_backend import METHODS
+from lirpac.methods import METHODS
 from lirpac.errors import InputError
 from sampling import assert_contains, sample_lp_ball
 

@@ -143,7 +143,7 @@ def test_batch_size_zero(net):
 
 @pytest.mark.parametrize("method", [None, 3, "crwn"])
 def test_unknown_method_lists_every_accepted_name(net, method):
-    from lirpac.codegen.torch_backend import METHODS
+    from lirpac.methods import METHODS
     for call in (net.bounds, net.linear_bounds):
         with pytest.raises(InputError, match="unknown method") as info:
             call(torch.randn(1, 4), lirpac.LpBall(eps=0.1), method=method)

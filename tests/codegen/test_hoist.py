@@ -6,9 +6,8 @@ import pytest
 import torch
 
 import lirpac
-from lirpac.alpha import AlphaOptions, AlphaState
+from lirpac.alpha import AlphaOptions, AlphaState, BranchContext, StepContext
 from lirpac.codegen import hoist
-from lirpac.codegen.torch_backend import Plan
 from models import ARCHS, compiled_arch, reinit
 
 
@@ -21,8 +20,8 @@ def _run(source: str, a):
     if parts is None:
         return whole, None
     exec("\n".join(parts), namespace)
-    alphas = Steps()
-    return whole, namespace["step"](a, alphas, pre=namespace["prepare"](a, alphas))
+    ctx = Steps()
+    return whole, namespace["step"](a, ctx, pre=namespace["prepare"](a, ctx))
 
 
 class Steps:
@@ -40,10 +39,10 @@ class Steps:
 
 
 SOURCE = '''
-def bound(a, alphas):
+def bound(a, ctx):
     """doc"""
     b = a * 2
-    c = alphas.slot(b)
+    c = ctx.slot(b)
     b = c + 1          # redefines b after a varying statement
     d = b * 3
     e = a + 1
@@ -66,18 +65,18 @@ def test_reads_see_their_reaching_definitions():
 
 
 def test_a_function_with_nothing_to_hoist_stays_whole():
-    assert hoist.split("def bound(a, alphas):\n    return a + 1\n") is None
-    assert hoist.split("def bound(a, alphas):\n    return alphas.slot(a)\n") is None
+    assert hoist.split("def bound(a, ctx):\n    return a + 1\n") is None
+    assert hoist.split("def bound(a, ctx):\n    return ctx.slot(a)\n") is None
 
 
 def test_nested_function_reading_a_reassigned_name_stays_in_step():
     source = '''
-def bound(a, alphas):
+def bound(a, ctx):
     x = a
     def inner():
         return x
     x = a + 1
-    y = alphas.slot(inner())
+    y = ctx.slot(inner())
     return y
 '''
     whole, split = _run(source, 1)
@@ -96,8 +95,8 @@ def test_generated_step_equals_the_whole_function(arch, norm, use_spec):
     C = torch.randn(2, 2, net.output_shape[0], generator=g) if use_spec else None
     ball = lirpac.LpBall(eps=0.3, norm=norm)
     state = net.alpha_crown(x, ball, C=C, iterations=3).state
-    state._prepare(net.graph.output.name, AlphaOptions())
-    fn = net.function(Plan(method="alpha-crown", spec=use_spec))
+    state = StepContext(state, net.graph.output.name, AlphaOptions(), None, state.references)
+    fn = net.function(net.plan("alpha-crown", spec=use_spec))
     inp, params = ball.bind(x), net._params(x)
     assert hasattr(fn, "hoisted"), net.source("alpha-crown", spec=use_spec)
     prepare, step = fn.hoisted
@@ -111,8 +110,8 @@ def test_generated_step_equals_the_whole_function(arch, norm, use_spec):
 def test_generated_source_shows_the_split():
     _, net, _ = compiled_arch("mlp")
     source = net.source("alpha-crown")
-    assert "def prepare(inp, C, params, alphas):" in source
-    assert "def step(inp, C, params, alphas, pre):" in source
+    assert "def prepare(inp, C, params, ctx):" in source
+    assert "def step(inp, C, params, ctx, pre):" in source
     step = source[source.index("def step("):]
     assert "ibp_linear" not in step      # the IBP chain runs once per call
 
@@ -129,8 +128,8 @@ def test_sign_constraints_still_clip_the_hoisted_bounds():
     node = next(iter(crown.references))
     ref = crown.references[node]
     floor = torch.where(torch.arange(ref.lower.numel()).reshape(ref.lower.shape) == 0, 0.0, -math.inf)
-    state = AlphaState(constraints={node: (floor, torch.full_like(floor, math.inf))})
-    result = net.alpha_crown(x, ball, state=state, iterations=4)
+    branch = BranchContext(constraints={node: (floor, torch.full_like(floor, math.inf))})
+    result = net.alpha_crown(x, ball, branch=branch, iterations=4)
     samples = torch.rand(4000, 3) * 2 - 1
     with torch.no_grad():
         hidden = model[0](samples)

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import lirpac
-from lirpac.codegen.torch_backend import METHODS
+from lirpac.methods import METHODS
 from bound_checks import dead_neurons_dropped, whole_passes
 from models import ARCHS, reinit
 from sampling import assert_contains, sample_lp_ball

@@ -7,7 +7,7 @@ import torch.nn as nn
 from hypothesis import given, settings, strategies as st
 
 import lirpac
-from lirpac.codegen.alpha_crown import alpha_plan
+from lirpac.alpha import StepContext
 from lirpac.compat import BoundedModule, BoundedTensor, PerturbationLpNorm
 from models import ARCHS, compiled_arch, reinit
 from sampling import assert_contains, sample_lp_ball
@@ -74,7 +74,7 @@ def test_defaults_tighten_crown_and_match_design_api():
 
 
 def _objective(net, x, ball, C, state):
-    step = net.function(alpha_plan(spec=C is not None))
+    step = net.function(net.plan("alpha-crown", spec=C is not None))
     params = [p.detach() for p in net._params(x)]
     lower, upper, _ = step(ball.bind(x), C, params, state)
     return lower.sum() - upper.sum()
@@ -90,9 +90,9 @@ def test_gradient_matches_finite_differences(arch):
     ball = lirpac.LpBall(eps=0.4)
     C = torch.randn(1, 2, net.output_shape[0], dtype=torch.float64)
     state, alphas, g = _random_slopes_state(net, x, ball, C, lambda key: True, 0)
-    intermediate = [a for k, pair in state.alphas.items() if k[0] != net.graph.output.name for a in pair]
+    intermediate = [a for k, pair in state.state.alphas.items() if k[0] != net.graph.output.name for a in pair]
     # (a pass over few rows folds its sides: one tensor of slopes per slot then)
-    assert len(state.alphas) >= 2 and len(alphas) >= 2 and any(a is not None and a.numel() for a in intermediate)
+    assert len(state.state.alphas) >= 2 and len(alphas) >= 2 and any(a is not None and a.numel() for a in intermediate)
     checked = _check_gradient(net, x, ball, C, state, alphas, lambda flat, grad: (
         torch.randint(0, flat.numel(), (3,), generator=g).tolist() + [int(grad.abs().argmax())]))
     assert checked >= 2
@@ -102,8 +102,9 @@ def _random_slopes_state(net, x, ball, C, pick, seed):
     """A state whose slopes are leaves (as the loop makes them) and the slopes ``pick(key)``
     selects, set to random values in [0.1, 0.9] (away from the projection's edges)."""
     state = net.alpha_crown(x, ball, C=C, iterations=1).state
-    state._prepare(net.graph.output.name, lirpac.AlphaOptions())
-    alphas = [a for k, pair in state.alphas.items() if pick(k) for a in pair if a is not None]
+    # (the slopes as leaves; the rows of the passes those of the call that made them)
+    state = StepContext(state, net.graph.output.name, lirpac.AlphaOptions(), None, state.references)
+    alphas = [a for k, pair in state.state.alphas.items() if pick(k) for a in pair if a is not None]
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for a in alphas:
@@ -157,7 +158,7 @@ def test_options_errors():
     _, net, shape = compiled_arch("mlp")
     x = torch.zeros(1, *shape)
     ball = lirpac.LpBall(eps=0.1)
-    with pytest.raises(lirpac.InputError, match="unknown alpha-crown option"):
+    with pytest.raises(lirpac.InputError, match="unknown option.*iters.*method=.alpha-crown"):
         net.bounds(x, ball, method="alpha-crown", options={"iters": 3})
     with pytest.raises(lirpac.InputError, match="iterations must be an integer >= 1"):
         net.bounds(x, ball, method="alpha-crown", options={"iterations": 0})

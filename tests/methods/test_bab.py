@@ -8,9 +8,8 @@ import torch.nn as nn
 from hypothesis import given, settings, strategies as st
 
 import lirpac
-from lirpac.alpha import AlphaState
+from lirpac.alpha import AlphaOptions, AlphaState, BranchContext, StepContext
 from lirpac.bab import relu_split, splittable_nodes
-from lirpac.codegen.torch_backend import Plan
 from bound_checks import dead_neurons_dropped
 
 
@@ -58,9 +57,11 @@ def _check_sub_domain(seed, width, picks, random_multipliers, frozen):
     ceilings = {n: torch.full((1, width), torch.inf, dtype=torch.float64) for n in names}
     for layer, index, sign in splits:
         (floors if sign > 0 else ceilings)[names[layer]][0, index] = 0.0
-    state = AlphaState(constraints={n: (floors[n], ceilings[n]) for n in names}, frozen=frozen)
+    state = AlphaState()
+    branch = BranchContext(constraints={n: (floors[n], ceilings[n]) for n in names}, frozen=frozen)
     centre, box = torch.zeros(1, 2, dtype=torch.float64), lirpac.Box(UNIT[0][None], UNIT[1][None])
-    lower, upper = net.bounds(centre, box, method="alpha-crown", options={"state": state, "iterations": 4})
+    lower, upper = net.bounds(centre, box, method="alpha-crown",
+                              options={"state": state, "branch": branch, "iterations": 4})
     if frozen:
         assert all(target == net.graph.output.name for target, _ in state.alphas)
     if random_multipliers:
@@ -71,8 +72,9 @@ def _check_sub_domain(seed, width, picks, random_multipliers, frozen):
                     for t in pair:
                         if t is not None:
                             t.copy_(scale * torch.rand(t.shape, generator=g, dtype=t.dtype))
-            step = net.function(Plan(method="alpha-crown", spec=False))
-            lower, upper, _ = step(box.bind(centre), None, net._params(centre), state)
+            step = net.function(net.plan("alpha-crown"))
+            ctx = StepContext(state, net.graph.output.name, AlphaOptions(), branch, state.references)
+            lower, upper, _ = step(box.bind(centre), None, net._params(centre), ctx)
     x = torch.cat([grid(61), torch.rand(2000, 2, generator=g, dtype=torch.float64) * 2 - 1])
     with torch.no_grad():
         pre = [model[0](x)]
@@ -163,10 +165,10 @@ def test_dropping_dead_neurons_keeps_sub_domain_bounds(seed):
         for layer, index in ((0, 5), (0, 7), (1, 2)):
             table = floors if pre[layer][0, index] >= 0 else ceilings
             table[names[layer]][0, index] = 0.0
-        state = AlphaState(constraints={n: (floors[n], ceilings[n]) for n in names})
+        branch = BranchContext(constraints={n: (floors[n], ceilings[n]) for n in names})
         with dead_neurons_dropped(always):
             results.append(net.bounds(centre, box, method="alpha-crown",
-                                      options={"state": state, "iterations": 6}))
+                                      options={"branch": branch, "iterations": 6}))
         if always:
             assert "keep_constrained(" in net.source("alpha-crown")
     for a, b in zip(*results):
