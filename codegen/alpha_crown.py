@@ -120,12 +120,9 @@ def build(graph: Graph, plan: Plan):
     statements never see a slope, ``bound.hoisted`` is (prepare, step) from codegen/hoist.py:
     ``step(inp, C, params, ctx, prepare(inp, C, params, ctx))`` computes what ``bound``
     does, and the loop runs ``prepare`` once per call."""
-    fn, source = torch_backend.build(graph, plan, AlphaEmitter(graph, plan))
-    parts = hoist.split(source)
+    program, namespace = torch_backend.generate(graph, plan, AlphaEmitter(graph, plan))
+    parts = hoist.split(program)
+    fns, source = torch_backend.compile_programs([program, *(parts or ())], namespace, plan.method)
     if parts is not None:
-        namespace = fn.__globals__
-        filename = torch_backend.register_source("\n".join(parts), plan.method + "-hoisted")
-        exec(compile("\n".join(parts), filename, "exec"), namespace)
-        fn.hoisted = (namespace["prepare"], namespace["step"])
-        source = "\n".join([source, "# the loop's split of bound (codegen/hoist.py)", *parts])
-    return fn, source
+        fns[0].hoisted = tuple(fns[1:])
+    return fns[0], source

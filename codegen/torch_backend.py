@@ -18,6 +18,7 @@ import math
 from dataclasses import dataclass
 
 from lirpac.codegen import patches, runtime
+from lirpac.codegen.program import Program, Statement, free_dead, print_program, statement
 from lirpac.ir.graph import Graph, Node
 from lirpac.ir.opdef import Interval, Linear, REGISTRY, get_op
 from lirpac.ir.ops.common import add_bias, prepare_lines, relaxed_backward_lines
@@ -33,10 +34,12 @@ _MODE_PREFIX = {"ibp_ball": "ball", "ibp": "ibp", "backward": "bwd", "forward_mo
 class _PassLayout:
     """Representation of one backward pass's coefficients: ``patched`` nodes carry Patches
     (with their static window geometry), ``densify`` nodes may receive Patches but turn them
-    into matrices before their rule; ``row_elements`` is the largest coefficient row."""
+    into matrices before their rule; ``row_elements`` is the largest coefficient row;
+    ``why``: for the dump, each node's choice and the cost estimate behind it."""
     patched: dict
     densify: set
     row_elements: int
+    why: dict = None
 
 
 @dataclass(frozen=True)
@@ -85,8 +88,9 @@ class _Emitter:
     def __init__(self, graph: Graph, plan: Plan):
         self.graph = graph
         self.plan = plan
-        self.lines: list[str] = []
-        self.indent = 0
+        # statements of the program, and of the compound statements being emitted into
+        self.blocks: list[list[Statement]] = [[]]
+        self.node: Node | None = None     # the node of the next statement (set by ``rule``)
         self.consts: dict = {}
         self.rules: set[tuple[str, str]] = set()
         self.bounds: dict[Node, str] = {}      # node -> expression of its intermediate bounds
@@ -103,14 +107,25 @@ class _Emitter:
         # the last backward pass ends with coefficients nothing else shares (``backward``)
         self.owned = False
 
-    def emit(self, line: str = "") -> None:
-        self.lines.append(("    " * (1 + self.indent) + line) if line else "")
+    def emit(self, line: str) -> None:
+        """Append one statement (a line of Python, a compound header ending in ':' whose body
+        ``enter`` opens, or a comment) to the block being emitted."""
+        self.blocks[-1].append(statement(line, self.node))
+        self.node = None
+
+    def enter(self) -> None:
+        """Emit into the body of the last compound statement, until ``leave``."""
+        self.blocks.append(self.blocks[-1][-1].body)
+
+    def leave(self) -> None:
+        self.blocks.pop()
 
     def rule(self, op: str, mode: str, node: Node) -> str:
         opdef = get_op(op)
         if mode != "forward":
             opdef.rule(mode, node)     # raises a clear error if the op lacks the mode
         self.rules.add((op, mode))
+        self.node = node
         return f"{_MODE_PREFIX[mode]}_{op}"
 
     def attrs(self, node: Node, with_shapes: bool = False) -> str:
@@ -186,6 +201,9 @@ class _Emitter:
         owned: set[Node] = set()
         what = "spec C" if spec else ("identity spec" if rows is None else f"identity rows {rows}")
         self.emit(f"# backward from %{target.name} ({what}{', patches' if patched else ''})")
+        for n in nodes:
+            if layout is not None and layout.why and n in layout.why:
+                self.emit(f"#   %{n.name}: {layout.why[n]}")
         pick = (lambda t: t) if rows is None else (lambda t: f"pick_rows({t}, {rows})")
         op = get_op(target.op)
         skip_target = False
@@ -220,7 +238,8 @@ class _Emitter:
             # one lower-side pass over [c; -c] bounds both sides: max c.f = -min (-c).f
             first = next(iter(have))
             width = max(math.prod(n.shape) for n in nodes if n.perturbed)
-            self.emit(f"_fold = {self.fold_condition(f'fold_worth(lA_{first.name}, {width})')}")
+            self.emit(f"_fold = {self.fold_condition(f'fold_worth(lA_{first.name}, {width})')}"
+                      f"  # {width}: the widest node's elements")
             for n in have:
                 self.emit(f"lA_{n.name}, uA_{n.name} = fold_pair(lA_{n.name}, uA_{n.name}, _fold)")
             self.emit("lbias, ubias = fold_bias(lbias, ubias, _fold)")
@@ -236,6 +255,7 @@ class _Emitter:
             self.at_coefficients(target, n, n in patched)
             if n in self.lines_of:
                 # the lines were computed once for every pass (``relaxations``)
+                self.node = n
                 self.emit(f"_coeffs, _lb, _ub = relaxed(lA_{n.name}, uA_{n.name}, {self.lines_of[n]})")
             elif n in patched:
                 fn, args = self.patches_rule(target, n, args)
@@ -385,6 +405,7 @@ class _Emitter:
             patched[target] = ((1, 0, 1), (1, 0, 1))
         dense: set[Node] = set()
         densify: set[Node] = set()
+        why: dict[Node, str] = {}
         reached = {target}
         for n in reversed(nodes):
             if n not in reached or n is self.x:
@@ -393,9 +414,15 @@ class _Emitter:
             reached.update(inputs)
             geo = patched.get(n)
             outs = None if geo is None else self.patch_inputs(n, geo)
-            if outs is not None and mode == "auto" and any(
-                    g[0][2] * g[1][2] >= i.shape[1] * i.shape[2] for i, g in outs):
-                outs = None
+            if geo is not None and outs is None:
+                why[n] = f"matrix after it: {n.op} passes no patches on here"
+            if outs is not None and mode == "auto":
+                wide = [(i, g) for i, g in outs if g[0][2] * g[1][2] >= i.shape[1] * i.shape[2]]
+                if wide:
+                    i, g = wide[0]
+                    why[n] = (f"matrix after it: a {g[0][2]}x{g[1][2]} window on %{i.name} covers "
+                              f"its {i.shape[1]}x{i.shape[2]} map")
+                    outs = None
             if outs is None:
                 if patched.pop(n, None) is not None:
                     densify.add(n)
@@ -422,8 +449,10 @@ class _Emitter:
             if n in patched:
                 (_, _, kh), (_, _, kw) = patched[n]
                 size = n.shape[0] * kh * kw
+                why.setdefault(n, f"patches: {kh}x{kw} windows, {size} of {math.prod(n.shape)} "
+                                  "elements per row")
             row = max(row, size)
-        return _PassLayout(patched, densify, row)
+        return _PassLayout(patched, densify, row, why)
 
     def patch_inputs(self, n: Node, geo) -> list | None:
         """Geometry on each perturbed input of ``n`` from its own, or None if ``n`` cannot
@@ -484,25 +513,25 @@ class _Emitter:
             if forward:
                 self.emit(f"# forward mode: exact for %{n.name} and cheaper (passes/bound_needs.py)")
                 self.emit(f"def {n.name}_pass(_rows):")
-                self.indent += 1
+                self.enter()
                 self.forward_rows(n)
-                self.indent -= 1
+                self.leave()
                 row_bytes = "0"    # one call: its size grows with the input, not with the rows
             else:
                 layout = self.pass_layout(n)
                 self.relaxations(n, drop_dead=True)
                 self.emit(f"def {n.name}_start(_rows):")
-                self.indent += 1
+                self.enter()
 
                 def open_pass(names, n=n):
                     # the start reads no bounds of the pass: a function of the rows alone
                     # (``start_function``: alpha-CROWN's steps compute it once)
                     listed = ", ".join(names)
                     self.emit(f"return {listed}")
-                    self.indent -= 1
+                    self.leave()
                     self.start_function(n)
                     self.emit(f"def {n.name}_pass(_rows):")
-                    self.indent += 1
+                    self.enter()
                     self.emit(f"{listed} = {n.name}_start(_rows)")
 
                 folded = self.backward(n, spec=False, lower=True, upper=True, rows="_rows", layout=layout,
@@ -512,11 +541,13 @@ class _Emitter:
                     self.emit(f"return finish_sides(inp, lA_{x}, lbias, uA_{x}, ubias, _fold{consume})")
                 else:
                     self.emit(f"return concretize_pair(inp, lA_{x}, lbias, uA_{x}, ubias{consume})")
-                self.indent -= 1
+                self.leave()
                 # lA, uA, their successors and a relaxation step's gathered lines and
                 # selections: about 10 coefficient-sized tensors at the widest node (measured
                 # on cnn_4c_bn)
-                row_bytes = f"B * {10 * layout.row_elements} * inp.lower.element_size()"
+                row_bytes = f"B * 10 * {layout.row_elements} * inp.lower.element_size()"
+                self.emit(f"# rows in chunks of at most max_memory={budget} bytes of coefficients, "
+                          f"~10 tensors of the widest row ({layout.row_elements} elements) each")
             tightened = (f"tighten_chunks({reference}, {rows}, {n.name}_pass, {row_bytes}, {budget}"
                          f"{', intersect=True' if self.plan.intersect else ''})")
             self.emit(f"{n.name}_bounds = {self.kept_bounds(n, tightened)}")
@@ -556,7 +587,7 @@ class _Emitter:
         """On an Lp ball, bound one affine map of the input by the dual norm of its rows
         (exact; intersected with the box IBP, which is exact for a domain box)."""
         self.emit("if not inp.is_box:  # an Lp ball: the dual norm bounds one affine map exactly")
-        self.indent += 1
+        self.enter()
         chain = [m for m in self.region([n]) if m is not self.x]
         self.emit(f"_c_{self.x.name} = inp.center")
         for m in chain:
@@ -568,13 +599,12 @@ class _Emitter:
                 self.emit(f"{n.name} = intersect({n.name}, {call})")
             else:
                 self.emit(f"_c_{m.name} = {self.call(self.rule(m.op, 'forward', m), args, self.attrs(m))}")
-        self.indent -= 1
+        self.leave()
 
     # -- the whole function ----------------------------------------------------------------
-    def generate(self, fn_name: str) -> str:
+    def generate(self, fn_name: str) -> Program:
         plan, graph, out = self.plan, self.graph, self.graph.output
         leaves = [n.name for n in graph.nodes if n.op in ("param", "constant")]
-        body_start = len(self.lines)
         self.emit("B = inp.batch")
         if leaves:
             self.emit(f"{', '.join(leaves)}{',' if len(leaves) == 1 else ''} = params")
@@ -616,9 +646,8 @@ class _Emitter:
                 self.emit(f"upper = inp.concretize(uA_{x}, ubias, upper=True)" if up else "upper = None")
                 ret_A = f"(lA_{x}, lbias, uA_{x}, ubias)"
         self.emit(f"return lower, upper, {ret_A if plan.return_A else 'None'}")
-        body = self.lines[body_start:]
-        doc = f'"""{plan.method} bounds{" of C . f(x)" if plan.spec else ""} for the graph below (generated)."""'
-        return "\n".join([f"def {fn_name}({self.signature}):", "    " + doc] + body) + "\n"
+        doc = f"{plan.method} bounds{' of C . f(x)' if plan.spec else ''} for the graph below (generated)."
+        return Program(fn_name, [p.strip() for p in self.signature.split(",")], doc, self.blocks[0])
 
     def final_ibp(self, out: Node) -> None:
         if not self.plan.spec:
@@ -633,13 +662,13 @@ class _Emitter:
             self.emit(f"lower, upper = ibp_spec(C, {out.name})")
 
 
-def generate(graph: Graph, plan: Plan, emitter: "_Emitter | None" = None) -> tuple[str, dict]:
-    """Source of the function ``bound`` for ``plan`` and the namespace it runs in (``emitter``:
-    a subclass instance for methods that extend the generated code)."""
+def generate(graph: Graph, plan: Plan, emitter: "_Emitter | None" = None) -> tuple[Program, dict]:
+    """The program of the function ``bound`` for ``plan`` and the namespace it runs in
+    (``emitter``: a subclass instance for methods that extend the generated code)."""
     if plan.intermediate not in _MODES or plan.final not in _MODES:
         raise ValueError(f"plan {plan} has no modes: lirpac.methods.get(name).complete(plan) gives them")
     emitter = emitter or _Emitter(graph, plan)
-    source = emitter.generate("bound")
+    program = emitter.generate("bound")
     namespace = {"Interval": Interval, "Linear": Linear, "acc": runtime.acc,
                  "identity_spec": runtime.identity_spec, "spec_coeffs": runtime.spec_coeffs,
                  "ibp_spec": runtime.ibp_spec, "ibp_spec_linear": runtime.ibp_spec_linear,
@@ -662,19 +691,27 @@ def generate(graph: Graph, plan: Plan, emitter: "_Emitter | None" = None) -> tup
         opdef = REGISTRY[op]
         namespace[f"{_MODE_PREFIX[mode]}_{op}"] = getattr(opdef, mode)
     namespace.update(emitter.consts)
-    return source, namespace
+    return program, namespace
 
 
 _counter = [0]
 
 
 def build(graph: Graph, plan: Plan, emitter: "_Emitter | None" = None):
-    """Compile the generated source into a function (registered with linecache so tracebacks
-    and debuggers show the generated lines)."""
-    source, namespace = generate(graph, plan, emitter)
-    filename = register_source(source, plan.method)
-    exec(compile(source, filename, "exec"), namespace)
-    return namespace["bound"], source
+    """The generated function ``bound`` of ``plan`` and its source."""
+    program, namespace = generate(graph, plan, emitter)
+    (fn,), source = compile_programs([program], namespace, plan.method)
+    return fn, source
+
+
+def compile_programs(programs: list[Program], namespace: dict, label: str) -> tuple[list, str]:
+    """Print ``programs`` (each with coefficients freed after their last use) and compile them
+    into functions of ``namespace``; the source is registered with linecache, so tracebacks
+    and debuggers show the generated lines."""
+    texts = [print_program(Program(p.name, p.params, p.doc, free_dead(p.body))) for p in programs]
+    source = "\n".join(texts)
+    exec(compile(source, register_source(source, label), "exec"), namespace)
+    return [namespace[p.name] for p in programs], source
 
 
 def register_source(source: str, label: str) -> str:

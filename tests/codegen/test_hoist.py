@@ -8,13 +8,20 @@ import torch
 import lirpac
 from lirpac.alpha import AlphaOptions, AlphaState, BranchContext, StepContext
 from lirpac.codegen import hoist
+from lirpac.codegen.program import from_source, print_program
 from models import ARCHS, compiled_arch, reinit
+
+
+def _split(source: str):
+    """hoist.split of the function in ``source``, as printed source (or None)."""
+    parts = hoist.split(from_source(source))
+    return None if parts is None else tuple(print_program(p) for p in parts)
 
 
 def _run(source: str, a):
     """(whole function, step after prepare) on a, each with a fresh stand-in state."""
     namespace = {}
-    parts = hoist.split(source)
+    parts = _split(source)
     exec(source, namespace)
     whole = namespace["bound"](a, Steps())
     if parts is None:
@@ -59,14 +66,14 @@ def test_reads_see_their_reaching_definitions():
     whole, split = _run(SOURCE, 5)
     assert whole == (5 * 2 + 1 + 1, 4, (5 * 2 + 1 + 1) * 3, 6 + (5 * 2 + 2) * 3)
     assert split == whole
-    prepare, step = hoist.split(SOURCE)
+    prepare, step = _split(SOURCE)
     assert "e = a + 1" in prepare and "g = a - 1" in prepare
     assert "c = g" in step and "d = b * 3" in step
 
 
 def test_a_function_with_nothing_to_hoist_stays_whole():
-    assert hoist.split("def bound(a, ctx):\n    return a + 1\n") is None
-    assert hoist.split("def bound(a, ctx):\n    return ctx.slot(a)\n") is None
+    assert _split("def bound(a, ctx):\n    return a + 1\n") is None
+    assert _split("def bound(a, ctx):\n    return ctx.slot(a)\n") is None
 
 
 def test_nested_function_reading_a_reassigned_name_stays_in_step():
@@ -81,7 +88,7 @@ def bound(a, ctx):
 '''
     whole, split = _run(source, 1)
     assert split == whole
-    assert "def inner" in hoist.split(source)[1]
+    assert "def inner" in _split(source)[1]
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHS))
