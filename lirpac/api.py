@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import sys
 from collections.abc import Mapping
@@ -12,6 +13,7 @@ import torch
 from lirpac import allocator
 from lirpac.alpha import AlphaOptions, AlphaState, optimise
 from lirpac.codegen import alpha_crown, torch_backend
+from lirpac.codegen import triton as triton_backend
 from lirpac.codegen.torch_backend import METHODS, Plan
 from lirpac.errors import InputError
 from lirpac.ir.graph import Graph
@@ -70,7 +72,9 @@ class CompiledNet:
     """A model lowered to the bound IR, with generated bound functions cached per plan."""
 
     def __init__(self, graph: Graph, passes: list[str] | None = None, module=None,
-                 conv_mode: str = "auto", max_memory: int | None = None):
+                 conv_mode: str = "auto", max_memory: int | None = None, backend: str = "auto"):
+        # "torch", "triton" or "auto" (codegen/triton: triton for CUDA tensors when it imports)
+        self.backend = triton_backend.check_backend(backend)
         if conv_mode not in ("auto", "patches", "matrix"):
             raise InputError(f"conv_mode must be 'auto', 'patches' or 'matrix', got {conv_mode!r}")
         # how backward passes hold coefficients of conv layers, and how much memory they may use
@@ -94,22 +98,27 @@ class CompiledNet:
     def _plan(plan: Plan) -> Plan:
         """The plan actually generated (alpha-crown runs its passes unchunked)."""
         if plan.method == "alpha-crown":
-            return alpha_crown.alpha_plan(plan.spec, plan.lower, plan.upper, plan.return_A,
-                                          plan.conv_mode)
+            return dataclasses.replace(alpha_crown.alpha_plan(plan.spec, plan.lower, plan.upper, plan.return_A,
+                                                              plan.conv_mode), backend=plan.backend)
         return plan
 
     def function(self, plan: Plan):
         plan = self._plan(plan)
         if plan not in self._cache:
             build = alpha_crown.build if plan.method == "alpha-crown" else torch_backend.build
-            fn, source = build(self.graph, plan)
+            if plan.backend == "triton":
+                from lirpac.codegen.triton.backend import build as triton_build
+                fn, source = triton_build(self.graph, plan, build)
+            else:
+                fn, source = build(self.graph, plan)
             self._cache[plan] = (fn, source)
             if _dump_enabled("code"):
                 _print_stage(f"generated code ({plan.method})", source)
         return self._cache[plan][0]
 
     def source(self, method: str = "crown", spec: bool = False) -> str:
-        plan = self._plan(Plan(method=method, spec=spec, conv_mode=self.conv_mode, max_memory=self.max_memory))
+        plan = self._plan(Plan(method=method, spec=spec, conv_mode=self.conv_mode, max_memory=self.max_memory,
+                               backend=triton_backend.resolve(self.backend)))
         self.function(plan)
         return self._cache[plan][1]
 
@@ -197,7 +206,7 @@ class CompiledNet:
                              f"method='crown'; method={method!r} has none")
         plan = Plan(method=method, spec=C is not None, lower=bound_lower, upper=bound_upper,
                     return_A=return_A, conv_mode=self.conv_mode, max_memory=self.max_memory,
-                    intersect=bool(intersect))
+                    intersect=bool(intersect), backend=triton_backend.resolve(self.backend, x))
         fn = self.function(plan)
         if method != "alpha-crown":
             if options:
@@ -284,27 +293,30 @@ class AlphaResult:
 
 
 def compile(model, example_input=None, *, passes: list[str] | None = None, conv_mode: str = "auto",
-            max_memory: int | None = None) -> CompiledNet:
+            max_memory: int | None = None, backend: str = "auto") -> CompiledNet:
     """Lower ``model`` (an nn.Module, or an ONNX path/ModelProto) to the bound IR, run passes,
     and return a CompiledNet whose bound functions are generated on first use.
 
     ``conv_mode``: backward passes through convolutions hold coefficients as "patches" (one
     window per bounded neuron), as a dense "matrix", or choose per node by size ("auto"); the
     bounds are the same. ``max_memory``: bytes of coefficients a backward pass may hold before
-    its rows are split into several passes (default 1 GiB)."""
+    its rows are split into several passes (default 1 GiB). ``backend``: "torch", "triton"
+    (fused kernels, docs/triton.md) or "auto" (triton for CUDA tensors when it imports)."""
     if isinstance(model, torch.nn.Module):
         from lirpac.ir.torch_frontend import lower_module
         if example_input is None:
             raise InputError("compile(model, example_input): an example input is needed to trace "
                              "an nn.Module (any batch size; only the per-sample shape matters)")
         graph = lower_module(model, example_input)
-        return CompiledNet(graph, passes, module=model, conv_mode=conv_mode, max_memory=max_memory)
+        return CompiledNet(graph, passes, module=model, conv_mode=conv_mode, max_memory=max_memory,
+                           backend=backend)
     try:
         from lirpac.ir.onnx_frontend import lower_onnx
     except ImportError as err:
         raise InputError(f"compile: cannot load {type(model).__name__} ({err})") from err
     graph, runner = lower_onnx(model)
-    return CompiledNet(graph, passes, module=runner, conv_mode=conv_mode, max_memory=max_memory)
+    return CompiledNet(graph, passes, module=runner, conv_mode=conv_mode, max_memory=max_memory,
+                       backend=backend)
 
 
 __all__ = ["compile", "CompiledNet", "LinearBounds", "LpBall", "AlphaResult"]

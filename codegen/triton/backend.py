@@ -1,0 +1,79 @@
+"""The Triton backend's build: the torch backend's generated program, run with a dispatch table
+that swaps its fused steps for the Triton versions.
+
+The generated code calls its rules by name from its namespace (``relaxed``, ``bwa_relu``,
+...) and concretizes through the bound input set (``inp.concretize``, ``finish_sides``), so
+the same program runs on the kernels when (1) those names point at the kernels' launchers and
+(2) ``inp`` is a ``TritonInputSet``. Every swapped function falls back to the torch rule where
+its kernel does not apply (Patches, a device Triton does not run on), so the bounds are the
+torch backend's up to float rounding.
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+
+from lirpac.codegen.triton import concretize, relaxed_step
+from lirpac.ir.opdef import REGISTRY
+
+# generated name -> (replacement, the kernels it launches)
+_FUSED = {"relaxed": (relaxed_step.relaxed, (relaxed_step.relaxed_step_kernel,))}
+
+
+def _kink_ops() -> dict:
+    """alpha-CROWN's kink ops (ReLU, leaky ReLU): ``bwa_<op>`` -> the fused rule."""
+    out = {}
+    for name, opdef in REGISTRY.items():
+        rule = opdef.backward_alpha
+        slope = getattr(rule, "bottom_slope", None)
+        if rule is not None and slope is not None:
+            out[f"bwa_{name}"] = (relaxed_step.kink_backward_alpha(rule, slope),
+                                  (relaxed_step.relaxed_step_kernel,))
+    return out
+
+
+def dispatch_table(namespace: dict) -> dict:
+    """The swaps for the names this program uses."""
+    table = {**_FUSED, **_kink_ops()}
+    return {name: entry for name, entry in table.items() if name in namespace}
+
+
+def kernel_source(kernels) -> str:
+    """The Triton source of ``kernels`` (shown beside the generated code)."""
+    parts = []
+    for kernel in kernels:
+        fn = getattr(kernel, "fn", kernel)
+        parts.append(f"# {fn.__module__}.{fn.__name__}\n{inspect.getsource(fn)}")
+    return "\n".join(parts)
+
+
+def build(graph, plan, base_build):
+    """``base_build(graph, plan)`` (the torch or alpha-CROWN build) on the Triton dispatch
+    table: the function (inputs bound as TritonInputSets) and its source with the kernels'."""
+    fn, source = base_build(graph, plan)
+    namespace = fn.__globals__
+    table = dispatch_table(namespace)
+    used = {}
+    for name, (replacement, kernels) in table.items():
+        namespace[name] = replacement
+        used.update({k.fn.__name__ if hasattr(k, "fn") else k.__name__: k for k in kernels})
+    used["concretize_kernel"] = concretize.concretize_kernel
+    wrapped = _on_triton_sets(fn)
+    hoisted = getattr(fn, "hoisted", None)
+    if hoisted is not None:
+        wrapped.hoisted = tuple(_on_triton_sets(f) for f in hoisted)
+    swaps = ", ".join(f"{name} -> {replacement.__module__}.{getattr(replacement, '__qualname__', name)}"
+                      for name, (replacement, _) in table.items())
+    listing = "\n".join([source, "# ---- Triton backend (lirpac.codegen.triton) ----",
+                         f"# dispatch: {swaps or 'none'}; inp.concretize -> TritonInputSet (concretize_kernel)",
+                         kernel_source(used.values())])
+    return wrapped, listing
+
+
+def _on_triton_sets(fn):
+    """``fn(inp, ...)`` with ``inp`` bound as a TritonInputSet."""
+    @functools.wraps(fn)
+    def run(inp, *args, **kwargs):
+        return fn(concretize.TritonInputSet.wrap(inp), *args, **kwargs)
+    return run
+
