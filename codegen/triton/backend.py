@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import inspect
 
-from lirpac.codegen.triton import concretize, relaxed_step
+from lirpac.codegen.triton import concretize, forward_step, relaxed_step
 from lirpac.ir.opdef import REGISTRY
 
 # generated name -> (replacement, the kernels it launches)
@@ -32,9 +32,20 @@ def _kink_ops() -> dict:
     return out
 
 
+def _forward_ops() -> dict:
+    """Elementwise ops' forward-mode rules (ir/ops/common.py ``elementwise``): ``fwd_<op>`` ->
+    the fused rule."""
+    out = {}
+    for name, opdef in REGISTRY.items():
+        relax = getattr(opdef.forward_mode, "relaxed_by", None)
+        if relax is not None:
+            out[f"fwd_{name}"] = (forward_step.forward_rule(relax), (forward_step.forward_step_kernel,))
+    return out
+
+
 def dispatch_table(namespace: dict) -> dict:
     """The swaps for the names this program uses."""
-    table = {**_FUSED, **_kink_ops()}
+    table = {**_FUSED, **_kink_ops(), **_forward_ops()}
     return {name: entry for name, entry in table.items() if name in namespace}
 
 

@@ -32,6 +32,7 @@ def _close(a, b):
 
 @pytest.mark.parametrize("arch,method,norm", [
     ("mlp", "crown", float("inf")), ("mlp", "crown-ibp", 2.0), ("mlp", "forward+crown", 1.0),
+    ("residual", "forward", float("inf")),
     ("convnet", "crown", float("inf")), ("resnet_tiny", "crown", 2.0)])
 def test_bounds_equal_torch_backend(arch, method, norm):
     _, net_torch, net_triton, shape = _pair(arch)
@@ -103,14 +104,16 @@ def test_without_triton(monkeypatch):
     assert triton_backend.resolve("auto", torch.zeros(1)) == "torch"
 
 
-@pytest.mark.parametrize("arch", ["mlp", "convnet"])
-def test_kernels_run(arch, monkeypatch):
+@pytest.mark.parametrize("arch,method", [("mlp", "crown"), ("convnet", "crown"), ("mlp", "forward")])
+def test_kernels_run(arch, method, monkeypatch):
     """The bounds above come from the kernels, not from the torch fallbacks."""
-    from lirpac.codegen.triton import concretize, relaxed_step
+    from lirpac.codegen.triton import concretize, forward_step, relaxed_step
     launches = []
-    for module, name in ((relaxed_step, "launch_relaxed_step"), (concretize, "launch_concretize")):
+    for module, name in ((relaxed_step, "launch_relaxed_step"), (concretize, "launch_concretize"),
+                         (forward_step, "launch_forward_step")):
         original = getattr(module, name)
         monkeypatch.setattr(module, name, lambda *a, _f=original, _n=name, **k: launches.append(_n) or _f(*a, **k))
     _, _, net_triton, shape = _pair(arch)
-    net_triton.bounds(torch.zeros(1, *shape), lirpac.LpBall(eps=0.1), method="crown")
-    assert {"launch_relaxed_step", "launch_concretize"} <= set(launches)
+    net_triton.bounds(torch.zeros(1, *shape), lirpac.LpBall(eps=0.1), method=method)
+    step = "launch_forward_step" if method == "forward" else "launch_relaxed_step"
+    assert {step, "launch_concretize"} <= set(launches)
