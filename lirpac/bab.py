@@ -28,6 +28,7 @@ from lirpac import deadline as clock
 from lirpac.alpha import AlphaState
 from lirpac.deadline import OutOfTime
 from lirpac.codegen.torch_backend import Plan
+from lirpac.codegen.triton import resolve as resolve_backend
 from lirpac.passes.bound_needs import sign_splittable
 from lirpac.perturbation import Box
 
@@ -171,7 +172,7 @@ def _branch(net, state, inputs, indices, splittable):
     neuron whose sign, fixed either way, is estimated to raise the bound most; None if none."""
     centre, box, C = inputs
     fn = net.function(Plan(method="alpha-crown", spec=True, lower=True, upper=False,
-                           conv_mode=net.conv_mode))
+                           conv_mode=net.conv_mode, backend=resolve_backend(net.backend, centre)))
     state.probing, state.probes = True, {}
     try:
         with torch.enable_grad():

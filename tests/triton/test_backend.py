@@ -117,3 +117,30 @@ def test_kernels_run(arch, method, monkeypatch):
     net_triton.bounds(torch.zeros(1, *shape), lirpac.LpBall(eps=0.1), method=method)
     step = "launch_forward_step" if method == "forward" else "launch_relaxed_step"
     assert {step, "launch_concretize"} <= set(launches)
+
+
+@pytest.mark.slow
+def test_branch_and_bound_on_triton():
+    """relu_split on the Triton backend proves what it proves on torch, with as many
+    sub-domains (tests/methods/test_bab.py's instance; ~20 s in the interpreter)."""
+    import time
+    import torch.nn as nn
+    from lirpac.bab import relu_split
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 1)).double().eval()
+    axis = torch.linspace(-1, 1, 401, dtype=torch.float64)
+    with torch.no_grad():
+        fmin = float(model(torch.cartesian_prod(axis, axis)).min())
+    lipschitz = 1.0
+    for layer in model:
+        if isinstance(layer, nn.Linear):
+            lipschitz *= float(torch.linalg.matrix_norm(layer.weight.detach(), 2))
+    d = torch.tensor([fmin - lipschitz * 2 / 400 - 0.01], dtype=torch.float64)
+    box = (-torch.ones(2, dtype=torch.float64), torch.ones(2, dtype=torch.float64))
+    one = torch.ones(1, 1, dtype=torch.float64)
+    results = []
+    for backend in ("torch", "triton"):
+        net = lirpac.compile(model, torch.zeros(1, 2, dtype=torch.float64), backend=backend)
+        results.append(relu_split(net, *box, one, d, [[0]], time.monotonic() + 300, max_domains=2000))
+    assert results[0].proved is True and results[1].proved is True
+    assert results[0].domains == results[1].domains
