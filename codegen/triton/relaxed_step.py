@@ -26,9 +26,9 @@ def relaxed_step_kernel(
         l_coeff, u_coeff, new_l, new_u, l_partial, u_partial,
         l_slope, l_bias, u_slope, u_bias, unstable, alpha_l, alpha_u,
         total_rows, rows_per_batch, n, n_blocks, line_batch_stride, alpha_batch_stride, alpha_row_stride,
-        HAS_LOWER: tl.constexpr, HAS_UPPER: tl.constexpr, SHARED: tl.constexpr,
+        HAS_LOWER: tl.constexpr, HAS_UPPER: tl.constexpr, LOAD_UPPER: tl.constexpr,
         HAS_L_SLOPE: tl.constexpr, HAS_L_BIAS: tl.constexpr,
-        HAS_U_SLOPE: tl.constexpr, HAS_U_BIAS: tl.constexpr,
+        HAS_U_SLOPE: tl.constexpr, HAS_U_BIAS: tl.constexpr, HAS_BIAS: tl.constexpr,
         HAS_ALPHA: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr):
     """A tile of ROWS coefficient rows by BLOCK columns (program (row tile, column block))
     through the relaxation.
@@ -39,7 +39,7 @@ def relaxed_step_kernel(
       upper side: a' = p us + m ls, bias += sum(p ub + m lb)
     a bias product with p or m zero is 0 (0 * inf = 0).
 
-    Memory traffic: reads A once (both sides' once when SHARED) and the lines (node-sized,
+    Memory traffic: reads A once (both sides' once when they share it: not LOAD_UPPER) and the lines (node-sized,
     shared by a batch's rows: cache hits), writes the new coefficients and one partial bias
     per row, side and column block; nothing coefficient-sized in between (the torch chain
     writes and rereads about eight coefficient-sized temporaries).
@@ -52,10 +52,20 @@ def relaxed_step_kernel(
     at = rows[:, None] * n + cols[None, :]
     batch = rows // rows_per_batch
     line_at = (batch * line_batch_stride)[:, None] + cols[None, :]
-    ls = tl.load(l_slope + line_at, mask=mask, other=0.0) if HAS_L_SLOPE else 0.0
-    lb = tl.load(l_bias + line_at, mask=mask, other=0.0) if HAS_L_BIAS else 0.0
-    us = tl.load(u_slope + line_at, mask=mask, other=0.0) if HAS_U_SLOPE else 0.0
-    ub = tl.load(u_bias + line_at, mask=mask, other=0.0) if HAS_U_BIAS else 0.0
+    # (a line given as 0 is the constant 0: no load; flags are constexpr, resolved at compile
+    # time, so no boolean logic on them runs in the kernel)
+    ls = 0.0
+    lb = 0.0
+    us = 0.0
+    ub = 0.0
+    if HAS_L_SLOPE:
+        ls = tl.load(l_slope + line_at, mask=mask, other=0.0)
+    if HAS_L_BIAS:
+        lb = tl.load(l_bias + line_at, mask=mask, other=0.0)
+    if HAS_U_SLOPE:
+        us = tl.load(u_slope + line_at, mask=mask, other=0.0)
+    if HAS_U_BIAS:
+        ub = tl.load(u_bias + line_at, mask=mask, other=0.0)
     partial_at = rows * n_blocks + block
     if HAS_ALPHA:
         gate = tl.load(unstable + line_at, mask=mask, other=0.0)
@@ -69,11 +79,11 @@ def relaxed_step_kernel(
         if HAS_ALPHA:
             slope = ls + gate * tl.load(alpha_l + alpha_at, mask=mask, other=0.0)
         tl.store(new_l + at, p * slope + m * us, mask=mask)
-        if HAS_L_BIAS or HAS_U_BIAS:
+        if HAS_BIAS:
             bias = tl.where(p == 0, 0.0, p * lb) + tl.where(m == 0, 0.0, m * ub)
             tl.store(l_partial + partial_at, tl.sum(bias, axis=1), mask=row_in)
     if HAS_UPPER:
-        if not (SHARED and HAS_LOWER):
+        if LOAD_UPPER:
             a = tl.load(u_coeff + at, mask=mask, other=0.0)
             p = tl.maximum(a, 0.0)
             m = a - p
@@ -81,7 +91,7 @@ def relaxed_step_kernel(
         if HAS_ALPHA:
             slope = ls + gate * tl.load(alpha_u + alpha_at, mask=mask, other=0.0)
         tl.store(new_u + at, p * us + m * slope, mask=mask)
-        if HAS_L_BIAS or HAS_U_BIAS:
+        if HAS_BIAS:
             bias = tl.where(p == 0, 0.0, p * ub) + tl.where(m == 0, 0.0, m * lb)
             tl.store(u_partial + partial_at, tl.sum(bias, axis=1), mask=row_in)
 
@@ -91,7 +101,7 @@ def tile(total_rows: int, n: int) -> tuple[int, int]:
     of two), and short rows packed up to 4096 elements a program (one program per short row
     would leave most of a GPU's lanes, and the interpreter's time, on launch overhead)."""
     block = min(1024, triton.next_power_of_2(max(n, 16)))
-    rows = max(1, min(4096 // block, triton.next_power_of_2(max(total_rows, 1))))
+    rows = max(2, min(4096 // block, triton.next_power_of_2(max(total_rows, 1))))
     return rows, block
 
 
@@ -103,15 +113,15 @@ def launch_relaxed_step(lA, uA, lines, alphas=None):
     bias None when that side has no bias line."""
     some = lA if lA is not None else uA
     batch, rows, n = some.shape
-    some_line = next((t for t in lines if t is not None), None)
-    line_stride = 0 if some_line is None or some_line.shape[0] == 1 else n
+    unstable, alpha_l, alpha_u = alphas if alphas is not None else (None, None, None)
+    some_line = next((t for t in (*lines, unstable) if t is not None), None)
+    line_stride = 0 if some_line is None or some_line.shape[0] == 1 else n     # (one batch size for all)
     tile_rows, block = tile(batch * rows, n)
     n_blocks = triton.cdiv(n, block)
     has_bias = lines[1] is not None or lines[3] is not None
     outs = [None if c is None else torch.empty_like(c) for c in (lA, uA)]
     partials = [None if c is None or not has_bias else
                 torch.empty(batch * rows, n_blocks, dtype=c.dtype, device=c.device) for c in (lA, uA)]
-    unstable, alpha_l, alpha_u = alphas if alphas is not None else (None, None, None)
     some_alpha = alpha_l if alpha_l is not None else alpha_u
     alpha_strides = (0, 0) if some_alpha is None else (
         0 if some_alpha.shape[0] == 1 else some_alpha.stride(0), 0 if some_alpha.shape[1] == 1 else some_alpha.stride(1))
@@ -123,9 +133,10 @@ def launch_relaxed_step(lA, uA, lines, alphas=None):
         ptr(lA), ptr(uA), ptr(outs[0]), ptr(outs[1]), ptr(partials[0]), ptr(partials[1]),
         *(ptr(t) for t in lines), ptr(unstable), ptr(alpha_l), ptr(alpha_u),
         batch * rows, rows, n, n_blocks, line_stride, *alpha_strides,
-        HAS_LOWER=lA is not None, HAS_UPPER=uA is not None, SHARED=lA is uA,
+        HAS_LOWER=lA is not None, HAS_UPPER=uA is not None,
+        LOAD_UPPER=uA is not None and (lA is None or uA is not lA),
         HAS_L_SLOPE=lines[0] is not None, HAS_L_BIAS=lines[1] is not None,
-        HAS_U_SLOPE=lines[2] is not None, HAS_U_BIAS=lines[3] is not None,
+        HAS_U_SLOPE=lines[2] is not None, HAS_U_BIAS=lines[3] is not None, HAS_BIAS=has_bias,
         HAS_ALPHA=alphas is not None, ROWS=tile_rows, BLOCK=block, num_warps=4)
     biases = [None if p is None else p.sum(-1).reshape(batch, rows) for p in partials]
     return outs[0], outs[1], biases[0], biases[1]
@@ -286,9 +297,8 @@ def _step(lA, uA, lines, alphas=None):
     if any(o is False for o in operands):
         return None
     flat = [None if o is None else o.reshape(o.shape[0], o.shape[1], -1) for o in operands]
-    some_line = next((t for t in flat[:4] + flat[4:5] if t is not None), None)
-    if some_line is not None and some_line.shape[0] != coeff.shape[0]:
-        return None     # (coefficients broadcast over the batch: the torch path)
+    if len({t.shape[0] for t in flat[:5] if t is not None}) > 1:
+        return None     # (lines of different batch sizes: the torch path broadcasts them)
     shared = lA is uA
     fl = _flat(lA)
     fu = fl if shared else _flat(uA)
@@ -305,8 +315,6 @@ def relaxed(lA, uA, lines):
     if result is None:
         return relaxed_backward_lines(lA, uA, lines)
     new_l, new_u, lbias, ubias = result
-    if lA is None or uA is None:
-        lbias, ubias = (lbias if lA is not None else 0), (ubias if uA is not None else 0)
     return [(new_l, new_u)], lbias, ubias
 
 
@@ -324,5 +332,5 @@ def kink_backward_alpha(torch_rule, bottom_slope):
         if result is None:
             return torch_rule(lA, uA, lines, alpha_l, alpha_u, **attrs)
         new_l, new_u, lbias, ubias = result
-        return [(new_l, new_u)], (lbias if lA is not None else 0), (ubias if uA is not None else 0)
+        return [(new_l, new_u)], lbias, ubias
     return backward_alpha

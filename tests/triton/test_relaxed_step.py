@@ -130,3 +130,12 @@ def test_patches_fall_back_to_torch():
     assert type(fused[0]) is type(start)
     _assert_same([fused[0].coeff, fused[1].coeff, *fused[2:]],
                  [reference[0].coeff, reference[1].coeff, *reference[2:]])
+
+
+@pytest.mark.parametrize("side", ["shared", "distinct"])
+def test_lines_shared_by_the_batch(side):
+    """Lines of batch 1 (one relaxation for every sample) against coefficients of batch 2."""
+    g = torch.Generator().manual_seed(9)
+    lA, uA = _coeffs(side, (2, 3, 6), g)
+    lines = prepare_lines(_lines((1, 6), g, infinite=True))
+    _assert_same(_outputs(relaxed(lA, uA, lines)), _outputs(relaxed_backward_lines(lA, uA, lines)))
