@@ -68,3 +68,14 @@ def resolve(backend: str, x=None) -> str:
                          "test the kernels without a GPU, set TRITON_INTERPRET=1 before lirpac "
                          "first uses triton (slow)")
     return "triton"
+
+
+def tile(total_rows: int, n: int) -> tuple[int, int]:
+    """(rows, columns) of a kernel program's tile: a row's columns in blocks of up to 1024 (a
+    power of two), and short rows packed up to 4096 elements a program (one program per short
+    row would leave most of a GPU's lanes, and the interpreter's time, on launch overhead)."""
+    def power_of_two(k: int) -> int:
+        return 1 << max(k - 1, 0).bit_length()
+    block = min(1024, power_of_two(max(n, 16)))
+    rows = max(2, min(4096 // block, power_of_two(max(total_rows, 1))))
+    return rows, block

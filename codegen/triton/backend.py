@@ -13,11 +13,12 @@ from __future__ import annotations
 import functools
 import inspect
 
-from lirpac.codegen.triton import concretize, forward_step, relaxed_step
+from lirpac.codegen.triton import concretize, forward_step, relaxed_step, relaxed_step_grad
 from lirpac.ir.opdef import REGISTRY
 
 # generated name -> (replacement, the kernels it launches)
-_FUSED = {"relaxed": (relaxed_step.relaxed, (relaxed_step.relaxed_step_kernel,))}
+_RELAXED_KERNELS = (relaxed_step.relaxed_step_kernel, relaxed_step_grad.relaxed_step_grad_kernel)
+_FUSED = {"relaxed": (relaxed_step.relaxed, _RELAXED_KERNELS)}
 
 
 def _kink_ops() -> dict:
@@ -27,8 +28,7 @@ def _kink_ops() -> dict:
         rule = opdef.backward_alpha
         slope = getattr(rule, "bottom_slope", None)
         if rule is not None and slope is not None:
-            out[f"bwa_{name}"] = (relaxed_step.kink_backward_alpha(rule, slope),
-                                  (relaxed_step.relaxed_step_kernel,))
+            out[f"bwa_{name}"] = (relaxed_step.kink_backward_alpha(rule, slope), _RELAXED_KERNELS)
     return out
 
 

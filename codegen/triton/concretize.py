@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from lirpac.codegen.triton.relaxed_step import tile
+from lirpac.codegen.triton import tile
 from lirpac.ir.ops.common import overflow_unbounded
 from lirpac.perturbation import InputSet
 

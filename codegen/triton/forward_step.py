@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from lirpac.codegen.triton.relaxed_step import tile
+from lirpac.codegen.triton import tile
 from lirpac.ir.opdef import Linear
 from lirpac.ir.ops.common import relaxed_forward, split_pos_neg, times
 

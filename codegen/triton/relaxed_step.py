@@ -18,6 +18,8 @@ import torch
 import triton
 import triton.language as tl
 
+from lirpac.codegen.triton import tile
+from lirpac.codegen.triton.relaxed_step_grad import launch_relaxed_step_grad
 from lirpac.ir.ops.common import relaxed_backward_lines
 
 
@@ -96,15 +98,6 @@ def relaxed_step_kernel(
             tl.store(u_partial + partial_at, tl.sum(bias, axis=1), mask=row_in)
 
 
-def tile(total_rows: int, n: int) -> tuple[int, int]:
-    """(rows, columns) of a program's tile: a row's columns in blocks of up to 1024 (a power
-    of two), and short rows packed up to 4096 elements a program (one program per short row
-    would leave most of a GPU's lanes, and the interpreter's time, on launch overhead)."""
-    block = min(1024, triton.next_power_of_2(max(n, 16)))
-    rows = max(2, min(4096 // block, triton.next_power_of_2(max(total_rows, 1))))
-    return rows, block
-
-
 def launch_relaxed_step(lA, uA, lines, alphas=None):
     """Run ``relaxed_step_kernel`` on dense (B, S, n) coefficients (``uA is lA`` when the sides
     share them; either may be None) and flat lines: (l_slope, l_bias, u_slope, u_bias), each a
@@ -147,9 +140,8 @@ def _finite_or_zero(t):
 
 
 class RelaxedStep(torch.autograd.Function):
-    """The fused step with its gradient (torch ops: each a product of the incoming gradient
-    with a mask or a line, as autograd builds from the torch path; an infinite bias end
-    passes no gradient, as ``map_unbounded``'s).
+    """The fused step with its gradient (relaxed_step_grad.py: one kernel; an infinite bias
+    end passes no gradient, as ``map_unbounded``'s; ``unstable``, a 0/1 mask, gets none).
 
     Inputs: lA, uA ((B, S, n) or None; the same tensor when shared), the lines l_slope, l_bias,
     u_slope, u_bias ((B or 1, 1, n) or None for 0) and, for alpha-CROWN's kinks, unstable
@@ -178,71 +170,37 @@ class RelaxedStep(torch.autograd.Function):
         lA, uA, l_slope, l_bias, u_slope, u_bias, unstable, alpha_l, alpha_u = ctx.saved_tensors
         if ctx.shared:
             uA = lA
-        lb, ub = _finite_or_zero(l_bias), _finite_or_zero(u_bias)
-        grads: dict = {}
+        needs = ctx.needs_input_grad
+        flat = [None if t is None else t.reshape(t.shape[0], -1).contiguous() for t in (l_slope, u_slope)]
+        finite = [None if t is None else _finite_or_zero(t).reshape(t.shape[0], -1).contiguous()
+                  for t in (l_bias, u_bias)]
+        lines = (flat[0], finite[0], flat[1], finite[1])
+        alphas = None
+        if unstable is not None:
+            alphas = (unstable.reshape(unstable.shape[0], -1).contiguous(),
+                      *(None if t is None else t.contiguous() for t in (alpha_l, alpha_u)))
+        grads = [None if g is None else g.contiguous() for g in (g_new_l, g_new_u, g_lbias, g_ubias)]
+        d_l, d_u, d_alpha_l, d_alpha_u, line_grads = launch_relaxed_step_grad(
+            lA, uA, grads, lines, alphas, any(needs[2:6]))
 
-        def add(name, value):
-            grads[name] = value if name not in grads else grads[name] + value
-
-        def lower_slope(alpha):
-            if alpha is None:
-                return l_slope
-            return unstable * alpha if l_slope is None else l_slope + unstable * alpha
-
-        # (side, coefficients, gradients, alpha, [(line names and values) met by the positive
-        # part, then by the negative part])
-        for side, coeff, g_new, g_bias, alpha in (("l", lA, g_new_l, g_lbias, alpha_l),
-                                                  ("u", uA, g_new_u, g_ubias, alpha_u)):
-            if coeff is None or (g_new is None and g_bias is None):
-                continue
-            slope_low = lower_slope(alpha)
-            met = (("slope_low", slope_low, "l_bias", lb), ("u_slope", u_slope, "u_bias", ub))
-            pos_line, neg_line = met if side == "l" else met[::-1]
-            gb = None if g_bias is None else g_bias.unsqueeze(-1)
-            positive = coeff > 0
-            on = [_terms(g_new, slope, gb, bias) for _, slope, _, bias in (pos_line, neg_line)]
-            add("coeff_" + side, torch.where(positive, on[0], on[1]))
-            pos = torch.relu(coeff)
-            for part, (slope_name, _, bias_name, bias) in ((pos, pos_line), (coeff - pos, neg_line)):
-                if g_new is not None:
-                    value = part * g_new
-                    if slope_name == "slope_low":
-                        add("l_slope", value)
-                        if alpha is not None:
-                            add("alpha_" + side, unstable * value)
-                            add("unstable", alpha * value)
-                    else:
-                        add(slope_name, value)
-                if gb is not None and bias is not None:
-                    finite = torch.isfinite(l_bias if bias_name == "l_bias" else u_bias)
-                    add(bias_name, torch.where(finite, part * gb, 0.0))
-
-        def out(name, like):
-            g = grads.get(name)
-            if like is None or g is None or not ctx.needs_input_grad[_INPUTS.index(name)]:
+        def line(k, like, name):
+            if like is None or not needs[_INPUTS.index(name)]:
                 return None
+            g = line_grads[:, k].unsqueeze(1)
+            if name.endswith("bias"):
+                g = torch.where(torch.isfinite(like), g, 0.0)   # (an infinite end: no gradient)
             return g.sum_to_size(like.shape)
 
-        g_l, g_u = grads.get("coeff_l"), grads.get("coeff_u")
-        if ctx.shared:
-            g_l, g_u = (g_u if g_l is None else g_l if g_u is None else g_l + g_u), None
-        return (g_l, g_u, out("l_slope", l_slope), out("l_bias", l_bias), out("u_slope", u_slope),
-                out("u_bias", u_bias), out("unstable", unstable), out("alpha_l", alpha_l),
-                out("alpha_u", alpha_u))
+        def slope(d, alpha, name):
+            return None if d is None or alpha is None or not needs[_INPUTS.index(name)] else d.sum_to_size(alpha.shape)
+
+        return (d_l if needs[0] else None, d_u if needs[1] else None,
+                line(0, l_slope, "l_slope"), line(1, l_bias, "l_bias"), line(2, u_slope, "u_slope"),
+                line(3, u_bias, "u_bias"), None, slope(d_alpha_l, alpha_l, "alpha_l"),
+                slope(d_alpha_u, alpha_u, "alpha_u"))
 
 
 _INPUTS = ("coeff_l", "coeff_u", "l_slope", "l_bias", "u_slope", "u_bias", "unstable", "alpha_l", "alpha_u")
-
-
-def _terms(g_new, slope, gb, bias):
-    """g_new * slope + gb * bias, skipping absent factors (0)."""
-    some = g_new if g_new is not None else gb
-    total = torch.zeros((), dtype=some.dtype, device=some.device)
-    if g_new is not None and slope is not None:
-        total = g_new * slope
-    if gb is not None and bias is not None:
-        total = total + gb * bias
-    return total
 
 
 # -- drop-in replacements for the generated program's functions ------------------------------

@@ -17,15 +17,24 @@ from triton.runtime.jit import JITFunction  # noqa: E402
 from lirpac.codegen.triton.concretize import concretize_kernel  # noqa: E402
 from lirpac.codegen.triton.forward_step import forward_step_kernel  # noqa: E402
 from lirpac.codegen.triton.relaxed_step import relaxed_step_kernel  # noqa: E402
+from lirpac.codegen.triton.relaxed_step_grad import relaxed_step_grad_kernel  # noqa: E402
 
 _INTS = {"total_rows", "rows_per_batch", "n", "n_blocks", "line_batch_stride", "alpha_batch_stride",
-         "alpha_row_stride", "set_batch_stride"}
+         "alpha_row_stride", "set_batch_stride", "tiles_per_batch"}
 _RELAXED = dict(HAS_LOWER=True, HAS_UPPER=True, LOAD_UPPER=True, HAS_L_SLOPE=True, HAS_L_BIAS=False,
                 HAS_U_SLOPE=True, HAS_U_BIAS=True, HAS_BIAS=True, HAS_ALPHA=True, ROWS=4, BLOCK=1024)
 CASES = {
     "relaxed_alpha": (relaxed_step_kernel, _RELAXED, "fp32"),
     "relaxed_shared_lines_0": (relaxed_step_kernel, dict(_RELAXED, LOAD_UPPER=False, HAS_U_BIAS=False, HAS_BIAS=False,
                                                          HAS_ALPHA=False, ROWS=2, BLOCK=16), "fp64"),
+    "relaxed_grad_alpha_shared": (relaxed_step_grad_kernel, dict(
+        HAS_LOWER=True, HAS_UPPER=True, SHARED=True, SEPARATE=False, HAS_G_L=True, HAS_G_U=True, HAS_GB_L=True,
+        HAS_GB_U=True, HAS_L_SLOPE=True, HAS_L_BIAS=False, HAS_U_SLOPE=True, HAS_U_BIAS=True, HAS_ALPHA=True,
+        LINE_GRADS=True, ROWS=4, BLOCK=1024), "fp32"),
+    "relaxed_grad_upper": (relaxed_step_grad_kernel, dict(
+        HAS_LOWER=False, HAS_UPPER=True, SHARED=False, SEPARATE=True, HAS_G_L=False, HAS_G_U=True, HAS_GB_L=False,
+        HAS_GB_U=False, HAS_L_SLOPE=True, HAS_L_BIAS=True, HAS_U_SLOPE=True, HAS_U_BIAS=True, HAS_ALPHA=False,
+        LINE_GRADS=False, ROWS=2, BLOCK=64), "fp64"),
     "concretize_ball_box": (concretize_kernel, dict(BOX=True, BALL=True, DUAL_INF=True, ROWS=2, BLOCK=1024), "fp32"),
     "forward_shared": (forward_step_kernel, dict(SHARED=True, ROWS=8, BLOCK=512), "fp32"),
 }

@@ -97,9 +97,9 @@ def test_kink_alpha_matches_torch(op, attrs, per_row):
     """alpha-CROWN's kink rule: values and the gradients in alpha and the coefficients."""
     g = torch.Generator().manual_seed(5)
     opdef = get_op(op)
-    lower = torch.randn(2, 6, generator=g, dtype=torch.float64)
-    upper = lower + torch.rand(2, 6, generator=g, dtype=torch.float64) * 2
-    lines = opdef.alpha_lines(lower, upper, **attrs)
+    lower = torch.randn(2, 6, generator=g, dtype=torch.float64).requires_grad_()
+    width = torch.rand(2, 6, generator=g, dtype=torch.float64).requires_grad_()
+    lines = opdef.alpha_lines(lower, lower + 2 * width, **attrs)     # (bounds with a gradient)
     fused_rule = kink_backward_alpha(opdef.backward_alpha, opdef.backward_alpha.bottom_slope)
     a = torch.randn(2, 3, 6, generator=g, dtype=torch.float64).requires_grad_()
     b = torch.randn(2, 3, 6, generator=g, dtype=torch.float64).requires_grad_()
@@ -113,7 +113,7 @@ def test_kink_alpha_matches_torch(op, attrs, per_row):
         outs = _outputs(rule(a, b, lines, alpha_l, alpha_u, **attrs))
         total = sum((w * o).sum() for w, o in zip(weights, outs) if isinstance(o, torch.Tensor))
         results.append(([o.detach() if isinstance(o, torch.Tensor) else o for o in outs],
-                         torch.autograd.grad(total, (a, b, alpha_l, alpha_u))))
+                         torch.autograd.grad(total, (a, b, alpha_l, alpha_u, lower, width), retain_graph=True)))
     _assert_same(results[0][0], results[1][0])
     for f, r in zip(results[0][1], results[1][1]):
         torch.testing.assert_close(f, r, atol=1e-12, rtol=1e-12)
