@@ -302,6 +302,7 @@ def compile(model, example_input=None, *, passes: list[str] | None = None, conv_
     bounds are the same. ``max_memory``: bytes of coefficients a backward pass may hold before
     its rows are split into several passes (default 1 GiB). ``backend``: "torch", "triton"
     (fused kernels, docs/triton.md) or "auto" (triton for CUDA tensors when it imports)."""
+    triton_backend.check_backend(backend)     # (before the export, which takes a while)
     if isinstance(model, torch.nn.Module):
         from lirpac.ir.torch_frontend import lower_module
         if example_input is None:
