@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import re
 
 from lirpac.codegen.triton import concretize, forward_step, relaxed_step, relaxed_step_grad
 from lirpac.ir.opdef import REGISTRY
@@ -60,25 +61,40 @@ def kernel_source(kernels) -> str:
 
 def build(graph, plan, base_build):
     """``base_build(graph, plan)`` (the torch or alpha-CROWN build) on the Triton dispatch
-    table: the function (inputs bound as TritonInputSets) and its source with the kernels'."""
+    table: the function (inputs bound as TritonInputSets) and its source, followed by the
+    swaps, the nodes each kernel runs for, and the kernels' Triton source."""
     fn, source = base_build(graph, plan)
     namespace = fn.__globals__
     table = dispatch_table(namespace)
-    used = {}
-    for name, (replacement, kernels) in table.items():
+    for name, (replacement, _) in table.items():
         namespace[name] = replacement
-        used.update({k.fn.__name__ if hasattr(k, "fn") else k.__name__: k for k in kernels})
-    used["concretize_kernel"] = concretize.concretize_kernel
     wrapped = _on_triton_sets(fn)
     hoisted = getattr(fn, "hoisted", None)
     if hoisted is not None:
         wrapped.hoisted = tuple(_on_triton_sets(f) for f in hoisted)
-    swaps = ", ".join(f"{name} -> {replacement.__module__}.{getattr(replacement, '__qualname__', name)}"
-                      for name, (replacement, _) in table.items())
-    listing = "\n".join([source, "# ---- Triton backend (lirpac.codegen.triton) ----",
-                         f"# dispatch: {swaps or 'none'}; inp.concretize -> TritonInputSet (concretize_kernel)",
-                         kernel_source(used.values())])
+    notes, used = [], {}
+    for name, (_, kernels) in table.items():
+        nodes = _nodes_calling(source, name)
+        if nodes:
+            used.update({getattr(k, "fn", k).__name__: k for k in kernels})
+            notes.append(f"# {name} -> {', '.join(getattr(k, 'fn', k).__name__ for k in kernels)}: "
+                         f"{', '.join(nodes)}")
+    used["concretize_kernel"] = concretize.concretize_kernel
+    notes.append("# inp.concretize, concretize_pair -> concretize_kernel (TritonInputSet): each pass's end")
+    listing = "\n".join([source, "# ---- Triton backend (lirpac.codegen.triton): the steps it fuses ----",
+                         *notes, "", kernel_source(used.values())])
     return wrapped, listing
+
+
+def _nodes_calling(source: str, name: str) -> list[str]:
+    """The IR nodes whose steps the generated code runs through ``name``, read off its calls:
+    ``name(lA_<node>, ...)`` (backward) or ``<node>_lin = name(...)`` (forward mode)."""
+    nodes = []
+    for match in re.finditer(rf"(?:(\w+)_lin = )?\b{re.escape(name)}\((?:lA_(\w+))?", source):
+        node = match.group(2) or match.group(1)
+        if node and f"%{node}" not in nodes:
+            nodes.append(f"%{node}")
+    return nodes
 
 
 def _on_triton_sets(fn):

@@ -70,6 +70,8 @@ def test_source_shows_kernels_and_dump(monkeypatch, capsys):
     source = net_triton.source("crown")
     assert "def bound(" in source and "@triton.jit" in source
     assert "def relaxed_step_kernel(" in source and "def concretize_kernel(" in source
+    # the kernels name the IR nodes they run for (the MLP's two ReLUs)
+    assert "# relaxed -> relaxed_step_kernel, relaxed_step_grad_kernel: %relu, %relu_1" in source
     assert "@triton.jit" not in net_torch.source("crown")
     model, _, _, shape = _pair("mlp")
     monkeypatch.setenv("LIRPAC_DUMP", "code")
