@@ -59,6 +59,7 @@ class Plan:
     conv_mode: str = "auto"     # backward through convs on "patches", "matrix", or by a cost model
     max_memory: int | None = None   # bytes of coefficients one backward pass may hold (rows chunked)
     intersect: bool = False     # CROWN rows keep the intersection with the IBP reference (see runtime.tighten)
+    backend: str = "torch"      # "triton": the same program on fused kernels (codegen/triton)
 
 
 def _literal(value, consts: dict) -> str:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import sys
 from collections.abc import Mapping
@@ -11,6 +12,7 @@ import torch
 
 from lirpac import allocator, methods
 from lirpac.alpha import AlphaState
+from lirpac.codegen import triton as triton_backend
 from lirpac.codegen.torch_backend import Plan
 from lirpac.errors import InputError
 from lirpac.ir.graph import Graph
@@ -66,7 +68,9 @@ class CompiledNet:
     """A model lowered to the bound IR, with generated bound functions cached per plan."""
 
     def __init__(self, graph: Graph, passes: list[str] | None = None, module=None,
-                 conv_mode: str = "auto", max_memory: int | None = None):
+                 conv_mode: str = "auto", max_memory: int | None = None, backend: str = "auto"):
+        # "torch", "triton" or "auto" (codegen/triton: triton for CUDA tensors when it imports)
+        self.backend = triton_backend.check_backend(backend)
         if conv_mode not in ("auto", "patches", "matrix"):
             raise InputError(f"conv_mode must be 'auto', 'patches' or 'matrix', got {conv_mode!r}")
         # how backward passes hold coefficients of conv layers, and how much memory they may use
@@ -86,9 +90,11 @@ class CompiledNet:
         self.output_shape = self.graph.output.shape
 
     # -- code -----------------------------------------------------------------------------
-    def plan(self, method: str = "crown", **fields) -> Plan:
-        """The plan of ``method`` on this network (``fields``: Plan's, such as spec=True)."""
-        fields = {"conv_mode": self.conv_mode, "max_memory": self.max_memory, **fields}
+    def plan(self, method: str = "crown", x: torch.Tensor | None = None, **fields) -> Plan:
+        """The plan of ``method`` on this network (``fields``: Plan's, such as spec=True), on
+        the backend that runs a call on ``x`` (codegen/triton.resolve)."""
+        fields = {"conv_mode": self.conv_mode, "max_memory": self.max_memory,
+                  "backend": triton_backend.resolve(self.backend, x), **fields}
         return methods.get(method).complete(Plan(method=method_name(method), **fields))
 
     def function(self, plan: Plan):
@@ -97,7 +103,11 @@ class CompiledNet:
         method = methods.get(plan.method)
         plan = method.complete(plan)
         if plan not in self._cache:
-            fn, source = method.build(self.graph, plan)
+            if plan.backend == "triton":
+                from lirpac.codegen.triton.backend import build as triton_build
+                fn, source = triton_build(self.graph, plan, method.build)
+            else:
+                fn, source = method.build(self.graph, plan)
             self._cache[plan] = (fn, source)
             if _dump_enabled("code"):
                 _print_stage(f"generated code ({plan.method})", source)
@@ -186,7 +196,7 @@ class CompiledNet:
             raise InputError(f"options must be a dict such as {{'iterations': 20}} or None, got "
                              f"{type(options).__name__} {options!r}")
         plan_fields, run_options = methods.read_options(method, options or {})
-        plan = self.plan(method.name, spec=C is not None, lower=bound_lower, upper=bound_upper,
+        plan = self.plan(method.name, x, spec=C is not None, lower=bound_lower, upper=bound_upper,
                          return_A=return_A, **plan_fields)
         fn = self.function(plan)
         # (an iterative method differentiates its steps with respect to its own parameters
@@ -261,27 +271,31 @@ class AlphaResult:
 
 
 def compile(model, example_input=None, *, passes: list[str] | None = None, conv_mode: str = "auto",
-            max_memory: int | None = None) -> CompiledNet:
+            max_memory: int | None = None, backend: str = "auto") -> CompiledNet:
     """Lower ``model`` (an nn.Module, or an ONNX path/ModelProto) to the bound IR, run passes,
     and return a CompiledNet whose bound functions are generated on first use.
 
     ``conv_mode``: backward passes through convolutions hold coefficients as "patches" (one
     window per bounded neuron), as a dense "matrix", or choose per node by size ("auto"); the
     bounds are the same. ``max_memory``: bytes of coefficients a backward pass may hold before
-    its rows are split into several passes (default 1 GiB)."""
+    its rows are split into several passes (default 1 GiB). ``backend``: "torch", "triton"
+    (fused kernels, docs/triton.md) or "auto" (triton for CUDA tensors when it imports)."""
+    triton_backend.check_backend(backend)     # (before the export, which takes a while)
     if isinstance(model, torch.nn.Module):
         from lirpac.ir.torch_frontend import lower_module
         if example_input is None:
             raise InputError("compile(model, example_input): an example input is needed to trace "
                              "an nn.Module (any batch size; only the per-sample shape matters)")
         graph = lower_module(model, example_input)
-        return CompiledNet(graph, passes, module=model, conv_mode=conv_mode, max_memory=max_memory)
+        return CompiledNet(graph, passes, module=model, conv_mode=conv_mode, max_memory=max_memory,
+                           backend=backend)
     try:
         from lirpac.ir.onnx_frontend import lower_onnx
     except ImportError as err:
         raise InputError(f"compile: cannot load {type(model).__name__} ({err})") from err
     graph, runner = lower_onnx(model)
-    return CompiledNet(graph, passes, module=runner, conv_mode=conv_mode, max_memory=max_memory)
+    return CompiledNet(graph, passes, module=runner, conv_mode=conv_mode, max_memory=max_memory,
+                       backend=backend)
 
 
 __all__ = ["compile", "CompiledNet", "LinearBounds", "LpBall", "AlphaResult"]

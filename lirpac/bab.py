@@ -175,7 +175,7 @@ def _branch(net, state, branch, inputs, indices, splittable):
     One evaluation with the optimised slopes, whose recorded bounds are gradient leaves
     (BranchContext.probe)."""
     centre, box, C = inputs
-    fn = net.function(net.plan(ALPHA_CROWN.name, spec=True, upper=False))
+    fn = net.function(net.plan(ALPHA_CROWN.name, centre, spec=True, upper=False))
     probing = BranchContext(constraints=branch.constraints, known=branch.known, frozen=branch.frozen,
                             probe=True)
     ctx = StepContext(state, net.graph.output.name, AlphaOptions(), probing, state.references)

@@ -373,6 +373,7 @@ def elementwise(name: str, fn, relax, ibp=None, aten: tuple[str, ...] = (), doc:
 
     def forward_mode(x: Linear, **attrs) -> Linear:
         return relaxed_forward(x, relax(x.bounds.lower, x.bounds.upper, **attrs))
+    forward_mode.relaxed_by = relax     # (codegen/triton fuses relaxed_forward's weights)
 
     return register(OpDef(name=name, forward=fn, ibp=ibp or monotone_ibp(fn), backward=backward,
                           backward_patches=backward,

@@ -79,6 +79,7 @@ def kink_alpha_rules(relax, bottom_slope, lines=None) -> dict:
             _row_dot, l_slope_of_upper=slope_u)
         return [(rows.wrap(new_l), rows.wrap(new_u))], lbias, ubias
 
+    backward_alpha.bottom_slope = bottom_slope    # (codegen/triton's fused rule reads it)
     return {"backward_alpha": backward_alpha, "alpha_lines": lines or alpha_lines, "alpha_init": alpha_init}
 
 

@@ -1,0 +1,106 @@
+"""The Triton backend's build: the torch backend's generated program, run with a dispatch table
+that swaps its fused steps for the Triton versions.
+
+The generated code calls its rules by name from its namespace (``relaxed``, ``bwa_relu``,
+...) and concretizes through the bound input set (``inp.concretize``, ``finish_sides``), so
+the same program runs on the kernels when (1) those names point at the kernels' launchers and
+(2) ``inp`` is a ``TritonInputSet``. Every swapped function falls back to the torch rule where
+its kernel does not apply (Patches, a device Triton does not run on), so the bounds are the
+torch backend's up to float rounding.
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+import re
+
+from lirpac.codegen.triton import concretize, forward_step, relaxed_step, relaxed_step_grad
+from lirpac.ir.opdef import REGISTRY
+
+# generated name -> (replacement, the kernels it launches)
+_RELAXED_KERNELS = (relaxed_step.relaxed_step_kernel, relaxed_step_grad.relaxed_step_grad_kernel)
+_FUSED = {"relaxed": (relaxed_step.relaxed, _RELAXED_KERNELS)}
+
+
+def _kink_ops() -> dict:
+    """alpha-CROWN's kink ops (ReLU, leaky ReLU): ``bwa_<op>`` -> the fused rule."""
+    out = {}
+    for name, opdef in REGISTRY.items():
+        rule = opdef.backward_alpha
+        slope = getattr(rule, "bottom_slope", None)
+        if rule is not None and slope is not None:
+            out[f"bwa_{name}"] = (relaxed_step.kink_backward_alpha(rule, slope), _RELAXED_KERNELS)
+    return out
+
+
+def _forward_ops() -> dict:
+    """Elementwise ops' forward-mode rules (ir/ops/common.py ``elementwise``): ``fwd_<op>`` ->
+    the fused rule."""
+    out = {}
+    for name, opdef in REGISTRY.items():
+        relax = getattr(opdef.forward_mode, "relaxed_by", None)
+        if relax is not None:
+            out[f"fwd_{name}"] = (forward_step.forward_rule(relax), (forward_step.forward_step_kernel,))
+    return out
+
+
+def dispatch_table(namespace: dict) -> dict:
+    """The swaps for the names this program uses."""
+    table = {**_FUSED, **_kink_ops(), **_forward_ops()}
+    return {name: entry for name, entry in table.items() if name in namespace}
+
+
+def kernel_source(kernels) -> str:
+    """The Triton source of ``kernels`` (shown beside the generated code)."""
+    parts = []
+    for kernel in kernels:
+        fn = getattr(kernel, "fn", kernel)
+        parts.append(f"# {fn.__module__}.{fn.__name__}\n{inspect.getsource(fn)}")
+    return "\n".join(parts)
+
+
+def build(graph, plan, base_build):
+    """``base_build(graph, plan)`` (the torch or alpha-CROWN build) on the Triton dispatch
+    table: the function (inputs bound as TritonInputSets) and its source, followed by the
+    swaps, the nodes each kernel runs for, and the kernels' Triton source."""
+    fn, source = base_build(graph, plan)
+    namespace = fn.__globals__
+    table = dispatch_table(namespace)
+    for name, (replacement, _) in table.items():
+        namespace[name] = replacement
+    wrapped = _on_triton_sets(fn)
+    hoisted = getattr(fn, "hoisted", None)
+    if hoisted is not None:
+        wrapped.hoisted = tuple(_on_triton_sets(f) for f in hoisted)
+    notes, used = [], {}
+    for name, (_, kernels) in table.items():
+        nodes = _nodes_calling(source, name)
+        if nodes:
+            used.update({getattr(k, "fn", k).__name__: k for k in kernels})
+            notes.append(f"# {name} -> {', '.join(getattr(k, 'fn', k).__name__ for k in kernels)}: "
+                         f"{', '.join(nodes)}")
+    used["concretize_kernel"] = concretize.concretize_kernel
+    notes.append("# inp.concretize, concretize_pair -> concretize_kernel (TritonInputSet): each pass's end")
+    listing = "\n".join([source, "# ---- Triton backend (lirpac.codegen.triton): the steps it fuses ----",
+                         *notes, "", kernel_source(used.values())])
+    return wrapped, listing
+
+
+def _nodes_calling(source: str, name: str) -> list[str]:
+    """The IR nodes whose steps the generated code runs through ``name``, read off its calls:
+    ``name(lA_<node>, ...)`` (backward) or ``<node>_lin = name(...)`` (forward mode)."""
+    nodes = []
+    for match in re.finditer(rf"(?:(\w+)_lin = )?\b{re.escape(name)}\((?:lA_(\w+))?", source):
+        node = match.group(2) or match.group(1)
+        if node and f"%{node}" not in nodes:
+            nodes.append(f"%{node}")
+    return nodes
+
+
+def _on_triton_sets(fn):
+    """``fn(inp, ...)`` with ``inp`` bound as a TritonInputSet."""
+    @functools.wraps(fn)
+    def run(inp, *args, **kwargs):
+        return fn(concretize.TritonInputSet.wrap(inp), *args, **kwargs)
+    return run
+
