@@ -75,20 +75,22 @@ def margin_lower_bounds(net, x, y, perturbation, method: str = "crown-ibp", beta
 
 
 def _exp_chords(lower: torch.Tensor, upper: torch.Tensor):
-    """(slope, intercept) of the chord of exp over [lower, upper]: exp(d) <= slope d + intercept
-    there (exp is convex). Near-equal ends use exp(l) expm1(w) / w, which has no cancellation."""
+    """(slope, intercept) of the chord of exp over [lower, upper] (ends <= 0 here): exp(d) <=
+    slope d + intercept there (exp is convex). A narrow interval uses exp(l) expm1(w) / w, which
+    has no cancellation; each branch is finite wherever it is evaluated, so that neither the
+    value nor the gradient of the other branch can be NaN."""
     width = (upper - lower).clamp(min=0.0)
-    exp_l = torch.exp(lower)
-    safe = torch.where(width > 0, width, torch.ones_like(width))
-    slope = torch.where(width > 0, exp_l * torch.expm1(width) / safe, exp_l)
-    slope = torch.where(torch.isfinite(slope), slope, (torch.exp(upper) - exp_l) / safe)
-    return slope, torch.exp(upper) - slope * upper
+    narrow = width < 1.0
+    w_narrow = torch.where(narrow & (width > 0), width, torch.ones_like(width))
+    w_wide = torch.where(narrow, torch.ones_like(width), width)
+    exp_l, exp_u = torch.exp(lower), torch.exp(upper)
+    slope_narrow = torch.where(width > 0, exp_l * (torch.expm1(w_narrow) / w_narrow), exp_l)
+    slope = torch.where(narrow, slope_narrow, (exp_u - exp_l) / w_wide)
+    return slope, exp_u - slope * upper
 
 
-def fused_ce_bound(net, x, y, perturbation, method: str = "crown-ibp") -> torch.Tensor:
-    """Upper bound, per sample, of the cross-entropy CE(f(x'), y) over the set (batch,), with
-    loss fusion: one backward row per sample (module docstring)."""
-    method = _check_method(method)
+def _fused(net, x, y, perturbation, method):
+    """(fused bound, interval bound, margins' lower bounds) per sample (fused_ce_bound)."""
     n = _n_classes(net)
     C = margin_spec(y, n, dtype=x.dtype)
     # intervals of d_j = z_j - z_y = -margin_j: IBP (crown-ibp, ibp) or CROWN (crown)
@@ -97,7 +99,7 @@ def fused_ce_bound(net, x, y, perturbation, method: str = "crown-ibp") -> torch.
     d_lower, d_upper = -margin_upper, -margin_lower
     interval_bound = worst_case_ce(margin_lower, reduction="none")
     if method == "ibp":
-        return interval_bound
+        return interval_bound, interval_bound, margin_lower
     # shift by m = max_j u_j (exact: log sum exp(d) = m + log sum exp(d - m)) so nothing overflows
     shift = d_upper.max(dim=1, keepdim=True).values.clamp(min=0.0).detach()
     slope, intercept = _exp_chords(d_lower - shift, d_upper - shift)
@@ -108,15 +110,25 @@ def fused_ce_bound(net, x, y, perturbation, method: str = "crown-ibp") -> torch.
     total = linear_upper + const + torch.exp(-shift[:, 0])             # + exp(d_y - m), d_y = 0
     # the true sum is >= exp(-m) > 0; the clamp only guards rounding
     fused = shift[:, 0] + torch.log(torch.maximum(total, torch.exp(-shift[:, 0])))
-    return torch.minimum(fused, interval_bound)
+    return torch.minimum(fused, interval_bound), interval_bound, margin_lower
+
+
+def fused_ce_bound(net, x, y, perturbation, method: str = "crown-ibp", return_margins=False):
+    """Upper bound, per sample, of the cross-entropy CE(f(x'), y) over the set (batch,), with
+    loss fusion: one backward row per sample (module docstring). ``return_margins``: also the
+    margins' lower bounds the chords used (IBP's, or CROWN's for method="crown")."""
+    fused, _, margins = _fused(net, x, y, perturbation, _check_method(method))
+    return (fused, margins) if return_margins else fused
 
 
 def robust_loss(net, x, y, perturbation, method: str = "crown-ibp", beta: float = 1.0,
-                fused: bool | None = None, reduction: str = "mean") -> torch.Tensor:
+                fused: bool | None = None, reduction: str = "mean", return_margins: bool = False):
     """An upper bound of the cross-entropy over the perturbation set, as a training loss
     (differentiable in the model's parameters). crown-ibp: beta * CROWN-IBP + (1 - beta) * IBP
     (on the margins' bounds unfused, on the loss bounds fused). ``fused`` defaults to True for
-    crown-ibp and crown (one backward row per sample instead of n_classes - 1)."""
+    crown-ibp and crown (one backward row per sample instead of n_classes - 1).
+    ``return_margins``: (loss, margin lower bounds) with the margins bounds computed on the way
+    (mixed unfused; IBP's fused, or CROWN's for crown), e.g. for a running verified error."""
     method = _check_method(method)
     if not 0.0 <= beta <= 1.0:
         raise InputError(f"beta must lie in [0, 1], got {beta!r}")
@@ -124,14 +136,16 @@ def robust_loss(net, x, y, perturbation, method: str = "crown-ibp", beta: float 
         raise InputError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
     fused = method != "ibp" if fused is None else fused
     if not fused:
-        loss = worst_case_ce(margin_lower_bounds(net, x, y, perturbation, method, beta), "none")
-    elif method == "crown-ibp" and beta < 1.0:
-        ibp = fused_ce_bound(net, x, y, perturbation, "ibp")
-        loss = ibp if beta <= 0.0 else \
-            beta * fused_ce_bound(net, x, y, perturbation, method) + (1.0 - beta) * ibp
+        margins = margin_lower_bounds(net, x, y, perturbation, method, beta)
+        loss = worst_case_ce(margins, "none")
+    elif method == "crown-ibp" and beta <= 0.0:
+        loss, _, margins = _fused(net, x, y, perturbation, "ibp")
     else:
-        loss = fused_ce_bound(net, x, y, perturbation, method)
-    return loss.mean() if reduction == "mean" else loss.sum() if reduction == "sum" else loss
+        loss, ibp, margins = _fused(net, x, y, perturbation, method)
+        if method == "crown-ibp" and beta < 1.0:
+            loss = beta * loss + (1.0 - beta) * ibp
+    loss = loss.mean() if reduction == "mean" else loss.sum() if reduction == "sum" else loss
+    return (loss, margins) if return_margins else loss
 
 
 # -- schedules -----------------------------------------------------------------------------------

@@ -180,3 +180,14 @@ def test_crown_ibp_beta():
     assert training.crown_ibp_beta(0.0, 0.3) == 1.0
     assert training.crown_ibp_beta(0.15, 0.3) == pytest.approx(0.5)
     assert training.crown_ibp_beta(0.3, 0.3) == 0.0
+
+
+def test_exp_chords_are_sound_and_have_finite_gradients_on_wide_intervals():
+    lower = torch.tensor([-8e4, -3.0, -0.5, -2.0, -1e-9], requires_grad=True)
+    upper = torch.tensor([0.0, -1.0, -0.5, -2.0 + 1e-6, 0.0], requires_grad=True)
+    slope, intercept = training._exp_chords(lower, upper)
+    t = torch.linspace(0, 1, 101).unsqueeze(1)
+    points = lower.detach() + t * (upper - lower).detach()
+    assert torch.all(torch.exp(points) <= slope.detach() * points + intercept.detach() + 1e-6)
+    (slope.sum() + intercept.sum()).backward()
+    assert torch.isfinite(lower.grad).all() and torch.isfinite(upper.grad).all()
