@@ -583,9 +583,12 @@ def lower_module(module: torch.nn.Module, example: torch.Tensor) -> Graph:
         raise InputError(f"example_input must be a torch.Tensor, got {type(example).__name__}")
     _check_tensors(module, example)
     _GENERIC.update(_generic_table())
-    if module.training:
-        warnings.warn("lirpac.compile: the model is in training mode; it is bounded in eval mode "
-                      "(call model.eval() to silence this)", stacklevel=3)
+    # BatchNorm follows the module's mode at each bound call (lirpac/batch_stats.py); dropout
+    # cannot (a random mask is no function of x), so a training model with it is warned about
+    if any(m.training and isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0
+           for m in module.modules()):
+        warnings.warn("lirpac.compile: the model is in training mode; its dropout is bounded as "
+                      "in eval mode (identity); call model.eval() to silence this", stacklevel=3)
     with eval_mode(module):
         return _lower_in_eval_mode(module, example)
 

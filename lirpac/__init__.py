@@ -11,8 +11,9 @@ from lirpac.errors import (InputError, LirpacError, ModelFormatError, SpecFormat
 from lirpac.perturbation import Box, LpBall, Perturbation
 from lirpac.verify import verify
 from lirpac.specs import margin_spec
+from lirpac import training  # robust losses, eps schedules, verified error (certified training)
 
 __version__ = "0.1.0"
 __all__ = ["compile", "CompiledNet", "LinearBounds", "AlphaOptions", "AlphaState", "AlphaResult", "LpBall", "Box", "Perturbation", "METHODS", "margin_spec",
            "LirpacError", "InputError", "UnsupportedOperationError", "ModelFormatError",
-           "SpecFormatError", "verify"]
+           "SpecFormatError", "verify", "training"]

@@ -12,6 +12,8 @@ import torch
 
 from lirpac import allocator, methods
 from lirpac.alpha import AlphaState
+from lirpac.batch_stats import (batch_statistics, evaluate_with_batch_statistics,
+                                uses_batch_statistics)
 from lirpac.codegen import triton as triton_backend
 from lirpac.codegen.torch_backend import Plan
 from lirpac.errors import InputError
@@ -132,9 +134,11 @@ class CompiledNet:
 
     # -- bounds ---------------------------------------------------------------------------
     def _params(self, x: torch.Tensor) -> list[torch.Tensor]:
+        # BatchNorm modules in training mode: the clean batch's statistics (lirpac/batch_stats.py)
+        stats = batch_statistics(self.source_graph, self.module, x)
         out = []
         for n in self._leaves:
-            v = n.value
+            v = stats.get(n.attrs.get("target"), n.value) if stats else n.value
             if v.is_floating_point() and (v.dtype != x.dtype or v.device != x.device):
                 v = v.to(dtype=x.dtype, device=x.device)
             elif v.device != x.device:
@@ -252,9 +256,13 @@ class CompiledNet:
                             lower, upper)
 
     def __call__(self, x):
-        """The model's own output (for convenience: checks and counterexamples)."""
+        """The model's own output (for convenience: checks and counterexamples): the function
+        that is bounded, so BatchNorm modules in training mode use x's batch statistics (and
+        running statistics are not updated)."""
         if self.module is None:
             raise InputError("this compiled network has no torch module to run")
+        if uses_batch_statistics(self.source_graph, self.module):
+            return evaluate_with_batch_statistics(self.source_graph, self.module, x)[0]
         if isinstance(self.module, torch.nn.Module):
             from lirpac.ir.torch_frontend import eval_mode
             with eval_mode(self.module):    # as bounded, whatever mode the user keeps it in

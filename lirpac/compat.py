@@ -19,6 +19,10 @@ from lirpac.alpha import AlphaOptions
 from lirpac.api import compile as _compile
 from lirpac.errors import InputError
 from lirpac.perturbation import Box, LpBall, Perturbation
+# certified training: auto_LiRPA's schedulers, meters and loss wrapper (lirpac/compat_training.py)
+from lirpac.compat_training import (AdaptiveScheduler, CrossEntropyWrapper, FixedScheduler,  # noqa: F401
+                                    LinearScheduler, MultiAverageMeter, MultiTimer,
+                                    SmoothedScheduler, get_spec_matrix, is_loss_wrapper)
 
 # auto_LiRPA's method names (matched without case) and the lirpac method each one runs
 # (Method.compat_names)
@@ -170,7 +174,11 @@ class BoundedModule(torch.nn.Module):
         self.model = model
         conv_mode, self._alpha_options = _read_bound_opts(bound_opts)
         self.bound_opts = bound_opts or {}
-        self.net = _compile(model, global_input, conv_mode=conv_mode)
+        # a CrossEntropyWrapper(model) is bounded by loss fusion: the model compiled alone
+        self._fused_loss = is_loss_wrapper(model)
+        inner, example = (model.model, global_input[0]) if self._fused_loss else (model, global_input)
+        self.net = _compile(inner, example, conv_mode=conv_mode)
+        self._labels = None
         self._last_x = None
         self._intermediate = None   # "ibp" | "backward" | "forward": bounds kept for _last_x
         self._ibp_bounds = None     # the last IBP bounds, for reuse_ibp=True
@@ -180,8 +188,11 @@ class BoundedModule(torch.nn.Module):
         self._intermediate = None
         self._ibp_bounds = None
 
-    def forward(self, *x):
+    def forward(self, *x, method_opt=None, **kwargs):
+        if method_opt == "compute_bounds":        # auto_LiRPA's route for DataParallel
+            return self.compute_bounds(**kwargs)
         self._new_input(x[0])
+        self._labels = x[1] if self._fused_loss and len(x) > 1 else self._labels
         return self.model(*(torch.Tensor(t) if isinstance(t, BoundedTensor) else t for t in x))
 
     def _method(self, method, IBP: bool, forward: bool) -> str:
@@ -217,6 +228,8 @@ class BoundedModule(torch.nn.Module):
         _check_arguments(kwargs)
         if x is not None:
             self._new_input(x[0] if isinstance(x, (tuple, list)) else x)
+            if self._fused_loss and isinstance(x, (tuple, list)) and len(x) > 1:
+                self._labels = x[1]
         ptb = getattr(self._last_x, "ptb", None)
         if ptb is None:
             raise InputError("compute_bounds needs a BoundedTensor input carrying a perturbation")
@@ -226,7 +239,9 @@ class BoundedModule(torch.nn.Module):
             return self._ibp_bounds
         x_plain = self._last_x.as_subclass(torch.Tensor)
         options = self._alpha_options if methods.get(name).iterative else None
-        if not return_A:
+        if self._fused_loss:
+            result = self._fused_bounds(x_plain, ptb, name, C, bound_lower)
+        elif not return_A:
             result = self.net.bounds(x_plain, ptb, method=name, C=C, bound_lower=bound_lower,
                                      bound_upper=bound_upper, options=options)
         else:
@@ -235,6 +250,19 @@ class BoundedModule(torch.nn.Module):
         if interval:
             self._ibp_bounds = result
         return result
+
+    def _fused_bounds(self, x, ptb, name, C, bound_lower):
+        """(None, upper bound of sum_j exp(z_j - z_y)) of a CrossEntropyWrapper, by loss fusion."""
+        from lirpac.training import fused_ce_bound
+        if C is not None or bound_lower or name not in ("ibp", "crown-ibp", "crown"):
+            raise InputError("a CrossEntropyWrapper model is bounded by loss fusion: call "
+                             "compute_bounds(x=(x, labels), C=None, bound_lower=False) with IBP, "
+                             f"CROWN-IBP or CROWN (got C={'given' if C is not None else None}, "
+                             f"bound_lower={bound_lower}, method {name})")
+        if self._labels is None:
+            raise InputError("a CrossEntropyWrapper model needs its labels: "
+                             "compute_bounds(x=(x, labels), ...)")
+        return None, torch.exp(fused_ce_bound(self.net, x, self._labels, ptb, name)).unsqueeze(1)
 
     def _bounds_and_A(self, x, ptb, name, C, bound_lower, bound_upper):
         lin = self.net.linear_bounds(x, ptb, method=name, C=C, bound_lower=bound_lower,

@@ -127,8 +127,8 @@ def test_batch_dependent_model_is_rejected():
         lirpac.compile(MixesBatch().eval(), torch.randn(1, 4))
 
 
-def test_batchnorm_in_training_mode_is_bounded_in_eval_mode_with_a_warning():
-    model = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3))
+def test_dropout_in_training_mode_is_bounded_in_eval_mode_with_a_warning():
+    model = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3), nn.Dropout(0.2))
     with pytest.warns(UserWarning, match="training mode"):
         lirpac.compile(model, torch.randn(1, 4))
 

