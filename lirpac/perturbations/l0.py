@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from lirpac.errors import InputError
 from lirpac.ir.ops.common import overflow_unbounded
@@ -100,19 +101,43 @@ class L0Set(InputSet):
         return overflow_unbounded(result + bias, upper)
 
     def first_affine(self, op: str, select, *args, **attrs):
-        """A linear layer's exact range: each output row's k largest gains over the (distinct)
-        input elements it reads. Other ops: None (a backward pass bounds them exactly)."""
-        if op != "linear":
-            return None
-        weight, bias = args[0], (args[1] if len(args) > 1 else None)
+        """A linear or 2-d conv layer's exact range: each output's k largest gains over the
+        (distinct) input elements it reads (a conv's window; padding reads no element).
+        Other ops: None (a backward pass bounds them exactly)."""
         pick = (lambda t: t) if select is None else select
-        centre = pick(self.center).unsqueeze(-2)                      # (B, *lead, 1, d)
-        to_lower, to_upper = pick(self.to_lower).unsqueeze(-2), pick(self.to_upper).unsqueeze(-2)
-        if centre.shape[-1] != weight.shape[-1]:
+        weight, bias = args[0], (args[1] if len(args) > 1 else None)
+        if op == "linear":
+            parts = [pick(t).unsqueeze(-2) for t in (self.center, self.to_lower, self.to_upper)]
+            if parts[0].shape[-1] != weight.shape[-1]:
+                return None
+            rows = weight                                          # (O, d) against (B, *lead, 1, d)
+            shape = None
+        elif op == "conv" and weight.dim() == 4 and isinstance(attrs.get("padding"), (tuple, list)):
+            parts, rows, shape = self._conv_windows(pick, weight, **attrs)
+        else:
             return None
-        k = self.k
-        lower = l0_extreme(weight, centre, to_lower, to_upper, k, upper=False)   # (B, *lead, O)
-        upper = l0_extreme(weight, centre, to_lower, to_upper, k, upper=True)
+        lower = l0_extreme(rows, *parts, self.k, upper=False)
+        upper = l0_extreme(rows, *parts, self.k, upper=True)
+        if shape is not None:
+            lower, upper = lower.reshape(shape), upper.reshape(shape)
+            if bias is not None:
+                bias = bias.reshape(-1, 1, 1)
         if bias is not None:
             lower, upper = lower + bias, upper + bias
         return Interval(lower, upper)
+
+    def _conv_windows(self, pick, weight, *, stride, padding, dilation, groups):
+        """Each output's window of the centre and the moves, (B, g, 1, L, K), the kernel rows
+        (g, O/g, 1, K), and the output's shape (B, O, H', W')."""
+        groups = groups or 1
+        kernel = tuple(weight.shape[2:])
+        parts = []
+        for t in (self.center, self.to_lower, self.to_upper):
+            cols = F.unfold(pick(t), kernel, dilation=dilation, padding=padding, stride=stride)
+            batch, width, positions = cols.shape
+            parts.append(cols.reshape(batch, groups, 1, width // groups, positions).transpose(-1, -2))
+        out_channels = weight.shape[0]
+        rows = weight.reshape(groups, out_channels // groups, 1, -1)
+        size = [(n + 2 * p - d * (w - 1) - 1) // s + 1 for n, p, d, w, s in
+                zip(pick(self.center).shape[2:], padding, dilation, kernel, stride)]
+        return parts, rows, (parts[0].shape[0], out_channels, *size)
