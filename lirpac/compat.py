@@ -188,7 +188,7 @@ class BoundedModule(torch.nn.Module):
         self._ibp_bounds = None
 
     def forward(self, *x):
-        self._new_input(x[0])
+        self._new_input(x[0] if len(x) == 1 else x)
         return self.model(*(torch.Tensor(t) if isinstance(t, BoundedTensor) else t for t in x))
 
     def _method(self, method, IBP: bool, forward: bool) -> str:
@@ -221,14 +221,21 @@ class BoundedModule(torch.nn.Module):
                        needed_A_dict=None, **kwargs):
         _check_arguments(kwargs)
         if x is not None:
-            self._new_input(x[0] if isinstance(x, (tuple, list)) else x)
-        ptb = getattr(self._last_x, "ptb", None)
+            several = isinstance(x, (tuple, list)) and len(x) > 1
+            self._new_input(tuple(x) if several else x[0] if isinstance(x, (tuple, list)) else x)
+        if isinstance(self._last_x, tuple):     # several inputs: a plain tensor is fixed
+            ptb = tuple(getattr(t, "ptb", None) for t in self._last_x)
+            if all(p is None for p in ptb):
+                ptb = None
+        else:
+            ptb = getattr(self._last_x, "ptb", None)
         if ptb is None:
             raise InputError("compute_bounds needs a BoundedTensor input carrying a perturbation")
         name = self._method(method, IBP, forward)
         if name == "ibp" and method is None and reuse_ibp and self._ibp_bounds is not None:
             return self._ibp_bounds
-        x_plain = self._last_x.as_subclass(torch.Tensor)
+        x_plain = (tuple(t.as_subclass(torch.Tensor) for t in self._last_x)
+                   if isinstance(self._last_x, tuple) else self._last_x.as_subclass(torch.Tensor))
         options = self._alpha_options if name == "alpha-crown" else None
         if not return_A:
             result = self.net.bounds(x_plain, ptb, method=name, C=C, bound_lower=bound_lower,
