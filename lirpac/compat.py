@@ -18,6 +18,7 @@ from lirpac.alpha import AlphaOptions
 from lirpac.api import compile as _compile
 from lirpac.errors import InputError
 from lirpac.perturbation import Box, LpBall, Perturbation
+from lirpac.perturbations.weights import PerturbedParameters
 
 # auto_LiRPA's method names (matched without case) and the lirpac method each one runs
 _METHODS = {
@@ -112,6 +113,16 @@ class BoundedTensor(torch.Tensor):
     __torch_function__ = torch._C._disabled_torch_function_impl
 
 
+class BoundedParameter(torch.nn.Parameter):
+    """A parameter that carries a perturbation (``.ptb``): BoundedModule bounds the model over
+    it (lirpac.PerturbedParameters: weights and biases of nn.Linear layers)."""
+
+    def __new__(cls, data: torch.Tensor, ptb=None, requires_grad: bool = True):
+        param = torch.nn.Parameter.__new__(cls, data, requires_grad)
+        param.ptb = ptb
+        return param
+
+
 def _read_bound_opts(bound_opts) -> tuple[str, dict]:
     """(conv_mode, alpha-CROWN options) from auto_LiRPA's bound_opts; the options lirpac reads
     are checked here, so a wrong type fails at construction with the option's own name. The
@@ -177,7 +188,14 @@ class BoundedModule(torch.nn.Module):
         self.model = model
         conv_mode, self._alpha_options = _read_bound_opts(bound_opts)
         self.bound_opts = bound_opts or {}
-        self.net = _compile(model, global_input, conv_mode=conv_mode)
+        # parameters that carry a perturbation become inputs of the compiled model
+        moving = [name for name, p in model.named_parameters() if getattr(p, "ptb", None) is not None]
+        self._moving = [p for p in model.parameters() if getattr(p, "ptb", None) is not None]
+        self._weights = PerturbedParameters(model, moving) if moving else None
+        if self._weights is not None:
+            example = global_input[0] if isinstance(global_input, (tuple, list)) else global_input
+            global_input = self._weights.inputs(example)
+        self.net = _compile(self._weights or model, global_input, conv_mode=conv_mode)
         self._last_x = None
         self._intermediate = None   # "ibp" | "crown" | "forward": bounds kept for _last_x
         self._ibp_bounds = None     # the last IBP bounds, for reuse_ibp=True
@@ -229,13 +247,16 @@ class BoundedModule(torch.nn.Module):
                 ptb = None
         else:
             ptb = getattr(self._last_x, "ptb", None)
-        if ptb is None:
+        if ptb is None and self._weights is None:
             raise InputError("compute_bounds needs a BoundedTensor input carrying a perturbation")
         name = self._method(method, IBP, forward)
         if name == "ibp" and method is None and reuse_ibp and self._ibp_bounds is not None:
             return self._ibp_bounds
         x_plain = (tuple(t.as_subclass(torch.Tensor) for t in self._last_x)
                    if isinstance(self._last_x, tuple) else self._last_x.as_subclass(torch.Tensor))
+        if self._weights is not None:      # the input, then each BoundedParameter, with its set
+            x_plain = self._weights.inputs(x_plain)
+            ptb = (ptb, *[p.ptb for p in self._moving])
         options = self._alpha_options if name == "alpha-crown" else None
         if not return_A:
             result = self.net.bounds(x_plain, ptb, method=name, C=C, bound_lower=bound_lower,
