@@ -9,11 +9,11 @@ from lirpac.codegen.torch_backend import METHODS
 from lirpac.errors import (InputError, LirpacError, ModelFormatError, SpecFormatError,
                            UnsupportedOperationError)
 from lirpac.perturbation import Box, L0Ball, LpBall, Perturbation
-from lirpac.perturbations.weights import PerturbedParameters
+from lirpac.perturbations import PerturbedParameters, SubstitutedTokens, WordSubstitution
 from lirpac.verify import verify
 from lirpac.specs import margin_spec
 
 __version__ = "0.1.0"
-__all__ = ["compile", "CompiledNet", "LinearBounds", "AlphaOptions", "AlphaState", "AlphaResult", "LpBall", "L0Ball", "Box", "Perturbation", "PerturbedParameters", "METHODS", "margin_spec",
+__all__ = ["compile", "CompiledNet", "LinearBounds", "AlphaOptions", "AlphaState", "AlphaResult", "LpBall", "L0Ball", "Box", "Perturbation", "PerturbedParameters", "SubstitutedTokens", "WordSubstitution", "METHODS", "margin_spec",
            "LirpacError", "InputError", "UnsupportedOperationError", "ModelFormatError",
            "SpecFormatError", "verify"]

@@ -4,6 +4,8 @@ from lirpac.perturbations.base import InputSet, Perturbation
 from lirpac.perturbations.box import Box
 from lirpac.perturbations.l0 import L0Ball, L0Set
 from lirpac.perturbations.lp import LpBall, LpSet
+from lirpac.perturbations.substitution import SubstitutedTokens, WordSubstitution
 from lirpac.perturbations.weights import PerturbedParameters
 
-__all__ = ["Perturbation", "InputSet", "Box", "LpBall", "LpSet", "L0Ball", "L0Set", "PerturbedParameters"]
+__all__ = ["Perturbation", "InputSet", "Box", "LpBall", "LpSet", "L0Ball", "L0Set", "PerturbedParameters",
+           "SubstitutedTokens", "WordSubstitution"]
