@@ -39,8 +39,8 @@ def l0_points(x, k, lower, upper, generator, random_per_subset=1):
     return torch.stack(points).reshape(-1, *x.shape)
 
 
-@pytest.mark.parametrize("k", [0, 1, 2, 3, 6])
-@pytest.mark.parametrize("method", ["ibp", "crown", "forward", "crown-ibp"])
+@pytest.mark.parametrize("k", [0, 2, 6])
+@pytest.mark.parametrize("method", ["ibp", "crown", "forward"])
 def test_one_linear_layer_is_exact(k, method):
     torch.manual_seed(k)
     model = nn.Sequential(nn.Linear(6, 4)).eval().double()
@@ -54,7 +54,7 @@ def test_one_linear_layer_is_exact(k, method):
     torch.testing.assert_close(upper, out.amax(0), rtol=1e-9, atol=1e-9)
 
 
-@pytest.mark.parametrize("k", [1, 2])
+@pytest.mark.parametrize("k", [2])
 def test_linear_net_with_spec_is_exact_for_backward_modes(k):
     torch.manual_seed(5)
     model = nn.Sequential(nn.Linear(5, 7), nn.Linear(7, 3)).eval().double()
@@ -71,7 +71,7 @@ def test_linear_net_with_spec_is_exact_for_backward_modes(k):
         torch.testing.assert_close(upper, out.amax(0), rtol=1e-9, atol=1e-9)
 
 
-@settings(max_examples=8, deadline=None)
+@settings(max_examples=5, deadline=None)
 @given(arch=st.sampled_from(["mlp", "residual", "convnet"]), method=st.sampled_from(METHODS),
        k=st.integers(0, 3), seed=st.integers(0, 10**6), wide=st.booleans())
 def test_sound_by_enumeration(arch, method, k, seed, wide):
@@ -87,7 +87,7 @@ def test_sound_by_enumeration(arch, method, k, seed, wide):
     assert_contains(model, l0_points(x, k, lower_box, upper_box, g), lower, upper)
 
 
-@pytest.mark.parametrize("arch", ["mlp", "convnet", "resnet_tiny"])
+@pytest.mark.parametrize("arch", ["mlp", "convnet", pytest.param("resnet_tiny", marks=pytest.mark.slow)])
 def test_backward_no_looser_than_ibp(arch):
     model, net, shape = compiled_arch(arch)
     reinit(model, 11)
@@ -99,6 +99,7 @@ def test_backward_no_looser_than_ibp(arch):
     assert (crown[1] - crown[0]).sum() < (ibp[1] - ibp[0]).sum()
 
 
+@pytest.mark.slow
 def test_alpha_crown_is_sound_and_no_looser():
     model, net, shape = compiled_arch("mlp")
     reinit(model, 4)
@@ -127,8 +128,8 @@ def test_empty_range_and_nan_are_refused():
         net.bounds(torch.zeros(1, 3), lirpac.L0Ball(1, -float("inf"), 1.0))
 
 
-@pytest.mark.parametrize("groups,stride,padding", [(1, 1, 1), (2, 2, 0), (2, 1, 2)])
-@pytest.mark.parametrize("k", [1, 3])
+@pytest.mark.parametrize("groups,stride,padding,k", [(1, 1, 1, 1), (2, 2, 0, 3),
+                                                    pytest.param(2, 1, 2, 2, marks=pytest.mark.slow)])
 def test_first_conv_layer_is_exact_for_ibp(groups, stride, padding, k):
     """IBP's first conv bound (each output's k largest gains in its window) equals CROWN's,
     which is exact on an affine map."""

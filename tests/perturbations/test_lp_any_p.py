@@ -45,7 +45,7 @@ def sample_lp(x, eps, p, n, generator):
 
 
 @pytest.mark.parametrize("p", P_VALUES)
-@pytest.mark.parametrize("method", ["crown", "forward", "crown-ibp", "forward+crown"])
+@pytest.mark.parametrize("method", ["crown", "forward"])
 def test_linear_net_matches_dual_norm(p, method):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(5, 7), nn.Linear(7, 4)).eval().double()
@@ -62,7 +62,7 @@ def test_linear_net_matches_dual_norm(p, method):
     torch.testing.assert_close(upper, centre + radius, rtol=1e-9, atol=1e-9)
 
 
-@pytest.mark.parametrize("p", [1.5, 3.0, 1.0, 2.0])
+@pytest.mark.parametrize("p", [1.5, 1.0])
 def test_first_layer_bound_is_exact_for_conv(p):
     """IBP's first-layer bound (the set's first_affine, the conv's row norms over the taps
     inside the image) equals CROWN's, which is exact on an affine map; both are attained."""
@@ -104,7 +104,7 @@ def test_large_dual_exponent_does_not_overflow():
         torch.testing.assert_close(upper[0], expected, rtol=1e-4, atol=1e-5)
 
 
-@settings(max_examples=8, deadline=None)
+@settings(max_examples=5, deadline=None)
 @given(arch=st.sampled_from(["mlp", "convnet"]), method=st.sampled_from(METHODS),
        p=st.sampled_from(P_VALUES + [1.2, 2.5]), seed=st.integers(0, 10**6),
        eps=st.floats(0.01, 1.0), with_box=st.booleans())
@@ -121,6 +121,7 @@ def test_sound_by_sampling(arch, method, p, seed, eps, with_box):
     assert_contains(model, points, lower, upper)
 
 
+@pytest.mark.slow
 def test_alpha_crown_sound_for_p3():
     model, net, shape = compiled_arch("mlp")
     reinit(model, 3)

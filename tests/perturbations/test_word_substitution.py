@@ -76,7 +76,7 @@ def compiled(cls):
 
 
 @pytest.mark.parametrize("k", [0, 1, 3])
-@pytest.mark.parametrize("method", ["crown", "forward", "ibp"])
+@pytest.mark.parametrize("method", ["crown", "ibp"])
 def test_linear_in_the_embeddings_is_exact(k, method):
     torch.manual_seed(k)
     model = Bag(relu=False).eval()
@@ -93,7 +93,7 @@ def test_linear_in_the_embeddings_is_exact(k, method):
     torch.testing.assert_close(upper, hi, rtol=1e-5, atol=1e-5)
 
 
-@settings(max_examples=8, deadline=None)
+@settings(max_examples=6, deadline=None)
 @given(arch=st.sampled_from([Bag, Attention]), method=st.sampled_from(["ibp", "crown", "crown-ibp"]),
        k=st.integers(0, 3), seed=st.integers(0, 10**6))
 def test_sound_by_enumeration(arch, method, k, seed):
