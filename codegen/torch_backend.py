@@ -585,21 +585,20 @@ class _Emitter:
         self.emit(f"return forward_rows(inp, {target.name}_lin, _rows)")
 
     def ibp_ball(self, n: Node) -> None:
-        """On an Lp ball, bound one affine map of the input by the dual norm of its rows
-        (exact; intersected with the box IBP, which is exact for a domain box)."""
-        self.emit("if not inp.is_box:  # an Lp ball: the dual norm bounds one affine map exactly")
-        self.enter()
-        chain = [m for m in self.region([n]) if m is not self.x]
-        self.emit(f"_c_{self.x.name} = inp.center")
+        """Intersect ``n``'s IBP bounds with the set's exact bound of its first affine map
+        (``InputSet.first_affine``: the rows' dual norms over an Lp ball, the k largest gains
+        over an L0 set; None over a box, where IBP is exact already)."""
+        chain = [m for m in self.region([n]) if m is not self.x and m is not n]
+        select = "_t"
         for m in chain:
-            args = [f"_c_{i.name}" if i is self.x or i in chain else i.name for i in m.inputs]
-            if m is n:
-                args[0] = f"_c_{m.inputs[0].name}"
-                self.rules.add((m.op, "ibp_ball"))
-                call = self.call(f"ball_{m.op}", [args[0], "inp.eps_flat", "inp.dual"] + args[1:], self.attrs(m))
-                self.emit(f"{n.name} = intersect({n.name}, {call})")
-            else:
-                self.emit(f"_c_{m.name} = {self.call(self.rule(m.op, 'forward', m), args, self.attrs(m))}")
+            args = [select if i is self.x or i in chain else i.name for i in m.inputs]
+            select = self.call(self.rule(m.op, "forward", m), args, self.attrs(m))
+        select = f"lambda _t: {select}" if chain else "None"
+        args = [f'"{n.op}"', select] + [i.name for i in n.inputs[1:]]
+        self.emit(f"_first = {self.call('inp.first_affine', args, self.attrs(n))}")
+        self.emit("if _first is not None:  # the set bounds this affine map exactly")
+        self.enter()
+        self.emit(f"{n.name} = intersect({n.name}, _first)")
         self.leave()
 
     # -- the whole function ----------------------------------------------------------------

@@ -578,7 +578,15 @@ def eval_mode(module: torch.nn.Module):
 
 
 def lower_module(module: torch.nn.Module, example: torch.Tensor) -> Graph:
-    """Export ``module`` at the example's per-sample shape with a free batch and lower it."""
+    """Export ``module`` at the example's per-sample shape with a free batch and lower it
+    (a tuple of examples: the model's inputs, joined into one, ir/joint_inputs.py)."""
+    if isinstance(example, (tuple, list)) and len(example) > 1:
+        from lirpac.ir.joint_inputs import JoinedInputs, join
+        flat = join(example, "example_input")
+        module = JoinedInputs(module, [tuple(t.shape[1:]) for t in example]).train(module.training)
+        example = flat
+    elif isinstance(example, (tuple, list)) and len(example) == 1:
+        example = example[0]
     if not isinstance(example, torch.Tensor):
         raise InputError(f"example_input must be a torch.Tensor, got {type(example).__name__}")
     _check_tensors(module, example)

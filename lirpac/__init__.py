@@ -8,12 +8,13 @@ from lirpac.api import AlphaResult, CompiledNet, LinearBounds, compile
 from lirpac.methods import METHODS
 from lirpac.errors import (InputError, LirpacError, ModelFormatError, SpecFormatError,
                            UnsupportedOperationError)
-from lirpac.perturbation import Box, LpBall, Perturbation
+from lirpac.perturbation import Box, L0Ball, LpBall, Perturbation
+from lirpac.perturbations import PerturbedParameters, SubstitutedTokens, WordSubstitution
 from lirpac.verify import verify
 from lirpac.specs import margin_spec
 from lirpac import training  # robust losses, eps schedules, verified error (certified training)
 
 __version__ = "0.1.0"
-__all__ = ["compile", "CompiledNet", "LinearBounds", "AlphaOptions", "AlphaState", "AlphaResult", "LpBall", "Box", "Perturbation", "METHODS", "margin_spec",
+__all__ = ["compile", "CompiledNet", "LinearBounds", "AlphaOptions", "AlphaState", "AlphaResult", "LpBall", "L0Ball", "Box", "Perturbation", "PerturbedParameters", "SubstitutedTokens", "WordSubstitution", "METHODS", "margin_spec",
            "LirpacError", "InputError", "UnsupportedOperationError", "ModelFormatError",
            "SpecFormatError", "verify", "training"]

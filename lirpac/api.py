@@ -19,6 +19,7 @@ from lirpac.codegen.torch_backend import Plan
 from lirpac.errors import InputError
 from lirpac.ir.graph import Graph
 from lirpac.perturbation import LpBall, Perturbation, all_finite
+from lirpac.perturbations.joint import joint_arguments
 from lirpac.passes import run_passes
 
 
@@ -90,6 +91,8 @@ class CompiledNet:
         self.dtype = x.dtype
         allocator.tune()    # freed temporaries reused, not faulted in on every call (allocator.py)
         self.output_shape = self.graph.output.shape
+        # per-sample shapes of a model's several inputs (compile(model, (x1, x2))), else None
+        self.input_shapes = None
 
     # -- code -----------------------------------------------------------------------------
     def plan(self, method: str = "crown", x: torch.Tensor | None = None, **fields) -> Plan:
@@ -193,6 +196,8 @@ class CompiledNet:
     def _run(self, x, perturbation, method, C, bound_lower, bound_upper, return_A, options=None):
         """(lower, upper, A, alpha state or None) of one bound computation."""
         method = methods.get(method)
+        if self.input_shapes is not None:    # several inputs: one joined input, a product set
+            x, perturbation = joint_arguments(x, perturbation, self.input_shapes)
         x, C = self._check(x, perturbation, C)
         if not (bound_lower or bound_upper):
             raise InputError("at least one of bound_lower and bound_upper must be True")
@@ -220,7 +225,8 @@ class CompiledNet:
         neuron, and on trained nets often much tighter at the output (mnist-net_256x4,
         prop_0_0.03: mean margin bound -1.69 instead of -3.84), but CROWN's adaptive slopes
         make the output non-monotone in them, so on random nets it can be looser; the default
-        reproduces published CROWN."""
+        reproduces published CROWN. A model compiled with several inputs takes a tuple ``x``
+        and a tuple of sets, one per input (None: that input is fixed), or one set for all."""
         lower, upper, _, _ = self._run(x, perturbation, method, C, bound_lower, bound_upper, False, options)
         return lower, upper
 
@@ -248,7 +254,8 @@ class CompiledNet:
                              f"{method_name(method)} gives intervals only")
         lower, upper, A, _ = self._run(x, perturbation, method, C, bound_lower, bound_upper, True)
         lA, lb, uA, ub = A
-        shape = (x.shape[0], -1, *self.input_shape)
+        # (several inputs: coefficients on the joined input, ir/joint_inputs.py)
+        shape = ((x[0] if self.input_shapes is not None else x).shape[0], -1, *self.input_shape)
         lb = lb if isinstance(lb, torch.Tensor) or lower is None else torch.zeros_like(lower)
         ub = ub if isinstance(ub, torch.Tensor) or upper is None else torch.zeros_like(upper)
         return LinearBounds(None if lA is None else lA.reshape(shape), lb if lower is not None else None,
@@ -266,7 +273,7 @@ class CompiledNet:
         if isinstance(self.module, torch.nn.Module):
             from lirpac.ir.torch_frontend import eval_mode
             with eval_mode(self.module):    # as bounded, whatever mode the user keeps it in
-                return self.module(x)
+                return self.module(*x) if self.input_shapes is not None else self.module(x)
         return self.module(x)
 
 
@@ -295,8 +302,11 @@ def compile(model, example_input=None, *, passes: list[str] | None = None, conv_
             raise InputError("compile(model, example_input): an example input is needed to trace "
                              "an nn.Module (any batch size; only the per-sample shape matters)")
         graph = lower_module(model, example_input)
-        return CompiledNet(graph, passes, module=model, conv_mode=conv_mode, max_memory=max_memory,
-                           backend=backend)
+        net = CompiledNet(graph, passes, module=model, conv_mode=conv_mode, max_memory=max_memory,
+                          backend=backend)
+        if isinstance(example_input, (tuple, list)) and len(example_input) > 1:
+            net.input_shapes = [tuple(t.shape[1:]) for t in example_input]
+        return net
     try:
         from lirpac.ir.onnx_frontend import lower_onnx
     except ImportError as err:

@@ -23,6 +23,7 @@ from lirpac.perturbation import Box, LpBall, Perturbation
 from lirpac.compat_training import (AdaptiveScheduler, CrossEntropyWrapper, FixedScheduler,  # noqa: F401
                                     LinearScheduler, MultiAverageMeter, MultiTimer,
                                     SmoothedScheduler, get_spec_matrix, is_loss_wrapper)
+from lirpac.perturbations.weights import PerturbedParameters
 
 # auto_LiRPA's method names (matched without case) and the lirpac method each one runs
 # (Method.compat_names)
@@ -109,6 +110,16 @@ class BoundedTensor(torch.Tensor):
     __torch_function__ = torch._C._disabled_torch_function_impl
 
 
+class BoundedParameter(torch.nn.Parameter):
+    """A parameter that carries a perturbation (``.ptb``): BoundedModule bounds the model over
+    it (lirpac.PerturbedParameters: weights and biases of nn.Linear layers)."""
+
+    def __new__(cls, data: torch.Tensor, ptb=None, requires_grad: bool = True):
+        param = torch.nn.Parameter.__new__(cls, data, requires_grad)
+        param.ptb = ptb
+        return param
+
+
 def _read_bound_opts(bound_opts) -> tuple[str, dict]:
     """(conv_mode, alpha-CROWN options) from auto_LiRPA's bound_opts; the options lirpac reads
     are checked here, so a wrong type fails at construction with the option's own name. The
@@ -176,9 +187,22 @@ class BoundedModule(torch.nn.Module):
         self.bound_opts = bound_opts or {}
         # a CrossEntropyWrapper(model) is bounded by loss fusion: the model compiled alone
         self._fused_loss = is_loss_wrapper(model)
-        inner, example = (model.model, global_input[0]) if self._fused_loss else (model, global_input)
-        self.net = _compile(inner, example, conv_mode=conv_mode)
         self._labels = None
+        # parameters that carry a perturbation become inputs of the compiled model
+        moving = [name for name, p in model.named_parameters() if getattr(p, "ptb", None) is not None]
+        self._moving = [p for p in model.parameters() if getattr(p, "ptb", None) is not None]
+        if moving and self._fused_loss:
+            raise InputError("BoundedModule: perturbed parameters (BoundedParameter) inside a "
+                             "CrossEntropyWrapper are not supported; bound the model itself")
+        self._weights = PerturbedParameters(model, moving) if moving else None
+        if self._fused_loss:
+            inner, example = model.model, global_input[0]
+        elif self._weights is not None:
+            example = global_input[0] if isinstance(global_input, (tuple, list)) else global_input
+            inner, example = self._weights, self._weights.inputs(example)
+        else:
+            inner, example = model, global_input
+        self.net = _compile(inner, example, conv_mode=conv_mode)
         self._last_x = None
         self._intermediate = None   # "ibp" | "backward" | "forward": bounds kept for _last_x
         self._ibp_bounds = None     # the last IBP bounds, for reuse_ibp=True
@@ -191,8 +215,11 @@ class BoundedModule(torch.nn.Module):
     def forward(self, *x, method_opt=None, **kwargs):
         if method_opt == "compute_bounds":        # auto_LiRPA's route for DataParallel
             return self.compute_bounds(**kwargs)
-        self._new_input(x[0])
-        self._labels = x[1] if self._fused_loss and len(x) > 1 else self._labels
+        if self._fused_loss:                      # (model inputs, labels)
+            self._new_input(x[0])
+            self._labels = x[1] if len(x) > 1 else self._labels
+        else:
+            self._new_input(x[0] if len(x) == 1 else x)
         return self.model(*(torch.Tensor(t) if isinstance(t, BoundedTensor) else t for t in x))
 
     def _method(self, method, IBP: bool, forward: bool) -> str:
@@ -227,17 +254,29 @@ class BoundedModule(torch.nn.Module):
                        needed_A_dict=None, **kwargs):
         _check_arguments(kwargs)
         if x is not None:
-            self._new_input(x[0] if isinstance(x, (tuple, list)) else x)
-            if self._fused_loss and isinstance(x, (tuple, list)) and len(x) > 1:
-                self._labels = x[1]
-        ptb = getattr(self._last_x, "ptb", None)
-        if ptb is None:
+            if self._fused_loss and isinstance(x, (tuple, list)):
+                self._new_input(x[0])
+                self._labels = x[1] if len(x) > 1 else self._labels
+            else:
+                several = isinstance(x, (tuple, list)) and len(x) > 1
+                self._new_input(tuple(x) if several else x[0] if isinstance(x, (tuple, list)) else x)
+        if isinstance(self._last_x, tuple):     # several inputs: a plain tensor is fixed
+            ptb = tuple(getattr(t, "ptb", None) for t in self._last_x)
+            if all(p is None for p in ptb):
+                ptb = None
+        else:
+            ptb = getattr(self._last_x, "ptb", None)
+        if ptb is None and self._weights is None:
             raise InputError("compute_bounds needs a BoundedTensor input carrying a perturbation")
         name = self._method(method, IBP, forward)
         interval = name == _INTERVAL.name
         if interval and method is None and reuse_ibp and self._ibp_bounds is not None:
             return self._ibp_bounds
-        x_plain = self._last_x.as_subclass(torch.Tensor)
+        x_plain = (tuple(t.as_subclass(torch.Tensor) for t in self._last_x)
+                   if isinstance(self._last_x, tuple) else self._last_x.as_subclass(torch.Tensor))
+        if self._weights is not None:      # the input, then each BoundedParameter, with its set
+            x_plain = self._weights.inputs(x_plain)
+            ptb = (ptb, *[p.ptb for p in self._moving])
         options = self._alpha_options if methods.get(name).iterative else None
         if self._fused_loss:
             result = self._fused_bounds(x_plain, ptb, name, C, bound_lower)

@@ -176,7 +176,7 @@ def test_empty_box_and_missing_eps_are_refused(affine):
     with pytest.raises(lirpac.InputError, match="needs eps"):
         PerturbationLpNorm(eps=None, norm=2, x_L=X_L, x_U=X_U)
     with pytest.raises(lirpac.InputError, match="norm"):
-        PerturbationLpNorm(eps=0.1, norm=3.5)
+        PerturbationLpNorm(eps=0.1, norm=0.5)
     box_only = PerturbationLpNorm(eps=None, x_L=X_L, x_U=X_U)   # eps unused there
     lower, _ = affine.compute_bounds(x=(BoundedTensor(X, box_only),), method="IBP")
     torch.testing.assert_close(lower, _closed_form(INF, None, "LU")[0])

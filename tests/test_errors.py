@@ -82,7 +82,7 @@ def test_huge_finite_centre_is_accepted(net):
     assert lower.shape == upper.shape == (2, *net.output_shape)
 
 
-@pytest.mark.parametrize("norm", [0, 3, "l3", None])
+@pytest.mark.parametrize("norm", [0, 0.5, -1, "l3", None, float("nan")])
 def test_bad_norm(norm):
     with pytest.raises(InputError, match="norm"):
         lirpac.LpBall(eps=0.1, norm=norm)

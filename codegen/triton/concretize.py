@@ -17,7 +17,10 @@ import triton.language as tl
 
 from lirpac.codegen.triton import tile
 from lirpac.ir.ops.common import overflow_unbounded
-from lirpac.perturbation import InputSet
+from lirpac.perturbations.base import InputSet
+from lirpac.perturbations.lp import LpSet
+
+_fused_classes: dict = {}
 
 
 @triton.jit
@@ -120,16 +123,27 @@ def _flat_vector(t, batch):
 
 
 class TritonInputSet(InputSet):
-    """An InputSet whose concretization runs the fused kernel (dense coefficients on a device
-    Triton runs on; the torch path otherwise): made from a bound set by ``wrap``, so the
-    generated code's ``inp.concretize``, ``finish_sides`` and ``concretize_pair`` use it."""
+    """A box or Lp-ball set whose concretization runs the fused kernel (dense coefficients on
+    a device Triton runs on; the set's own torch path otherwise): ``wrap`` makes one from a
+    bound set (a subclass of the set's own class, so its other operations, such as
+    ``first_affine``, stay the set's), and the generated code's ``inp.concretize``,
+    ``finish_sides`` and ``concretize_pair`` use it. Other sets (L0, products, substitutions)
+    are left as they are."""
 
     @classmethod
-    def wrap(cls, inp: InputSet) -> "TritonInputSet":
+    def wrap(cls, inp: InputSet) -> InputSet:
         if isinstance(inp, cls):
             return inp
-        out = cls.__new__(cls)
+        kind = type(inp)
+        if kind is not InputSet and not (kind is LpSet and inp.norm in (math.inf, 2.0, 1.0)):
+            return inp
+        fused = _fused_classes.get(kind)
+        if fused is None:
+            fused = _fused_classes[kind] = type(f"Triton{kind.__name__}", (cls, kind), {})
+        out = fused.__new__(fused)
         out.__dict__.update(inp.__dict__)
+        if kind is InputSet:     # (the box: its centre-radius terms only)
+            out.use_box, out.norm = True, math.inf
         return out
 
     def _fusable(self, a: torch.Tensor) -> bool:

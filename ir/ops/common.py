@@ -420,3 +420,23 @@ def vjp_transpose(fn, a: torch.Tensor, in_shape, **attrs) -> torch.Tensor:
         y = fn(x, **attrs)
         (grad,) = torch.autograd.grad(y, x, a, create_graph=a.requires_grad)
     return grad
+
+
+def lp_norm(t: torch.Tensor, q: float, dim) -> torch.Tensor:
+    """||t||_q along ``dim`` for any q >= 1 (the dual norm of an Lp ball). For q other than
+    1, 2 and inf, |t|^q overflows (|t| = 10, q = 50) or underflows where the norm does not, so
+    the sum is taken of (|t| / max |t|)^q, at most 1 per element."""
+    if q in (1.0, 2.0, math.inf):
+        return torch.linalg.vector_norm(t, ord=q, dim=dim)
+    top = t.abs().amax(dim=dim, keepdim=True)
+    scaled = (t.abs() / torch.where(top > 0, top, torch.ones_like(top))).pow(q)
+    return top.squeeze(dim) * scaled.sum(dim).pow(1.0 / q)
+
+
+def dual_exponent(p: float) -> float:
+    """q with 1/p + 1/q = 1 (p >= 1): the norm of a linear map's rows over an Lp ball."""
+    if p == 1.0:
+        return math.inf
+    if p == math.inf:
+        return 1.0
+    return p / (p - 1.0)

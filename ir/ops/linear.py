@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from lirpac.ir.opdef import Interval, Linear, OpDef, register
 from lirpac.ir.scalar import centre_radius
 from lirpac.ir.ops.common import (all_finite, bias_of, both_sides, constant_abs, fold, fold_opt,
-                                  map_unbounded, split_pos_neg, times, unbounded_map_ibp)
+                                  lp_norm, map_unbounded, split_pos_neg, times, unbounded_map_ibp)
 
 
 def _affine_ibp(apply, x: Interval, weight, bias) -> Interval:
@@ -80,17 +80,24 @@ def _ball_range(mid: torch.Tensor, eps: torch.Tensor, row_norm: torch.Tensor) ->
 
 
 def _linear_ball(center, eps, dual, weight, bias=None) -> Interval:
-    norm = weight.norm(p=dual, dim=1)
+    norm = lp_norm(weight, dual, dim=1)
     return _ball_range(_linear(center, weight, bias), eps, norm)
 
 
 def _conv_ball(center, eps, dual, weight, bias=None, **attrs) -> Interval:
     """Row norms of a convolution counting only the inputs inside the image (padding is
-    constant): for the 2-norm the conv of a ones image with W**2; for the inf-norm the largest
-    |w| among the kernel taps that fall inside the image, read from a ones image convolved
-    with one-hot kernels (one per tap; the same mask serves every channel and group)."""
+    constant): for a finite dual norm q, (the conv of a ones image with |W|^q)^(1/q), with W
+    scaled by its largest entry per output channel first (no overflow of |W|^q); for the
+    inf-norm the largest |w| among the kernel taps that fall inside the image, read from a
+    ones image convolved with one-hot kernels (one per tap; the same mask serves every channel
+    and group)."""
     if dual == 2.0:
         norm = _conv(torch.ones_like(center[:1]), weight * weight, None, **attrs).clamp(min=0).sqrt()
+    elif dual != math.inf:
+        top = weight.abs().flatten(1).amax(1).reshape(-1, *([1] * (weight.dim() - 1)))
+        scaled = (weight.abs() / torch.where(top > 0, top, torch.ones_like(top))).pow(dual)
+        norm = _conv(torch.ones_like(center[:1]), scaled, None, **attrs).clamp(min=0).pow(1.0 / dual)
+        norm = norm * top.reshape(1, -1, *([1] * (norm.dim() - 2)))
     else:
         kernel = weight.shape[2:]
         taps = math.prod(kernel)

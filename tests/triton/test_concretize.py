@@ -38,7 +38,8 @@ def test_values_and_gradients_match_torch(name, upper):
     results = []
     for wrap in (TritonInputSet.wrap, lambda inp: inp):
         # the set's centre carries a gradient too (an attack, or a trained input layer)
-        x = plain.center if plain.center is not None else (plain.lower + plain.upper) / 2
+        centre = getattr(plain, "center", None)
+        x = centre if centre is not None else (plain.lower + plain.upper) / 2
         x = x.detach().clone().requires_grad_()
         inp = wrap(SETS[name](x).bind(x))
         a = coeff.clone().requires_grad_()
