@@ -139,7 +139,8 @@ class _Lowering:
             elif n.op == "call_function":
                 self.env[n] = self.convert(n)
             elif n.op == "output":
-                outs = [a for a in n.args[0] if a is not None]
+                outs = [a for a, spec in zip(n.args[0], sig.output_specs)
+                        if a is not None and spec.kind.name == "USER_OUTPUT"]
                 if len(outs) != 1:
                     raise self.error(f"the model returns {len(outs)} tensors; lirpac bounds one "
                                      "output tensor (wrap the model to return one)")
@@ -600,11 +601,32 @@ def _lower_in_eval_mode(module: torch.nn.Module, example: torch.Tensor) -> Graph
             f"torch.export could not trace the model with a free batch dimension: "
             f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}. Models must be "
             "traceable by torch.export and treat dim 0 as the batch.") from err
+    exported = functionalize(exported)
     exported.graph.eliminate_dead_code()   # unused outputs (an RNN's final state) need no rule
     names = [s.arg.name for s in exported.graph_signature.input_specs if s.kind.name == "USER_INPUT"]
     graph = _Lowering(exported, module, {names[0]}).run()
     remove_dead_nodes(graph)
     return graph
+
+
+def _mutates(node) -> bool:
+    schema = getattr(node.target, "_schema", None)
+    return node.op == "call_function" and schema is not None and schema.is_mutable
+
+
+def functionalize(exported):
+    """In-place code (``out += shortcut``, ``x.mul_(2)``, ``y[:, 0] = 0``) exports as mutating
+    ops (``add_``, ``fill_`` on a view); ``run_decompositions`` with an empty table rewrites
+    them as pure ops (``add``, ``slice_scatter``) and decomposes nothing else. Graphs without
+    mutation are left as exported."""
+    if not any(_mutates(n) for n in exported.graph.nodes):
+        return exported
+    try:
+        return exported.run_decompositions({})
+    except Exception as err:  # torch raises many types; report them as one
+        raise UnsupportedOperationError(
+            f"torch.export could not rewrite the model's in-place operations as pure ones: "
+            f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from err
 
 
 def remove_dead_nodes(graph: Graph) -> None:
