@@ -80,6 +80,8 @@ class _Lowering:
 
     def meta_shape(self, fx_node=None):
         val = (fx_node or self.fx_node).meta.get("val")
+        if isinstance(val, (tuple, list)):     # multi-output ops (batch norm): the first is the value
+            val = val[0]
         return tuple(val.shape), val.dtype
 
     def add(self, op: str, inputs: list[Node], name: str | None = None, **attrs) -> Node:
