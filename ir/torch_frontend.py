@@ -163,6 +163,8 @@ class _Lowering:
         key = name[len("aten."):] if name.startswith("aten.") else name
         inputs = [self.env[a] for a in n.all_input_nodes]
         tensor_inputs = [i for i in inputs if isinstance(i, Node)]
+        if key in _BATCH_FILLS and self.value(_size_arg(n)[0:1]) == [BATCH]:
+            return self.batch_fill(n, key)
         if tensor_inputs and not any(i.perturbed for i in tensor_inputs) and key not in _ALIASES:
             return self.const_fn(n, name)
         if not tensor_inputs:
@@ -182,10 +184,32 @@ class _Lowering:
             "lirpac has no bound rule for it. Supported ATen ops are listed in docs/ops.md: "
             "rewrite the model with those, or add an OpDef for it (see docs/ops.md)")
 
+    def constant_shape(self, shape) -> tuple[int, ...]:
+        """A constant's full shape, with a batch dim of 1 where the graph has the batch size."""
+        return tuple(1 if i == 0 and self.is_batch_dim(s) else int(s) for i, s in enumerate(shape))
+
+    def batch_fill(self, n, key: str) -> Node:
+        """``torch.zeros(batch_size, ...)``, ``x.new_zeros(x.size(0), ...)`` (an RNN's initial
+        state): the same value for every sample, so a constant with a batch dim of 1 that
+        broadcasts over the batch."""
+        size = [1] + [int(s) for s in self.value(_size_arg(n))[1:]]
+        dtype = n.meta["val"].dtype
+        value = (torch.full(size, float(_BATCH_FILLS[key](n)), dtype=dtype))
+        return self.graph.add("constant", [], name=n.name, shape=tuple(size), dtype=dtype,
+                              value=value, source=source_of(n))
+
     def const_fn(self, n, name: str) -> Node:
         inputs: list[Node] = []
         # a constant expanded over the batch (a gather index) stays batch 1 and broadcasts
         batch_expand = name == "aten.expand.default" and self.value(n.args[1][0]) is BATCH
+        # a constant of batch size made of rows that are all alike (a zero state): computed
+        # at batch 1, unless the op works along the batch dim
+        val = n.meta.get("val")
+        first = val[0] if isinstance(val, (list, tuple)) and val else val
+        uniform = (isinstance(first, torch.Tensor) and first.dim() > 0
+                   and self.is_batch_dim(first.shape[0]) and not batch_expand)
+        if uniform and _along_batch(n):
+            raise self.error(f"'{name}' works along the batch dimension of a constant")
 
         def slot(a):
             if isinstance(a, torch.fx.Node):
@@ -193,7 +217,7 @@ class _Lowering:
                 if isinstance(v, Node):
                     inputs.append(v)
                     return ("%input", len(inputs) - 1)
-                if v is BATCH and batch_expand and a is n.args[1][0]:
+                if v is BATCH and (batch_expand and a is n.args[1][0] or uniform):
                     return 1
                 if v is BATCH:
                     raise self.error(f"'{name}' on constants reads the batch size")
@@ -203,9 +227,14 @@ class _Lowering:
             return a
         args = tuple(slot(a) for a in n.args)
         kwargs = {k: slot(v) for k, v in n.kwargs.items()}
+        if isinstance(val, (list, tuple)) and val and all(isinstance(v, torch.Tensor) for v in val):
+            return [self.graph.add("const_fn", inputs, name=f"{n.name}_{i}", dtype=v.dtype,
+                                   shape=self.constant_shape(v.shape), source=source_of(n),
+                                   attrs=dict(target=name, args=args, kwargs=kwargs, item=i))
+                    for i, v in enumerate(val)]
         if not isinstance(n.meta.get("val"), torch.Tensor):
             raise self.error(f"'{name}' does not produce a tensor")
-        if batch_expand:
+        if batch_expand or uniform:
             shape, dtype = self.meta_shape()
             return self.graph.add("const_fn", inputs, name=n.name, shape=(1, *map(int, shape[1:])),
                                   dtype=dtype, source=source_of(n),
@@ -226,6 +255,39 @@ class _Lowering:
             else:
                 attrs[arg.name] = given
         return self.add(op, inputs, **attrs)
+
+
+def _size_arg(n) -> list:
+    """The size list of a factory op (zeros(size), new_zeros(x, size), full(size, v))."""
+    return list(n.args[1] if str(n.target).startswith("aten.new_") else n.args[0])
+
+
+_BATCH_FILLS: dict[str, Callable] = {
+    "zeros.default": lambda n: 0.0, "ones.default": lambda n: 1.0,
+    "full.default": lambda n: n.args[1], "new_zeros.default": lambda n: 0.0,
+    "new_ones.default": lambda n: 1.0, "new_full.default": lambda n: n.args[2],
+}
+
+
+def _along_batch(n) -> bool:
+    """Whether an ATen call names dim 0 in a dim argument (a sum over the batch, say)."""
+    schema = getattr(n.target, "_schema", None)
+    if schema is None:
+        return False
+    if str(n.target) == "aten.slice.Tensor":      # x[:] keeps every row
+        start, end = (list(n.args[2:4]) + [None, None])[:2]
+        if start in (None, 0) and (end is None or not isinstance(end, int) or end >= _INT_MAX // 4):
+            return False
+    for i, arg in enumerate(schema.arguments):
+        if arg.name not in ("dim", "dims", "dim0", "dim1", "start_dim"):
+            continue
+        given = n.args[i] if i < len(n.args) else n.kwargs.get(arg.name)
+        given = given if isinstance(given, (list, tuple)) else [given]
+        first = n.args[0].meta.get("val") if isinstance(n.args[0], torch.fx.Node) else None
+        rank = first.dim() if isinstance(first, torch.Tensor) else 1
+        if any(isinstance(d, int) and d % max(rank, 1) == 0 for d in given):
+            return True
+    return False
 
 
 def _dims(x: Node, dims, lowering: _Lowering) -> list[int]:
@@ -616,15 +678,24 @@ def _mutates(node) -> bool:
     return node.op == "call_function" and schema is not None and schema.is_mutable
 
 
+# RNN cells (nn.LSTMCell, nn.GRUCell, nn.RNNCell) decompose batch first into linear, add,
+# split, sigmoid, tanh and mul, which lirpac bounds
+_CELLS = ("lstm_cell.default", "gru_cell.default", "rnn_tanh_cell.default", "rnn_relu_cell.default")
+
+
 def functionalize(exported):
     """In-place code (``out += shortcut``, ``x.mul_(2)``, ``y[:, 0] = 0``) exports as mutating
-    ops (``add_``, ``fill_`` on a view); ``run_decompositions`` with an empty table rewrites
-    them as pure ops (``add``, ``slice_scatter``) and decomposes nothing else. Graphs without
-    mutation are left as exported."""
-    if not any(_mutates(n) for n in exported.graph.nodes):
+    ops (``add_``, ``fill_`` on a view); ``run_decompositions`` rewrites them as pure ops
+    (``add``, ``slice_scatter``) and decomposes nothing else but the RNN cells. Graphs with
+    neither are left as exported."""
+    cells = {n.target for n in exported.graph.nodes
+             if n.op == "call_function" and str(n.target).removeprefix("aten.") in _CELLS}
+    if not cells and not any(_mutates(n) for n in exported.graph.nodes):
         return exported
     try:
-        return exported.run_decompositions({})
+        from torch.export import default_decompositions
+        defaults = default_decompositions()
+        return exported.run_decompositions({op: defaults[op] for op in cells})
     except Exception as err:  # torch raises many types; report them as one
         raise UnsupportedOperationError(
             f"torch.export could not rewrite the model's in-place operations as pure ones: "
