@@ -19,6 +19,7 @@ from torch.export import Dim, export
 from lirpac.errors import InputError, UnsupportedOperationError
 from lirpac.ir.graph import Graph, Node
 from lirpac.ir.opdef import ATEN_LOWERINGS, REGISTRY, get_op
+from lirpac.ir.attention import rewrite_attention
 from lirpac.ir.recurrent import unroll_recurrent
 
 _INT_MAX = 2 ** 62
@@ -32,6 +33,16 @@ class _Batch:
 
 
 BATCH = _Batch()
+
+
+class _Permuted:
+    """A permute that moved the batch dimension away from dim 0 (a seq-first model's
+    ``x.transpose(0, 1)``), kept pending: the IR keeps dim 0 as the batch, so only another
+    permute that brings the batch back to dim 0 may use it; the two then compose into one
+    permute of the batch-first node (or none)."""
+
+    def __init__(self, node: Node, dims: tuple[int, ...]):
+        self.node, self.dims = node, dims
 
 
 def source_of(fx_node) -> str | None:
@@ -147,6 +158,9 @@ class _Lowering:
                     raise self.error(f"the model returns {len(outs)} tensors; lirpac bounds one "
                                      "output tensor (wrap the model to return one)")
                 out = self.env[outs[0]]
+                if isinstance(out, _Permuted):
+                    raise self.error("the model returns a tensor whose batch dimension is not "
+                                     "dim 0; move it back (e.g. y.transpose(0, 1))")
                 if not isinstance(out, Node) or not out.perturbed:
                     raise self.error("the model's output does not depend on its perturbed input")
                 self.graph.output = out
@@ -162,7 +176,16 @@ class _Lowering:
         name = str(n.target)  # 'aten.relu.default'
         key = name[len("aten."):] if name.startswith("aten.") else name
         inputs = [self.env[a] for a in n.all_input_nodes]
+        if any(isinstance(i, _Permuted) for i in inputs) and key not in _ALIASES:
+            if key in ("permute.default", "transpose.int"):
+                return _CONVERTERS[key](self, *n.args, **n.kwargs)
+            raise self.error(
+                f"'{name}' on a tensor whose batch dimension was moved from dim 0 by a permute",
+                "lirpac keeps dim 0 as the batch: move it back (e.g. x.transpose(0, 1)) before "
+                "other ops, or use batch_first modules")
         tensor_inputs = [i for i in inputs if isinstance(i, Node)]
+        if key.startswith("_assert"):         # shape/dtype checks of the trace: nothing to bound
+            return None
         if key in _BATCH_FILLS and self.value(_size_arg(n)[0:1]) == [BATCH]:
             return self.batch_fill(n, key)
         if tensor_inputs and not any(i.perturbed for i in tensor_inputs) and key not in _ALIASES:
@@ -388,10 +411,14 @@ def _flatten(lw: _Lowering, x, start_dim=0, end_dim=-1):
 
 def _permute(lw: _Lowering, x, dims):
     node = lw.value(x)
+    pending = node if isinstance(node, _Permuted) else None
+    node = pending.node if pending else node
     rank = len(node.shape) + 1
     dims = [d + rank if d < 0 else d for d in dims]
+    if pending:     # permute(permute(x, p), d) = permute(x, p[d])
+        dims = [pending.dims[d] for d in dims]
     if dims[0] != 0:
-        raise lw.error("a permute that moves the batch dimension")
+        return _Permuted(node, tuple(dims))
     if dims == list(range(rank)):
         return node
     return lw.add("permute", [node], dims=tuple(dims))
@@ -399,7 +426,7 @@ def _permute(lw: _Lowering, x, dims):
 
 def _transpose(lw: _Lowering, x, d0, d1):
     node = lw.value(x)
-    rank = len(node.shape) + 1
+    rank = len((node.node if isinstance(node, _Permuted) else node).shape) + 1
     dims = list(range(rank))
     d0, d1 = d0 % rank, d1 % rank
     dims[d0], dims[d1] = dims[d1], dims[d0]
@@ -656,7 +683,7 @@ def lower_module(module: torch.nn.Module, example: torch.Tensor) -> Graph:
 
 
 def _lower_in_eval_mode(module: torch.nn.Module, example: torch.Tensor) -> Graph:
-    module = unroll_recurrent(module)
+    module = rewrite_attention(unroll_recurrent(module))
     example = _example_batch(example)
     try:
         exported = export(module, (example,), dynamic_shapes=({0: Dim("batch")},), strict=False)
