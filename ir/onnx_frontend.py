@@ -219,14 +219,15 @@ class _Lowering:
             self.onnx_node = node
             if id(node) in self.skip:
                 continue
-            if node.domain not in ("", "ai.onnx"):
+            custom = _custom_op(node)
+            if node.domain not in ("", "ai.onnx") and custom is None:
                 raise self.unsupported(f"operator domain '{node.domain}' is not supported; export "
                                        "with standard ONNX operators only")
             inputs = [self.input_value(i) for i in node.input]
             if not any(isinstance(i, _Value) for i in inputs):
                 outputs = self.fold(node, inputs)
             else:
-                converter = _CONVERTERS.get(node.op_type)
+                converter = _custom_converter(custom) if custom else _CONVERTERS.get(node.op_type)
                 if converter is None:
                     raise self.unsupported(
                         f"operator '{node.op_type}' is not supported by lirpac's ONNX frontend "
@@ -950,6 +951,27 @@ def _split(lw: _Lowering, node, inputs):
     return out
 
 
+def _custom_op(node) -> str | None:
+    """The IR op a node lowers to by lirpac.register_op(..., onnx_op=...), if any."""
+    from lirpac.custom_ops import ONNX_OPS
+    domain = "" if node.domain == "ai.onnx" else node.domain
+    return ONNX_OPS.get((domain, node.op_type))
+
+
+def _custom_converter(op: str):
+    """A registered op: the node's inputs in order (constants as constant nodes), its
+    attributes as the op's attrs."""
+    def convert(lw: _Lowering, node, inputs):
+        values = [i for i in inputs if isinstance(i, _Value)]
+        if len({v.batch for v in values}) > 1:
+            values = [lw.absorb(v) for v in values]
+        it = iter(values)
+        nodes = [next(it).node if isinstance(i, _Value) else
+                 lw.const(np.asarray(i), name=f"{lw.base_name()}_const") for i in inputs if i is not None]
+        return _Value(lw.add(op, nodes, **_attrs(node)), values[0].batch)
+    return convert
+
+
 _CONVERTERS: dict[str, Callable] = {
     **_ACTIVATIONS, "MaxPool": _max_pool, "Gather": _gather, "Split": _split,
     "Add": _binary("add"), "Sub": _binary("sub"), "Mul": _binary("mul"), "Div": _binary("div"),
@@ -1142,6 +1164,12 @@ def lower_onnx(model, *, check: bool = True, check_samples: int = 4):
     name, per_sample, batch, dtype, mode = _model_input(proto)
     lowering = _Lowering(proto, opset)
     graph = lowering.run((name, per_sample, batch, dtype))
+    custom = sorted({n.op_type for n in proto.graph.node if _custom_op(n)})
+    if custom:
+        warnings.warn(f"the ONNX model uses ops registered with lirpac.register_op "
+                      f"({', '.join(custom)}), which onnxruntime cannot run: it is not checked "
+                      "against onnxruntime and counterexamples are not confirmed", stacklevel=2)
+        return graph, None
     try:
         import onnxruntime  # noqa: F401
     except ImportError:

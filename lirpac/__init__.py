@@ -5,6 +5,7 @@
 """
 from lirpac.alpha import AlphaOptions, AlphaState
 from lirpac.api import AlphaResult, CompiledNet, LinearBounds, compile
+from lirpac.custom_ops import register_op, unregister_op
 from lirpac.codegen.torch_backend import METHODS
 from lirpac.errors import (InputError, LirpacError, ModelFormatError, SpecFormatError,
                            UnsupportedOperationError)
@@ -15,4 +16,4 @@ from lirpac.specs import margin_spec
 __version__ = "0.1.0"
 __all__ = ["compile", "CompiledNet", "LinearBounds", "AlphaOptions", "AlphaState", "AlphaResult", "LpBall", "Box", "Perturbation", "METHODS", "margin_spec",
            "LirpacError", "InputError", "UnsupportedOperationError", "ModelFormatError",
-           "SpecFormatError", "verify"]
+           "SpecFormatError", "verify", "register_op", "unregister_op"]
