@@ -6,6 +6,7 @@
 from lirpac.alpha import AlphaOptions, AlphaState
 from lirpac.api import AlphaResult, CompiledNet, LinearBounds, compile
 from lirpac.custom_ops import register_op, unregister_op
+from lirpac import testing  # noqa: E402  (check_op, check_model: soundness checks for users)
 from lirpac.codegen.torch_backend import METHODS
 from lirpac.errors import (InputError, LirpacError, ModelFormatError, SpecFormatError,
                            UnsupportedOperationError)
