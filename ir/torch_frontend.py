@@ -684,10 +684,11 @@ def lower_module(module: torch.nn.Module, example: torch.Tensor) -> Graph:
 
 def _lower_in_eval_mode(module: torch.nn.Module, example: torch.Tensor) -> Graph:
     module = rewrite_attention(unroll_recurrent(module))
-    example = _example_batch(example)
+    given, example = example, _example_batch(example)
     try:
         exported = export(module, (example,), dynamic_shapes=({0: Dim("batch")},), strict=False)
     except Exception as err:  # torch.export raises many types; report them as one
+        _refuse_unbatched(module, given, err)
         raise UnsupportedOperationError(
             f"torch.export could not trace the model with a free batch dimension: "
             f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}. Models must be "
@@ -698,6 +699,28 @@ def _lower_in_eval_mode(module: torch.nn.Module, example: torch.Tensor) -> Graph
     graph = _Lowering(exported, module, {names[0]}).run()
     remove_dead_nodes(graph)
     return graph
+
+
+def _refuse_unbatched(module: torch.nn.Module, example: torch.Tensor, err: Exception) -> None:
+    """An example without its batch dim (one image (C, H, W) for a model of (B, C, H, W)) fails
+    to trace; say so when the model fails on a batch of it (as traced) but runs on it once a
+    batch dim is added."""
+    with torch.no_grad():
+        if example.dim() > 1:           # a vector example is one sample whatever the model
+            try:
+                module(_example_batch(example))
+                return                  # the model runs: export failed for another reason
+            except Exception:
+                pass
+        try:
+            module(example.unsqueeze(0))
+        except Exception:
+            return
+    raise InputError(
+        f"lirpac.compile: example_input of shape {tuple(example.shape)} looks unbatched: the "
+        f"model fails on it as a batch of {tuple(example.shape[1:])} samples but runs on it with "
+        f"a batch dim added; lirpac treats dim 0 as the batch, so pass example.unsqueeze(0) "
+        f"(shape {tuple(example.unsqueeze(0).shape)})") from err
 
 
 def _mutates(node) -> bool:
