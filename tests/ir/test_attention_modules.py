@@ -61,7 +61,7 @@ MODELS = {
 }
 
 
-FAST = {"mha_causal_mask", "encoder_seq_first", "mha_float_mask_seq_first"}
+FAST = {"mha_causal_mask", "encoder_seq_first"}
 
 
 @pytest.mark.parametrize("name", [n if n in FAST else pytest.param(n, marks=pytest.mark.slow)

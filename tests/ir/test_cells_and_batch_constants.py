@@ -31,7 +31,7 @@ class CellLoop(nn.Module):
         return self.fc(h)
 
 
-@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("kind", ["lstm", pytest.param("gru", marks=pytest.mark.slow), "rnn"])
 def test_cell_loops_bound_soundly(kind):
     torch.manual_seed(0)
     model = CellLoop(kind).eval()
