@@ -71,6 +71,8 @@ class _Lowering:
         self.perturbed_inputs = perturbed_inputs
         self.fx_node = None
         self.batch_symbol = None    # the SymInt of the batch size, read off the first input
+        # constants of batch dim 1 that stand for a batch of equal rows (torch.zeros(B, ...))
+        self.row_constants: set[int] = set()
 
     def is_batch_dim(self, size) -> bool:
         return isinstance(size, torch.SymInt) and str(size) == str(self.batch_symbol)
@@ -218,8 +220,10 @@ class _Lowering:
         size = [1] + [int(s) for s in self.value(_size_arg(n))[1:]]
         dtype = n.meta["val"].dtype
         value = (torch.full(size, float(_BATCH_FILLS[key](n)), dtype=dtype))
-        return self.graph.add("constant", [], name=n.name, shape=tuple(size), dtype=dtype,
+        node = self.graph.add("constant", [], name=n.name, shape=tuple(size), dtype=dtype,
                               value=value, source=source_of(n))
+        self.row_constants.add(id(node))
+        return node
 
     def const_fn(self, n, name: str) -> Node:
         inputs: list[Node] = []
@@ -259,9 +263,16 @@ class _Lowering:
             raise self.error(f"'{name}' does not produce a tensor")
         if batch_expand or uniform:
             shape, dtype = self.meta_shape()
-            return self.graph.add("const_fn", inputs, name=n.name, shape=(1, *map(int, shape[1:])),
+            node = self.graph.add("const_fn", inputs, name=n.name, shape=(1, *map(int, shape[1:])),
                                   dtype=dtype, source=source_of(n),
                                   attrs=dict(target=name, args=args, kwargs=kwargs))
+            if uniform:
+                self.row_constants.add(id(node))
+            return node
+        if any(id(i) in self.row_constants for i in inputs):
+            raise self.error(f"'{name}' reduces a constant of batch size (torch.zeros(batch, "
+                             "...)) over its batch dimension",
+                             "make the constant per sample (e.g. torch.zeros(1, ...))")
         return self.add("const_fn", inputs, target=name, args=args, kwargs=kwargs)
 
     def generic(self, n, op: str) -> Node:
@@ -544,8 +555,10 @@ def _filled_like(fill):
         a batch dim of 1 that broadcasts over the batch."""
         node = lw.value(x)
         value = fill(node, args, kwargs)
-        return lw.graph.add("constant", [], name=lw.fx_node.name, shape=tuple(value.shape),
-                            dtype=value.dtype, value=value, source=source_of(lw.fx_node))
+        out = lw.graph.add("constant", [], name=lw.fx_node.name, shape=tuple(value.shape),
+                           dtype=value.dtype, value=value, source=source_of(lw.fx_node))
+        lw.row_constants.add(id(out))
+        return out
     return convert
 
 

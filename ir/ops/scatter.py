@@ -144,8 +144,10 @@ def _constant_like(lw, dst: Node, fill) -> Node:
     """A constant of dst's per-sample shape (batch dim 1, broadcast over the batch)."""
     from lirpac.ir.torch_frontend import source_of
     value = fill(torch.empty((1, *_per_sample(dst)), dtype=dst.dtype))
-    return lw.graph.add("constant", [], name=lw.fx_node.name, shape=tuple(value.shape),
+    node = lw.graph.add("constant", [], name=lw.fx_node.name, shape=tuple(value.shape),
                         dtype=value.dtype, value=value, source=source_of(lw.fx_node))
+    lw.row_constants.add(id(node))
+    return node
 
 
 @aten_lowering("fill.Scalar", "fill.Tensor")

@@ -63,3 +63,9 @@ def test_a_constant_reduced_along_the_batch_is_refused():
             return x + torch.ones(x.shape[0], 3).cumsum(0)
     with pytest.raises(UnsupportedOperationError, match="batch"):
         lirpac.compile(SumOverBatch().eval(), torch.randn(2, 3))
+
+    class TotalOverBatch(nn.Module):
+        def forward(self, x):
+            return x + torch.ones(x.shape[0], 3).sum()
+    with pytest.raises(UnsupportedOperationError, match="reduces a constant of batch size"):
+        lirpac.compile(TotalOverBatch().eval(), torch.randn(2, 3))
