@@ -127,7 +127,7 @@ _PERFORMANCE_OPTS = {"sparse_intermediate_bounds", "sparse_conv_intermediate_bou
                      "forward_max_dim", "use_full_conv_alpha", "use_full_conv_alpha_thresh",
                      "verbosity", "optimize_graph", "deterministic", "max_crown_size",
                      "forward_before_compute_bounds", "disabled_optimization"}
-_READ_OPTS = {"conv_mode", "relu", "optimize_bound_args"}
+_READ_OPTS = {"conv_mode", "relu", "activation_bound_option", "optimize_bound_args"}
 
 
 def _read_bound_opts(bound_opts) -> tuple[str, dict]:
@@ -148,6 +148,11 @@ def _read_bound_opts(bound_opts) -> tuple[str, dict]:
     conv_mode = bound_opts.get("conv_mode", "auto")
     if not isinstance(conv_mode, str) or conv_mode not in ("patches", "matrix", "auto"):
         raise InputError(f"bound_opts['conv_mode'] must be 'patches' or 'matrix', got {conv_mode!r}")
+    for key in ("relu", "activation_bound_option"):
+        if bound_opts.get(key) not in (None, "adaptive"):
+            raise InputError(f"bound_opts['{key}']={bound_opts[key]!r} is not supported: lirpac "
+                             "relaxes ReLU with CROWN's adaptive lower slope only; leave "
+                             f"'{key}' out or set it to 'adaptive'")
     relu = bound_opts.get("relu")
     if relu not in (None, "adaptive"):
         raise InputError(f"bound_opts['relu']={relu!r} is not supported: lirpac relaxes ReLU with "
@@ -385,6 +390,8 @@ class BoundedModule(torch.nn.Module):
         in_name = self.net.graph.perturbed_input.name
         out = {}
         for name, inputs in needed_A_dict.items():
+            if name == self.net.graph.output.name:
+                continue            # the output's A is there already
             wanted = [inputs] if isinstance(inputs, str) else list(inputs)
             if any(i != in_name for i in wanted):
                 raise InputError(f"needed_A_dict[{name!r}] asks for inputs {wanted}; lirpac gives "
@@ -403,18 +410,27 @@ class _Names(list):
         return list(self)
 
 
+def _bound_class_not_run(op_name: str, bound_op) -> None:
+    import warnings
+    warnings.warn(
+        f"{op_name}: lirpac does not run auto_LiRPA's Bound classes "
+        f"({getattr(bound_op, '__name__', type(bound_op).__name__)} is not used). torch.export "
+        "traces the op's torch forward (an autograd.Function's forward is inlined), and lirpac "
+        "bounds the ops it is made of with its own rules, or names the one it cannot bound; to "
+        "give your own rules use lirpac.register_op (docs/custom_ops.md)", stacklevel=3)
+
+
 def _check_custom_ops(custom_ops) -> None:
-    """auto_LiRPA's custom_ops maps op names to its Bound classes, which lirpac cannot run;
-    lirpac's ops are registered with lirpac.register_op (docs/custom_ops.md)."""
+    """auto_LiRPA's custom_ops maps op names to its Bound classes, which lirpac does not run
+    (a warning says so); lirpac's ops are registered with lirpac.register_op."""
     if not custom_ops:
         return
     from lirpac.ir.opdef import OpDef
-    for name, op in dict(custom_ops).items():
+    if not isinstance(custom_ops, dict):
+        raise InputError(f"custom_ops must be a dict {{op name: op}}, got {type(custom_ops).__name__}")
+    for name, op in custom_ops.items():
         if not isinstance(op, OpDef):
-            raise InputError(f"custom_ops[{name!r}] is {type(op).__name__}: lirpac does not run "
-                             "auto_LiRPA's Bound classes; register the op's rules with "
-                             "lirpac.register_op (or register_custom_op) and pass what it returns "
-                             "(docs/custom_ops.md)")
+            _bound_class_not_run(f"custom_ops[{name!r}]", op)
 
 
 def register_custom_op(op_name: str, bound_op=None, **rules):
@@ -424,10 +440,11 @@ def register_custom_op(op_name: str, bound_op=None, **rules):
     torch.library op custom::Plus when it exists."""
     from lirpac.custom_ops import register_op
     if bound_op is not None:
-        raise InputError(f"register_custom_op({op_name!r}, {getattr(bound_op, '__name__', bound_op)}): "
-                         "lirpac does not run auto_LiRPA's Bound classes; give the op's rules as "
-                         "keyword arguments of lirpac.register_op (forward=, relax= or ibp=/"
-                         "backward=/forward_mode=; docs/custom_ops.md)")
+        if rules:
+            raise InputError(f"register_custom_op({op_name!r}): give a Bound class or lirpac's "
+                             "rules (forward=, relax= or ibp=/backward=/forward_mode=), not both")
+        _bound_class_not_run(f"register_custom_op({op_name!r})", bound_op)
+        return None
     domain, _, op_type = op_name.rpartition("::")
     name = "".join(c if c.isalnum() else "_" for c in op_name)
     torch_op = rules.pop("torch_op", None)
@@ -458,3 +475,37 @@ def _perturbations_module():
 
 
 perturbations = _perturbations_module()
+
+
+def _utils_module():
+    """``lirpac.compat.utils``: auto_LiRPA's path of Flatten."""
+    import sys
+    import types
+    module = types.ModuleType(__name__ + ".utils", "auto_LiRPA's utils path (Flatten)")
+    module.Flatten = Flatten
+    sys.modules[module.__name__] = module
+    return module
+
+
+utils = _utils_module()
+
+
+class Bound:
+    """auto_LiRPA's operator base class, so its custom-op examples import and define their
+    classes; lirpac never runs them (register_custom_op warns)."""
+
+    def __init__(self, *args, **kwargs):
+        self.args, self.kwargs = args, kwargs
+
+
+def _operators_module():
+    """``lirpac.compat.operators``: auto_LiRPA's path of Bound."""
+    import sys
+    import types
+    module = types.ModuleType(__name__ + ".operators", "auto_LiRPA's operators path (Bound)")
+    module.Bound = Bound
+    sys.modules[module.__name__] = module
+    return module
+
+
+operators = _operators_module()

@@ -67,7 +67,8 @@ def test_needed_A_dict_gives_sound_linear_bounds_of_a_node(setup):
     bx = BoundedTensor(x, PerturbationLpNorm(eps=0.1))
     node = bounded.get_split_nodes()[0][1].name
     lb, ub, A = bounded.compute_bounds(x=(bx,), method="CROWN", return_A=True,
-                                       needed_A_dict={node: [bounded.input_name[0]]})
+                                       needed_A_dict={node: [bounded.input_name[0]],
+                                                      bounded.output_name[0]: {bounded.input_name[0]}})
     entry = A[node][bounded.input_name[0]]
     assert entry["lA"].shape[:2] == (2, 5)
     with pytest.raises(lirpac.InputError, match="return_A"):
@@ -79,11 +80,13 @@ def test_set_bound_opts_and_refusals(setup):
     bounded = BoundedModule(model, x, bound_opts={"sparse_intermediate_bounds": False})
     bounded.set_bound_opts({"conv_mode": "matrix", "optimize_bound_args": {"iteration": 2}})
     assert bounded.net.conv_mode == "matrix" and bounded._alpha_options["iterations"] == 2
+    with pytest.raises(lirpac.InputError, match="activation_bound_option"):
+        BoundedModule(model, x, bound_opts={"activation_bound_option": "same-slope"})
     with pytest.raises(lirpac.InputError, match="bound_every_node"):
         bounded.set_bound_opts({"bound_every_node": True})
     with pytest.raises(lirpac.InputError, match="unknown arguments"):
         BoundedModule(model, x, colour="blue")
-    with pytest.raises(lirpac.InputError, match="Bound classes"):
+    with pytest.warns(UserWarning, match="Bound classes"):
         BoundedModule(model, x, custom_ops={"custom::Plus": object})
     bx = BoundedTensor(x, PerturbationLpNorm(eps=0.1))
     with pytest.raises(lirpac.InputError, match="forward-optimized"):
@@ -95,10 +98,12 @@ def test_set_bound_opts_and_refusals(setup):
 
 def test_perturbations_module_path_and_register_custom_op():
     from lirpac.compat.perturbations import PerturbationLpNorm as P
+    from lirpac.compat.utils import Flatten as F
     from lirpac.compat import register_custom_op
-    assert P is PerturbationLpNorm
-    with pytest.raises(lirpac.InputError, match="Bound classes"):
-        register_custom_op("custom::Plus", object)
+    assert P is PerturbationLpNorm and F is Flatten
+    from lirpac.compat.operators import Bound
+    with pytest.warns(UserWarning, match="Bound classes"):
+        assert register_custom_op("custom::Plus", type("BoundPlus", (Bound,), {})) is None
     op = register_custom_op("custom::Twice", forward=lambda x: 2 * x,
                             relax=lambda l, u: (2 + 0 * l, 0 * l, 2 + 0 * l, 0 * l))
     try:
@@ -106,3 +111,38 @@ def test_perturbations_module_path_and_register_custom_op():
         lirpac.testing.check_op("custom__Twice", kinds=("unit",))
     finally:
         lirpac.unregister_op("custom__Twice")
+
+
+class _PlusConstantOp(torch.autograd.Function):
+    """auto_LiRPA's custom-op example: an autograd.Function with an ONNX symbolic."""
+
+    @staticmethod
+    def symbolic(g, x, const):
+        return g.op("custom::PlusConstant", x, const_i=const)
+
+    @staticmethod
+    def forward(ctx, x, const):
+        return x + const
+
+
+def test_the_references_custom_op_example_runs_with_its_bound_class_unused():
+    from lirpac.compat import register_custom_op
+    from lirpac.compat.operators import Bound
+
+    class BoundPlusConstant(Bound):
+        pass
+    with pytest.warns(UserWarning, match="not run auto_LiRPA's Bound classes"):
+        register_custom_op("custom::PlusConstant", BoundPlusConstant)
+
+    class PlusConstant(nn.Module):
+        def forward(self, x):
+            return _PlusConstantOp.apply(x, 1)
+    model = nn.Sequential(Flatten(), nn.Linear(16, 8), PlusConstant(), nn.Linear(8, 3)).eval()
+    x = torch.rand(1, 1, 4, 4)
+    bounded = BoundedModule(model, torch.empty_like(x))
+    bx = BoundedTensor(x, PerturbationLpNorm(eps=0.1))
+    lb, ub = bounded.compute_bounds(x=(bx,), method="backward")
+    points = sample_lp_ball(x, 0.1, math.inf, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        out = model(points.reshape(-1, 1, 4, 4)).reshape(32, 1, 3)
+    assert torch.all(out >= lb - 1e-5) and torch.all(out <= ub + 1e-5)
