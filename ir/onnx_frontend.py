@@ -219,14 +219,15 @@ class _Lowering:
             self.onnx_node = node
             if id(node) in self.skip:
                 continue
-            if node.domain not in ("", "ai.onnx"):
+            custom = _custom_op(node)
+            if node.domain not in ("", "ai.onnx") and custom is None:
                 raise self.unsupported(f"operator domain '{node.domain}' is not supported; export "
                                        "with standard ONNX operators only")
             inputs = [self.input_value(i) for i in node.input]
             if not any(isinstance(i, _Value) for i in inputs):
                 outputs = self.fold(node, inputs)
             else:
-                converter = _CONVERTERS.get(node.op_type)
+                converter = _custom_converter(custom) if custom else _CONVERTERS.get(node.op_type)
                 if converter is None:
                     raise self.unsupported(
                         f"operator '{node.op_type}' is not supported by lirpac's ONNX frontend "
@@ -358,10 +359,13 @@ def _binary(op: str):
     def convert(lw: _Lowering, node, inputs):
         a, b = inputs
         if isinstance(a, _Value) and isinstance(b, _Value):
-            if op in ("mul", "div"):
+            if op == "div":
                 raise lw.unsupported(f"{node.op_type} of two tensors that both depend on the input "
-                                     "is not supported (only products with constants are linear)")
+                                     "is not supported (only division by constants)")
             a, b = _align_pair(lw, a, b)
+            if op == "mul":      # as the torch frontend: x * x is a square, else McCormick planes
+                return _Value(lw.add("pow", [a.node], exponent=2) if a.node is b.node else
+                              lw.add("mul_bilinear", [a.node, b.node]), a.batch)
             return _Value(lw.add(op, [a.node, b.node]), a.batch)
         const_first = not isinstance(a, _Value)
         v, c = (b, a) if const_first else (a, b)
@@ -792,7 +796,184 @@ def _pad(lw: _Lowering, node, inputs):
                          [end.get(a, 0) for a in range(first, v.rank)], value)
 
 
+# -- activations: ONNX nodes onto the IR ops the torch frontend lowers to -------------------------
+
+def _activation(op: str, **attrs: Callable[[dict], Any]):
+    """A unary ONNX activation as the IR op ``op``; ``attrs`` map the node's ONNX attributes
+    to the op's attrs (ONNX defaults applied there)."""
+    def convert(lw: _Lowering, node, inputs):
+        at = _attrs(node)
+        v = _perturbed(lw, inputs[0])
+        return _Value(lw.add(op, [v.node], **{k: f(at) for k, f in attrs.items()}), v.batch)
+    return convert
+
+
+_SELU_ALPHA, _SELU_GAMMA = 1.67326319217681884765625, 1.05070102214813232421875
+
+
+def _celu(lw: _Lowering, node, inputs):
+    alpha = float(_attrs(node).get("alpha", 1.0))
+    v = _perturbed(lw, inputs[0])
+    return _Value(lw.add("elu", [v.node], alpha=alpha, scale=1.0, input_scale=1.0 / alpha), v.batch)
+
+
+def _hard_sigmoid(lw: _Lowering, node, inputs):
+    """max(0, min(1, alpha x + beta)): torch's hardsigmoid when alpha = 1/6 and beta = 1/2,
+    else the affine map and a clamp."""
+    at = _attrs(node)
+    alpha, beta = float(at.get("alpha", 0.2)), float(at.get("beta", 0.5))
+    v = _perturbed(lw, inputs[0])
+    if abs(alpha - 1 / 6) < 1e-7 and beta == 0.5:
+        return _Value(lw.add("hardsigmoid", [v.node]), v.batch)
+    scaled = lw.add("mul", [v.node, lw.const(np.asarray(alpha, dtype=_NP_DTYPES[lw.dtype]),
+                                            name=f"{lw.base_name()}_alpha")], "_scaled")
+    shifted = lw.add("add", [scaled, lw.const(np.asarray(beta, dtype=_NP_DTYPES[lw.dtype]),
+                                              name=f"{lw.base_name()}_beta")], "_shifted")
+    return _Value(lw.add("clamp", [shifted], min=0.0, max=1.0), v.batch)
+
+
+def _prelu(lw: _Lowering, node, inputs):
+    """PRelu's slope, broadcast against X, as torch's per-channel weight (C,) or shared (1,)."""
+    v = _perturbed(lw, inputs[0])
+    slope = np.asarray(_const_input(lw, inputs[1], "the PRelu slope"), dtype=_NP_DTYPES[lw.dtype])
+    if slope.size == 1:
+        weight = slope.reshape(1)
+    else:
+        shape = (1,) * (v.rank - slope.ndim) + slope.shape
+        channels = v.onnx_shape[1] if v.rank > 1 else None
+        if v.rank < 2 or shape[1] != channels or any(s != 1 for i, s in enumerate(shape) if i != 1):
+            raise lw.unsupported(f"PRelu with a slope of shape {list(slope.shape)}: lirpac takes "
+                                 "one slope per channel (dim 1) or one for all")
+        weight = slope.reshape(-1)
+    v = lw.batched(v) if v.rank > 1 else v
+    return _Value(lw.add("prelu", [v.node, lw.const(weight, name=f"{lw.base_name()}_slope")]), v.batch)
+
+
+def _clip(lw: _Lowering, node, inputs):
+    v = _perturbed(lw, inputs[0])
+    if lw.opset < 11:
+        at = _attrs(node)
+        lo, hi = at.get("min"), at.get("max")
+    else:
+        def bound(i):
+            if len(inputs) > i and inputs[i] is not None and np.size(inputs[i]):
+                return float(np.asarray(_const_input(lw, inputs[i], "a Clip bound")).reshape(-1)[0])
+            return None
+        lo, hi = bound(1), bound(2)
+    if lo is None and hi is None:
+        return v
+    attrs = {k: float(b) for k, b in (("min", lo), ("max", hi)) if b is not None}
+    return _Value(lw.add("clamp", [v.node], **attrs), v.batch)
+
+
+def _pow(lw: _Lowering, node, inputs):
+    v = _perturbed(lw, inputs[0], "the Pow base")
+    exponent = np.asarray(_const_input(lw, inputs[1], "the Pow exponent"))
+    if exponent.size != 1:
+        raise lw.unsupported("Pow with an exponent per element; lirpac takes one scalar exponent")
+    e = float(exponent.reshape(-1)[0])
+    return _Value(lw.add("pow", [v.node], exponent=int(e) if e.is_integer() else e), v.batch)
+
+
+_ACTIVATIONS: dict[str, Callable] = {
+    "LeakyRelu": _activation("leaky_relu", negative_slope=lambda a: float(a.get("alpha", 0.01))),
+    "Elu": _activation("elu", alpha=lambda a: float(a.get("alpha", 1.0))),
+    "Selu": _activation("elu", alpha=lambda a: float(a.get("alpha", _SELU_ALPHA)),
+                        scale=lambda a: float(a.get("gamma", _SELU_GAMMA))),
+    "Celu": _celu, "HardSigmoid": _hard_sigmoid, "PRelu": _prelu, "Clip": _clip, "Pow": _pow,
+    "Gelu": _activation("gelu", approximate=lambda a: a.get("approximate", "none")),
+    "HardSwish": _unary("hardswish"), "Mish": _unary("mish"), "Softplus": _unary("softplus"),
+    "Abs": _unary("abs"), "Exp": _unary("exp"), "Log": _unary("log"), "Sqrt": _unary("sqrt"),
+    "Sin": _unary("sin"), "Cos": _unary("cos"), "Erf": _unary("erf"), "Atan": _unary("atan"),
+    "Sinh": _unary("sinh"), "Cosh": _unary("cosh"), "Sign": _unary("sign"),
+    "Floor": _unary("floor"), "Ceil": _unary("ceil"), "Round": _unary("round"),
+    "Reciprocal": _unary("reciprocal"),
+}
+
+
+# -- MaxPool, Gather, Split -------------------------------------------------------------------------
+
+def _max_pool(lw: _Lowering, node, inputs):
+    at = _attrs(node)
+    if len(node.output) > 1 and node.output[1] and lw.consumers.get(node.output[1]):
+        raise lw.unsupported("MaxPool's Indices output is used; only the pooled values are supported")
+    x = lw.batched(_perturbed(lw, inputs[0]))
+    kernel = list(at["kernel_shape"])
+    if len(kernel) != 2:
+        raise lw.unsupported(f"{len(kernel)}-D MaxPool; lirpac bounds 2-D max pooling")
+    strides = list(at.get("strides", [1, 1]))
+    dilations = list(at.get("dilations", [1, 1]))
+    begin, end = _spatial_pads(lw, at, x.node.shape[1:], kernel, strides, dilations)
+    if begin != end or any(2 * b > (k - 1) * d + 1 for b, k, d in zip(begin, kernel, dilations)):
+        raise lw.unsupported(f"MaxPool with pads {begin + end}: lirpac takes symmetric pads of at "
+                             "most half the kernel (torch's max_pool2d)")
+    out = _Value(lw.add("max_pool", [x.node], kernel_size=tuple(kernel), stride=tuple(strides),
+                        padding=tuple(begin), dilation=tuple(dilations),
+                        ceil_mode=bool(int(at.get("ceil_mode", 0)))), True)
+    return [out] + [None] * (len(node.output) - 1)
+
+
+def _gather(lw: _Lowering, node, inputs):
+    """Gather with constant indices: a scalar index selects (the axis goes away), an index
+    array picks along the axis and puts its shape there."""
+    v = _perturbed(lw, inputs[0])
+    indices = np.asarray(_const_input(lw, inputs[1], "the Gather indices")).astype(np.int64)
+    axis = _norm_axis(int(_attrs(node).get("axis", 0)), v.rank)
+    size = v.onnx_shape[axis]
+    flat = [int(i) % size for i in indices.reshape(-1)]
+    v, (dim,) = lw.ir_dims(v, [axis])
+    picked = lw.add("index_select", [v.node], "_pick", dim=dim, index=tuple(flat))
+    shape = v.onnx_shape[:axis] + indices.shape + v.onnx_shape[axis + 1:]
+    return lw.reshape(_Value(picked, v.batch), shape)
+
+
+def _split(lw: _Lowering, node, inputs):
+    v = _perturbed(lw, inputs[0])
+    at = _attrs(node)
+    axis = _norm_axis(int(at.get("axis", 0)), v.rank)
+    length, count = v.onnx_shape[axis], len(node.output)
+    if lw.opset < 13:
+        sizes = at.get("split")
+    else:
+        given = inputs[1] if len(inputs) > 1 else None
+        sizes = None if given is None else [int(s) for s in np.asarray(
+            _const_input(lw, given, "the Split sizes")).reshape(-1)]
+    if sizes is None:
+        count = int(at.get("num_outputs", count))
+        size = -(-length // count)
+        sizes = [min(size, length - i * size) for i in range(count)]
+    v, (dim,) = lw.ir_dims(v, [axis])
+    out, start = [], 0
+    for i, size in enumerate(sizes):
+        out.append(_Value(lw.add("slice", [v.node], f"_{i}", dim=dim, start=start, end=start + size,
+                                 step=1), v.batch))
+        start += size
+    return out
+
+
+def _custom_op(node) -> str | None:
+    """The IR op a node lowers to by lirpac.register_op(..., onnx_op=...), if any."""
+    from lirpac.custom_ops import ONNX_OPS
+    domain = "" if node.domain == "ai.onnx" else node.domain
+    return ONNX_OPS.get((domain, node.op_type))
+
+
+def _custom_converter(op: str):
+    """A registered op: the node's inputs in order (constants as constant nodes), its
+    attributes as the op's attrs."""
+    def convert(lw: _Lowering, node, inputs):
+        values = [i for i in inputs if isinstance(i, _Value)]
+        if len({v.batch for v in values}) > 1:
+            values = [lw.absorb(v) for v in values]
+        it = iter(values)
+        nodes = [next(it).node if isinstance(i, _Value) else
+                 lw.const(np.asarray(i), name=f"{lw.base_name()}_const") for i in inputs if i is not None]
+        return _Value(lw.add(op, nodes, **_attrs(node)), values[0].batch)
+    return convert
+
+
 _CONVERTERS: dict[str, Callable] = {
+    **_ACTIVATIONS, "MaxPool": _max_pool, "Gather": _gather, "Split": _split,
     "Add": _binary("add"), "Sub": _binary("sub"), "Mul": _binary("mul"), "Div": _binary("div"),
     "Neg": _unary("neg"), "Relu": _unary("relu"), "Sigmoid": _unary("sigmoid"), "Tanh": _unary("tanh"),
     "MatMul": _matmul, "Gemm": _gemm,
@@ -983,6 +1164,12 @@ def lower_onnx(model, *, check: bool = True, check_samples: int = 4):
     name, per_sample, batch, dtype, mode = _model_input(proto)
     lowering = _Lowering(proto, opset)
     graph = lowering.run((name, per_sample, batch, dtype))
+    custom = sorted({n.op_type for n in proto.graph.node if _custom_op(n)})
+    if custom:
+        warnings.warn(f"the ONNX model uses ops registered with lirpac.register_op "
+                      f"({', '.join(custom)}), which onnxruntime cannot run: it is not checked "
+                      "against onnxruntime and counterexamples are not confirmed", stacklevel=2)
+        return graph, None
     try:
         import onnxruntime  # noqa: F401
     except ImportError:

@@ -19,6 +19,7 @@ from torch.export import Dim, export
 from lirpac.errors import InputError, UnsupportedOperationError
 from lirpac.ir.graph import Graph, Node
 from lirpac.ir.opdef import ATEN_LOWERINGS, REGISTRY, get_op
+from lirpac.ir.attention import rewrite_attention
 from lirpac.ir.recurrent import unroll_recurrent
 
 _INT_MAX = 2 ** 62
@@ -32,6 +33,16 @@ class _Batch:
 
 
 BATCH = _Batch()
+
+
+class _Permuted:
+    """A permute that moved the batch dimension away from dim 0 (a seq-first model's
+    ``x.transpose(0, 1)``), kept pending: the IR keeps dim 0 as the batch, so only another
+    permute that brings the batch back to dim 0 may use it; the two then compose into one
+    permute of the batch-first node (or none)."""
+
+    def __init__(self, node: Node, dims: tuple[int, ...]):
+        self.node, self.dims = node, dims
 
 
 def source_of(fx_node) -> str | None:
@@ -60,6 +71,8 @@ class _Lowering:
         self.perturbed_inputs = perturbed_inputs
         self.fx_node = None
         self.batch_symbol = None    # the SymInt of the batch size, read off the first input
+        # constants of batch dim 1 that stand for a batch of equal rows (torch.zeros(B, ...))
+        self.row_constants: set[int] = set()
 
     def is_batch_dim(self, size) -> bool:
         return isinstance(size, torch.SymInt) and str(size) == str(self.batch_symbol)
@@ -80,6 +93,8 @@ class _Lowering:
 
     def meta_shape(self, fx_node=None):
         val = (fx_node or self.fx_node).meta.get("val")
+        if isinstance(val, (tuple, list)):     # multi-output ops (batch norm): the first is the value
+            val = val[0]
         return tuple(val.shape), val.dtype
 
     def add(self, op: str, inputs: list[Node], name: str | None = None, **attrs) -> Node:
@@ -139,11 +154,15 @@ class _Lowering:
             elif n.op == "call_function":
                 self.env[n] = self.convert(n)
             elif n.op == "output":
-                outs = [a for a in n.args[0] if a is not None]
+                outs = [a for a, spec in zip(n.args[0], sig.output_specs)
+                        if a is not None and spec.kind.name == "USER_OUTPUT"]
                 if len(outs) != 1:
                     raise self.error(f"the model returns {len(outs)} tensors; lirpac bounds one "
                                      "output tensor (wrap the model to return one)")
                 out = self.env[outs[0]]
+                if isinstance(out, _Permuted):
+                    raise self.error("the model returns a tensor whose batch dimension is not "
+                                     "dim 0; move it back (e.g. y.transpose(0, 1))")
                 if not isinstance(out, Node) or not out.perturbed:
                     raise self.error("the model's output does not depend on its perturbed input")
                 self.graph.output = out
@@ -159,7 +178,18 @@ class _Lowering:
         name = str(n.target)  # 'aten.relu.default'
         key = name[len("aten."):] if name.startswith("aten.") else name
         inputs = [self.env[a] for a in n.all_input_nodes]
+        if any(isinstance(i, _Permuted) for i in inputs) and key not in _ALIASES:
+            if key in ("permute.default", "transpose.int"):
+                return _CONVERTERS[key](self, *n.args, **n.kwargs)
+            raise self.error(
+                f"'{name}' on a tensor whose batch dimension was moved from dim 0 by a permute",
+                "lirpac keeps dim 0 as the batch: move it back (e.g. x.transpose(0, 1)) before "
+                "other ops, or use batch_first modules")
         tensor_inputs = [i for i in inputs if isinstance(i, Node)]
+        if key.startswith("_assert"):         # shape/dtype checks of the trace: nothing to bound
+            return None
+        if key in _BATCH_FILLS and self.value(_size_arg(n)[0:1]) == [BATCH]:
+            return self.batch_fill(n, key)
         if tensor_inputs and not any(i.perturbed for i in tensor_inputs) and key not in _ALIASES:
             return self.const_fn(n, name)
         if not tensor_inputs:
@@ -179,10 +209,34 @@ class _Lowering:
             "lirpac has no bound rule for it. Supported ATen ops are listed in docs/ops.md: "
             "rewrite the model with those, or add an OpDef for it (see docs/ops.md)")
 
+    def constant_shape(self, shape) -> tuple[int, ...]:
+        """A constant's full shape, with a batch dim of 1 where the graph has the batch size."""
+        return tuple(1 if i == 0 and self.is_batch_dim(s) else int(s) for i, s in enumerate(shape))
+
+    def batch_fill(self, n, key: str) -> Node:
+        """``torch.zeros(batch_size, ...)``, ``x.new_zeros(x.size(0), ...)`` (an RNN's initial
+        state): the same value for every sample, so a constant with a batch dim of 1 that
+        broadcasts over the batch."""
+        size = [1] + [int(s) for s in self.value(_size_arg(n))[1:]]
+        dtype = n.meta["val"].dtype
+        value = (torch.full(size, float(_BATCH_FILLS[key](n)), dtype=dtype))
+        node = self.graph.add("constant", [], name=n.name, shape=tuple(size), dtype=dtype,
+                              value=value, source=source_of(n))
+        self.row_constants.add(id(node))
+        return node
+
     def const_fn(self, n, name: str) -> Node:
         inputs: list[Node] = []
         # a constant expanded over the batch (a gather index) stays batch 1 and broadcasts
         batch_expand = name == "aten.expand.default" and self.value(n.args[1][0]) is BATCH
+        # a constant of batch size made of rows that are all alike (a zero state): computed
+        # at batch 1, unless the op works along the batch dim
+        val = n.meta.get("val")
+        first = val[0] if isinstance(val, (list, tuple)) and val else val
+        uniform = (isinstance(first, torch.Tensor) and first.dim() > 0
+                   and self.is_batch_dim(first.shape[0]) and not batch_expand)
+        if uniform and _along_batch(n):
+            raise self.error(f"'{name}' works along the batch dimension of a constant")
 
         def slot(a):
             if isinstance(a, torch.fx.Node):
@@ -190,7 +244,7 @@ class _Lowering:
                 if isinstance(v, Node):
                     inputs.append(v)
                     return ("%input", len(inputs) - 1)
-                if v is BATCH and batch_expand and a is n.args[1][0]:
+                if v is BATCH and (batch_expand and a is n.args[1][0] or uniform):
                     return 1
                 if v is BATCH:
                     raise self.error(f"'{name}' on constants reads the batch size")
@@ -200,13 +254,25 @@ class _Lowering:
             return a
         args = tuple(slot(a) for a in n.args)
         kwargs = {k: slot(v) for k, v in n.kwargs.items()}
+        if isinstance(val, (list, tuple)) and val and all(isinstance(v, torch.Tensor) for v in val):
+            return [self.graph.add("const_fn", inputs, name=f"{n.name}_{i}", dtype=v.dtype,
+                                   shape=self.constant_shape(v.shape), source=source_of(n),
+                                   attrs=dict(target=name, args=args, kwargs=kwargs, item=i))
+                    for i, v in enumerate(val)]
         if not isinstance(n.meta.get("val"), torch.Tensor):
             raise self.error(f"'{name}' does not produce a tensor")
-        if batch_expand:
+        if batch_expand or uniform:
             shape, dtype = self.meta_shape()
-            return self.graph.add("const_fn", inputs, name=n.name, shape=(1, *map(int, shape[1:])),
+            node = self.graph.add("const_fn", inputs, name=n.name, shape=(1, *map(int, shape[1:])),
                                   dtype=dtype, source=source_of(n),
                                   attrs=dict(target=name, args=args, kwargs=kwargs))
+            if uniform:
+                self.row_constants.add(id(node))
+            return node
+        if any(id(i) in self.row_constants for i in inputs):
+            raise self.error(f"'{name}' reduces a constant of batch size (torch.zeros(batch, "
+                             "...)) over its batch dimension",
+                             "make the constant per sample (e.g. torch.zeros(1, ...))")
         return self.add("const_fn", inputs, target=name, args=args, kwargs=kwargs)
 
     def generic(self, n, op: str) -> Node:
@@ -223,6 +289,39 @@ class _Lowering:
             else:
                 attrs[arg.name] = given
         return self.add(op, inputs, **attrs)
+
+
+def _size_arg(n) -> list:
+    """The size list of a factory op (zeros(size), new_zeros(x, size), full(size, v))."""
+    return list(n.args[1] if str(n.target).startswith("aten.new_") else n.args[0])
+
+
+_BATCH_FILLS: dict[str, Callable] = {
+    "zeros.default": lambda n: 0.0, "ones.default": lambda n: 1.0,
+    "full.default": lambda n: n.args[1], "new_zeros.default": lambda n: 0.0,
+    "new_ones.default": lambda n: 1.0, "new_full.default": lambda n: n.args[2],
+}
+
+
+def _along_batch(n) -> bool:
+    """Whether an ATen call names dim 0 in a dim argument (a sum over the batch, say)."""
+    schema = getattr(n.target, "_schema", None)
+    if schema is None:
+        return False
+    if str(n.target) == "aten.slice.Tensor":      # x[:] keeps every row
+        start, end = (list(n.args[2:4]) + [None, None])[:2]
+        if start in (None, 0) and (end is None or not isinstance(end, int) or end >= _INT_MAX // 4):
+            return False
+    for i, arg in enumerate(schema.arguments):
+        if arg.name not in ("dim", "dims", "dim0", "dim1", "start_dim"):
+            continue
+        given = n.args[i] if i < len(n.args) else n.kwargs.get(arg.name)
+        given = given if isinstance(given, (list, tuple)) else [given]
+        first = n.args[0].meta.get("val") if isinstance(n.args[0], torch.fx.Node) else None
+        rank = first.dim() if isinstance(first, torch.Tensor) else 1
+        if any(isinstance(d, int) and d % max(rank, 1) == 0 for d in given):
+            return True
+    return False
 
 
 def _dims(x: Node, dims, lowering: _Lowering) -> list[int]:
@@ -323,10 +422,14 @@ def _flatten(lw: _Lowering, x, start_dim=0, end_dim=-1):
 
 def _permute(lw: _Lowering, x, dims):
     node = lw.value(x)
+    pending = node if isinstance(node, _Permuted) else None
+    node = pending.node if pending else node
     rank = len(node.shape) + 1
     dims = [d + rank if d < 0 else d for d in dims]
+    if pending:     # permute(permute(x, p), d) = permute(x, p[d])
+        dims = [pending.dims[d] for d in dims]
     if dims[0] != 0:
-        raise lw.error("a permute that moves the batch dimension")
+        return _Permuted(node, tuple(dims))
     if dims == list(range(rank)):
         return node
     return lw.add("permute", [node], dims=tuple(dims))
@@ -334,7 +437,7 @@ def _permute(lw: _Lowering, x, dims):
 
 def _transpose(lw: _Lowering, x, d0, d1):
     node = lw.value(x)
-    rank = len(node.shape) + 1
+    rank = len((node.node if isinstance(node, _Permuted) else node).shape) + 1
     dims = list(range(rank))
     d0, d1 = d0 % rank, d1 % rank
     dims[d0], dims[d1] = dims[d1], dims[d0]
@@ -452,8 +555,10 @@ def _filled_like(fill):
         a batch dim of 1 that broadcasts over the batch."""
         node = lw.value(x)
         value = fill(node, args, kwargs)
-        return lw.graph.add("constant", [], name=lw.fx_node.name, shape=tuple(value.shape),
-                            dtype=value.dtype, value=value, source=source_of(lw.fx_node))
+        out = lw.graph.add("constant", [], name=lw.fx_node.name, shape=tuple(value.shape),
+                           dtype=value.dtype, value=value, source=source_of(lw.fx_node))
+        lw.row_constants.add(id(out))
+        return out
     return convert
 
 
@@ -602,20 +707,73 @@ def lower_module(module: torch.nn.Module, example: torch.Tensor) -> Graph:
 
 
 def _lower_in_eval_mode(module: torch.nn.Module, example: torch.Tensor) -> Graph:
-    module = unroll_recurrent(module)
-    example = _example_batch(example)
+    module = rewrite_attention(unroll_recurrent(module))
+    given, example = example, _example_batch(example)
     try:
         exported = export(module, (example,), dynamic_shapes=({0: Dim("batch")},), strict=False)
     except Exception as err:  # torch.export raises many types; report them as one
+        _refuse_unbatched(module, given, err)
         raise UnsupportedOperationError(
             f"torch.export could not trace the model with a free batch dimension: "
             f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}. Models must be "
             "traceable by torch.export and treat dim 0 as the batch.") from err
+    exported = functionalize(exported)
     exported.graph.eliminate_dead_code()   # unused outputs (an RNN's final state) need no rule
     names = [s.arg.name for s in exported.graph_signature.input_specs if s.kind.name == "USER_INPUT"]
     graph = _Lowering(exported, module, {names[0]}).run()
     remove_dead_nodes(graph)
     return graph
+
+
+def _refuse_unbatched(module: torch.nn.Module, example: torch.Tensor, err: Exception) -> None:
+    """An example without its batch dim (one image (C, H, W) for a model of (B, C, H, W)) fails
+    to trace; say so when the model fails on a batch of it (as traced) but runs on it once a
+    batch dim is added."""
+    with torch.no_grad():
+        if example.dim() > 1:           # a vector example is one sample whatever the model
+            try:
+                module(_example_batch(example))
+                return                  # the model runs: export failed for another reason
+            except Exception:
+                pass
+        try:
+            module(example.unsqueeze(0))
+        except Exception:
+            return
+    raise InputError(
+        f"lirpac.compile: example_input of shape {tuple(example.shape)} looks unbatched: the "
+        f"model fails on it as a batch of {tuple(example.shape[1:])} samples but runs on it with "
+        f"a batch dim added; lirpac treats dim 0 as the batch, so pass example.unsqueeze(0) "
+        f"(shape {tuple(example.unsqueeze(0).shape)})") from err
+
+
+def _mutates(node) -> bool:
+    schema = getattr(node.target, "_schema", None)
+    return node.op == "call_function" and schema is not None and schema.is_mutable
+
+
+# RNN cells (nn.LSTMCell, nn.GRUCell, nn.RNNCell) decompose batch first into linear, add,
+# split, sigmoid, tanh and mul, which lirpac bounds
+_CELLS = ("lstm_cell.default", "gru_cell.default", "rnn_tanh_cell.default", "rnn_relu_cell.default")
+
+
+def functionalize(exported):
+    """In-place code (``out += shortcut``, ``x.mul_(2)``, ``y[:, 0] = 0``) exports as mutating
+    ops (``add_``, ``fill_`` on a view); ``run_decompositions`` rewrites them as pure ops
+    (``add``, ``slice_scatter``) and decomposes nothing else but the RNN cells. Graphs with
+    neither are left as exported."""
+    cells = {n.target for n in exported.graph.nodes
+             if n.op == "call_function" and str(n.target).removeprefix("aten.") in _CELLS}
+    if not cells and not any(_mutates(n) for n in exported.graph.nodes):
+        return exported
+    try:
+        from torch.export import default_decompositions
+        defaults = default_decompositions()
+        return exported.run_decompositions({op: defaults[op] for op in cells})
+    except Exception as err:  # torch raises many types; report them as one
+        raise UnsupportedOperationError(
+            f"torch.export could not rewrite the model's in-place operations as pure ones: "
+            f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from err
 
 
 def remove_dead_nodes(graph: Graph) -> None:

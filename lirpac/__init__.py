@@ -5,6 +5,8 @@
 """
 from lirpac.alpha import AlphaOptions, AlphaState
 from lirpac.api import AlphaResult, CompiledNet, LinearBounds, compile
+from lirpac.custom_ops import register_op, unregister_op
+from lirpac import testing  # noqa: E402  (check_op, check_model: soundness checks for users)
 from lirpac.methods import METHODS
 from lirpac.errors import (InputError, LirpacError, ModelFormatError, SpecFormatError,
                            UnsupportedOperationError)
@@ -17,4 +19,4 @@ from lirpac import training  # robust losses, eps schedules, verified error (cer
 __version__ = "0.1.0"
 __all__ = ["compile", "CompiledNet", "LinearBounds", "AlphaOptions", "AlphaState", "AlphaResult", "LpBall", "L0Ball", "Box", "Perturbation", "PerturbedParameters", "SubstitutedTokens", "WordSubstitution", "METHODS", "margin_spec",
            "LirpacError", "InputError", "UnsupportedOperationError", "ModelFormatError",
-           "SpecFormatError", "verify", "training"]
+           "SpecFormatError", "verify", "training", "register_op", "unregister_op"]

@@ -30,6 +30,11 @@ from lirpac.perturbations.weights import PerturbedParameters
 _BY_KEY = methods.by_compat_name()
 # the method that is interval arithmetic throughout (method=None with IBP=True)
 _INTERVAL = next(m for m in methods.REGISTRY.values() if m.intermediate == m.final == "ibp")
+# auto_LiRPA method names lirpac refuses, with what to use instead
+_REFUSED_METHODS = {
+    "forward-optimized": "lirpac has no optimised forward mode; method='alpha-CROWN' optimises "
+                         "the relaxation's slopes in backward mode",
+}
 
 # auto_LiRPA's optimize_bound_args that lirpac's alpha-CROWN reads, and their lirpac names
 _ALPHA_OPTIONS = {"iteration": "iterations", "lr_alpha": "lr", "lr_decay": "lr_decay",
@@ -120,18 +125,40 @@ class BoundedParameter(torch.nn.Parameter):
         return param
 
 
+# bound_opts keys that tune only auto_LiRPA's speed and memory (sparsity, batching, logging):
+# lirpac's bounds are the same whatever they say. Any other key lirpac does not read is refused.
+_PERFORMANCE_OPTS = {"sparse_intermediate_bounds", "sparse_conv_intermediate_bounds",
+                     "sparse_intermediate_bounds_with_ibp", "sparse_features_alpha",
+                     "sparse_spec_alpha", "minimum_sparsity", "crown_batch_size",
+                     "forward_max_dim", "use_full_conv_alpha", "use_full_conv_alpha_thresh",
+                     "verbosity", "optimize_graph", "deterministic", "max_crown_size",
+                     "forward_before_compute_bounds", "disabled_optimization"}
+_READ_OPTS = {"conv_mode", "relu", "activation_bound_option", "optimize_bound_args"}
+
+
 def _read_bound_opts(bound_opts) -> tuple[str, dict]:
     """(conv_mode, alpha-CROWN options) from auto_LiRPA's bound_opts; the options lirpac reads
-    are checked here, so a wrong type fails at construction with the option's own name. The
-    other keys tune auto_LiRPA's internals and are ignored, as auto_LiRPA ignores unknown keys."""
+    are checked here, so a wrong type fails at construction with the option's own name. Keys
+    that only tune auto_LiRPA's speed are accepted; any other key is refused by name (never
+    silently ignored: it may change auto_LiRPA's bounds)."""
     if bound_opts is None:
         return "auto", {}
     if not isinstance(bound_opts, dict):
         raise InputError(f"bound_opts must be a dict such as {{'conv_mode': 'patches'}} or None, "
                          f"got {type(bound_opts).__name__} {bound_opts!r}")
+    unknown = sorted(set(bound_opts) - _READ_OPTS - _PERFORMANCE_OPTS)
+    if unknown:
+        raise InputError(f"bound_opts {unknown} are not supported by lirpac.compat (it reads "
+                         f"{sorted(_READ_OPTS)} and accepts auto_LiRPA's speed options); leave "
+                         "them out")
     conv_mode = bound_opts.get("conv_mode", "auto")
     if not isinstance(conv_mode, str) or conv_mode not in ("patches", "matrix", "auto"):
         raise InputError(f"bound_opts['conv_mode'] must be 'patches' or 'matrix', got {conv_mode!r}")
+    for key in ("relu", "activation_bound_option"):
+        if bound_opts.get(key) not in (None, "adaptive"):
+            raise InputError(f"bound_opts['{key}']={bound_opts[key]!r} is not supported: lirpac "
+                             "relaxes ReLU with CROWN's adaptive lower slope only; leave "
+                             f"'{key}' out or set it to 'adaptive'")
     relu = bound_opts.get("relu")
     if relu not in (None, "adaptive"):
         raise InputError(f"bound_opts['relu']={relu!r} is not supported: lirpac relaxes ReLU with "
@@ -180,11 +207,17 @@ class BoundedModule(torch.nn.Module):
     perturbation in place never leaves stale bounds behind."""
 
     def __init__(self, model: torch.nn.Module, global_input: torch.Tensor, bound_opts=None,
-                 device=None, **kwargs):
+                 device="auto", verbose=False, custom_ops=None, **kwargs):
         super().__init__()
+        if kwargs:
+            raise InputError(f"BoundedModule got unknown arguments {sorted(kwargs)}; it takes "
+                             "model, global_input, bound_opts, device, verbose and custom_ops")
+        _check_custom_ops(custom_ops)
         self.model = model
         conv_mode, self._alpha_options = _read_bound_opts(bound_opts)
-        self.bound_opts = bound_opts or {}
+        self.bound_opts = dict(bound_opts or {})
+        self.global_input = global_input
+        self._last_method = None
         # a CrossEntropyWrapper(model) is bounded by loss fusion: the model compiled alone
         self._fused_loss = is_loss_wrapper(model)
         self._labels = None
@@ -232,6 +265,8 @@ class BoundedModule(torch.nn.Module):
                 raise InputError("compute_bounds(method=None) computes bounds only with IBP=True "
                                  f"(then it is IBP); otherwise give a method: {_method_list()}")
             return _INTERVAL.name
+        if isinstance(method, str) and method.lower() in _REFUSED_METHODS:
+            raise InputError(f"method {method!r} is not supported: {_REFUSED_METHODS[method.lower()]}")
         name = _BY_KEY.get(method.lower()) if isinstance(method, str) else None
         if name is None:
             raise InputError(f"unknown method {method!r}; choose one of {_method_list()}")
@@ -278,6 +313,8 @@ class BoundedModule(torch.nn.Module):
             x_plain = self._weights.inputs(x_plain)
             ptb = (ptb, *[p.ptb for p in self._moving])
         options = self._alpha_options if methods.get(name).iterative else None
+        if needed_A_dict and not return_A:
+            raise InputError("compute_bounds(needed_A_dict=...) needs return_A=True")
         if self._fused_loss:
             result = self._fused_bounds(x_plain, ptb, name, C, bound_lower)
         elif not return_A:
@@ -285,7 +322,10 @@ class BoundedModule(torch.nn.Module):
                                      bound_upper=bound_upper, options=options)
         else:
             result = self._bounds_and_A(x_plain, ptb, name, C, bound_lower, bound_upper)
+            if needed_A_dict:
+                result[2].update(self._intermediate_A(x_plain, ptb, name, needed_A_dict))
         self._intermediate = self._intermediate or methods.get(name).intermediate
+        self._last_method = name
         if interval:
             self._ibp_bounds = result
         return result
@@ -312,8 +352,221 @@ class BoundedModule(torch.nn.Module):
                                   "lbias": lin.lower_bias, "ubias": lin.upper_bias}}}
         return lin.lower, lin.upper, A
 
-    def output_name(self):
-        return [self.net.graph.output.name]
+    @property
+    def output_name(self) -> "_Names":
+        return _Names([self.net.graph.output.name])
 
-    def input_name(self):
-        return [self.net.graph.perturbed_input.name]
+    @property
+    def input_name(self) -> "_Names":
+        return _Names([self.net.graph.perturbed_input.name])
+
+    # -- auto_LiRPA's other accessors ------------------------------------------------------------
+    def set_bound_opts(self, new_opts: dict) -> None:
+        """Update bound_opts as auto_LiRPA does (nested dicts merged); a new conv_mode
+        recompiles."""
+        merged = dict(self.bound_opts)
+        for key, value in (new_opts or {}).items():
+            merged[key] = ({**merged[key], **value} if isinstance(value, dict)
+                           and isinstance(merged.get(key), dict) else value)
+        conv_mode, self._alpha_options = _read_bound_opts(merged)
+        self.bound_opts = merged
+        if conv_mode != self.net.conv_mode:
+            self.net = _compile(self.model, self.global_input, conv_mode=conv_mode)
+        self._new_input(self._last_x)
+
+    def get_split_nodes(self):
+        """(pre-activation nodes, {name: [(activation node, input index)]}) of the activations
+        branch and bound splits (ReLU-like: exact once their input's sign is known)."""
+        from lirpac.ir.opdef import get_op
+        nodes, activations = [], {}
+        for node in self.net.graph.nodes:
+            if node.perturbed and get_op(node.op).exact_when_sign_known:
+                pre = node.inputs[0]
+                if pre.name not in activations:
+                    nodes.append(pre)
+                    activations[pre.name] = []
+                activations[pre.name].append((node, 0))
+        return nodes, activations
+
+    def intermediate_bounds(self) -> dict:
+        """{node name: (lower, upper)} of every pre-activation node and the output, for the
+        last compute_bounds call's input and method (each node bounded as that method bounds
+        it as an output)."""
+        if self._last_x is None or getattr(self._last_x, "ptb", None) is None:
+            raise InputError("intermediate bounds need a compute_bounds call first (with a "
+                             "BoundedTensor input)")
+        x = self._last_x.as_subclass(torch.Tensor)
+        method = self._last_method or "ibp"
+        out = {}
+        for node in self._bounded_nodes():
+            net = self._subnet(node.name)
+            lower, upper = net.bounds(x, self._last_x.ptb, method=method)
+            out[node.name] = (lower.reshape(x.shape[0], *node.shape),
+                              upper.reshape(x.shape[0], *node.shape))
+        return out
+
+    def save_intermediate(self, save_path=None) -> dict:
+        """auto_LiRPA's save_intermediate: the intermediate bounds (see intermediate_bounds),
+        also written with torch.save when a path is given."""
+        bounds = self.intermediate_bounds()
+        if save_path is not None:
+            torch.save(bounds, save_path)
+        return bounds
+
+    def _bounded_nodes(self):
+        from lirpac.ir.opdef import get_op
+        graph = self.net.source_graph
+        pre = [n.inputs[0] for n in graph.nodes
+               if n.perturbed and n.inputs and get_op(n.op).nonlinear and n.inputs[0].perturbed
+               and n.inputs[0].op != "input"]
+        seen, out = set(), []
+        for node in pre + [graph.output]:
+            if node.name not in seen:
+                seen.add(node.name)
+                out.append(node)
+        return out
+
+    def _subnet(self, name: str):
+        """The model up to node ``name`` (of the frontend's graph), compiled (cached)."""
+        import copy
+        from lirpac.api import CompiledNet
+        from lirpac.ir.torch_frontend import remove_dead_nodes
+        cache = self.__dict__.setdefault("_subnets", {})
+        if name not in cache:
+            graph = self.net.source_graph
+            node = next((n for n in graph.nodes if n.name == name and n.perturbed), None)
+            if node is None:
+                names = [n.name for n in graph.nodes if n.perturbed]
+                raise InputError(f"no perturbed node named {name!r}; the model's are {names}")
+            keep = {id(n.value): n.value for n in graph.nodes if n.value is not None}
+            sub = copy.deepcopy(graph, keep)
+            sub.output = next(n for n in sub.nodes if n.name == name)
+            remove_dead_nodes(sub)
+            cache[name] = CompiledNet(sub, conv_mode=self.net.conv_mode)
+        return cache[name]
+
+    def _intermediate_A(self, x, ptb, method, needed_A_dict: dict) -> dict:
+        """auto_LiRPA's needed_A_dict {node name: [input names]}: the linear bounds of each
+        node in the perturbed input."""
+        in_name = self.net.graph.perturbed_input.name
+        out = {}
+        for name, inputs in needed_A_dict.items():
+            if name == self.net.graph.output.name:
+                continue            # the output's A is there already
+            wanted = [inputs] if isinstance(inputs, str) else list(inputs)
+            if any(i != in_name for i in wanted):
+                raise InputError(f"needed_A_dict[{name!r}] asks for inputs {wanted}; lirpac gives "
+                                 f"A matrices with respect to the perturbed input {in_name!r}")
+            lin = self._subnet(name).linear_bounds(x, ptb, method=method)
+            out[name] = {in_name: {"lA": lin.lower_coeff, "uA": lin.upper_coeff,
+                                   "lbias": lin.lower_bias, "ubias": lin.upper_bias}}
+        return out
+
+
+class _Names(list):
+    """auto_LiRPA's ``output_name`` / ``input_name`` lists; calling one gives the list too
+    (lirpac's earlier methods)."""
+
+    def __call__(self):
+        return list(self)
+
+
+def _bound_class_not_run(op_name: str, bound_op) -> None:
+    import warnings
+    warnings.warn(
+        f"{op_name}: lirpac does not run auto_LiRPA's Bound classes "
+        f"({getattr(bound_op, '__name__', type(bound_op).__name__)} is not used). torch.export "
+        "traces the op's torch forward (an autograd.Function's forward is inlined), and lirpac "
+        "bounds the ops it is made of with its own rules, or names the one it cannot bound; to "
+        "give your own rules use lirpac.register_op (docs/custom_ops.md)", stacklevel=3)
+
+
+def _check_custom_ops(custom_ops) -> None:
+    """auto_LiRPA's custom_ops maps op names to its Bound classes, which lirpac does not run
+    (a warning says so); lirpac's ops are registered with lirpac.register_op."""
+    if not custom_ops:
+        return
+    from lirpac.ir.opdef import OpDef
+    if not isinstance(custom_ops, dict):
+        raise InputError(f"custom_ops must be a dict {{op name: op}}, got {type(custom_ops).__name__}")
+    for name, op in custom_ops.items():
+        if not isinstance(op, OpDef):
+            _bound_class_not_run(f"custom_ops[{name!r}]", op)
+
+
+def register_custom_op(op_name: str, bound_op=None, **rules):
+    """auto_LiRPA's register_custom_op(op_name, BoundClass), with lirpac's rules instead of a
+    Bound class: ``register_custom_op("custom::Plus", forward=..., relax=...)`` registers the
+    op (lirpac.register_op) for ONNX nodes of domain "custom" and type "Plus" and for the
+    torch.library op custom::Plus when it exists."""
+    from lirpac.custom_ops import register_op
+    if bound_op is not None:
+        if rules:
+            raise InputError(f"register_custom_op({op_name!r}): give a Bound class or lirpac's "
+                             "rules (forward=, relax= or ibp=/backward=/forward_mode=), not both")
+        _bound_class_not_run(f"register_custom_op({op_name!r})", bound_op)
+        return None
+    domain, _, op_type = op_name.rpartition("::")
+    name = "".join(c if c.isalnum() else "_" for c in op_name)
+    torch_op = rules.pop("torch_op", None)
+    if torch_op is None and domain and hasattr(getattr(torch.ops, domain, None), op_type):
+        torch_op = f"{domain}::{op_type}"
+    forward = rules.pop("forward", None)
+    if forward is None:
+        raise InputError(f"register_custom_op({op_name!r}): give the op's forward= function")
+    return register_op(name, forward, torch_op=torch_op,
+                       onnx_op=(domain, op_type) if domain else op_type, **rules)
+
+
+class Flatten(torch.nn.Module):
+    """auto_LiRPA's Flatten: x.view(x.size(0), -1)."""
+
+    def forward(self, x):
+        return x.view(x.size(0), -1)
+
+
+def _perturbations_module():
+    """``lirpac.compat.perturbations``: auto_LiRPA's module path of its perturbation classes."""
+    import sys
+    import types
+    module = types.ModuleType(__name__ + ".perturbations", "auto_LiRPA's perturbations path")
+    module.PerturbationLpNorm = PerturbationLpNorm
+    sys.modules[module.__name__] = module
+    return module
+
+
+perturbations = _perturbations_module()
+
+
+def _utils_module():
+    """``lirpac.compat.utils``: auto_LiRPA's path of Flatten."""
+    import sys
+    import types
+    module = types.ModuleType(__name__ + ".utils", "auto_LiRPA's utils path (Flatten)")
+    module.Flatten = Flatten
+    sys.modules[module.__name__] = module
+    return module
+
+
+utils = _utils_module()
+
+
+class Bound:
+    """auto_LiRPA's operator base class, so its custom-op examples import and define their
+    classes; lirpac never runs them (register_custom_op warns)."""
+
+    def __init__(self, *args, **kwargs):
+        self.args, self.kwargs = args, kwargs
+
+
+def _operators_module():
+    """``lirpac.compat.operators``: auto_LiRPA's path of Bound."""
+    import sys
+    import types
+    module = types.ModuleType(__name__ + ".operators", "auto_LiRPA's operators path (Bound)")
+    module.Bound = Bound
+    sys.modules[module.__name__] = module
+    return module
+
+
+operators = _operators_module()

@@ -256,3 +256,14 @@ def test_model_and_example_of_different_dtypes():
         lirpac.compile(model, torch.randn(1, 4))
     with pytest.raises(InputError, match="example_input must be a floating-point tensor"):
         lirpac.compile(model, torch.ones(1, 4, dtype=torch.int64))
+
+
+def test_unbatched_example_is_named():
+    """One image (C, H, W) for a model of (B, C, H, W), or one feature vector, is refused with
+    what to pass instead."""
+    import torch.nn as nn
+    conv = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(2 * 6 * 6, 3)).eval()
+    with pytest.raises(lirpac.InputError, match=r"looks unbatched.*unsqueeze\(0\)"):
+        lirpac.compile(conv, torch.rand(1, 8, 8))
+    with pytest.raises(lirpac.InputError, match="looks unbatched"):
+        lirpac.compile(nn.Linear(4, 3).eval(), torch.rand(4))

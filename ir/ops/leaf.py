@@ -22,15 +22,17 @@ def resolve_aten(target: str):
     return getattr(getattr(getattr(torch.ops, namespace), packet), overload)
 
 
-def _const_fn(*inputs, target: str, args: tuple, kwargs: dict):
-    """Call ``target`` with ``args`` where each ``None``-free ``('input', i)`` slot is inputs[i]."""
+def _const_fn(*inputs, target: str, args: tuple, kwargs: dict, item: int | None = None):
+    """Call ``target`` with ``args`` where each ``None``-free ``('input', i)`` slot is inputs[i];
+    ``item``: the output of that index, for ops that return several (split)."""
     def fill(a):
         if isinstance(a, tuple) and len(a) == 2 and a[0] == "%input":
             return inputs[a[1]]
         if isinstance(a, list):
             return [fill(v) for v in a]
         return a
-    return resolve_aten(target)(*[fill(a) for a in args], **{k: fill(v) for k, v in kwargs.items()})
+    out = resolve_aten(target)(*[fill(a) for a in args], **{k: fill(v) for k, v in kwargs.items()})
+    return out if item is None else out[item]
 
 
 register(OpDef(name="const_fn", forward=_const_fn,

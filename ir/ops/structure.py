@@ -117,7 +117,8 @@ def _pieces(lw, x, sizes, dim):
     return out
 
 
-@aten_lowering("split.Tensor", "split_with_sizes.default")
+@aten_lowering("split.Tensor", "split_with_sizes.default", "unsafe_split.Tensor",
+               "unsafe_split_with_sizes.default")
 def _split(lw, x, split_size, dim=0):
     node = lw.value(x)
     length = node.shape[_dim(lw, node, dim) - 1]
@@ -128,7 +129,7 @@ def _split(lw, x, split_size, dim=0):
     return _pieces(lw, node, sizes, dim)
 
 
-@aten_lowering("chunk.default")
+@aten_lowering("chunk.default", "unsafe_chunk.default")
 def _chunk(lw, x, chunks, dim=0):
     node = lw.value(x)
     length = node.shape[_dim(lw, node, dim) - 1]

@@ -25,9 +25,9 @@ IBP = Method("ibp", "ibp", "ibp", "interval arithmetic (spec folded into the las
 CROWN = Crown("crown", "backward", "backward", "backward passes from every pre-activation",
               compat_names=("CROWN", "backward"), forward_when_exact=True)
 FORWARD = Method("forward", "forward", "forward", "linear functions of the input propagated forward",
-                 compat_names=("forward",))
+                 compat_names=("forward", "dynamic-forward"))
 CROWN_IBP = Method("crown-ibp", "ibp", "backward", "IBP intermediate bounds, a backward final pass",
                    compat_names=("CROWN-IBP", "IBP+backward", "IBP+CROWN"))
 FORWARD_CROWN = Method("forward+crown", "forward", "backward",
                        "forward-mode intermediate bounds, a backward final pass",
-                       compat_names=("forward+backward", "forward+CROWN"))
+                       compat_names=("forward+backward", "forward+CROWN", "dynamic-forward+backward"))
