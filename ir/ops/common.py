@@ -267,9 +267,13 @@ class RowLayout:
 
 
 def _row_dot(coeff, values):
-    """(B, S): each row of coeff (B, S, ...) summed against the same-shaped values, without a
-    product tensor of the coefficients' size."""
-    return torch.einsum("bsn,bsn->bs", coeff.flatten(2), values.expand_as(coeff).flatten(2))
+    """(B, S): each row of coeff (B, S, ...) summed against the same-shaped values. Contiguous
+    coefficients: one batched product, without a product tensor of the coefficients' size.
+    Others (Patches' windows are channels-last views): flattening would copy both operands,
+    so the elementwise product is summed instead (one pass, in their own layout)."""
+    if coeff.is_contiguous():
+        return torch.einsum("bsn,bsn->bs", coeff.flatten(2), values.expand_as(coeff).flatten(2))
+    return (coeff * values).sum(tuple(range(2, coeff.dim())))
 
 
 def _shared_dot(coeff, bias):
