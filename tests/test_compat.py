@@ -410,7 +410,7 @@ def test_bound_opts_of_the_wrong_type_are_named(bound_opts, match):
 
 def test_bound_opts_reach_lirpac():
     """conv_mode is compile's; optimize_bound_args tune alpha-CROWN (one iteration is CROWN);
-    keys lirpac has no use for are ignored, as auto_LiRPA ignores unknown keys."""
+    keys that only tune auto_LiRPA's speed are accepted (others are refused by name)."""
     bounded = BoundedModule(Tiny().eval(), TINY_X, bound_opts={
         "conv_mode": "matrix", "relu": "adaptive", "sparse_intermediate_bounds": False,
         "optimize_bound_args": {"iteration": 1, "lr_alpha": 0.1, "early_stop_patience": 3}})

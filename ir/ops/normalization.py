@@ -43,7 +43,8 @@ def floored(name, fn, df, convex: bool, increasing: bool, doc: str):
         lo, hi = (fn(v) for v in clip(x.lower, x.upper, floor))
         return Interval(lo, hi) if increasing else Interval(hi, lo)
 
-    elementwise(name, fn, sound_relax(relax, ibp), ibp=ibp, doc=doc)
+    # the forward is fn itself: the floor only narrows the relaxation
+    elementwise(name, lambda x, floor=None: fn(x), sound_relax(relax, ibp), ibp=ibp, doc=doc)
 
 
 floored("reciprocal_floored", torch.reciprocal, lambda x: -torch.reciprocal(x * x), True, False,

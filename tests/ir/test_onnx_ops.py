@@ -52,6 +52,8 @@ CASES = {
     "Clip_8": unary("Clip", 8, min=-0.5, max=0.7),
     "Clip_13": unary("Clip", 13, extra=["lo", "hi"], inits=[init("lo", F(-0.5)), init("hi", F(0.7))]),
     "Pow": unary("Pow", extra=["e"], inits=[init("e", F(2.0))]),
+    "Softmax": unary("Softmax", axis=1), "LogSoftmax": unary("LogSoftmax"),
+    "Softmax_11_flat": unary("Softmax", 11, axis=1), "LogSoftmax_11": unary("LogSoftmax", 11, axis=3),
     "MaxPool": model([helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[2, 2],
                                        strides=[2, 2])], IMAGE, [1, 2, 2, 2]),
     "MaxPool_pad_8": model([helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[3, 3],
@@ -78,7 +80,7 @@ def test_onnx_op_matches_onnxruntime(name):
 
 
 @pytest.mark.parametrize("name", ["HardSwish", "PRelu_channel", "MaxPool", "Gather_list",
-                                  "Split_13", "Mish"])
+                                  "Split_13", "Mish", "Softmax_11_flat"])
 def test_onnx_op_bounds_contain_samples(name):
     net = lirpac.compile(CASES[name])
     graph, runner = lower_onnx(CASES[name])
