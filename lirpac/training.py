@@ -24,7 +24,6 @@ method="ibp" fused and unfused are the same number.
 """
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F
