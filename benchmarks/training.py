@@ -23,7 +23,6 @@ import json
 import platform
 import statistics
 import subprocess
-import sys
 import time
 
 import torch

@@ -54,8 +54,9 @@ def add_arguments(p: argparse.ArgumentParser, *, eps: float, epochs: int, batch_
     p.add_argument("--out", type=Path, default=None,
                    help="folder for checkpoint.pt (written every epoch) and model.pt")
     p.add_argument("--resume", type=Path, default=None, help="a checkpoint.pt to continue from")
-    p.add_argument("--verify-methods", default="ibp,crown-ibp,crown",
-                   help="methods of the final verified-error report (comma separated)")
+    p.add_argument("--verify-methods", default="ibp,crown-ibp,crown,crown-intersect",
+                   help="methods of the final verified-error report (comma separated; "
+                   "crown-intersect: CROWN with intermediate bounds intersected with IBP's)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--limit", type=int, default=0,
                    help="use only the first N training and N // 4 test samples (quick checks)")

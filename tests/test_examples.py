@@ -33,6 +33,7 @@ def test_simple_training_runs_and_reports_verified_error():
     assert "best of the methods" in out
 
 
+@pytest.mark.slow
 def test_cifar_training_smoke_run():
     out = _run("examples/cifar_training.py", "--smoke", "--model", "cnn-bn", "--no-progress")
     assert "verified test error" in out

@@ -139,7 +139,7 @@ def test_verified_error_at_zero_radius_is_the_clean_error(mlp):
     x, y = _data(8, batch=32)
     with torch.no_grad():
         clean = training.clean_error(model(x), y)
-    for method in ("ibp", "crown", "best"):
+    for method in ("ibp", "crown", "crown-intersect", "best"):
         assert training.verified_error(net, x, y, lirpac.LpBall(eps=0.0), method) == \
             pytest.approx(clean)
     assert training.verified_error(net, x, y, lirpac.LpBall(eps=10.0), "crown") == 1.0
