@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import torch
 
+from lirpac.ir.opdef import Interval
 from lirpac.ir.ops.common import overflow_unbounded
 from lirpac.ir.scalar import centre_radius
 
@@ -131,5 +132,26 @@ class InputSet:
     def first_affine(self, op: str, select, *args, **attrs):
         """An exact Interval of the affine op ``op`` (linear, conv: its rule's arguments
         ``args``, ``attrs``) applied to ``select(x)`` over the set (``select``: coordinate
-        selections, or None), or None where IBP over the box is already exact (here)."""
-        return None
+        selections, or None), or None where IBP over the box is already exact (here). Other
+        sets get ``linear_by_concretizing`` unless they know better."""
+        return None if self.is_box else self.linear_by_concretizing(op, select, *args)
+
+    def linear_by_concretizing(self, op: str, select, *args):
+        """A linear layer on a flat selection of the input, bounded exactly by concretizing its
+        rows: each row's weights are placed on the input elements the selection reads (found by
+        selecting the elements' own indices; selections read distinct elements)."""
+        if op != "linear":
+            return None
+        weight, bias = args[0], (args[1] if len(args) > 1 else None)
+        size = self.lower[0].numel()
+        if size > 1 << 24:        # indices beyond 2^24 are not exact in float32
+            return None
+        index = torch.arange(size, dtype=self.lower.dtype, device=self.lower.device)
+        index = index.reshape(1, *self.lower.shape[1:])
+        picked = index if select is None else select(index)
+        if picked.dim() != 2 or picked.shape[1] != weight.shape[1]:
+            return None          # (a linear layer over each row of a matrix: not one row each)
+        rows = weight.new_zeros(weight.shape[0], size).index_copy_(1, picked[0].long(), weight)
+        rows = rows.unsqueeze(0)
+        offset = 0 if bias is None else bias
+        return Interval(self.concretize(rows, offset, upper=False), self.concretize(rows, offset, upper=True))

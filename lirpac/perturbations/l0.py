@@ -8,7 +8,6 @@ backward and forward mode are as sound as over a box, and exact on the first aff
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch

@@ -145,11 +145,11 @@ class SubstitutionSet(InputSet):
     def first_affine(self, op: str, select, *args, **attrs):
         """A linear layer on each position's embedding (B, T, d) -> (B, T, O): each output reads
         one position, so its exact range is over that position's candidates (k >= 1)."""
-        if op != "linear" or select is not None or self.k == 0:
+        if op != "linear" or self.k == 0:
             return None
         weight, bias = args[0], (args[1] if len(args) > 1 else None)
-        if weight.shape[-1] != self.centre.shape[-1] or self.centre.dim() != 3:
-            return None
+        if select is not None or weight.shape[-1] != self.centre.shape[-1] or self.centre.dim() != 3:
+            return self.linear_by_concretizing(op, select, *args)
         values = torch.matmul(self.centre.unsqueeze(2) + self.moves, weight.transpose(0, 1))
         lower, upper = values.amin(2), values.amax(2)                  # (B, T, O), original included
         if bias is not None:

@@ -9,8 +9,22 @@ import torch.nn as nn
 from hypothesis import given, settings, strategies as st
 
 import lirpac
-from models import compiled_arch, reinit
+from models import ARCHS, reinit
 from sampling import assert_contains
+
+_OWN = {}
+
+
+def own_compiled(arch):
+    """(model, net, shape) of an ARCHS model compiled for this module alone: the session's
+    shared ones may have had their buffers replaced (model.double() then .float() makes new
+    buffer tensors, which the compiled graph no longer reads)."""
+    if arch not in _OWN:
+        cls, shape = ARCHS[arch]
+        model = cls().eval()
+        _OWN[arch] = (model, lirpac.compile(model, torch.zeros(1, *shape)), shape)
+    return _OWN[arch]
+
 
 METHODS = ["ibp", "crown", "forward", "crown-ibp", "forward+crown"]
 
@@ -75,7 +89,7 @@ def test_linear_net_with_spec_is_exact_for_backward_modes(k):
 @given(arch=st.sampled_from(["mlp", "residual", "convnet"]), method=st.sampled_from(METHODS),
        k=st.integers(0, 3), seed=st.integers(0, 10**6), wide=st.booleans())
 def test_sound_by_enumeration(arch, method, k, seed, wide):
-    model, net, shape = compiled_arch(arch)
+    model, net, shape = own_compiled(arch)
     if arch == "convnet":
         k = min(k, 1)            # 128 inputs: every pair of corners is 32k points
     reinit(model, seed)
@@ -89,7 +103,7 @@ def test_sound_by_enumeration(arch, method, k, seed, wide):
 
 @pytest.mark.parametrize("arch", ["mlp", "convnet", pytest.param("resnet_tiny", marks=pytest.mark.slow)])
 def test_backward_no_looser_than_ibp(arch):
-    model, net, shape = compiled_arch(arch)
+    model, net, shape = own_compiled(arch)
     reinit(model, 11)
     x = torch.rand(2, *shape, generator=torch.Generator().manual_seed(1))
     ball = lirpac.L0Ball(2, 0.0, 1.0)
@@ -101,7 +115,7 @@ def test_backward_no_looser_than_ibp(arch):
 
 @pytest.mark.slow
 def test_alpha_crown_is_sound_and_no_looser():
-    model, net, shape = compiled_arch("mlp")
+    model, net, shape = own_compiled("mlp")
     reinit(model, 4)
     g = torch.Generator().manual_seed(4)
     x = torch.rand(2, *shape, generator=g)

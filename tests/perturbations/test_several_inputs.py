@@ -153,3 +153,29 @@ def test_bad_arguments_are_refused(halves):
         net.bounds((top, bottom[:, :, :2]), lirpac.LpBall(eps=0.1))
     with pytest.raises(lirpac.InputError, match="input 1: .*lower > upper"):
         net.bounds((top, bottom), (lirpac.LpBall(eps=0.1), lirpac.Box(1.0, 0.0)))
+
+
+class TwoLinear(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc_a, self.fc_b = nn.Linear(6, 3), nn.Linear(4, 3)
+
+    def forward(self, a, b):
+        return self.fc_a(a.flatten(1)) + self.fc_b(b)
+
+
+@pytest.mark.parametrize("method", ["ibp", "crown"])
+def test_first_layers_are_exact_on_each_input(method):
+    """Each input's first linear layer gets its exact range (the rows' dual norms over an L2
+    ball, the k largest gains over an L0 set): IBP is exact on a sum of the two."""
+    torch.manual_seed(3)
+    model = TwoLinear().eval().double()
+    a, b = torch.rand(2, 2, 3, dtype=torch.float64), torch.rand(2, 4, dtype=torch.float64)
+    net = lirpac.compile(model, (a[:1], b[:1]))
+    lower, upper = net.bounds((a, b), (lirpac.LpBall(eps=0.2, norm=2), lirpac.LpBall(eps=0.1, norm=3)),
+                              method=method)
+    centre = model(a, b)
+    radius = (0.2 * torch.linalg.vector_norm(model.fc_a.weight, ord=2, dim=1)
+              + 0.1 * torch.linalg.vector_norm(model.fc_b.weight, ord=1.5, dim=1))
+    torch.testing.assert_close(lower, centre - radius, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(upper, centre + radius, rtol=1e-9, atol=1e-9)

@@ -112,3 +112,15 @@ def test_compat_bounded_parameter():
     torch.testing.assert_close(upper, expected[1])
     only_weights = bounded.compute_bounds(x=(x,), method="IBP")
     assert torch.isfinite(only_weights[0]).all()
+
+
+@pytest.mark.slow
+def test_weight_training_example_runs():
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[2]
+    result = subprocess.run([sys.executable, "examples/weight_perturbation_training.py", "--epochs", "1"],
+                            cwd=root, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "certified under L2 weight perturbation" in result.stdout
