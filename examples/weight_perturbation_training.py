@@ -23,7 +23,7 @@ import torch.nn.functional as F
 import lirpac
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from simple_training import worst_case_loss  # noqa: E402
+from lirpac.training import worst_case_ce as worst_case_loss  # noqa: E402
 from train_digits import load_data  # noqa: E402
 
 MOVING = ["3.weight"]      # the second hidden layer of the MLP below

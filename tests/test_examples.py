@@ -57,6 +57,13 @@ def test_training_examples_have_help(script):
     assert "--resume" in out and "--eps" in out and "--method" in out
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("script", ["weight_perturbation_training.py", "lstm_digit_rows.py"])
+def test_perturbation_examples_start(script):
+    """They import what they need (a helper they shared with simple_training once moved)."""
+    assert "--eps" in _run(f"examples/{script}", "--help")
+
+
 def test_margin_spec_rows():
     C = lirpac.margin_spec(torch.tensor([0, 4, 9]), 10)
     eye = torch.eye(10)
