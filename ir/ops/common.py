@@ -271,8 +271,9 @@ def _row_dot(coeff, values):
     coefficients: one batched product, without a product tensor of the coefficients' size.
     Others (Patches' windows are channels-last views): flattening would copy both operands,
     so the elementwise product is summed instead (one pass, in their own layout)."""
-    if coeff.is_contiguous():
-        return torch.einsum("bsn,bsn->bs", coeff.flatten(2), values.expand_as(coeff).flatten(2))
+    values = values.expand_as(coeff)
+    if coeff.dim() <= 3 or (coeff.is_contiguous() and values.is_contiguous()):
+        return torch.einsum("bsn,bsn->bs", coeff.flatten(2), values.flatten(2))
     return (coeff * values).sum(tuple(range(2, coeff.dim())))
 
 
