@@ -1,4 +1,5 @@
-"""Fused IBP of affine layers (linear, conv): ir/ops/linear.py ``_affine_ibp``.
+"""Fused IBP of affine layers (linear, conv, matmul with a constant operand): ir/ops/linear.py
+``_affine_ibp``.
 
 Through y = W x + b the interval [l, u] maps by centre and radius: mid = (u + l) / 2,
 rad = (u - l) / 2, y_mid = W mid + b, y_rad = |W| rad, y in [y_mid - y_rad, y_mid + y_rad].
@@ -108,8 +109,17 @@ def fused_affine_ibp(apply, torch_rule, x: Interval, weight, bias) -> Interval:
     return Interval(*IntervalOf.apply(y_mid, y_dev))
 
 
+def _right(a, w, b):
+    return a.matmul(w)
+
+
+def _left(a, w, b):
+    return w.matmul(a)
+
+
 def ibp_rules() -> dict:
-    """The generated code's ``ibp_linear`` and ``ibp_conv`` through the fused steps."""
+    """The generated code's ``ibp_linear``, ``ibp_conv`` and ``ibp_matmul_const_*`` through the
+    fused steps."""
     from lirpac.ir.ops.linear import _conv_rules, _linear
     from lirpac.ir.opdef import REGISTRY
 
@@ -119,4 +129,10 @@ def ibp_rules() -> dict:
     def ibp_conv(x, weight, bias=None, **kw):
         return fused_affine_ibp(_conv_rules(**kw), lambda: REGISTRY["conv"].ibp(x, weight, bias, **kw),
                                 x, weight, bias)
-    return {"ibp_linear": ibp_linear, "ibp_conv": ibp_conv}
+    def ibp_matmul_const_right(x, weight):
+        return fused_affine_ibp(_right, lambda: REGISTRY["matmul_const_right"].ibp(x, weight), x, weight, None)
+
+    def ibp_matmul_const_left(weight, x):
+        return fused_affine_ibp(_left, lambda: REGISTRY["matmul_const_left"].ibp(weight, x), x, weight, None)
+    return {"ibp_linear": ibp_linear, "ibp_conv": ibp_conv, "ibp_matmul_const_right": ibp_matmul_const_right,
+            "ibp_matmul_const_left": ibp_matmul_const_left}
