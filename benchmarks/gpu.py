@@ -200,7 +200,8 @@ def format_row(row) -> str:
 
 
 def micro(args, device, timer) -> None:
-    """The fused relaxed step and concretization vs the eager torch chain on one large A."""
+    """The fused relaxed step, concretization, IBP of a linear layer and the cross-entropy bound
+    vs the eager torch chain on one large A."""
     import torch
     from lirpac.codegen.triton.concretize import TritonInputSet
     from lirpac.codegen.triton.relaxed_step import relaxed
@@ -229,6 +230,19 @@ def micro(args, device, timer) -> None:
         "concretize, L2 ball": (lambda: l2.concretize(a, 0, upper=True),
                                 lambda: TritonInputSet.wrap(l2).concretize(a, 0, upper=True)),
     }
+    from lirpac.codegen.triton.ce_bound import ce_bound
+    from lirpac.codegen.triton.ibp_affine import ibp_rules
+    from lirpac.ir.opdef import REGISTRY, Interval
+    from lirpac.training import worst_case_ce
+    box = Interval(a.reshape(-1, n), a.reshape(-1, n) + b.reshape(-1, n).abs())
+    weight = torch.randn(256, n, generator=gen).to(device) / n ** 0.5
+    margins = torch.randn(a.numel() // 16, 9, generator=gen).to(device)
+    cases.update({
+        "IBP of a linear layer (256 outputs)": (lambda: REGISTRY["linear"].ibp(box, weight),
+                                               lambda: ibp_rules()["ibp_linear"](box, weight)),
+        "cross-entropy bound (9 margins a row)": (lambda: worst_case_ce(margins, reduction="none"),
+                                                  lambda: ce_bound(margins)),
+    })
     for name, (eager, kernel) in cases.items():
         with torch.inference_mode():
             t = timer.measure(eager)[:2]

@@ -44,6 +44,18 @@ def worst_case_ce(margin_lower: torch.Tensor, reduction: str = "mean") -> torch.
     return F.cross_entropy(logits, target, reduction=reduction)
 
 
+def _interval_ce(net, x, margin_lower: torch.Tensor) -> torch.Tensor:
+    """``worst_case_ce(margin_lower, "none")``, through the fused kernel when the bound call ran
+    on the Triton backend (codegen/triton/ce_bound.py)."""
+    from lirpac.codegen import triton as triton_backend
+    backend = getattr(net, "backend", "torch")
+    if backend != "torch" and triton_backend.resolve(backend, x) == "triton":
+        from lirpac.codegen.triton import ce_bound
+        if ce_bound.fusable(margin_lower):
+            return ce_bound.ce_bound(margin_lower)
+    return worst_case_ce(margin_lower, reduction="none")
+
+
 def _check_method(method: str) -> str:
     name = method.lower() if isinstance(method, str) else method
     if name not in ROBUST_METHODS:
@@ -96,7 +108,7 @@ def _fused(net, x, y, perturbation, method):
     interval = "crown" if method == "crown" else "ibp"
     margin_lower, margin_upper = net.bounds(x, perturbation, method=interval, C=C)
     d_lower, d_upper = -margin_upper, -margin_lower
-    interval_bound = worst_case_ce(margin_lower, reduction="none")
+    interval_bound = _interval_ce(net, x, margin_lower)
     if method == "ibp":
         return interval_bound, interval_bound, margin_lower
     # shift by m = max_j u_j (exact: log sum exp(d) = m + log sum exp(d - m)) so nothing overflows
@@ -136,7 +148,7 @@ def robust_loss(net, x, y, perturbation, method: str = "crown-ibp", beta: float 
     fused = method != "ibp" if fused is None else fused
     if not fused:
         margins = margin_lower_bounds(net, x, y, perturbation, method, beta)
-        loss = worst_case_ce(margins, "none")
+        loss = _interval_ce(net, x, margins)
     elif method == "crown-ibp" and beta <= 0.0:
         loss, _, margins = _fused(net, x, y, perturbation, "ibp")
     else:

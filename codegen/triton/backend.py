@@ -14,7 +14,7 @@ import functools
 import inspect
 import re
 
-from lirpac.codegen.triton import concretize, forward_step, relaxed_step, relaxed_step_grad
+from lirpac.codegen.triton import concretize, forward_step, ibp_affine, relaxed_step, relaxed_step_grad
 from lirpac.ir.opdef import REGISTRY
 
 # generated name -> (replacement, the kernels it launches)
@@ -44,9 +44,16 @@ def _forward_ops() -> dict:
     return out
 
 
+def _ibp_ops() -> dict:
+    """Affine layers' IBP (linear, conv): ``ibp_<op>`` -> the rule with its elementwise
+    prologue and epilogue fused (the products stay cuBLAS/cuDNN)."""
+    kernels = (ibp_affine.centre_radius_kernel, ibp_affine.interval_of_kernel)
+    return {name: (rule, kernels) for name, rule in ibp_affine.ibp_rules().items()}
+
+
 def dispatch_table(namespace: dict) -> dict:
     """The swaps for the names this program uses."""
-    table = {**_FUSED, **_kink_ops(), **_forward_ops()}
+    table = {**_FUSED, **_kink_ops(), **_forward_ops(), **_ibp_ops()}
     return {name: entry for name, entry in table.items() if name in namespace}
 
 
@@ -88,9 +95,11 @@ def build(graph, plan, base_build):
 
 def _nodes_calling(source: str, name: str) -> list[str]:
     """The IR nodes whose steps the generated code runs through ``name``, read off its calls:
-    ``name(lA_<node>, ...)`` (backward) or ``<node>_lin = name(...)`` (forward mode)."""
+    ``name(lA_<node>, ...)`` (backward), ``<node>_lin = name(...)`` (forward mode) or
+    ``<node> = name(...)`` (IBP)."""
     nodes = []
-    for match in re.finditer(rf"(?:(\w+)_lin = )?\b{re.escape(name)}\((?:lA_(\w+))?", source):
+    result = r"(\w+) = " if name.startswith("ibp_") else r"(?:(\w+)_lin = )?"
+    for match in re.finditer(rf"{result}\b{re.escape(name)}\((?:lA_(\w+))?", source):
         node = match.group(2) or match.group(1)
         if node and f"%{node}" not in nodes:
             nodes.append(f"%{node}")

@@ -14,13 +14,15 @@ pytest.importorskip("triton")
 
 from triton.runtime.jit import JITFunction  # noqa: E402
 
+from lirpac.codegen.triton.ce_bound import ce_bound_kernel  # noqa: E402
 from lirpac.codegen.triton.concretize import concretize_kernel  # noqa: E402
 from lirpac.codegen.triton.forward_step import forward_step_kernel  # noqa: E402
+from lirpac.codegen.triton.ibp_affine import centre_radius_kernel, interval_of_kernel  # noqa: E402
 from lirpac.codegen.triton.relaxed_step import relaxed_step_kernel  # noqa: E402
 from lirpac.codegen.triton.relaxed_step_grad import relaxed_step_grad_kernel  # noqa: E402
 
 _INTS = {"total_rows", "rows_per_batch", "n", "n_blocks", "line_batch_stride", "alpha_batch_stride",
-         "alpha_row_stride", "set_batch_stride", "tiles_per_batch"}
+         "alpha_row_stride", "set_batch_stride", "tiles_per_batch", "rows"}
 _RELAXED = dict(HAS_LOWER=True, HAS_UPPER=True, LOAD_UPPER=True, HAS_L_SLOPE=True, HAS_L_BIAS=False,
                 HAS_U_SLOPE=True, HAS_U_BIAS=True, HAS_BIAS=True, HAS_ALPHA=True, ROWS=4, BLOCK=1024)
 CASES = {
@@ -37,6 +39,9 @@ CASES = {
         LINE_GRADS=False, ROWS=2, BLOCK=64), "fp64"),
     "concretize_ball_box": (concretize_kernel, dict(BOX=True, BALL=True, DUAL_INF=True, ROWS=2, BLOCK=1024), "fp32"),
     "forward_shared": (forward_step_kernel, dict(SHARED=True, ROWS=8, BLOCK=512), "fp32"),
+    "ibp_centre_radius": (centre_radius_kernel, dict(BLOCK=1024), "fp32"),
+    "ibp_interval_of": (interval_of_kernel, dict(BLOCK=1024), "fp64"),
+    "ce_bound": (ce_bound_kernel, dict(ROWS=64, BLOCK=16), "fp32"),
 }
 
 
