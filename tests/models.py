@@ -100,3 +100,19 @@ def compiled_arch(arch):
         model = cls().eval()
         _COMPILED[arch] = (model, lirpac.compile(model, torch.zeros(1, *shape)), shape)
     return _COMPILED[arch]
+
+
+_OWN = {}
+
+
+def own_compiled(arch: str, owner: str = ""):
+    """(model, net, shape) of an ARCHS model compiled apart from ``compiled_arch``'s shared ones
+    (``owner`` names the module that keeps it): those may have had their buffers replaced by
+    another test (model.double() then .float() makes new buffer tensors, which the compiled
+    graph no longer reads)."""
+    import lirpac
+    if (owner, arch) not in _OWN:
+        cls, shape = ARCHS[arch]
+        model = cls().eval()
+        _OWN[(owner, arch)] = (model, lirpac.compile(model, torch.zeros(1, *shape)), shape)
+    return _OWN[(owner, arch)]

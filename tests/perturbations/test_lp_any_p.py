@@ -9,22 +9,8 @@ import torch.nn as nn
 from hypothesis import given, settings, strategies as st
 
 import lirpac
-from models import ARCHS, reinit
+from models import own_compiled, reinit
 from sampling import assert_contains
-
-_OWN = {}
-
-
-def own_compiled(arch):
-    """(model, net, shape) of an ARCHS model compiled for this module alone: the session's
-    shared ones may have had their buffers replaced (model.double() then .float() makes new
-    buffer tensors, which the compiled graph no longer reads)."""
-    if arch not in _OWN:
-        cls, shape = ARCHS[arch]
-        model = cls().eval()
-        _OWN[arch] = (model, lirpac.compile(model, torch.zeros(1, *shape)), shape)
-    return _OWN[arch]
-
 
 METHODS = ["ibp", "crown", "forward", "crown-ibp", "forward+crown"]
 P_VALUES = [1.0, 1.5, 3.0, 4.0, 7.5]
