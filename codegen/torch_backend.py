@@ -25,7 +25,7 @@ from lirpac.ir.ops.common import add_bias, prepare_lines, relaxed_backward_lines
 from lirpac.passes.bound_needs import chosen_mode, nodes_needing_bounds, single_affine_of_input
 
 _MODES = ("ibp", "backward", "forward")
-_MODE_PREFIX = {"ibp_ball": "ball", "ibp": "ibp", "backward": "bwd", "forward_mode": "fwd", "forward": "val",
+_MODE_PREFIX = {"ibp": "ibp", "backward": "bwd", "forward_mode": "fwd", "forward": "val",
                 "jacobian": "jac", "backward_patches": "pat", "backward_alpha": "bwa",
                 "relax": "relax", "alpha_lines": "alines", "zero_where": "zero"}
 
@@ -160,7 +160,7 @@ class _Emitter:
             else:
                 self.emit(f"{n.name} = {self.call(self.rule(n.op, 'ibp', n), [i.name for i in n.inputs], self.attrs(n))}")
                 if single_affine_of_input(self.graph, n):
-                    self.ibp_ball(n)
+                    self.first_affine(n)
             if n in self.needs:
                 self.bounds[n] = n.name
 
@@ -584,7 +584,7 @@ class _Emitter:
                 self.emit(f"{m.name}_lin = {m.name}_lin._replace(bounds={self.bounds[m]})")
         self.emit(f"return forward_rows(inp, {target.name}_lin, _rows)")
 
-    def ibp_ball(self, n: Node) -> None:
+    def first_affine(self, n: Node) -> None:
         """Intersect ``n``'s IBP bounds with the set's exact bound of its first affine map
         (``InputSet.first_affine``: the rows' dual norms over an Lp ball, the k largest gains
         over an L0 set; None over a box, where IBP is exact already)."""
