@@ -24,7 +24,7 @@ from lirpac.ir.opdef import Interval, Linear, REGISTRY, get_op
 from lirpac.ir.ops.common import add_bias, prepare_lines, relaxed_backward_lines
 from lirpac.passes.bound_needs import chosen_mode, nodes_needing_bounds, single_affine_of_input
 
-_MODES = ("ibp", "backward", "forward")
+MODES = ("ibp", "backward", "forward")   # how a plan bounds intermediate nodes and the output
 _MODE_PREFIX = {"ibp": "ibp", "backward": "bwd", "forward_mode": "fwd", "forward": "val",
                 "jacobian": "jac", "backward_patches": "pat", "backward_alpha": "bwa",
                 "relax": "relax", "alpha_lines": "alines", "zero_where": "zero"}
@@ -665,7 +665,7 @@ class _Emitter:
 def generate(graph: Graph, plan: Plan, emitter: "_Emitter | None" = None) -> tuple[Program, dict]:
     """The program of the function ``bound`` for ``plan`` and the namespace it runs in
     (``emitter``: a subclass instance for methods that extend the generated code)."""
-    if plan.intermediate not in _MODES or plan.final not in _MODES:
+    if plan.intermediate not in MODES or plan.final not in MODES:
         raise ValueError(f"plan {plan} has no modes: lirpac.methods.get(name).complete(plan) gives them")
     emitter = emitter or _Emitter(graph, plan)
     program = emitter.generate("bound")

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import sys
 from collections.abc import Mapping
@@ -100,7 +99,8 @@ class CompiledNet:
         the backend that runs a call on ``x`` (codegen/triton.resolve)."""
         fields = {"conv_mode": self.conv_mode, "max_memory": self.max_memory,
                   "backend": triton_backend.resolve(self.backend, x), **fields}
-        return methods.get(method).complete(Plan(method=method_name(method), **fields))
+        found = methods.get(method)
+        return found.complete(Plan(method=found.name, **fields))
 
     def function(self, plan: Plan):
         """The generated function of ``plan`` (built on first use; its method fills in the

@@ -22,22 +22,37 @@ KINDS = ("tiny", "unit", "wide", "point", "negative", "positive", "straddle")
 
 def sample_lp_ball(x: torch.Tensor, eps, norm: float = math.inf, n: int = 64, lower=None,
                    upper=None, generator: torch.Generator | None = None) -> torch.Tensor:
-    """(n, B, *shape) points of {x' : ||x' - x||_p <= eps} (∩ [lower, upper]): for inf half
-    are random corners of the box, half uniform inside; for p = 2 or 1 half lie on the sphere."""
+    """(n, B, *shape) points of {x' : ||x' - x||_p <= eps} (∩ [lower, upper]); eps a number
+    or one per sample. For inf half are random corners of the box, half uniform inside; for
+    other p half lie on the sphere (for p = 1 on its vertices +-eps e_i), half inside.
+    Clamping into the domain box keeps a point in the ball (x lies in the box)."""
     g = generator
+    shape = (n, *x.shape)
     eps = torch.as_tensor(eps, dtype=x.dtype)
+    if eps.dim() == 1:
+        eps = eps.reshape(-1, *([1] * (x.dim() - 1)))
     if norm == math.inf:
         half = n // 2
         corners = torch.randint(0, 2, (half, *x.shape), generator=g).to(x.dtype) * 2 - 1
         inner = torch.rand((n - half, *x.shape), generator=g, dtype=x.dtype) * 2 - 1
         delta = torch.cat([corners, inner]) * eps
     else:
-        d = torch.randn((n, *x.shape), generator=g, dtype=x.dtype)
-        flat = d.flatten(2)
-        size = flat.norm(p=norm, dim=-1).reshape(n, x.shape[0], *([1] * (x.dim() - 1)))
+        if norm == 1:   # vertices +-e_i, then random points of the sphere
+            d = torch.zeros(shape, dtype=x.dtype).flatten(2)
+            idx = torch.randint(0, x[0].numel(), (n, x.shape[0]), generator=g)
+            signs = torch.randint(0, 2, (n, x.shape[0], 1), generator=g) * 2 - 1
+            d.scatter_(2, idx.unsqueeze(-1), signs.to(x.dtype))
+            e = torch.distributions.Exponential(1.0).sample(d.shape).to(x.dtype)
+            e = e * (torch.randint(0, 2, d.shape, generator=g) * 2 - 1).to(x.dtype)
+            e = e / e.abs().sum(-1, keepdim=True)
+            d[n // 2:] = e[n // 2:]
+            d = d.reshape(shape)
+        else:
+            d = torch.randn(shape, generator=g, dtype=x.dtype)
+            d = d / d.flatten(2).norm(p=norm, dim=-1).reshape(n, x.shape[0], *([1] * (x.dim() - 1)))
         scale = torch.rand((n,) + (1,) * x.dim(), generator=g, dtype=x.dtype)
         scale[: n // 2] = 1.0
-        delta = d / size * scale * eps
+        delta = d * scale * eps
     points = x.unsqueeze(0) + delta
     if lower is not None:
         points = torch.maximum(points, torch.as_tensor(lower, dtype=x.dtype))
@@ -58,10 +73,10 @@ def assert_contains(model: Callable, points: torch.Tensor, lower, upper, C=None,
     scale = 1.0 + out.abs().max().item()
     prefix = f"{what}: " if what else ""
     if lower is not None:
-        gap = (lower.reshape(batch, -1).unsqueeze(0) - out).max().item()
+        gap = (lower.reshape(lower.shape[0], -1).unsqueeze(0) - out).max().item()
         assert gap <= tol * scale, f"{prefix}lower bound violated by {gap:.3g}"
     if upper is not None:
-        gap = (out - upper.reshape(batch, -1).unsqueeze(0)).max().item()
+        gap = (out - upper.reshape(upper.shape[0], -1).unsqueeze(0)).max().item()
         assert gap <= tol * scale, f"{prefix}upper bound violated by {gap:.3g}"
 
 

@@ -14,9 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from lirpac.codegen import torch_backend
-from lirpac.codegen.torch_backend import Plan
-
-MODES = ("ibp", "backward", "forward")
+from lirpac.codegen.torch_backend import MODES, Plan
 
 
 @dataclass(frozen=True)
