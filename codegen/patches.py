@@ -7,8 +7,9 @@ bounded) just that window:
 
     dense[b, r, c, top[r] + i, left[r] + j] = coeff[b, r, c, i, j]
 
-``coeff`` is (B, k, C, KH, KW); ``top``/``left`` are (k,) integer tensors (they may be negative
-or run past the map's edge: padding). Invariant: entries whose position lies outside the map
+``coeff`` is (B, k, C, KH, KW); ``top``/``left`` are (k,) integer tensors, or (B, k) when each
+sample bounds its own rows (runtime.straddling_rows); they may be negative or run past the map's
+edge: padding. Invariant: entries whose position lies outside the map
 are zero, so sums over a window (biases, concretization) never need a mask.
 
 Rules (an op's optional ``OpDef.backward_patches``) call the methods below: ``windows`` gathers
@@ -47,10 +48,16 @@ class Patches:
     def __neg__(self) -> "Patches":
         return self.with_coeff(-self.coeff)
 
+    @property
+    def per_sample(self) -> bool:
+        """Whether each sample has its own rows (positions (B, k)) rather than shared ones."""
+        return self.top.dim() == 2
+
     def _positions(self):
+        """Each row's window rows and columns: (k, KH) and (k, KW), or (B, k, ..) per sample."""
         kh, kw = self.coeff.shape[-2:]
-        ys = self.top[:, None] + torch.arange(kh, device=self.top.device)
-        xs = self.left[:, None] + torch.arange(kw, device=self.left.device)
+        ys = self.top[..., None] + torch.arange(kh, device=self.top.device)
+        xs = self.left[..., None] + torch.arange(kw, device=self.left.device)
         return ys, xs
 
     def windows(self, t: torch.Tensor) -> torch.Tensor:
@@ -66,10 +73,18 @@ class Patches:
         batch, (kh, kw) = t.shape[0], self.coeff.shape[-2:]
         ys, xs = self._positions()
         ys, xs = ys.clamp(0, height - 1), xs.clamp(0, width - 1)
-        flat = (ys[:, :, None] * width + xs[:, None, :]).reshape(-1)
+        flat = ys[..., :, None] * width + xs[..., None, :]
+        if self.per_sample:
+            # sample b's positions index its own map: one gather over the batch's maps
+            batch = self.top.shape[0]
+            flat = flat + height * width * torch.arange(batch, device=flat.device).view(-1, 1, 1, 1)
         # channels last: each gathered position is one contiguous run of C values
         t = t.expand(batch, channels, height, width).permute(0, 2, 3, 1).reshape(batch, height * width, channels)
-        return t.index_select(1, flat).reshape(batch, -1, kh, kw, channels).permute(0, 1, 4, 2, 3)
+        if self.per_sample:
+            picked = t.reshape(batch * height * width, channels).index_select(0, flat.reshape(-1))
+        else:
+            picked = t.index_select(1, flat.reshape(-1))
+        return picked.reshape(batch, -1, kh, kw, channels).permute(0, 1, 4, 2, 3)
 
     def bias(self, t) -> torch.Tensor:
         """sum(dense * t) over the node: (B, k)."""
@@ -83,8 +98,14 @@ class Patches:
         # windows wholly outside the map are zero: clamp them into a padded canvas
         ys = ys.clamp(-kh, height + kh - 1) + kh
         xs = xs.clamp(-kw, width + kw - 1) + kw
-        canvas = self.coeff.new_zeros(k, height + 2 * kh, width + 2 * kw, batch, channels)
         rows = torch.arange(k, device=self.top.device)
+        if self.per_sample:
+            canvas = self.coeff.new_zeros(batch, k, height + 2 * kh, width + 2 * kw, channels)
+            samples = torch.arange(batch, device=self.top.device)[:, None, None, None]
+            canvas[samples, rows[None, :, None, None], ys[..., :, None], xs[..., None, :]] = \
+                self.coeff.permute(0, 1, 3, 4, 2)
+            return canvas[:, :, kh:kh + height, kw:kw + width].permute(0, 1, 4, 2, 3)
+        canvas = self.coeff.new_zeros(k, height + 2 * kh, width + 2 * kw, batch, channels)
         canvas[rows[:, None, None], ys[:, :, None], xs[:, None, :]] = self.coeff.permute(1, 3, 4, 0, 2)
         return canvas[:, kh:kh + height, kw:kw + width].permute(3, 0, 4, 1, 2)
 
@@ -110,19 +131,25 @@ class Patches:
         return out
 
     def _inside_mask(self) -> torch.Tensor:
-        """(k, 1, KH, KW) mask of the window positions that lie inside the map."""
+        """(k, 1, KH, KW) mask of the window positions that lie inside the map ((B, k, ..) per
+        sample)."""
         _, height, width = self.shape
         ys, xs = self._positions()
-        inside = ((ys >= 0) & (ys < height))[:, :, None] & ((xs >= 0) & (xs < width))[:, None, :]
-        return inside[:, None].to(self.coeff.dtype)
+        inside = ((ys >= 0) & (ys < height))[..., :, None] & ((xs >= 0) & (xs < width))[..., None, :]
+        return inside.unsqueeze(-3).to(self.coeff.dtype)
 
 
 def identity_patches(batch: int, rows: torch.Tensor | None, shape: tuple, like: torch.Tensor) -> Patches:
-    """The identity rows ``rows`` (flat neuron indices; None: all) of a (C, H, W) node as 1x1
-    windows: the structured form of ``identity_rows``, k*C numbers instead of k*C*H*W."""
+    """The identity rows ``rows`` (flat neuron indices (k,), or (B, k) per sample; None: all)
+    of a (C, H, W) node as 1x1 windows: the structured form of ``identity_rows``, k*C numbers
+    instead of k*C*H*W."""
     channels, height, width = shape
     if rows is None:
         rows = torch.arange(channels * height * width, device=like.device)
+    if rows.dim() == 2:
+        onehot = like.new_zeros(*rows.shape, channels, 1, 1)
+        onehot.scatter_(2, (rows // (height * width))[..., None, None, None].expand(*rows.shape, 1, 1, 1), 1.0)
+        return Patches(onehot, (rows // width) % height, rows % width, shape)
     onehot = like.new_zeros(rows.shape[0], channels, 1, 1)
     onehot[torch.arange(rows.shape[0], device=like.device), rows // (height * width)] = 1.0
     coeff = onehot.expand(batch, *onehot.shape)
@@ -148,9 +175,11 @@ def acc_patches(total, extra):
 
 
 def _merge(a: Patches, b: Patches) -> Patches | None:
-    if a.top.shape[0] == 0:
+    if a.top.numel() == 0:
         return a if a.coeff.shape[-2:] >= b.coeff.shape[-2:] else b
-    dy, dx = b.top - a.top, b.left - a.left
+    if a.top.shape != b.top.shape:
+        return None
+    dy, dx = (b.top - a.top).flatten(), (b.left - a.left).flatten()
     if not (bool((dy == dy[0]).all()) and bool((dx == dx[0]).all())):
         return None
     dy, dx = int(dy[0]), int(dx[0])

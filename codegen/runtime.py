@@ -139,7 +139,10 @@ def forward_rows(inp, lin: Linear, rows: torch.Tensor | None) -> tuple[torch.Ten
     bounds (lw: (B, N, *shape)), concretized over the input set ``inp``."""
     def pick(w, b):
         w, b = w.flatten(2), b.flatten(1)
-        if rows is not None:
+        if rows is not None and rows.dim() == 2:
+            w = w.expand(rows.shape[0], *w.shape[1:]).gather(2, rows[:, None].expand(-1, w.shape[1], -1))
+            b = b.expand(rows.shape[0], b.shape[1]).gather(1, rows)
+        elif rows is not None:
             w, b = w.index_select(2, rows), b.index_select(1, rows)
         return w.transpose(1, 2), b
     return (inp.concretize(*pick(lin.lw, lin.lb), upper=False),
@@ -163,14 +166,36 @@ def forward_spec(C, lin: Linear) -> Linear:
 
 # -- sparse intermediate bounds: backward passes only for the neurons that need them ----------
 
-def straddling_rows(bounds: Interval) -> torch.Tensor:
-    """Indices of neurons whose reference bounds straddle 0 in some sample of the batch: only
-    those change a ReLU-like relaxation when tightened."""
+# A batch whose samples each straddle 0 at fewer than this fraction of the neurons that straddle
+# in some sample (the union) bounds each sample's own neurons: (B, k) rows, k the largest count.
+# Above it, the shared rows of the union cost about as much and keep the pass's first
+# coefficients shared by the batch. (cifar_densenet at batch 2: each sample 40-70% of the
+# union; at batch 32 most layers' union is nearly every neuron.)
+PER_SAMPLE_FRACTION = 0.8
+
+
+def straddles(bounds: Interval) -> torch.Tensor:
+    """(B, n): where the bounds straddle 0 (a product that underflows to -0 leaves its neuron
+    out: its reference bounds, sound, stay as they are)."""
     product = bounds.lower.flatten(1) * bounds.upper.flatten(1)
-    straddle = torch.lt(product, scalar(0.0, product))
-    # (a product that underflows to -0 leaves its neuron out: its reference bounds, sound,
-    # stay as they are)
-    return (straddle[0] if straddle.shape[0] == 1 else straddle.any(0)).nonzero().squeeze(1)
+    return torch.lt(product, scalar(0.0, product))
+
+
+def straddling_rows(bounds: Interval) -> torch.Tensor:
+    """The neurons whose reference bounds straddle 0, only those change a ReLU-like relaxation
+    when tightened: (k,) indices shared by the batch (those straddling in some sample), or
+    (B, k) when each sample has far fewer than the batch together (PER_SAMPLE_FRACTION):
+    sample b's straddling neurons in order, then as many of its others as make k (``tighten``
+    keeps their reference bounds)."""
+    straddle = straddles(bounds)
+    if straddle.shape[0] == 1:
+        return straddle[0].nonzero().squeeze(1)
+    union = straddle.any(0)
+    most, shared = int(straddle.sum(1).max()), int(union.sum())
+    if most >= PER_SAMPLE_FRACTION * shared:
+        return union.nonzero().squeeze(1)
+    # stable sort: each sample's straddling neurons first, in index order
+    return torch.argsort(torch.logical_not(straddle).to(torch.uint8), dim=1, stable=True)[:, :most]
 
 
 # A layer's dead neurons (0 on the whole set in every sample) leave the backward passes that
@@ -222,12 +247,16 @@ def prune_columns(live, weight: torch.Tensor) -> torch.Tensor:
 
 
 def identity_rows(batch: int, rows: torch.Tensor | None, shape: tuple, like: torch.Tensor) -> torch.Tensor:
-    """(B, k, *shape) coefficients selecting the neurons ``rows`` (None: all of them)."""
+    """(B, k, *shape) coefficients selecting the neurons ``rows`` ((k,) or (B, k) per sample;
+    None: all of them)."""
     if rows is None:
         return identity_spec(batch, shape, like)
     n = 1
     for s in shape:
         n *= s
+    if rows.dim() == 2:
+        onehot = like.new_zeros(*rows.shape, n)
+        return onehot.scatter_(2, rows[..., None], 1.0).reshape(*rows.shape, *shape)
     onehot = torch.zeros(rows.shape[0], n, dtype=like.dtype, device=like.device)
     onehot[torch.arange(rows.shape[0], device=like.device), rows] = 1.0
     return onehot.reshape(rows.shape[0], *shape).expand(batch, rows.shape[0], *shape)
@@ -239,20 +268,34 @@ def intersect(a: Interval, b: Interval) -> Interval:
 
 
 def tighten(reference: Interval, lower: torch.Tensor, upper: torch.Tensor, rows=None,
-            intersect: bool = False) -> Interval:
+            intersect: bool = False, straddling: bool = False) -> Interval:
     """Bounds of a node: the (B, k) backward-pass bounds for the neurons ``rows`` (all if
-    None), the reference elsewhere. With ``intersect`` the rows keep the intersection of
-    both (sound, and never looser neuron by neuron); without it they keep the backward
-    bounds as published CROWN does: CROWN's adaptive ReLU slope makes the final bound
+    None; (B, k) per sample), the reference elsewhere. With ``intersect`` the rows keep the
+    intersection of both (sound, and never looser neuron by neuron); without it they keep the
+    backward bounds as published CROWN does: CROWN's adaptive ReLU slope makes the final bound
     non-monotone in intermediate bounds, and intersecting is measurably looser on random
-    nets (up to 19% mean width) while much tighter on some trained ones."""
+    nets (up to 19% mean width) while much tighter on some trained ones. ``straddling``: the
+    rows were picked as straddling 0 (``straddling_rows``), and a row that does not in a
+    sample keeps that sample's reference, so a sample's bounds never depend on the others of
+    its batch."""
     ref_lower, ref_upper = reference.lower.flatten(1), reference.upper.flatten(1)
-    if intersect:
-        lower = torch.maximum(ref_lower if rows is None else ref_lower.index_select(1, rows), lower)
-        upper = torch.minimum(ref_upper if rows is None else ref_upper.index_select(1, rows), upper)
-    if rows is None:
+    if rows is not None and (straddling and ref_lower.shape[0] > 1 or rows.dim() == 2):
+        rows = rows.expand(ref_lower.shape[0], rows.shape[-1])
+        at_lower, at_upper = ref_lower.gather(1, rows), ref_upper.gather(1, rows)
+        if straddling:
+            keep = torch.ge(at_lower * at_upper, scalar(0.0, at_lower))
+            lower, upper = torch.where(keep, at_lower, lower), torch.where(keep, at_upper, upper)
+        if intersect:
+            lower, upper = torch.maximum(at_lower, lower), torch.minimum(at_upper, upper)
+        new_lower, new_upper = ref_lower.scatter(1, rows, lower), ref_upper.scatter(1, rows, upper)
+    elif rows is None:
+        if intersect:
+            lower, upper = torch.maximum(ref_lower, lower), torch.minimum(ref_upper, upper)
         new_lower, new_upper = lower, upper
     else:
+        if intersect:
+            lower = torch.maximum(ref_lower.index_select(1, rows), lower)
+            upper = torch.minimum(ref_upper.index_select(1, rows), upper)
         new_lower = ref_lower.index_copy(1, rows, lower)
         new_upper = ref_upper.index_copy(1, rows, upper)
     shape = reference.lower.shape
@@ -264,8 +307,21 @@ DEFAULT_MAX_MEMORY = 1 << 30
 
 
 def pick_rows(t: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
-    """The rows ``rows`` of a pass's start (dim 1; None: all of them, no copy)."""
-    return t if rows is None else t.index_select(1, rows)
+    """The rows ``rows`` of a pass's start (dim 1; None: all of them, no copy; (B, k): each
+    sample's own)."""
+    if rows is None:
+        return t
+    if rows.dim() == 2:
+        t = t.expand(rows.shape[0], *t.shape[1:])
+        return t[torch.arange(rows.shape[0], device=rows.device)[:, None], rows]
+    return t.index_select(1, rows)
+
+
+def pick_columns(t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """(B, k) values of a (B, n) tensor at the neurons ``rows`` ((k,) or (B, k))."""
+    if rows.dim() == 2:
+        return t.expand(rows.shape[0], t.shape[1]).gather(1, rows)
+    return t.index_select(1, rows)
 
 
 # A pass over this fraction of a node's neurons or more runs over all of them: its first
@@ -305,44 +361,46 @@ def _timed_pass(rows: torch.Tensor, run, whole, max_rows: int, batch: int):
     would end past the deadline (lirpac.deadline.OutOfTime then)."""
     key = getattr(run, "__code__", run)
     per_row = _SECONDS_PER_ROW.get(key)
-    if per_row is not None and per_row * batch * rows.numel() <= DEADLINE_CHUNK_SECONDS:
-        deadline.check(per_row * batch * rows.numel(), "an intermediate bound pass")
+    count = rows.shape[-1]
+    if per_row is not None and per_row * batch * count <= DEADLINE_CHUNK_SECONDS:
+        deadline.check(per_row * batch * count, "an intermediate bound pass")
         return whole()
     fit = 64 if per_row is None else int(DEADLINE_CHUNK_SECONDS / max(per_row * batch, 1e-12))
     results = []
-    for chunk in rows.split(max(1, min(max_rows, fit))):
+    for chunk in rows.split(max(1, min(max_rows, fit)), dim=-1):
         if per_row is not None:
-            deadline.check(per_row * batch * chunk.numel(), "an intermediate bound pass")
+            deadline.check(per_row * batch * chunk.shape[-1], "an intermediate bound pass")
         started = time.monotonic()
         results.append(run(chunk))
-        per_row = (time.monotonic() - started) / (batch * chunk.numel())
+        per_row = (time.monotonic() - started) / (batch * chunk.shape[-1])
     _SECONDS_PER_ROW[key] = per_row
     return (torch.cat([r[side] for r in results], 1) for side in (0, 1))
 
 
 def tighten_chunks(reference: Interval, rows: torch.Tensor, run, bytes_per_row: int,
-                   max_memory: int, intersect: bool = False) -> Interval:
+                   max_memory: int, intersect: bool = False, straddling: bool = False) -> Interval:
     """``tighten`` the neurons ``rows`` by ``run(chunk) -> (lower, upper)``, a backward pass
     over a chunk of rows, with chunks small enough for ``max_memory`` bytes: rows are
     independent, so the bounds are those of one pass, without running out of memory. Nearly
     all rows (``WHOLE_PASS_FRACTION``), in one chunk: ``run(None)``, a pass over every row,
-    whose bounds at ``rows`` are kept. No rows (no unstable neuron): no pass at all."""
+    whose bounds at ``rows`` are kept. No rows (no unstable neuron): no pass at all. Rows
+    (B, k) per sample split along k."""
     if rows.numel() == 0:     # (split would still give one empty chunk)
         return reference
     size = max(1, max_memory // max(1, bytes_per_row))
-    every = reference.lower[0].numel()
-    if rows.numel() >= WHOLE_PASS_FRACTION * every and every <= size:
+    every, count = reference.lower[0].numel(), rows.shape[-1]
+    if count >= WHOLE_PASS_FRACTION * every and every <= size:
         def whole():
-            return (side.index_select(1, rows) for side in run(None))
-    elif rows.numel() <= size:
+            return (pick_columns(side, rows) for side in run(None))
+    elif count <= size:
         def whole():
             return run(rows)
     else:
         def whole():
-            results = [run(chunk) for chunk in rows.split(size)]
+            results = [run(chunk) for chunk in rows.split(size, dim=-1)]
             return (torch.cat([r[side] for r in results], 1) for side in (0, 1))
     if deadline.left() == math.inf:
         lower, upper = whole()
     else:
         lower, upper = _timed_pass(rows, run, whole, size, reference.lower.shape[0])
-    return tighten(reference, lower, upper, rows, intersect)
+    return tighten(reference, lower, upper, rows, intersect, straddling)

@@ -550,7 +550,8 @@ class _Emitter:
                 self.emit(f"# rows in chunks of at most max_memory={budget} bytes of coefficients, "
                           f"~10 tensors of the widest row ({layout.row_elements} elements) each")
             tightened = (f"tighten_chunks({reference}, {rows}, {n.name}_pass, {row_bytes}, {budget}"
-                         f"{', intersect=True' if self.plan.intersect else ''})")
+                         f"{', intersect=True' if self.plan.intersect else ''}"
+                         f"{', straddling=True' if sparse else ''})")
             self.emit(f"{n.name}_bounds = {self.kept_bounds(n, tightened)}")
             if self.restart_reference:
                 self.emit(f"{n.name} = {n.name}_bounds")

@@ -197,7 +197,7 @@ class StepContext:
     def rows(self, node: str, rows: torch.Tensor) -> torch.Tensor:
         """The neurons a pass for ``node`` bounds: none once recorded when frozen."""
         if self.branch.frozen and not self.recording and node in self.references:
-            return rows[:0]
+            return rows[..., :0]
         return rows
 
     def record(self, node: str, bounds):
