@@ -5,14 +5,16 @@ The generated code calls its rules by name from its namespace (``relaxed``, ``bw
 ...) and concretizes through the bound input set (``inp.concretize``, ``finish_sides``), so
 the same program runs on the kernels when (1) those names point at the kernels' launchers and
 (2) ``inp`` is a ``TritonInputSet``. Every swapped function falls back to the torch rule where
-its kernel does not apply (Patches, a device Triton does not run on), so the bounds are the
-torch backend's up to float rounding.
+its kernel does not apply (a device Triton does not run on, an unusual broadcast), so the
+bounds are the torch backend's up to float rounding. The listing names the nodes each kernel
+runs for, read off the bound program (``fn.program``, codegen/program.py): each statement
+carries its IR node and the rules it calls.
 """
 from __future__ import annotations
 
+import ast
 import functools
 import inspect
-import re
 
 from lirpac.codegen.triton import concretize, forward_step, ibp_affine, relaxed_step, relaxed_step_grad
 from lirpac.ir.opdef import REGISTRY
@@ -80,8 +82,9 @@ def build(graph, plan, base_build):
     if hoisted is not None:
         wrapped.hoisted = tuple(_on_triton_sets(f) for f in hoisted)
     notes, used = [], {}
+    calls = nodes_by_rule(fn.program)
     for name, (_, kernels) in table.items():
-        nodes = _nodes_calling(source, name)
+        nodes = calls.get(name)
         if nodes:
             used.update({getattr(k, "fn", k).__name__: k for k in kernels})
             notes.append(f"# {name} -> {', '.join(getattr(k, 'fn', k).__name__ for k in kernels)}: "
@@ -93,17 +96,26 @@ def build(graph, plan, base_build):
     return wrapped, listing
 
 
-def _nodes_calling(source: str, name: str) -> list[str]:
-    """The IR nodes whose steps the generated code runs through ``name``, read off its calls:
-    ``name(lA_<node>, ...)`` (backward), ``<node>_lin = name(...)`` (forward mode) or
-    ``<node> = name(...)`` (IBP)."""
-    nodes = []
-    result = r"(\w+) = " if name.startswith("ibp_") else r"(?:(\w+)_lin = )?"
-    for match in re.finditer(rf"{result}\b{re.escape(name)}\((?:lA_(\w+))?", source):
-        node = match.group(2) or match.group(1)
-        if node and f"%{node}" not in nodes:
-            nodes.append(f"%{node}")
-    return nodes
+def nodes_by_rule(program) -> dict[str, list[str]]:
+    """Generated name -> the IR nodes (``%name``) whose statements call it, in program order:
+    read off the bound program's statements (their node and the calls in their trees), nested
+    pass functions and branches included."""
+    found: dict[str, list[str]] = {}
+
+    def walk(body):
+        for st in body:
+            if st.compound:
+                walk(st.body)
+                continue
+            if st.node is None:
+                continue
+            for call in st.calls():
+                if isinstance(call.func, ast.Name):
+                    nodes = found.setdefault(call.func.id, [])
+                    if f"%{st.node.name}" not in nodes:
+                        nodes.append(f"%{st.node.name}")
+    walk(program.body)
+    return found
 
 
 def _on_triton_sets(fn):
