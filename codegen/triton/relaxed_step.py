@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from lirpac.codegen.triton import tile
+from lirpac.codegen.triton import patches_step, tile
 from lirpac.codegen.triton.relaxed_step_grad import launch_relaxed_step_grad
 from lirpac.ir.ops.common import relaxed_backward_lines
 
@@ -218,7 +218,7 @@ def _line(t, coeff, batch):
 
 def _dense_coeffs(lA, uA):
     """(the coefficients as kernel operands, the batch), or None when the kernel does not
-    apply: Patches (the torch path reads the lines at windows), an unsupported device or dtype,
+    apply: Patches (patches_step.py has their kernel), an unsupported device or dtype,
     or sides of different shapes."""
     coeffs = [c for c in (lA, uA) if c is not None]
     if not coeffs or any(not isinstance(c, torch.Tensor) or c.dim() < 3 for c in coeffs):
@@ -268,12 +268,20 @@ def _step(lA, uA, lines, alphas=None):
 
 def relaxed(lA, uA, lines):
     """``relaxed_backward_lines`` (the generated code's ``relaxed``) through the fused kernel
-    where it applies (dense coefficients on a device Triton runs on), else the torch path."""
+    where it applies (dense coefficients or Patches on a device Triton runs on), else the
+    torch path."""
+    if _windowed(lA, uA):
+        return patches_step.step(lA, uA, tuple(lines)) or relaxed_backward_lines(lA, uA, lines)
     result = _step(lA, uA, tuple(lines))
     if result is None:
         return relaxed_backward_lines(lA, uA, lines)
     new_l, new_u, lbias, ubias = result
     return [(new_l, new_u)], lbias, ubias
+
+
+def _windowed(lA, uA):
+    """The coefficients are Patches (codegen/patches.py): patches_step.py's kernel."""
+    return hasattr(lA if lA is not None else uA, "windows")
 
 
 def kink_backward_alpha(torch_rule, bottom_slope):
@@ -286,6 +294,9 @@ def kink_backward_alpha(torch_rule, bottom_slope):
         if a < 1 and len(lines) == 5:
             slopes = [None if t is None or c is None else (t if a == 0 else a + (1 - a) * t)
                       for t, c in ((alpha_l, lA), (alpha_u, uA))]
+            if _windowed(lA, uA):
+                fused = patches_step.step(lA, uA, tuple(lines[:4]), (lines[4], *slopes))
+                return fused or torch_rule(lA, uA, lines, alpha_l, alpha_u, **attrs)
             result = _step(lA, uA, tuple(lines[:4]), (lines[4], *slopes))
         if result is None:
             return torch_rule(lA, uA, lines, alpha_l, alpha_u, **attrs)
