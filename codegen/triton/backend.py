@@ -16,12 +16,15 @@ import ast
 import functools
 import inspect
 
-from lirpac.codegen.triton import concretize, forward_step, ibp_affine, relaxed_step, relaxed_step_grad
+from lirpac.codegen.triton import (concretize, forward_step, ibp_affine, ibp_scale, patches_step, relaxed_step,
+                                   relaxed_step_grad)
 from lirpac.ir.opdef import REGISTRY
 
 # generated name -> (replacement, the kernels it launches)
 _RELAXED_KERNELS = (relaxed_step.relaxed_step_kernel, relaxed_step_grad.relaxed_step_grad_kernel)
 _FUSED = {"relaxed": (relaxed_step.relaxed, _RELAXED_KERNELS)}
+# (the same names on Patches: relaxed_step dispatches to patches_step.py)
+_PATCHES_KERNELS = (patches_step.patches_step_kernel, patches_step.patches_step_grad_kernel)
 
 
 def _kink_ops() -> dict:
@@ -48,9 +51,13 @@ def _forward_ops() -> dict:
 
 def _ibp_ops() -> dict:
     """Affine layers' IBP (linear, conv): ``ibp_<op>`` -> the rule with its elementwise
-    prologue and epilogue fused (the products stay cuBLAS/cuDNN)."""
+    prologue and epilogue fused (the products stay cuBLAS/cuDNN); batch norm's and a constant
+    scale's: one kernel."""
     kernels = (ibp_affine.centre_radius_kernel, ibp_affine.interval_of_kernel)
-    return {name: (rule, kernels) for name, rule in ibp_affine.ibp_rules().items()}
+    table = {name: (rule, kernels) for name, rule in ibp_affine.ibp_rules().items()}
+    # per-channel affine maps (batch norm, a constant scale): one kernel, no product
+    table.update({name: (rule, (ibp_scale.scale_shift_ibp_kernel,)) for name, rule in ibp_scale.ibp_rules().items()})
+    return table
 
 
 def dispatch_table(namespace: dict) -> dict:
@@ -89,6 +96,12 @@ def build(graph, plan, base_build):
             used.update({getattr(k, "fn", k).__name__: k for k in kernels})
             notes.append(f"# {name} -> {', '.join(getattr(k, 'fn', k).__name__ for k in kernels)}: "
                          f"{', '.join(nodes)}")
+    stepped = [name for name in table if name in calls and table[name][1] == _RELAXED_KERNELS]
+    if stepped and "identity_patches" in _called_names(fn.program):
+        for kernel in _PATCHES_KERNELS:
+            used[kernel.fn.__name__ if hasattr(kernel, "fn") else kernel.__name__] = kernel
+        notes.append(f"# {', '.join(stepped)} on Patches -> patches_step_kernel, patches_step_grad_kernel: "
+                     "the nodes a pass above marks 'patches'")
     used["concretize_kernel"] = concretize.concretize_kernel
     notes.append("# inp.concretize, concretize_pair -> concretize_kernel (TritonInputSet): each pass's end")
     listing = "\n".join([source, "# ---- Triton backend (lirpac.codegen.triton): the steps it fuses ----",
@@ -116,6 +129,18 @@ def nodes_by_rule(program) -> dict[str, list[str]]:
                         nodes.append(f"%{st.node.name}")
     walk(program.body)
     return found
+
+
+def _called_names(program) -> set[str]:
+    """Every function name the program's statements call."""
+    names = set()
+
+    def walk(body):
+        for st in body:
+            names.update(c.func.id for c in st.calls() if isinstance(c.func, ast.Name))
+            walk(st.body)
+    walk(program.body)
+    return names
 
 
 def _on_triton_sets(fn):

@@ -18,13 +18,15 @@ from lirpac.codegen.triton.ce_bound import ce_bound_kernel  # noqa: E402
 from lirpac.codegen.triton.concretize import concretize_kernel  # noqa: E402
 from lirpac.codegen.triton.forward_step import forward_step_kernel  # noqa: E402
 from lirpac.codegen.triton.ibp_affine import centre_radius_kernel, interval_of_kernel  # noqa: E402
+from lirpac.codegen.triton.ibp_scale import scale_shift_ibp_kernel  # noqa: E402
 from lirpac.codegen.triton.patches_step import patches_step_grad_kernel, patches_step_kernel  # noqa: E402
 from lirpac.codegen.triton.relaxed_step import relaxed_step_kernel  # noqa: E402
 from lirpac.codegen.triton.relaxed_step_grad import relaxed_step_grad_kernel  # noqa: E402
 
 _INTS = {"total_rows", "rows_per_batch", "n", "n_blocks", "line_batch_stride", "alpha_batch_stride",
          "alpha_row_stride", "set_batch_stride", "tiles_per_batch", "rows",
-         "k", "C", "H", "W", "KH", "KW", "l_batch_stride", "u_batch_stride", "grad_batch_stride", "node_size"}
+         "k", "C", "H", "W", "KH", "KW", "l_batch_stride", "u_batch_stride", "grad_batch_stride", "node_size",
+         "inner", "channels"}
 _I64_POINTERS = {"top", "left"}      # (Patches' window corners)
 _PATCHES = dict(CL=True, HAS_LOWER=True, HAS_UPPER=True, HAS_L_SLOPE=True, HAS_L_BIAS=False, HAS_U_SLOPE=True,
                 HAS_U_BIAS=True, HAS_ALPHA=True, ALPHA_WINDOWED=True, ALPHA_CL=False, ROWS=4, BLOCK=256)
@@ -55,6 +57,8 @@ CASES = {
     "forward_shared": (forward_step_kernel, dict(SHARED=True, ROWS=8, BLOCK=512), "fp32"),
     "ibp_centre_radius": (centre_radius_kernel, dict(BLOCK=1024), "fp32"),
     "ibp_interval_of": (interval_of_kernel, dict(BLOCK=1024), "fp64"),
+    "ibp_scale_shift": (scale_shift_ibp_kernel, dict(HAS_SHIFT=True, BLOCK=1024), "fp32"),
+    "ibp_scale": (scale_shift_ibp_kernel, dict(HAS_SHIFT=False, BLOCK=1024), "fp64"),
     "ce_bound": (ce_bound_kernel, dict(ROWS=64, BLOCK=16), "fp32"),
 }
 
