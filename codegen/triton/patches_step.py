@@ -485,7 +485,7 @@ def step(lA, uA, lines, alphas=None):
     """``relaxed_backward_lines`` (or a kink's alpha rule, with ``alphas`` = (unstable,
     alpha_l, alpha_u) in the torch rule's shapes) on Patches through the fused kernel:
     ([(new_l, new_u)], lbias, ubias), or None when it does not apply (coefficients that are
-    not Patches of one geometry, a device Triton does not run on, lines that broadcast)."""
+    not Patches of one shape, a device Triton does not run on, lines that broadcast)."""
     from lirpac.codegen.patches import Patches
     from lirpac.codegen.triton import runs_on
     sides = [c for c in (lA, uA) if c is not None]
@@ -496,11 +496,11 @@ def step(lA, uA, lines, alphas=None):
     if coeff.dim() != 5 or coeff.dtype not in (torch.float32, torch.float64) or coeff.numel() == 0 \
             or not runs_on(coeff) or len(node) != 3:
         return None
+    # (both sides' windows are the first's, as the torch rule reads them: RowLayout.at; they
+    # come through the same ops, and comparing the corners would wait on the GPU every step)
     for other in sides[1:]:
         if other is not first and (other.coeff.shape != coeff.shape or other.coeff.dtype != coeff.dtype
-                                   or other.shape != first.shape
-                                   or not (other.top is first.top or torch.equal(other.top, first.top))
-                                   or not (other.left is first.left or torch.equal(other.left, first.left))):
+                                   or other.shape != first.shape or other.top.shape != first.top.shape):
             return None
     operands = [_line(t, coeff, node) for t in lines]
     if alphas is not None:
