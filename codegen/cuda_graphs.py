@@ -9,9 +9,12 @@ attributes) replays all of them with one launch. What is captured, and what runs
   or with parameters that need none: a replayed graph records no autograd history);
 - non-iterative methods (IBP, CROWN, forward, CROWN-IBP; alpha-CROWN differentiates its
   steps) whose input set holds plain tensors and scalars (no nested sets);
-- functions that never wait on the GPU inside: a host synchronisation (CROWN's choice of the
-  neurons that straddle 0, a data-dependent shape; a finite check) makes the capture fail, and
-  that signature then runs eagerly from then on (one warning says so).
+- functions that never wait on the GPU inside. The rules' value checks (is every end finite,
+  is a bias all zero) are switched off while capturing (ir/ops/common.py ``HOST_CHECKS``): each
+  rule then takes its general branch, exact for any values (infinite ends included), only
+  slower. A shape that depends on values (CROWN's choice of the neurons that straddle 0) makes
+  the capture fail, and that signature runs eagerly from then on (one warning says so): IBP,
+  forward mode and CROWN-IBP's IBP part capture, CROWN's sparse passes do not.
 
 Each replay copies the call's tensors into the graph's input buffers and returns clones of
 its outputs; each captured signature keeps its own memory pool. Not tested on a GPU here (no
@@ -20,6 +23,7 @@ call on CPU tensors runs the function as is) is.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import warnings
@@ -27,6 +31,7 @@ import warnings
 import torch
 
 from lirpac.errors import InputError
+from lirpac.ir.ops import common
 
 _SCALARS = (bool, int, float, str, type(None))
 
@@ -109,11 +114,11 @@ class GraphedBound:
             # its workspaces), then the capture
             stream = torch.cuda.Stream()
             stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):
+            with host_checks_off(), torch.cuda.stream(stream):
                 self.fn(copy.copy(static_inp), static_C, static_params)
             torch.cuda.current_stream().wait_stream(stream)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+            with host_checks_off(), torch.cuda.graph(graph, capture_error_mode="thread_local"):
                 outputs = self.fn(static_inp, static_C, static_params)
         except Exception as err:    # a host synchronisation inside: not capturable
             warnings.warn(f"cuda_graphs: {getattr(self.fn, '__name__', 'bound')} cannot be captured for this "
@@ -121,3 +126,14 @@ class GraphedBound:
                           RuntimeWarning, stacklevel=3)
             return None
         return graph, static, outputs
+
+
+@contextlib.contextmanager
+def host_checks_off():
+    """The bound rules' value checks off (ir/ops/common.py HOST_CHECKS): their general
+    branches, which read no value on the host."""
+    common.HOST_CHECKS[0] = False
+    try:
+        yield
+    finally:
+        common.HOST_CHECKS[0] = True

@@ -31,3 +31,38 @@ def test_cpu_calls_run_as_is():
     graphed = [fn for fn, _ in net._cache.values()]
     assert graphed and all(isinstance(fn, GraphedBound) and not fn.graphs for fn in graphed)
     assert "def bound(" in net.source("crown")
+
+
+class _HostRead(Exception):
+    pass
+
+
+@pytest.mark.parametrize("arch", ["mlp", "convnet"])
+def test_capturable_methods_read_nothing_on_the_host(arch, monkeypatch):
+    """What a capture needs, checked on the CPU: with the rules' value checks off, IBP, forward
+    mode and CROWN-IBP read no tensor value on the host (so a CUDA graph can hold them), with
+    the bounds of the checked branches; CROWN's choice of unstable rows does read one (its
+    capture fails and it runs eagerly)."""
+    from lirpac.codegen.cuda_graphs import host_checks_off
+    from models import compiled_arch
+    _, net, shape = compiled_arch(arch)
+    x = torch.randn(2, *shape, generator=torch.Generator().manual_seed(0))
+
+    def read(*args, **kwargs):
+        raise _HostRead()
+    for method in ("ibp", "forward", "crown-ibp", "crown"):
+        fn = net.function(net.plan(method, x))
+        with torch.no_grad():
+            reference = fn(lirpac.LpBall(eps=0.05).bind(x), None, net._params(x))
+            inp, params = lirpac.LpBall(eps=0.05).bind(x), net._params(x)
+            with host_checks_off(), monkeypatch.context() as patch:
+                for name in ("__bool__", "__float__", "__int__", "item", "tolist", "nonzero"):
+                    patch.setattr(torch.Tensor, name, read)
+                try:
+                    out = fn(inp, None, params)
+                except _HostRead:
+                    assert method == "crown"
+                    continue
+        assert method != "crown"
+        for a, b in zip(out[:2], reference[:2]):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
