@@ -473,6 +473,8 @@ def _slopes(alpha, coeff, node):
     coefficients, else a shared (B or 1, 1, C, H, W) read at the windows; False otherwise."""
     if alpha is None:
         return None
+    if alpha.dtype != coeff.dtype or alpha.device != coeff.device:
+        return False
     if alpha.shape == coeff.shape:
         return alpha.contiguous() if alpha.shape[0] > 1 and alpha.stride(0) == 0 else alpha
     if alpha.dim() == 5 and alpha.shape[1] == 1 and tuple(alpha.shape[2:]) == tuple(node) \
