@@ -37,7 +37,7 @@ class _HostRead(Exception):
     pass
 
 
-@pytest.mark.parametrize("arch", ["mlp", "convnet"])
+@pytest.mark.parametrize("arch", ["mlp", pytest.param("convnet", marks=pytest.mark.slow)])
 def test_capturable_methods_read_nothing_on_the_host(arch, monkeypatch):
     """What a capture needs, checked on the CPU: with the rules' value checks off, IBP, forward
     mode and CROWN-IBP read no tensor value on the host (so a CUDA graph can hold them), with

@@ -166,8 +166,9 @@ def _nets(arch):
     return _NETS[arch]
 
 
-@pytest.mark.parametrize("arch,method", [("convnet", "crown"), ("convnet", "alpha-crown"),
-                                         pytest.param("resnet_tiny", "crown", marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("arch,method", [("convnet", "crown"), ("convnet", "alpha-crown"), ("resnet_tiny", "crown"),
+                                         ("resnet_tiny", "alpha-crown")])
 def test_networks_in_patches_mode(arch, method, monkeypatch):
     """Bounds equal the torch backend's (float64), so do their gradients in the weights
     (CROWN; alpha-CROWN's own optimisation differentiates through the kernels), and the
@@ -191,3 +192,24 @@ def test_networks_in_patches_mode(arch, method, monkeypatch):
     assert calls
     for f, r in zip(*results):
         torch.testing.assert_close(f, r, atol=1e-9, rtol=1e-9)
+
+
+@pytest.mark.parametrize("method", ["crown", "alpha-crown"])
+def test_shared_convnet_in_patches_mode(method, monkeypatch):
+    """The suite's shared convnet (float32) in patches mode on backend='triton': the torch
+    backend's bounds, through the Patches kernel (the float64 comparisons above are slow)."""
+    import lirpac
+    from lirpac.codegen.triton import patches_step
+    from models import compiled_arch
+    model, shared, shape = compiled_arch("convnet")
+    nets = [lirpac.CompiledNet(shared.source_graph, module=model, backend=backend, conv_mode="patches")
+            for backend in ("triton", "torch")]
+    calls = []
+    real = patches_step.launch_patches_step
+    monkeypatch.setattr(patches_step, "launch_patches_step", lambda *a, **k: calls.append(1) or real(*a, **k))
+    x = torch.randn(2, *shape, generator=torch.Generator().manual_seed(1))
+    options = {"iterations": 1} if method == "alpha-crown" else None
+    fused, reference = (net.bounds(x, lirpac.LpBall(eps=0.05), method=method, options=options) for net in nets)
+    assert calls
+    for f, r in zip(fused, reference):
+        torch.testing.assert_close(f, r, atol=1e-5, rtol=1e-5)
