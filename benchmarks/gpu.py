@@ -7,8 +7,10 @@ encoder block of examples/models/families.py), method (ibp, crown, crown-ibp, al
 20 iterations) and batch (1, 32, 256): the median time of a bound call after warm-up and its
 peak GPU memory (``torch.cuda.max_memory_allocated`` growth), per backend, plus the largest
 relative difference between the two backends' bounds (the target is 1e-5 in float32). Then a
-micro-benchmark of the fused relaxed backward step and concretization against the eager torch
-chain on a coefficient tensor of at least 64 MB (target: the fused step 3x faster).
+micro-benchmark of the fused steps against the eager torch chains on a coefficient tensor of
+64 MB (target: the fused step 3x faster): the relaxed step (dense and on Patches, with and
+without its gradient), concretization, IBP of a linear layer and of a batch norm, and the
+cross-entropy bound.
 
 Without a CUDA device it says so and exits 0 (nothing to measure). ``--smoke`` instead runs
 every code path on tiny models on the CPU, the kernels through Triton's interpreter: a check
@@ -243,6 +245,7 @@ def micro(args, device, timer) -> None:
         "cross-entropy bound (9 margins a row)": (lambda: worst_case_ce(margins, reduction="none"),
                                                   lambda: ce_bound(margins)),
     })
+    cases.update(patches_cases(batch, args.micro_mb, device, gen))
     for name, (eager, kernel) in cases.items():
         with torch.inference_mode():
             t = timer.measure(eager)[:2]
@@ -261,6 +264,72 @@ def micro(args, device, timer) -> None:
     t = timer.measure(through(relaxed_backward_lines))[:2]
     k = timer.measure(through(relaxed))[:2]
     print(f"| relaxed step + its gradient, shared sides | {_fmt(t)} | {_fmt(k)} | {t[0] / k[0]:.2f} |")
+    # the same on Patches (alpha-CROWN through convolutions)
+    p, p_lines = patches_operands(batch, args.micro_mb, device, gen)
+    p_weights = torch.randn(batch, p.coeff.shape[1], generator=gen).to(device)
+    p_leaf = p.coeff.clone().requires_grad_()
+    windowed = p.with_coeff(p_leaf)
+
+    def through_patches(step):
+        def run():
+            [(new_l, new_u)], lbias, ubias = step(windowed, windowed, p_lines)
+            loss = (new_l.coeff.sum() + new_u.coeff.sum()) + (p_weights * (lbias - ubias)).sum()
+            return torch.autograd.grad(loss, p_leaf)
+        return run
+    t = timer.measure(through_patches(relaxed_backward_lines))[:2]
+    k = timer.measure(through_patches(relaxed))[:2]
+    print(f"| relaxed step on Patches + its gradient, shared sides | {_fmt(t)} | {_fmt(k)} | {t[0] / k[0]:.2f} |")
+
+
+# a CIFAR-sized conv layer's Patches: 32 channels of 16x16, 7x7 windows (two 3x3 convs back
+# from a neuron, or one at stride 2 and one more)
+_PATCHES_NODE, _PATCHES_WINDOW = (32, 16, 16), 7
+
+
+def patches_operands(batch: int, mb: float, device, gen):
+    """Window coefficients of about ``mb`` MB (float32, channels-last windows as
+    Patches.conv_transpose leaves them, zero outside the map) and ReLU lines on the node."""
+    import torch
+    from lirpac.codegen.patches import Patches
+    from lirpac.ir.ops.activations import relu_relax
+    from lirpac.ir.ops.common import prepare_lines
+    channels, height, width = _PATCHES_NODE
+    kh = kw = _PATCHES_WINDOW
+    k = max(1, int(mb * 2 ** 20 / 4 / (batch * channels * kh * kw)))
+    top = torch.randint(-kh // 2, height - kh // 2, (k,), generator=gen).to(device)
+    left = torch.randint(-kw // 2, width - kw // 2, (k,), generator=gen).to(device)
+    raw = torch.randn(batch, k, kh, kw, channels, generator=gen).to(device)
+    p = Patches(raw.permute(0, 1, 4, 2, 3), top, left, _PATCHES_NODE)
+    p = p.with_coeff(p.coeff * p._inside_mask())
+    lower = torch.randn(batch, *_PATCHES_NODE, generator=gen).to(device)
+    lines = prepare_lines(relu_relax(lower, lower + torch.rand(batch, *_PATCHES_NODE, generator=gen).to(device)))
+    return p, lines
+
+
+def patches_cases(batch: int, mb: float, device, gen) -> dict:
+    """The Patches step and IBP of a batch norm, each against its torch rule."""
+    import torch
+    from lirpac.codegen.triton.ibp_scale import ibp_rules as scale_rules
+    from lirpac.codegen.triton.relaxed_step import relaxed
+    from lirpac.ir.opdef import REGISTRY, Interval
+    from lirpac.ir.ops.common import relaxed_backward_lines
+    p, lines = patches_operands(batch, mb, device, gen)
+    q = p.with_coeff(torch.randn(p.coeff.shape, generator=gen).to(device) * p._inside_mask())
+    channels = _PATCHES_NODE[0]
+    elements = max(1, int(mb * 2 ** 20 / 4 / (batch * channels)))
+    low = torch.randn(batch, channels, elements, generator=gen).to(device)
+    box = Interval(low, low + torch.rand(batch, channels, elements, generator=gen).to(device))
+    bn = [torch.randn(channels, generator=gen).to(device) for _ in range(3)] + \
+        [torch.rand(channels, generator=gen).to(device) + 0.5]
+    size = p.coeff.numel() * p.coeff.element_size() / 2 ** 20
+    return {
+        f"relaxed step on Patches, shared sides ({size:.0f} MB)": (
+            lambda: relaxed_backward_lines(p, p, lines), lambda: relaxed(p, p, lines)),
+        "relaxed step on Patches, two sides": (
+            lambda: relaxed_backward_lines(p, q, lines), lambda: relaxed(p, q, lines)),
+        "IBP of a batch norm": (lambda: REGISTRY["batch_norm"].ibp(box, *bn, eps=1e-5),
+                                lambda: scale_rules()["ibp_batch_norm"](box, *bn, eps=1e-5)),
+    }
 
 
 def environment(device) -> str:

@@ -709,9 +709,11 @@ def compile_programs(programs: list[Program], namespace: dict, label: str) -> tu
     """Print ``programs`` (each with coefficients freed after their last use) and compile them
     into functions of ``namespace``; the source is registered with linecache, so tracebacks
     and debuggers show the generated lines."""
-    texts = [print_program(Program(p.name, p.params, p.doc, free_dead(p.body))) for p in programs]
-    source = "\n".join(texts)
+    freed = [Program(p.name, p.params, p.doc, free_dead(p.body)) for p in programs]
+    source = "\n".join(print_program(p) for p in freed)
     exec(compile(source, register_source(source, label), "exec"), namespace)
+    for p in freed:
+        namespace[p.name].program = p     # (its statements: a backend reads the rules they call)
     return [namespace[p.name] for p in programs], source
 
 

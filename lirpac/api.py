@@ -13,7 +13,7 @@ from lirpac import allocator, methods
 from lirpac.alpha import AlphaState
 from lirpac.batch_stats import (batch_statistics, evaluate_with_batch_statistics,
                                 uses_batch_statistics)
-from lirpac.codegen import triton as triton_backend
+from lirpac.codegen import cuda_graphs as graph_capture, triton as triton_backend
 from lirpac.codegen.torch_backend import Plan
 from lirpac.errors import InputError
 from lirpac.ir.graph import Graph
@@ -113,6 +113,8 @@ class CompiledNet:
                 fn, source = triton_build(self.graph, plan, method.build)
             else:
                 fn, source = method.build(self.graph, plan)
+            if getattr(self, "cuda_graphs", False) and not method.iterative:
+                fn = graph_capture.GraphedBound(fn)   # (codegen/cuda_graphs.py: replayed per call signature)
             self._cache[plan] = (fn, source)
             if _dump_enabled("code"):
                 _print_stage(f"generated code ({plan.method})", source)
@@ -286,7 +288,7 @@ class AlphaResult:
 
 
 def compile(model, example_input=None, *, passes: list[str] | None = None, conv_mode: str = "auto",
-            max_memory: int | None = None, backend: str = "auto") -> CompiledNet:
+            max_memory: int | None = None, backend: str = "auto", cuda_graphs: bool = False) -> CompiledNet:
     """Lower ``model`` (an nn.Module, or an ONNX path/ModelProto) to the bound IR, run passes,
     and return a CompiledNet whose bound functions are generated on first use.
 
@@ -294,8 +296,11 @@ def compile(model, example_input=None, *, passes: list[str] | None = None, conv_
     window per bounded neuron), as a dense "matrix", or choose per node by size ("auto"); the
     bounds are the same. ``max_memory``: bytes of coefficients a backward pass may hold before
     its rows are split into several passes (default 1 GiB). ``backend``: "torch", "triton"
-    (fused kernels, docs/triton.md) or "auto" (triton for CUDA tensors when it imports)."""
+    (fused kernels, docs/triton.md) or "auto" (triton for CUDA tensors when it imports).
+    ``cuda_graphs``: replay bound calls on CUDA tensors from a CUDA graph per call signature
+    where their shapes are static (codegen/cuda_graphs.py; needs a CUDA device)."""
     triton_backend.check_backend(backend)     # (before the export, which takes a while)
+    graph_capture.check(cuda_graphs)
     if isinstance(model, torch.nn.Module):
         from lirpac.ir.torch_frontend import lower_module
         if example_input is None:
@@ -306,14 +311,17 @@ def compile(model, example_input=None, *, passes: list[str] | None = None, conv_
                           backend=backend)
         if isinstance(example_input, (tuple, list)) and len(example_input) > 1:
             net.input_shapes = [tuple(t.shape[1:]) for t in example_input]
+        net.cuda_graphs = cuda_graphs
         return net
     try:
         from lirpac.ir.onnx_frontend import lower_onnx
     except ImportError as err:
         raise InputError(f"compile: cannot load {type(model).__name__} ({err})") from err
     graph, runner = lower_onnx(model)
-    return CompiledNet(graph, passes, module=runner, conv_mode=conv_mode, max_memory=max_memory,
-                       backend=backend)
+    net = CompiledNet(graph, passes, module=runner, conv_mode=conv_mode, max_memory=max_memory,
+                      backend=backend)
+    net.cuda_graphs = cuda_graphs
+    return net
 
 
 __all__ = ["compile", "CompiledNet", "LinearBounds", "LpBall", "AlphaResult"]

@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from lirpac.codegen.triton import tile
+from lirpac.codegen.triton import tuning
 from lirpac.ir.ops.common import overflow_unbounded
 from lirpac.perturbations.base import InputSet
 from lirpac.perturbations.lp import LpSet
@@ -62,14 +62,16 @@ def launch_concretize(a, mid, rad, centre, box: bool, ball: bool, dual_inf: bool
     """Per-row terms of A (B, S, n) over the set: (A mid, |A| rad, A x0, ||A||_q), each (B, S),
     a term the set does not use None. mid, rad, centre: (B or 1, n) contiguous."""
     batch, rows, n = a.shape
-    tile_rows, block = tile(batch * rows, n)
-    n_blocks = triton.cdiv(n, block)
-    partial = torch.zeros(batch * rows, n_blocks, 4, dtype=a.dtype, device=a.device)
+    total = batch * rows
+    # (the tile is autotuned, tuning.py: partial terms laid out for its narrowest candidate)
+    n_blocks = tuning.max_blocks(total, n)
+    partial = torch.zeros(total, n_blocks, 4, dtype=a.dtype, device=a.device)
     vector = next(t for t in (mid, centre) if t is not None)
-    concretize_kernel[(triton.cdiv(batch * rows, tile_rows), n_blocks)](
+    kernel = tuning.tuned(concretize_kernel, total, ["n", "BOX", "BALL", "DUAL_INF"], ["partial"])
+    kernel[tuning.tuned_grid(total, n)](
         a, a if mid is None else mid, a if rad is None else rad, a if centre is None else centre, partial,
-        batch * rows, rows, n, n_blocks, 0 if vector.shape[0] == 1 else n,
-        BOX=box, BALL=ball, DUAL_INF=dual_inf, ROWS=tile_rows, BLOCK=block, num_warps=4)
+        total, rows, n, n_blocks, 0 if vector.shape[0] == 1 else n,
+        BOX=box, BALL=ball, DUAL_INF=dual_inf)
     terms = [None] * 4
     if box:
         terms[0], terms[1] = (partial[:, :, k].sum(-1).reshape(batch, rows) for k in (0, 1))

@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from lirpac.codegen.triton import tile
+from lirpac.codegen.triton import patches_step, tuning
 from lirpac.codegen.triton.relaxed_step_grad import launch_relaxed_step_grad
 from lirpac.ir.ops.common import relaxed_backward_lines
 
@@ -109,12 +109,16 @@ def launch_relaxed_step(lA, uA, lines, alphas=None):
     unstable, alpha_l, alpha_u = alphas if alphas is not None else (None, None, None)
     some_line = next((t for t in (*lines, unstable) if t is not None), None)
     line_stride = 0 if some_line is None or some_line.shape[0] == 1 else n     # (one batch size for all)
-    tile_rows, block = tile(batch * rows, n)
-    n_blocks = triton.cdiv(n, block)
+    total = batch * rows
+    # (the tile is autotuned, tuning.py: partial biases laid out for its narrowest candidate)
+    n_blocks = tuning.max_blocks(total, n)
     has_bias = lines[1] is not None or lines[3] is not None
     outs = [None if c is None else torch.empty_like(c) for c in (lA, uA)]
     partials = [None if c is None or not has_bias else
-                torch.empty(batch * rows, n_blocks, dtype=c.dtype, device=c.device) for c in (lA, uA)]
+                torch.zeros(total, n_blocks, dtype=c.dtype, device=c.device) for c in (lA, uA)]
+    # (the autotuner zeroes the partials between timed runs: an absent one gets a scratch
+    # tensor, never an operand)
+    scratch = some.new_zeros(1)
     some_alpha = alpha_l if alpha_l is not None else alpha_u
     alpha_strides = (0, 0) if some_alpha is None else (
         0 if some_alpha.shape[0] == 1 else some_alpha.stride(0), 0 if some_alpha.shape[1] == 1 else some_alpha.stride(1))
@@ -122,17 +126,24 @@ def launch_relaxed_step(lA, uA, lines, alphas=None):
     def ptr(t):
         return some if t is None else t    # (an absent operand: never read, by the flags)
 
-    relaxed_step_kernel[(triton.cdiv(batch * rows, tile_rows), n_blocks)](
-        ptr(lA), ptr(uA), ptr(outs[0]), ptr(outs[1]), ptr(partials[0]), ptr(partials[1]),
+    kernel = tuning.tuned(relaxed_step_kernel, total, _TUNING_KEY, ["l_partial", "u_partial"])
+    kernel[tuning.tuned_grid(total, n)](
+        ptr(lA), ptr(uA), ptr(outs[0]), ptr(outs[1]),
+        *(scratch if p is None else p for p in partials),
         *(ptr(t) for t in lines), ptr(unstable), ptr(alpha_l), ptr(alpha_u),
-        batch * rows, rows, n, n_blocks, line_stride, *alpha_strides,
+        total, rows, n, n_blocks, line_stride, *alpha_strides,
         HAS_LOWER=lA is not None, HAS_UPPER=uA is not None,
         LOAD_UPPER=uA is not None and (lA is None or uA is not lA),
         HAS_L_SLOPE=lines[0] is not None, HAS_L_BIAS=lines[1] is not None,
         HAS_U_SLOPE=lines[2] is not None, HAS_U_BIAS=lines[3] is not None, HAS_BIAS=has_bias,
-        HAS_ALPHA=alphas is not None, ROWS=tile_rows, BLOCK=block, num_warps=4)
+        HAS_ALPHA=alphas is not None)
     biases = [None if p is None else p.sum(-1).reshape(batch, rows) for p in partials]
     return outs[0], outs[1], biases[0], biases[1]
+
+
+# what the best tile depends on besides the row count (tuning.py buckets that): the row
+# length and which operands a program reads
+_TUNING_KEY = ["n", "HAS_LOWER", "HAS_UPPER", "LOAD_UPPER", "HAS_BIAS", "HAS_ALPHA"]
 
 
 def _finite_or_zero(t):
@@ -218,7 +229,7 @@ def _line(t, coeff, batch):
 
 def _dense_coeffs(lA, uA):
     """(the coefficients as kernel operands, the batch), or None when the kernel does not
-    apply: Patches (the torch path reads the lines at windows), an unsupported device or dtype,
+    apply: Patches (patches_step.py has their kernel), an unsupported device or dtype,
     or sides of different shapes."""
     coeffs = [c for c in (lA, uA) if c is not None]
     if not coeffs or any(not isinstance(c, torch.Tensor) or c.dim() < 3 for c in coeffs):
@@ -268,12 +279,20 @@ def _step(lA, uA, lines, alphas=None):
 
 def relaxed(lA, uA, lines):
     """``relaxed_backward_lines`` (the generated code's ``relaxed``) through the fused kernel
-    where it applies (dense coefficients on a device Triton runs on), else the torch path."""
+    where it applies (dense coefficients or Patches on a device Triton runs on), else the
+    torch path."""
+    if _windowed(lA, uA):
+        return patches_step.step(lA, uA, tuple(lines)) or relaxed_backward_lines(lA, uA, lines)
     result = _step(lA, uA, tuple(lines))
     if result is None:
         return relaxed_backward_lines(lA, uA, lines)
     new_l, new_u, lbias, ubias = result
     return [(new_l, new_u)], lbias, ubias
+
+
+def _windowed(lA, uA):
+    """The coefficients are Patches (codegen/patches.py): patches_step.py's kernel."""
+    return hasattr(lA if lA is not None else uA, "windows")
 
 
 def kink_backward_alpha(torch_rule, bottom_slope):
@@ -286,6 +305,9 @@ def kink_backward_alpha(torch_rule, bottom_slope):
         if a < 1 and len(lines) == 5:
             slopes = [None if t is None or c is None else (t if a == 0 else a + (1 - a) * t)
                       for t, c in ((alpha_l, lA), (alpha_u, uA))]
+            if _windowed(lA, uA):
+                fused = patches_step.step(lA, uA, tuple(lines[:4]), (lines[4], *slopes))
+                return fused or torch_rule(lA, uA, lines, alpha_l, alpha_u, **attrs)
             result = _step(lA, uA, tuple(lines[:4]), (lines[4], *slopes))
         if result is None:
             return torch_rule(lA, uA, lines, alpha_l, alpha_u, **attrs)

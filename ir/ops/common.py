@@ -100,9 +100,18 @@ def split_pos_neg(t: torch.Tensor):
 # with it follow the limit 0 * inf = 0 (a zero weight or slope ignores the value): a dense
 # product would give NaN for every zero weight that meets an infinity.
 
+# While a CUDA graph is captured (codegen/cuda_graphs.py) no value may be read on the host: the
+# value checks of the bound rules (all_finite, _zero_if_zero) then answer as for data they
+# cannot see, so every rule takes its general branch (exact for any values, only slower).
+HOST_CHECKS = [True]
+
+
 def all_finite(*tensors: torch.Tensor) -> bool:
     """No NaN or inf in any tensor. A finite sum says so in one reduction (a NaN or inf element
-    makes the sum NaN or inf); only a sum that overflowed needs the elementwise check."""
+    makes the sum NaN or inf); only a sum that overflowed needs the elementwise check. False
+    while host checks are off (HOST_CHECKS)."""
+    if not HOST_CHECKS[0]:
+        return False
     return all(math.isfinite(float(t.detach().sum())) or bool(torch.isfinite(t).all()) for t in tensors)
 
 
@@ -198,7 +207,7 @@ def _unbounded(biases) -> bool:
 
 def _zero_if_zero(t):
     # (count_nonzero: any() on a float tensor first copies it to bool)
-    return 0 if isinstance(t, torch.Tensor) and not t.count_nonzero() else t
+    return 0 if isinstance(t, torch.Tensor) and HOST_CHECKS[0] and not t.count_nonzero() else t
 
 
 def relaxed_backward(lA, uA, relax):

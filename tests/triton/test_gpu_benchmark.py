@@ -28,4 +28,5 @@ def test_smoke_run(capsys):
     assert _script().main(["--smoke", "--models", "mlp", "cnn", "--no-reference"]) == 0
     out = capsys.readouterr().out
     assert "| mlp | alpha-crown | 2 |" in out and "| relaxed step, two sides |" in out
+    assert "| relaxed step on Patches + its gradient, shared sides |" in out and "| IBP of a batch norm |" in out
     assert "Error" not in out and "OOM" not in out

@@ -119,19 +119,6 @@ def test_kink_alpha_matches_torch(op, attrs, per_row):
         torch.testing.assert_close(f, r, atol=1e-12, rtol=1e-12)
 
 
-def test_patches_fall_back_to_torch():
-    """Patches (codegen/patches.py: the lines are read at each row's window) take the torch
-    rule: the same result object layout and values."""
-    from lirpac.codegen.patches import identity_patches
-    g = torch.Generator().manual_seed(1)
-    lines = prepare_lines(_lines((2, 2, 3, 3), g))
-    start = identity_patches(2, None, (2, 3, 3), torch.zeros(2, 2, 3, 3, dtype=torch.float64))
-    fused, reference = _outputs(relaxed(start, start, lines)), _outputs(relaxed_backward_lines(start, start, lines))
-    assert type(fused[0]) is type(start)
-    _assert_same([fused[0].coeff, fused[1].coeff, *fused[2:]],
-                 [reference[0].coeff, reference[1].coeff, *reference[2:]])
-
-
 @pytest.mark.parametrize("side", ["shared", "distinct"])
 def test_lines_shared_by_the_batch(side):
     """Lines of batch 1 (one relaxation for every sample) against coefficients of batch 2."""
