@@ -494,6 +494,8 @@ def step(lA, uA, lines, alphas=None):
     if not sides or not all(isinstance(c, Patches) for c in sides):
         return None
     first = sides[0]
+    if first.per_sample:
+        return None     # (windows at per-sample corners (B, k): the torch rule reads them)
     coeff, node = first.coeff, first.shape
     if coeff.dim() != 5 or coeff.dtype not in (torch.float32, torch.float64) or coeff.numel() == 0 \
             or not runs_on(coeff) or len(node) != 3:
