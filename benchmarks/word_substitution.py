@@ -14,9 +14,8 @@ import time
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "perturbations"))
 import lirpac                                                       # noqa: E402
-from test_word_substitution import (T, V, Attention, Bag, Recurrent, exact_range,  # noqa: E402
+from word_models import (T, V, Attention, Bag, Recurrent, exact_range,  # noqa: E402
                                     random_substitutes)
 
 ARCHS = {"bag": Bag, "attention": Attention, "lstm": Recurrent}
