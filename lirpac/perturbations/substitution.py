@@ -135,10 +135,16 @@ class WordSubstitution(Perturbation):
     sentence b by one of ``substitutes[b][t]`` (a list of token ids, maybe empty), or, with
     ``synonyms`` (a (V, S) integer tensor, -1 padded), word w by one of its row's ids; for a
     model compiled on token ids that reads them through an nn.Embedding. No substitutes at all
-    (``WordSubstitution(None, 0)``) keeps the sentence: the bounds are its outputs."""
+    (``WordSubstitution(None, 0)``) keeps the sentence: the bounds are its outputs. ``scale`` in
+    [0, 1] shrinks every candidate's move from the original word's row by that factor, for
+    training schedules that ramp the set up (Jia et al. 2019 scale theirs so); 1 is the set."""
 
-    def __init__(self, substitutes=None, k: int = 1, *, synonyms: torch.Tensor | None = None):
+    def __init__(self, substitutes=None, k: int = 1, *, synonyms: torch.Tensor | None = None,
+                 scale: float = 1.0):
         self.k = check_k(k, "WordSubstitution")
+        if not 0.0 <= scale <= 1.0:
+            raise InputError(f"WordSubstitution: scale must lie in [0, 1], got {scale!r}")
+        self.scale = float(scale)
         if substitutes is not None and synonyms is not None:
             raise InputError("WordSubstitution: give substitutes (per sentence) or synonyms (per "
                              "word), not both")
@@ -158,7 +164,7 @@ class WordSubstitution(Perturbation):
             candidates = candidate_ids(ids, self.substitutes).to(ids.device)
         else:
             candidates = ids.unsqueeze(-1)
-        return TokenSet(candidates, self.k)
+        return TokenSet(candidates, self.k, self.scale)
 
 
 class TokenSet(InputSet):
@@ -168,9 +174,9 @@ class TokenSet(InputSet):
 
     is_box = False
 
-    def __init__(self, candidates: torch.Tensor, k: int):
+    def __init__(self, candidates: torch.Tensor, k: int, scale: float = 1.0):
         super().__init__(candidates.amin(-1), candidates.amax(-1))
-        self.candidates, self.k = candidates, k
+        self.candidates, self.k, self.scale = candidates, k, scale
 
     def embedded(self, table: torch.Tensor) -> "SubstitutionSet":
         """The set of embedded sentences: rows of ``table`` (V, d) at the candidates."""
@@ -179,7 +185,8 @@ class TokenSet(InputSet):
                              f"the embedding's vocabulary [0, {table.shape[0]})")
         centre = F.embedding(self.candidates[..., 0], table)             # (B, T, d)
         rows = F.embedding(self.candidates, table)                        # (B, T, C, d)
-        return SubstitutionSet(centre, rows - centre.unsqueeze(2), self.k)
+        moves = rows - centre.unsqueeze(2)
+        return SubstitutionSet(centre, moves if self.scale == 1.0 else moves * self.scale, self.k)
 
     def concretize(self, coeff, bias, upper: bool, consume: bool = False):
         raise InputError("a set over token ids is bounded through the embedding that reads them; "
