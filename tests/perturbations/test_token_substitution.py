@@ -147,3 +147,29 @@ def test_bad_uses_are_refused():
         lirpac.WordSubstitution(subs, -1)
     with pytest.raises(lirpac.InputError, match="one nn.Embedding"):
         lirpac.compile(_TwoTables(), torch.zeros(1, T, dtype=torch.long))
+
+
+def test_onnx_gather_on_a_table_is_the_embedding():
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper, numpy_helper
+    g = torch.Generator().manual_seed(0)
+    table, w = torch.randn(V, 3, generator=g), torch.randn(2, 3, generator=g)
+    nodes = [helper.make_node("Gather", ["table", "x"], ["e"], axis=0),
+             helper.make_node("ReduceMean", ["e"], ["m"], axes=[1], keepdims=0),
+             helper.make_node("Gemm", ["m", "w"], ["y"], transB=1)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.INT64, [None, T])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 2])],
+                              [numpy_helper.from_array(table.numpy(), "table"),
+                               numpy_helper.from_array(w.numpy(), "w")])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=7)
+    onnx.checker.check_model(proto)
+    net = lirpac.compile(proto)
+    ids, subs = sentences(12)
+    lower, upper = net.bounds(ids, lirpac.WordSubstitution(subs, 2), method="crown")
+
+    def model(x):
+        return table[x].mean(1) @ w.T
+    lo, hi = exact_range(model, ids, subs, 2)
+    torch.testing.assert_close(lower, lo, rtol=1e-5, atol=1e-5)     # linear in the rows: exact
+    torch.testing.assert_close(upper, hi, rtol=1e-5, atol=1e-5)
