@@ -50,8 +50,8 @@ NOUNS = ["movie", "film", "plot", "story", "acting", "cast", "ending", "music", 
 # (template, negated): X is a lexicon word, N a noun
 TEMPLATES = [("the N was X", False), ("the N is really X", False), ("what a X N", False),
              ("i found the N X", False), ("X and X", False), ("the N and the N were X", False),
-             ("a X N with a X N", False), ("the N was not X", True), ("not a X N", True),
-             ("the N is not very X", True)]
+             ("a X N with a X N", False), ("X X and X", False), ("the X N was X and X", False),
+             ("the N was not X", True), ("not a X N", True), ("the N is not very X", True)]
 NEUTRAL = ["<pad>", "the", "a", "was", "is", "really", "what", "i", "found", "and", "were", "with",
            "not", "very"] + NOUNS
 
@@ -124,18 +124,24 @@ class LSTMClassifier(nn.Module):
 
 
 class TransformerClassifier(nn.Module):
-    """One encoder layer (2 heads) over word + learned position embeddings, mean-pooled."""
+    """One encoder layer (2-head self-attention, then a ReLU feed-forward block, each with a
+    residual) over word + learned position embeddings, mean-pooled. No LayerNorm: its division
+    by the spread makes interval bounds far looser (Shi et al. 2020 drop it for the same
+    reason)."""
 
     def __init__(self, vocab: int, dim: int = 32, heads: int = 2):
         super().__init__()
         self.embed = nn.Embedding(vocab, dim)
         self.position = nn.Parameter(0.1 * torch.randn(LENGTH, dim))
-        self.encoder = nn.TransformerEncoderLayer(dim, heads, dim_feedforward=2 * dim, dropout=0.0,
-                                                  batch_first=True)
+        self.attention = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.feed_forward = nn.Sequential(nn.Linear(dim, 2 * dim), nn.ReLU(), nn.Linear(2 * dim, dim))
         self.head = nn.Linear(dim, 2)
 
     def forward(self, ids):
-        return self.head(self.encoder(self.embed(ids) + self.position).mean(1))
+        h = self.embed(ids) + self.position
+        h = h + self.attention(h, h, h, need_weights=False)[0]
+        h = h + self.feed_forward(h)
+        return self.head(h.mean(1))
 
 
 MODELS = {"lstm": LSTMClassifier, "transformer": TransformerClassifier}
@@ -172,7 +178,7 @@ def main(argv=None):
     p.add_argument("--k", type=int, default=2, help="substituted words per sentence in training")
     p.add_argument("--train", type=int, default=3000, help="training sentences")
     p.add_argument("--test", type=int, default=300, help="test sentences")
-    p.add_argument("--min-valence", type=float, default=2.0,
+    p.add_argument("--min-valence", type=float, default=2.5,
                    help="lexicon words with |valence| at least this (VADER's -4..4 scale)")
     p.add_argument("--substitutes", type=int, default=4, help="substitutes per word, at most")
     add_arguments(p, eps=1.0, epochs=8, batch_size=50, lr=5e-3, warmup=1, ramp=4, method="ibp",
