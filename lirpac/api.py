@@ -145,9 +145,9 @@ class CompiledNet:
         # BatchNorm modules in training mode: the clean batch's statistics (lirpac/batch_stats.py)
         stats = batch_statistics(self.source_graph, self.module, x)
         out = []
+        dtype = self._compute_dtype(x)     # (x's own, or the model's for token ids)
         for n in self._leaves:
             v = stats.get(n.attrs.get("target"), n.value) if stats else n.value
-            dtype = self._compute_dtype(x)
             if v.is_floating_point() and (v.dtype != dtype or v.device != x.device):
                 v = v.to(dtype=dtype, device=x.device)
             elif v.device != x.device:
