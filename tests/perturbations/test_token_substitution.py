@@ -36,7 +36,7 @@ def assert_sound(net, model, ids, subs, k, method, options=None):
     return lower, upper
 
 
-@settings(max_examples=6, deadline=None)
+@settings(max_examples=5, deadline=None)
 @given(arch=st.sampled_from([Bag, Attention]),
        method=st.sampled_from(["ibp", "crown", "crown-ibp", "forward", "forward+crown"]),
        k=st.integers(0, 3), seed=st.integers(0, 10**6))
