@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Bound width / exact range width under word substitution, on short random sentences where
-every substitution can be enumerated (the models of tests/perturbations/test_word_substitution.py,
-random weights).
+every substitution can be enumerated (the models of tests/word_models.py,
+random weights), compiled on token ids.
 
     python benchmarks/word_substitution.py
     python benchmarks/word_substitution.py --k 1 2 3 --methods ibp crown alpha-crown --sentences 8
@@ -14,10 +14,9 @@ import time
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "perturbations"))
 import lirpac                                                       # noqa: E402
-from test_word_substitution import (T, V, Attention, Bag, Recurrent, exact_range,  # noqa: E402
-                                    random_substitutes)
+from word_models import (T, V, Attention, Bag, Recurrent, exact_range,  # noqa: E402
+                         random_substitutes)
 
 ARCHS = {"bag": Bag, "attention": Attention, "lstm": Recurrent}
 
@@ -33,8 +32,7 @@ def main(argv=None):
     for name in args.archs:
         torch.manual_seed(0)
         model = ARCHS[name]().eval()
-        wrapped = lirpac.SubstitutedTokens(model, "embed")
-        net = lirpac.compile(wrapped, wrapped.embed(torch.zeros(1, T, dtype=torch.long)))
+        net = lirpac.compile(model, torch.zeros(1, T, dtype=torch.long))      # on token ids
         g = torch.Generator().manual_seed(1)
         ids = torch.randint(0, V, (args.sentences, T), generator=g)
         subs = random_substitutes(g, batch=args.sentences, most=3)
@@ -45,8 +43,8 @@ def main(argv=None):
             for method in args.methods:
                 options = {"iterations": 20} if method == "alpha-crown" else None
                 with torch.set_grad_enabled(method == "alpha-crown"):
-                    lower, upper = net.bounds(wrapped.embed(ids).detach(), wrapped.substitution(ids, subs, k),
-                                              method=method, options=options)
+                    lower, upper = net.bounds(ids, lirpac.WordSubstitution(subs, k), method=method,
+                                              options=options)
                 assert (lower <= lo + 1e-5).all() and (upper >= hi - 1e-5).all(), "unsound"
                 exact = (hi - lo).clamp(min=1e-6)
                 ratios.append(((upper - lower) / exact).mean().item())

@@ -27,7 +27,7 @@ from lirpac.passes.bound_needs import chosen_mode, nodes_needing_bounds, single_
 MODES = ("ibp", "backward", "forward")   # how a plan bounds intermediate nodes and the output
 _MODE_PREFIX = {"ibp": "ibp", "backward": "bwd", "forward_mode": "fwd", "forward": "val",
                 "jacobian": "jac", "backward_patches": "pat", "backward_alpha": "bwa",
-                "relax": "relax", "alpha_lines": "alines", "zero_where": "zero"}
+                "relax": "relax", "alpha_lines": "alines", "zero_where": "zero", "of_set": "set"}
 
 
 @dataclass(frozen=True)
@@ -104,7 +104,8 @@ class _Emitter:
         # CROWN bounds a node by forward mode where that is exact and cheaper (a hook:
         # alpha-CROWN optimises every intermediate backward pass instead)
         self.forward_when_exact = plan.forward_when_exact
-        self.x = graph.perturbed_input
+        self.x = graph.set_leaf
+        self.before_x = graph.ancestors(self.x)    # (token ids before their embedding)
         # the last backward pass ends with coefficients nothing else shares (``backward``)
         self.owned = False
 
@@ -145,7 +146,7 @@ class _Emitter:
         keep: set[Node] = set(targets)
         for t in targets:
             keep |= {a for a in self.graph.ancestors(t) if a.perturbed}
-        return [n for n in self.graph.nodes if n in keep and n.perturbed]
+        return [n for n in self.graph.nodes if n in keep and n.perturbed and n not in self.before_x]
 
     def constants(self) -> None:
         for n in self.graph.nodes:
@@ -610,6 +611,10 @@ class _Emitter:
         if leaves:
             self.emit(f"{', '.join(leaves)}{',' if len(leaves) == 1 else ''} = params")
         self.constants()
+        if self.x is not graph.perturbed_input:
+            args = ["inp"] + [i.name for i in self.x.inputs[1:]]
+            self.emit(f"# the set over %{graph.perturbed_input.name} as a set over %{self.x.name}")
+            self.emit(f"inp = {self.call(self.rule(self.x.op, 'of_set', self.x), args, self.attrs(self.x))}")
         mode, final = plan.intermediate, plan.final
         if self.needs:
             self.emit(f"# intermediate bounds ({mode}) of {', '.join('%' + n.name for n in self.needs)}")

@@ -28,11 +28,10 @@ except ImportError:          # the progress bar is optional: pip install -e ".[e
 
 def add_arguments(p: argparse.ArgumentParser, *, eps: float, epochs: int, batch_size: int,
                   lr: float, warmup: int, ramp: int, method: str = "crown-ibp", threads: int = 1,
-                  kappa: float = 0.0):
+                  kappa: float = 0.0, eps_help: str = "training and test radius, in pixel units ([0, 1])"):
     p.add_argument("--method", choices=training.ROBUST_METHODS, default=method,
                    help="bounds in the loss (default %(default)s)")
-    p.add_argument("--eps", type=float, default=eps, help="training and test radius, in pixel "
-                   "units ([0, 1]) (default %(default)s)")
+    p.add_argument("--eps", type=float, default=eps, help=f"{eps_help} (default %(default)s)")
     p.add_argument("--norm", choices=["inf", "2"], default="inf", help="Lp norm of the set")
     p.add_argument("--epochs", type=int, default=epochs)
     p.add_argument("--warmup", type=int, default=warmup,
@@ -100,8 +99,14 @@ def _ball(args, eps: float, domain):
     return lirpac.LpBall(eps=eps, norm=norm, lower=lower, upper=upper)
 
 
-def train(args, model: torch.nn.Module, train_set, test_set, *, domain=(0.0, 1.0), log=print):
-    """Certified training of ``model`` on (x, y) tensors; returns the trained model."""
+def train(args, model: torch.nn.Module, train_set, test_set, *, domain=(0.0, 1.0), log=print,
+          make_set=None, final_report=True):
+    """Certified training of ``model`` on (x, y) tensors; returns the trained model.
+    ``make_set(eps)``: the perturbation set at the schedule's eps (default: the Lp ball of
+    --norm within ``domain``; examples/sentiment.py gives word substitutions);
+    ``final_report``: end with ``report`` (the ball's verified error)."""
+    if make_set is None:
+        make_set = lambda eps: _ball(args, eps, domain)       # noqa: E731
     if args.limit:
         train_set = tuple(t[:args.limit] for t in train_set)
         test_set = tuple(t[:max(1, args.limit // 4)] for t in test_set)
@@ -152,7 +157,7 @@ def train(args, model: torch.nn.Module, train_set, test_set, *, domain=(0.0, 1.0
             clean = F.cross_entropy(logits, y)
             if eps > 0:
                 robust, margins = training.robust_loss(
-                    net, x, y, _ball(args, eps, domain), args.method,
+                    net, x, y, make_set(eps), args.method,
                     beta=training.crown_ibp_beta(eps, args.eps), fused=not args.no_fusion,
                     return_margins=True)
                 kappa = 1.0 - (1.0 - args.kappa) * progress
@@ -195,7 +200,8 @@ def train(args, model: torch.nn.Module, train_set, test_set, *, domain=(0.0, 1.0
             torch.save(model.state_dict(), args.out / "model.pt")
             log(f"saved {args.out / 'model.pt'} and {args.out / 'checkpoint.pt'}")
         model.eval()
-        report(args, net, model, test_set, device, domain, log)
+        if final_report:
+            report(args, net, model, test_set, device, domain, log)
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()

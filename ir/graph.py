@@ -103,6 +103,26 @@ class Graph:
     def perturbed_input(self) -> Node:
         return next(n for n in self.nodes if n.op == "input" and n.perturbed)
 
+    @property
+    def set_leaf(self) -> Node:
+        """The node whose values the perturbation set describes: the perturbed input, or, when
+        that holds integers (token ids), the one op that reads them and maps a set over them to
+        a set over its output (an embedding, ``OpDef.of_set``); bound propagation starts there."""
+        x = self.perturbed_input
+        if x.dtype.is_floating_point:
+            return x
+        from lirpac.errors import InputError
+        from lirpac.ir.opdef import get_op
+        readers = [n for n in self.nodes if x in n.inputs]
+        if len(readers) == 1 and get_op(readers[0].op).of_set is not None and readers[0].inputs.count(x) == 1:
+            return readers[0]
+        read = ", ".join(f"%{n.name} ({n.op})" for n in readers) or "nothing"
+        raise InputError(f"the model's input %{x.name} holds integers ({x.type_str()}): example_input "
+                         "must be a floating-point tensor, or token ids that one embedding "
+                         f"(nn.Embedding) reads and nothing else; here {read} read them. Read the "
+                         "ids through one nn.Embedding only (a padding mask from them, say, is not "
+                         "supported), or give a float input")
+
     def users(self) -> dict[Node, list[Node]]:
         result: dict[Node, list[Node]] = {n: [] for n in self.nodes}
         for n in self.nodes:

@@ -15,8 +15,9 @@ def evaluate(graph: Graph, x: torch.Tensor, all_nodes: bool = False):
         if n.op == "input":
             values[n] = x
         elif n.op in ("param", "constant"):
-            values[n] = n.value.to(x.device) if n.value.is_floating_point() is False else \
-                n.value.to(device=x.device, dtype=x.dtype)
+            # (token ids: tables keep their own float dtype)
+            values[n] = n.value.to(x.device) if not (n.value.is_floating_point() and x.is_floating_point()) \
+                else n.value.to(device=x.device, dtype=x.dtype)
         else:
             values[n] = get_op(n.op).forward(*[values[i] for i in n.inputs], **n.attrs)
     return values if all_nodes else values[graph.output]

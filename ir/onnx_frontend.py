@@ -46,7 +46,8 @@ from lirpac.ir.torch_frontend import remove_dead_nodes
 CHECK_TOLERANCE = 1e-4
 
 _FLOAT_TYPES = {1: torch.float32, 11: torch.float64}   # onnx.TensorProto.FLOAT / DOUBLE
-_NP_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
+_NP_DTYPES = {torch.float32: np.float32, torch.float64: np.float64, torch.int64: np.int64}
+_TOKEN_TYPE = 7   # onnx.TensorProto.INT64: token ids, which a Gather on a table embeds
 _INT_MAX = 2 ** 62
 
 
@@ -210,10 +211,11 @@ class _Lowering:
         for init in g.initializer:
             self.env[init.name] = onnx.numpy_helper.to_array(init)
         name, per_sample, batch, dtype = input_info
-        self.dtype = dtype
+        self.dtype = dtype if dtype.is_floating_point else torch.float32
         x = self.graph.add("input", [], name=name, shape=per_sample, dtype=dtype, batched=True,
                            perturbed=True)
-        self.dummy[x] = torch.rand(2, *per_sample, dtype=dtype, generator=torch.Generator().manual_seed(0))
+        self.dummy[x] = (torch.rand(2, *per_sample, dtype=dtype, generator=torch.Generator().manual_seed(0))
+                         if dtype.is_floating_point else torch.zeros(2, *per_sample, dtype=dtype))
         self.env[name] = _Value(x, batch)
         for node in g.node:
             self.onnx_node = node
@@ -941,7 +943,12 @@ def _max_pool(lw: _Lowering, node, inputs):
 
 def _gather(lw: _Lowering, node, inputs):
     """Gather with constant indices: a scalar index selects (the axis goes away), an index
-    array picks along the axis and puts its shape there."""
+    array picks along the axis and puts its shape there. Rows of a constant table at the
+    token ids of the input: an embedding (ir/ops/embedding.py)."""
+    if not isinstance(inputs[0], _Value) and isinstance(inputs[1], _Value) \
+            and int(_attrs(node).get("axis", 0)) == 0 and not inputs[1].node.dtype.is_floating_point:
+        table = lw.const(np.asarray(inputs[0]), name=f"{lw.base_name()}_table")
+        return _Value(lw.add("embedding", [inputs[1].node, table]), inputs[1].batch)
     v = _perturbed(lw, inputs[0])
     indices = np.asarray(_const_input(lw, inputs[1], "the Gather indices")).astype(np.int64)
     axis = _norm_axis(int(_attrs(node).get("axis", 0)), v.rank)
@@ -1071,9 +1078,10 @@ def _model_input(proto):
             "models with one input tensor")
     inp = real[0]
     tt = inp.type.tensor_type
-    if tt.elem_type not in _FLOAT_TYPES:
+    if tt.elem_type not in _FLOAT_TYPES and tt.elem_type != _TOKEN_TYPE:
         raise UnsupportedOperationError(f"input '{inp.name}' has element type {tt.elem_type}; "
-                                        "lirpac supports float32 and float64 models")
+                                        "lirpac supports float32 and float64 models (and int64 "
+                                        "token ids that a Gather embeds)")
     dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tt.shape.dim]
     if not dims:
         raise UnsupportedOperationError(f"input '{inp.name}' has no (or a scalar) shape; lirpac needs "
@@ -1085,7 +1093,7 @@ def _model_input(proto):
     if any(d is None for d in per_sample):
         raise UnsupportedOperationError(f"input '{inp.name}' has symbolic dims {[d or '?' for d in dims]} "
                                         "besides the batch; fix them in the model")
-    return inp.name, tuple(per_sample), batch, _FLOAT_TYPES[tt.elem_type], mode
+    return inp.name, tuple(per_sample), batch, _FLOAT_TYPES.get(tt.elem_type, torch.int64), mode
 
 
 # the C++ source location and function signature onnxruntime puts in its messages
@@ -1162,8 +1170,11 @@ def check_against(graph: Graph, runner: Callable, samples: int = 4, seed: int = 
     from lirpac.ir.interpret import evaluate
     x_node = graph.perturbed_input
     gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(samples, *x_node.shape, dtype=x_node.dtype, generator=gen)
-    x[0] = 0.0
+    if x_node.dtype.is_floating_point:
+        x = torch.randn(samples, *x_node.shape, dtype=x_node.dtype, generator=gen)
+        x[0] = 0.0
+    else:           # token ids: rows of the embedding's table
+        x = torch.randint(0, graph.set_leaf.inputs[1].shape[0], (samples, *x_node.shape), generator=gen)
     with torch.no_grad():
         ours = evaluate(graph, x).reshape(samples, -1).double()
     ref = runner(x).reshape(samples, -1).double()

@@ -100,6 +100,11 @@ class OpDef:
     # absolute value in place): "fresh" (new tensors, e.g. a product with the weight), "view"
     # (views of the given coefficients, e.g. reshape) or "unknown" (anything else).
     backward_memory: str = "unknown"
+    # Ops that read the perturbed input when it holds integers (token ids, which no box or line
+    # describes): of_set(input_set, *consts, **attrs) -> InputSet, the set of the op's outputs
+    # (an embedding: each position's candidate rows). The op is then the leaf of every bound
+    # computation (Graph.set_leaf), so it needs no other rule.
+    of_set: Callable[..., Any] | None = None
     # ATen ops (e.g. "sigmoid.default", "leaky_relu.default") the torch frontend lowers to this op
     # generically: tensor arguments become inputs, the others attrs named as in the ATen schema.
     aten: tuple[str, ...] = ()

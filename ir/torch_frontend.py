@@ -653,8 +653,10 @@ def _check_tensors(module: torch.nn.Module, example: torch.Tensor) -> None:
         where = "example_input is" if example.device.type == "meta" else "the model's parameters are"
         raise InputError(f"lirpac.compile: {where} on the meta device, which holds shapes but no "
                          "values; load the weights (or give an example) on the cpu or a gpu")
-    if not example.is_floating_point():
-        raise InputError(f"example_input must be a floating-point tensor, got {_name(example.dtype)}")
+    tokens = example.dtype in (torch.int64, torch.int32)   # (read by an embedding: Graph.set_leaf)
+    if not tokens and not example.is_floating_point():
+        raise InputError(f"example_input must be a floating-point tensor, or integer token ids, "
+                         f"got {_name(example.dtype)}")
     half = sorted({_name(t.dtype) for t in [*tensors, example] if t.dtype in _HALF_TYPES})
     if half:
         raise InputError(f"lirpac.compile: the model or example_input is in {' and '.join(half)}; "
@@ -662,7 +664,7 @@ def _check_tensors(module: torch.nn.Module, example: torch.Tensor) -> None:
                          "forward pass rounds each op and its outputs can lie outside bounds computed "
                          "without that rounding. Convert both first: model.float(), example.float()")
     params = sorted({_name(p.dtype) for p in module.parameters() if p.is_floating_point()})
-    if params and params != [_name(example.dtype)]:
+    if params and params != [_name(example.dtype)] and not tokens:
         raise InputError(f"lirpac.compile: the dtypes differ: the model's parameters are "
                          f"{' and '.join(params)} but example_input is {_name(example.dtype)}; convert "
                          f"one to match (model.to(torch.{_name(example.dtype)}) or "

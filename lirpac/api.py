@@ -19,6 +19,7 @@ from lirpac.errors import InputError
 from lirpac.ir.graph import Graph
 from lirpac.perturbation import LpBall, Perturbation, all_finite
 from lirpac.perturbations.joint import joint_arguments
+from lirpac.perturbations.substitution import check_token_ids
 from lirpac.passes import run_passes
 
 
@@ -36,7 +37,8 @@ def _print_stage(title: str, text: str) -> None:
 class LinearBounds:
     """Linear bounds valid over the whole perturbation set:
     ``lower_coeff . x + lower_bias <= C f(x) <= upper_coeff . x + upper_bias``.
-    Coefficients have shape (batch, n_spec, *input_shape), biases (batch, n_spec)."""
+    Coefficients have shape (batch, n_spec, *input_shape), biases (batch, n_spec); a model of
+    token ids has them on the embedded sentence (batch, n_spec, *ids_shape, d)."""
     lower_coeff: torch.Tensor | None
     lower_bias: torch.Tensor | None
     upper_coeff: torch.Tensor | None
@@ -87,7 +89,10 @@ class CompiledNet:
         self._cache: dict[Plan, tuple] = {}
         x = self.graph.perturbed_input
         self.input_shape = x.shape
-        self.dtype = x.dtype
+        # token ids: bounds start at the embedding that reads them (Graph.set_leaf), in its dtype
+        self.leaf_shape = self.graph.set_leaf.shape
+        self.tokens = not x.dtype.is_floating_point
+        self.dtype = self.graph.set_leaf.dtype
         allocator.tune()    # freed temporaries reused, not faulted in on every call (allocator.py)
         self.output_shape = self.graph.output.shape
         # per-sample shapes of a model's several inputs (compile(model, (x1, x2))), else None
@@ -142,10 +147,11 @@ class CompiledNet:
         # BatchNorm modules in training mode: the clean batch's statistics (lirpac/batch_stats.py)
         stats = batch_statistics(self.source_graph, self.module, x)
         out = []
+        dtype = self._compute_dtype(x)     # (x's own, or the model's for token ids)
         for n in self._leaves:
             v = stats.get(n.attrs.get("target"), n.value) if stats else n.value
-            if v.is_floating_point() and (v.dtype != x.dtype or v.device != x.device):
-                v = v.to(dtype=x.dtype, device=x.device)
+            if v.is_floating_point() and (v.dtype != dtype or v.device != x.device):
+                v = v.to(dtype=dtype, device=x.device)
             elif v.device != x.device:
                 v = v.to(device=x.device)
             out.append(v)
@@ -163,12 +169,14 @@ class CompiledNet:
         if x.shape[0] == 0:
             raise InputError(f"x has batch size 0 (shape {tuple(x.shape)}); bounds need at least "
                              "one sample")
-        if not x.is_floating_point():
+        if self.tokens:
+            x = check_token_ids(x, perturbation)
+        elif not x.is_floating_point():
             raise InputError(f"x must be a floating-point tensor, got {x.dtype}")
         if not isinstance(perturbation, Perturbation):
             raise InputError("perturbation must be a lirpac perturbation such as "
                              f"lirpac.LpBall(eps=...) or lirpac.Box(lower, upper), got {type(perturbation).__name__}")
-        x = x.to(self._compute_dtype(x))
+        x = x if self.tokens else x.to(self._compute_dtype(x))
         return x, None if C is None else self._check_spec(C, x)
 
     def _compute_dtype(self, x: torch.Tensor) -> torch.dtype:
@@ -188,10 +196,10 @@ class CompiledNet:
         _require_values(C, "C")
         if C.dtype == torch.bool or C.is_complex():
             raise InputError(f"C must be a real (floating-point or integer) tensor, got {C.dtype}")
-        C = C.to(dtype=x.dtype, device=x.device)
+        C = C.to(dtype=self._compute_dtype(x), device=x.device)
         if not all_finite(C):
             bad = (~torch.isfinite(C)).nonzero()[0].tolist()
-            raise InputError(f"C contains NaN or inf (first at index {tuple(bad)}, in {x.dtype}); "
+            raise InputError(f"C contains NaN or inf (first at index {tuple(bad)}, in {C.dtype}); "
                              "the bounds of C f(x) would be NaN or infinite")
         return C
 
@@ -257,7 +265,7 @@ class CompiledNet:
         lower, upper, A, _ = self._run(x, perturbation, method, C, bound_lower, bound_upper, True)
         lA, lb, uA, ub = A
         # (several inputs: coefficients on the joined input, ir/joint_inputs.py)
-        shape = ((x[0] if self.input_shapes is not None else x).shape[0], -1, *self.input_shape)
+        shape = ((x[0] if self.input_shapes is not None else x).shape[0], -1, *self.leaf_shape)
         lb = lb if isinstance(lb, torch.Tensor) or lower is None else torch.zeros_like(lower)
         ub = ub if isinstance(ub, torch.Tensor) or upper is None else torch.zeros_like(upper)
         return LinearBounds(None if lA is None else lA.reshape(shape), lb if lower is not None else None,

@@ -64,6 +64,7 @@ def sign_splittable(graph: Graph) -> list[Node]:
 def perturbed_region(graph: Graph, target: Node) -> list[Node]:
     """``target`` and the perturbed nodes it depends on, in graph order."""
     keep = {a for a in graph.ancestors(target) if a.perturbed} | {target}
+    keep -= graph.ancestors(graph.set_leaf)    # (token ids before their embedding)
     return [n for n in graph.nodes if n in keep]
 
 
@@ -75,7 +76,7 @@ def single_affine_of_input(graph: Graph, target: Node) -> bool:
     if get_op(target.op).ibp_ball is None:
         return False
     for n in perturbed_region(graph, target):
-        if n is graph.perturbed_input:
+        if n is graph.set_leaf:
             continue
         if sum(i.perturbed for i in n.inputs) != 1:
             return False
@@ -87,7 +88,7 @@ def single_affine_of_input(graph: Graph, target: Node) -> bool:
 def _affine_of_input(graph: Graph, target: Node) -> bool:
     """Every op between the input and ``target`` is linear with a forward-mode rule: forward
     mode carries one exact affine function, as a backward pass does."""
-    return all(n is graph.perturbed_input or
+    return all(n is graph.set_leaf or
                (not get_op(n.op).nonlinear and get_op(n.op).forward_mode is not None)
                for n in perturbed_region(graph, target))
 
@@ -155,7 +156,7 @@ def _row_work(graph: Graph, target: Node) -> int:
     windows: dict[Node, tuple[int, int] | None] = {target: (1, 1) if len(target.shape) == 3 else None}
     total = 0
     for m in reversed(perturbed_region(graph, target)):
-        if m not in windows or m is graph.perturbed_input:
+        if m not in windows or m is graph.set_leaf:
             continue
         extent = windows[m]
         size = math.prod(m.shape)
@@ -177,7 +178,7 @@ def _row_work(graph: Graph, target: Node) -> int:
 def crown_mode(graph: Graph, node: Node) -> tuple[str, str]:
     """How CROWN bounds ``node`` (one that needs bounds): (mode, reason) as in the module
     docstring."""
-    x = graph.perturbed_input
+    x = graph.set_leaf
     if node is x:
         return "input", "the perturbation set's box"
     if single_affine_of_input(graph, node):

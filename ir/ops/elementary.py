@@ -14,6 +14,7 @@ import torch
 
 from lirpac.errors import UnsupportedOperationError
 from lirpac.ir.opdef import Interval, aten_lowering
+from lirpac.ir.scalar import scalar
 from lirpac.ir.ops.activations import elementwise_with_constants, smooth
 from lirpac.ir.ops.relaxation import (Curve, Lines, alternating_lines, concave_lines,
                                       convex_lines, flip, inflection_lines, pad_down, pad_up,
@@ -41,8 +42,21 @@ def _tangent_at(curve, convex=True):
     return lambda lower, upper, p: lines(curve, lower, upper, p)
 
 
-EXP = Curve(torch.exp, torch.exp)
-smooth("exp", torch.exp, _convex(EXP), aten=("exp.default", "exp_.default"),
+def _exp(x):
+    """e^x with the same values as torch.exp (inf past the dtype's range), whose gradient is 0
+    rather than NaN where it overflows: a bound there (the upper end of a wide score interval
+    in a softmax) times a zero gradient from later ops (1 / inf) would be inf * 0 = NaN, and
+    certified training would take it for a step."""
+    if not x.requires_grad:
+        return torch.exp(x)
+    over = torch.exp(x.detach()) == math.inf
+    if not over.any():
+        return torch.exp(x)
+    return torch.where(over, scalar(math.inf, x), torch.exp(x.masked_fill(over, 0.0)))
+
+
+EXP = Curve(_exp, _exp)
+smooth("exp", _exp, _convex(EXP), aten=("exp.default", "exp_.default"),
        doc="e^x; convex: chord above, midpoint tangent below", tangent_at=_tangent_at(EXP))
 
 EXPM1 = Curve(torch.expm1, torch.exp)

@@ -1,18 +1,27 @@
 """Word substitution: each position of a sentence may be replaced by one of its listed
 substitutes, at most k positions per sentence.
 
-The set lives on the embedded sentence (B, T, d): position t holds one of its candidates'
-embeddings (the original word's included). For a linear function a . x the exact max is the
-original's value plus the k largest per-position gains max_c a_t . (e_c - e_t) (each at least
-0: keeping the word), as for an L0 set with a finite choice per element; the min likewise. So
-backward and forward mode bound through the embedding with the candidates themselves, not a
-box around them; IBP starts from each position's own box of candidates (tight per element)
-and a first linear layer gets its exact range per position.
+A model of token ids is compiled on them, and the set is over the ids; the embedding that
+reads them maps it to the set of embedded sentences (ir/ops/embedding.py), where position t
+holds one of its candidates' rows (the original word's included):
+
+    net = lirpac.compile(model, ids)                     # the model calls an nn.Embedding
+    ws = lirpac.WordSubstitution(substitutes, k=2)       # substitutes[b][t]: token ids
+    lower, upper = net.bounds(ids, ws, method="crown")
+
+For a linear function a . x of the embedded sentence the exact max is the original's value plus
+the k largest per-position gains max_c a_t . (e_c - e_t) (each at least 0: keeping the word),
+as for an L0 set with a finite choice per element; the min likewise. So backward and forward
+mode bound through the embedding with the candidates themselves, not a box around them; IBP
+starts from each position's own box of candidates (tight per element) and a first linear layer
+gets its exact range per position. The rows come from the live table: bounds are
+differentiable in it.
+
+``SubstitutedTokens`` is the older form, on a model rewritten to take embedded sentences:
 
     st = lirpac.SubstitutedTokens(model, "embed")        # the model's nn.Embedding, by name
     net = lirpac.compile(st, st.embed(ids))
-    ws = st.substitution(ids, substitutes, k=2)          # substitutes[b][t]: token ids
-    lower, upper = net.bounds(st.embed(ids), ws, method="crown")
+    lower, upper = net.bounds(st.embed(ids), st.substitution(ids, substitutes, k=2), method="crown")
 """
 from __future__ import annotations
 
@@ -20,6 +29,7 @@ import copy
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from lirpac.errors import InputError
 from lirpac.ir.ops.common import overflow_unbounded
@@ -77,7 +87,25 @@ class SubstitutedTokens(nn.Module):
     def substitution(self, ids: torch.Tensor, substitutes, k: int) -> "WordSubstitution":
         """The set for sentences ``ids`` (B, T): ``substitutes[b][t]`` lists the token ids that may
         replace word t of sentence b (empty: none), at most ``k`` replaced per sentence."""
-        return WordSubstitution(candidate_ids(ids, substitutes), self.table.weight, k)
+        return EmbeddedSubstitution(candidate_ids(ids, substitutes), self.table.weight, k)
+
+
+def check_k(k, who: str) -> int:
+    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+        raise InputError(f"{who}: k must be a nonnegative integer (how many words may change), got {k!r}")
+    return k
+
+
+def check_token_ids(ids, perturbation) -> torch.Tensor:
+    """The ids of a bound call on a model of token ids, and its set, checked."""
+    if not isinstance(ids, torch.Tensor) or ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+        what = ids.dtype if isinstance(ids, torch.Tensor) else type(ids).__name__
+        raise InputError(f"the model reads token ids: x must be an integer tensor (batch, length), got {what}")
+    if not isinstance(perturbation, WordSubstitution):
+        raise InputError("the model reads token ids through an embedding: bound it with "
+                         "lirpac.WordSubstitution(substitutes, k), got "
+                         f"{type(perturbation).__name__} (a box or ball around token ids means nothing)")
+    return ids
 
 
 def candidate_ids(ids: torch.Tensor, substitutes) -> torch.Tensor:
@@ -95,13 +123,83 @@ def candidate_ids(ids: torch.Tensor, substitutes) -> torch.Tensor:
     return out
 
 
+def synonym_candidates(ids: torch.Tensor, synonyms: torch.Tensor) -> torch.Tensor:
+    """(B, T, 1 + S): each position's word, then its row of ``synonyms`` (V, S), where -1
+    (no synonym) stands for the word itself."""
+    rows = synonyms.to(ids.device)[ids]
+    return torch.cat([ids.unsqueeze(-1), torch.where(rows < 0, ids.unsqueeze(-1), rows)], -1)
+
+
 class WordSubstitution(Perturbation):
-    """At most ``k`` positions take one of their candidates (``candidates``: (B, T, C) token ids,
-    the original at [..., 0]), embedded by ``table`` (V, d)."""
+    """Sentences of token ids (B, T) in which at most ``k`` words are replaced, word t of
+    sentence b by one of ``substitutes[b][t]`` (a list of token ids, maybe empty), or, with
+    ``synonyms`` (a (V, S) integer tensor, -1 padded), word w by one of its row's ids; for a
+    model compiled on token ids that reads them through an nn.Embedding. No substitutes at all
+    (``WordSubstitution(None, 0)``) keeps the sentence: the bounds are its outputs. ``scale`` in
+    [0, 1] shrinks every candidate's move from the original word's row by that factor, for
+    training schedules that ramp the set up (Jia et al. 2019 scale theirs so); 1 is the set."""
+
+    def __init__(self, substitutes=None, k: int = 1, *, synonyms: torch.Tensor | None = None,
+                 scale: float = 1.0):
+        self.k = check_k(k, "WordSubstitution")
+        if not 0.0 <= scale <= 1.0:
+            raise InputError(f"WordSubstitution: scale must lie in [0, 1], got {scale!r}")
+        self.scale = float(scale)
+        if substitutes is not None and synonyms is not None:
+            raise InputError("WordSubstitution: give substitutes (per sentence) or synonyms (per "
+                             "word), not both")
+        if synonyms is not None and (not isinstance(synonyms, torch.Tensor) or synonyms.dim() != 2
+                                     or synonyms.is_floating_point()):
+            raise InputError("WordSubstitution: synonyms must be a (vocabulary, S) integer tensor "
+                             "of token ids, -1 where a word has fewer than S")
+        self.substitutes, self.synonyms = substitutes, synonyms
+
+    def bind(self, ids: torch.Tensor) -> "TokenSet":
+        if ids.dim() != 2:
+            raise InputError(f"WordSubstitution: token ids must be (batch, length), got shape "
+                             f"{tuple(ids.shape)}")
+        if self.synonyms is not None:
+            candidates = synonym_candidates(ids, self.synonyms)
+        elif self.substitutes is not None:
+            candidates = candidate_ids(ids, self.substitutes).to(ids.device)
+        else:
+            candidates = ids.unsqueeze(-1)
+        return TokenSet(candidates, self.k, self.scale)
+
+
+class TokenSet(InputSet):
+    """Run-time form over the ids: each position's candidates (B, T, C), the original at
+    [..., 0]. The embedding that reads the ids turns it into a set over its rows
+    (``embedded``); linear functions of ids themselves mean nothing."""
+
+    is_box = False
+
+    def __init__(self, candidates: torch.Tensor, k: int, scale: float = 1.0):
+        super().__init__(candidates.amin(-1), candidates.amax(-1))
+        self.candidates, self.k, self.scale = candidates, k, scale
+
+    def embedded(self, table: torch.Tensor) -> "SubstitutionSet":
+        """The set of embedded sentences: rows of ``table`` (V, d) at the candidates."""
+        if int(self.candidates.min()) < 0 or int(self.candidates.max()) >= table.shape[0]:
+            raise InputError(f"WordSubstitution: a token id (of a sentence or a substitute) is outside "
+                             f"the embedding's vocabulary [0, {table.shape[0]})")
+        centre = F.embedding(self.candidates[..., 0], table)             # (B, T, d)
+        rows = F.embedding(self.candidates, table)                        # (B, T, C, d)
+        moves = rows - centre.unsqueeze(2)
+        return SubstitutionSet(centre, moves if self.scale == 1.0 else moves * self.scale, self.k)
+
+    def concretize(self, coeff, bias, upper: bool, consume: bool = False):
+        raise InputError("a set over token ids is bounded through the embedding that reads them; "
+                         "a linear function of the ids themselves has no meaning")
+
+
+class EmbeddedSubstitution(Perturbation):
+    """``SubstitutedTokens``' set, over the embedded sentence: at most ``k`` positions take one
+    of their candidates (``candidates``: (B, T, C) token ids, the original at [..., 0]),
+    embedded by ``table`` (V, d)."""
 
     def __init__(self, candidates: torch.Tensor, table: torch.Tensor, k: int):
-        if isinstance(k, bool) or not isinstance(k, int) or k < 0:
-            raise InputError(f"WordSubstitution: k must be a nonnegative integer, got {k!r}")
+        check_k(k, "WordSubstitution")
         if candidates.dim() != 3:
             raise InputError("WordSubstitution: candidates must be (batch, length, choices) token ids")
         if int(candidates.min()) < 0 or int(candidates.max()) >= table.shape[0]:

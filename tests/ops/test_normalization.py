@@ -111,3 +111,23 @@ def test_crown_tightens_softmax_over_ibp():
     ibp_l, ibp_u = net.bounds(x, ball, method="ibp")
     crown_l, crown_u = net.bounds(x, ball, method="crown")
     assert (crown_u - crown_l).mean() < (ibp_u - ibp_l).mean()
+
+
+def test_softmax_bounds_past_exp_range_have_finite_gradients():
+    """A score interval wider than exp's range makes exp's upper bound inf and the softmax's
+    lower bound 0; its gradient must be 0 there, not inf * 0 = NaN (certified training steps
+    on it)."""
+    import lirpac
+    class Scores(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.scale = torch.nn.Parameter(torch.tensor(200.0))
+
+        def forward(self, x):
+            return torch.softmax(self.scale * x, -1)
+    model = Scores()
+    net = lirpac.compile(model, torch.zeros(1, 3))
+    lower, upper = net.bounds(torch.zeros(2, 3), lirpac.LpBall(eps=0.5), method="ibp")
+    assert (lower == 0).all()
+    (upper - lower).sum().backward()
+    assert torch.isfinite(model.scale.grad)
