@@ -23,12 +23,14 @@ from lirpac.codegen.triton import tile
 
 
 @triton.jit
-def _window_offsets(rows, cols, row_in, top, left, k, C, H, W, KH, KW, CL: tl.constexpr):
+def _window_offsets(rows, cols, row_in, top, left, k, corner_stride, C, H, W, KH, KW, CL: tl.constexpr):
     """(each row's sample and row within it, each column's channel and window position, the
     flat (C, H, W) offset of each coefficient's position, clamped into the map; whether the
-    position lies inside the map)."""
+    position lies inside the map). A row's window corner is top[b * corner_stride + r]:
+    corner_stride 0 for corners shared by the batch ((k,)), k for per-sample ones ((B, k))."""
     b = rows // k
     r = rows % k
+    corner = b * corner_stride + r
     if CL:
         c = cols % C
         i = (cols // C) // KW
@@ -37,8 +39,8 @@ def _window_offsets(rows, cols, row_in, top, left, k, C, H, W, KH, KW, CL: tl.co
         c = cols // (KH * KW)
         i = (cols // KW) % KH
         j = cols % KW
-    y = tl.load(top + r, mask=row_in, other=0)[:, None] + i[None, :]
-    x = tl.load(left + r, mask=row_in, other=0)[:, None] + j[None, :]
+    y = tl.load(top + corner, mask=row_in, other=0)[:, None] + i[None, :]
+    x = tl.load(left + corner, mask=row_in, other=0)[:, None] + j[None, :]
     inside = (y >= 0) & (y < H) & (x >= 0) & (x < W)
     y = tl.minimum(tl.maximum(y, 0), H - 1)
     x = tl.minimum(tl.maximum(x, 0), W - 1)
@@ -65,7 +67,7 @@ def _alpha_offsets(b, r, c, i, j, pos, alpha_batch_stride, n, C, KH, KW,
 def patches_step_kernel(
         l_coeff, u_coeff, new_l, new_u, l_partial, u_partial, top, left,
         l_slope, l_bias, u_slope, u_bias, unstable, alpha_l, alpha_u,
-        total_rows, k, n, n_blocks, C, H, W, KH, KW,
+        total_rows, k, corner_stride, n, n_blocks, C, H, W, KH, KW,
         l_batch_stride, u_batch_stride, line_batch_stride, alpha_batch_stride,
         CL: tl.constexpr, HAS_LOWER: tl.constexpr, HAS_UPPER: tl.constexpr, LOAD_UPPER: tl.constexpr,
         HAS_L_SLOPE: tl.constexpr, HAS_L_BIAS: tl.constexpr,
@@ -87,7 +89,7 @@ def patches_step_kernel(
     cols = block * BLOCK + tl.arange(0, BLOCK)
     row_in = rows < total_rows
     mask = row_in[:, None] & (cols < n)[None, :]
-    b, r, c, i, j, pos, inside = _window_offsets(rows, cols, row_in, top, left, k, C, H, W, KH, KW, CL)
+    b, r, c, i, j, pos, inside = _window_offsets(rows, cols, row_in, top, left, k, corner_stride, C, H, W, KH, KW, CL)
     line_at = (b * line_batch_stride)[:, None] + pos
     at = rows[:, None] * n + cols[None, :]
     ls = 0.0
@@ -138,7 +140,7 @@ def patches_step_grad_kernel(
         l_coeff, u_coeff, g_l, g_u, gb_l, gb_u, top, left,
         l_slope, l_bias, u_slope, u_bias, unstable, alpha_l, alpha_u,
         d_l, d_u, d_alpha_l, d_alpha_u, d_lines,
-        total_rows, k, n, C, H, W, KH, KW,
+        total_rows, k, corner_stride, n, C, H, W, KH, KW,
         l_batch_stride, u_batch_stride, line_batch_stride, alpha_batch_stride, grad_batch_stride, node_size,
         CL: tl.constexpr, HAS_LOWER: tl.constexpr, HAS_UPPER: tl.constexpr, SHARED: tl.constexpr,
         SEPARATE: tl.constexpr, HAS_G_L: tl.constexpr, HAS_G_U: tl.constexpr,
@@ -161,7 +163,7 @@ def patches_step_grad_kernel(
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     row_in = rows < total_rows
     mask = row_in[:, None] & (cols < n)[None, :]
-    b, r, c, i, j, pos, inside = _window_offsets(rows, cols, row_in, top, left, k, C, H, W, KH, KW, CL)
+    b, r, c, i, j, pos, inside = _window_offsets(rows, cols, row_in, top, left, k, corner_stride, C, H, W, KH, KW, CL)
     line_at = (b * line_batch_stride)[:, None] + pos
     at = rows[:, None] * n + cols[None, :]
     within = (r * n)[:, None] + cols[None, :]
@@ -328,9 +330,14 @@ class _Operands:
         return (triton.cdiv(self.batch * self.k, self.rows_tile), self.n_blocks)
 
 
+def _corner_stride(top: torch.Tensor) -> int:
+    """Rows between one sample's window corners and the next's: 0 when the batch shares them."""
+    return top.shape[1] if top.dim() == 2 else 0
+
+
 def launch_patches_step(lA, uA, top, left, node, lines, alphas=None, cl=False):
     """Run ``patches_step_kernel``. lA, uA: (B, k, C, KH, KW) window coefficients (``uA is lA``
-    when shared; either None); top, left: (k,) window corners; node: (C, H, W); lines:
+    when shared; either None); top, left: (k,) window corners, or (B, k) per sample; node: (C, H, W); lines:
     (l_slope, l_bias, u_slope, u_bias), each (B or 1, C, H, W) contiguous or None for 0, one
     batch size for all; alphas: (unstable (like the lines), alpha_l, alpha_u: per window
     (B, k, C, KH, KW) or node-shaped (B or 1, C, H, W), of one layout; either None) or None;
@@ -346,7 +353,7 @@ def launch_patches_step(lA, uA, top, left, node, lines, alphas=None, cl=False):
         o.ptr(o.coeffs[0]), o.ptr(o.coeffs[1]), *(o.ptr(None if t is None else t[1]) for t in outs),
         o.ptr(partials[0]), o.ptr(partials[1]), top, left,
         *(o.ptr(t) for t in lines), o.ptr(o.unstable), o.ptr(o.alphas[0]), o.ptr(o.alphas[1]),
-        o.batch * o.k, o.k, o.n, o.n_blocks, o.channels, node[1], node[2], o.kh, o.kw,
+        o.batch * o.k, o.k, _corner_stride(top), o.n, o.n_blocks, o.channels, node[1], node[2], o.kh, o.kw,
         *o.coeff_strides, o.line_stride, o.alpha_stride,
         CL=cl, HAS_LOWER=lA is not None, HAS_UPPER=uA is not None, LOAD_UPPER=uA is not None and not o.shared,
         HAS_L_SLOPE=lines[0] is not None, HAS_L_BIAS=lines[1] is not None,
@@ -380,7 +387,7 @@ def launch_patches_step_grad(lA, uA, top, left, node, grads, lines, alphas, line
         o.ptr(o.coeffs[0]), o.ptr(o.coeffs[1]), o.ptr(g_l), o.ptr(g_u), o.ptr(gb_l), o.ptr(gb_u), top, left,
         *(o.ptr(t) for t in lines), o.ptr(o.unstable), o.ptr(o.alphas[0]), o.ptr(o.alphas[1]),
         *(o.ptr(None if t is None else t[1]) for t in d), o.ptr(d_alpha[0]), o.ptr(d_alpha[1]), d_lines,
-        o.batch * o.k, o.k, o.n, channels, height, width, o.kh, o.kw,
+        o.batch * o.k, o.k, _corner_stride(top), o.n, channels, height, width, o.kh, o.kw,
         *o.coeff_strides, o.line_stride, o.alpha_stride, 6 * node_size if needs_planes else 0, node_size,
         CL=cl, HAS_LOWER=lA is not None, HAS_UPPER=uA is not None, SHARED=o.shared, SEPARATE=not o.shared,
         HAS_G_L=g_l is not None, HAS_G_U=g_u is not None, HAS_GB_L=gb_l is not None, HAS_GB_U=gb_u is not None,
@@ -494,8 +501,6 @@ def step(lA, uA, lines, alphas=None):
     if not sides or not all(isinstance(c, Patches) for c in sides):
         return None
     first = sides[0]
-    if first.per_sample:
-        return None     # (windows at per-sample corners (B, k): the torch rule reads them)
     coeff, node = first.coeff, first.shape
     if coeff.dim() != 5 or coeff.dtype not in (torch.float32, torch.float64) or coeff.numel() == 0 \
             or not runs_on(coeff) or len(node) != 3:

@@ -19,8 +19,12 @@ NODE = (2, 5, 5)
 
 def _patches(g, layout="channels_last", rows=4, batch=2):
     """Patches on NODE from 3x3 windows of a stride-2, padding-1 conv (windows cross the
-    map's edge), with random coefficients inside the map (zero outside: the invariant)."""
-    out = identity_patches(batch, torch.tensor([0, 4, 8, 13][:rows]), (3, 3, 3), torch.zeros(1, dtype=torch.float64))
+    map's edge), with random coefficients inside the map (zero outside: the invariant);
+    "per_sample": each sample's own rows (window corners (B, k)), channels last."""
+    starts = torch.tensor([0, 4, 8, 13][:rows])
+    if layout == "per_sample":
+        starts = torch.stack([starts, torch.tensor([26, 1, 8, 20][:rows])])
+    out = identity_patches(batch, starts, (3, 3, 3), torch.zeros(1, dtype=torch.float64))
     weight = torch.randn(3, NODE[0], 3, 3, generator=g, dtype=torch.float64)
     p = out.conv_transpose(weight, (2, 2), (1, 1), (1, 1), 1, NODE)
     mask = p._inside_mask()
@@ -28,7 +32,7 @@ def _patches(g, layout="channels_last", rows=4, batch=2):
     coeff[..., 0, :] = 0.0      # exact zeros: the split's tie and 0 * inf
     if layout == "contiguous":
         coeff = coeff * mask
-    elif layout == "channels_last":
+    elif layout in ("channels_last", "per_sample"):
         coeff = (coeff.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)) * mask
         assert not coeff.is_contiguous()
     else:    # the same rows for every sample: an expanded batch
@@ -63,7 +67,7 @@ def _sides(p, q, side):
     return {"shared": (p, p), "distinct": (p, q), "lower": (p, None), "upper": (None, q)}[side]
 
 
-@pytest.mark.parametrize("layout", ["channels_last", "contiguous", "expanded"])
+@pytest.mark.parametrize("layout", ["channels_last", "contiguous", "expanded", "per_sample"])
 @pytest.mark.parametrize("side", ["shared", "distinct", "lower", "upper"])
 def test_values_match_torch(layout, side):
     g = torch.Generator().manual_seed(1)
@@ -97,12 +101,13 @@ def _grads(rule, leaves, weights):
     return torch.autograd.grad(total, leaves, allow_unused=True)
 
 
-@pytest.mark.parametrize("side,infinite", [("shared", True), ("distinct", False)])
-def test_gradients_match_torch(side, infinite):
+@pytest.mark.parametrize("side,infinite,layout", [("shared", True, "channels_last"), ("distinct", False, "channels_last"),
+                                                  ("distinct", False, "per_sample")])
+def test_gradients_match_torch(side, infinite, layout):
     g = torch.Generator().manual_seed(3)
-    p = _patches(g)
+    p = _patches(g, layout)
     a = p.coeff.detach().clone().requires_grad_()
-    b = _patches(g).coeff.detach().clone().requires_grad_()
+    b = _patches(g, layout).coeff.detach().clone().requires_grad_()
     lA = Patches(a, p.top, p.left, NODE)
     uA = lA if side == "shared" else Patches(b, p.top, p.left, NODE)
     lines = [t.requires_grad_() for t in _lines(g, batch=1, infinite=infinite)]
