@@ -26,7 +26,7 @@ from lirpac.codegen.triton.relaxed_step_grad import relaxed_step_grad_kernel  # 
 _INTS = {"total_rows", "rows_per_batch", "n", "n_blocks", "line_batch_stride", "alpha_batch_stride",
          "alpha_row_stride", "set_batch_stride", "tiles_per_batch", "rows",
          "k", "C", "H", "W", "KH", "KW", "l_batch_stride", "u_batch_stride", "grad_batch_stride", "node_size",
-         "inner", "channels"}
+         "inner", "channels", "corner_stride"}
 _I64_POINTERS = {"top", "left"}      # (Patches' window corners)
 _PATCHES = dict(CL=True, HAS_LOWER=True, HAS_UPPER=True, HAS_L_SLOPE=True, HAS_L_BIAS=False, HAS_U_SLOPE=True,
                 HAS_U_BIAS=True, HAS_ALPHA=True, ALPHA_WINDOWED=True, ALPHA_CL=False, ROWS=4, BLOCK=256)
