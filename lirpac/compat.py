@@ -332,12 +332,13 @@ class BoundedModule(torch.nn.Module):
 
     def _fused_bounds(self, x, ptb, name, C, bound_lower):
         """(None, upper bound of sum_j exp(z_j - z_y)) of a CrossEntropyWrapper, by loss fusion."""
-        from lirpac.training import fused_ce_bound
-        if C is not None or bound_lower or name not in ("ibp", "crown-ibp", "crown"):
+        from lirpac.training import ROBUST_METHODS, fused_ce_bound
+        if C is not None or bound_lower or name not in ROBUST_METHODS:
             raise InputError("a CrossEntropyWrapper model is bounded by loss fusion: call "
-                             "compute_bounds(x=(x, labels), C=None, bound_lower=False) with IBP, "
-                             f"CROWN-IBP or CROWN (got C={'given' if C is not None else None}, "
-                             f"bound_lower={bound_lower}, method {name})")
+                             "compute_bounds(x=(x, labels), C=None, bound_lower=False) with one "
+                             f"of {', '.join(m.upper() for m in ROBUST_METHODS)} (got "
+                             f"C={'given' if C is not None else None}, bound_lower={bound_lower}, "
+                             f"method {name})")
         if self._labels is None:
             raise InputError("a CrossEntropyWrapper model needs its labels: "
                              "compute_bounds(x=(x, labels), ...)")
