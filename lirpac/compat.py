@@ -24,6 +24,7 @@ from lirpac.compat_training import (AdaptiveScheduler, CrossEntropyWrapper, Fixe
                                     LinearScheduler, MultiAverageMeter, MultiTimer,
                                     SmoothedScheduler, get_spec_matrix, is_loss_wrapper)
 from lirpac.perturbations.weights import PerturbedParameters
+from lirpac.ir.ops.relu_variants import OPS as RELU_LOWER_LINES, use_relu_lower_line
 
 # auto_LiRPA's method names (matched without case) and the lirpac method each one runs
 # (Method.compat_names)
@@ -136,13 +137,14 @@ _PERFORMANCE_OPTS = {"sparse_intermediate_bounds", "sparse_conv_intermediate_bou
 _READ_OPTS = {"conv_mode", "relu", "activation_bound_option", "optimize_bound_args"}
 
 
-def _read_bound_opts(bound_opts) -> tuple[str, dict]:
-    """(conv_mode, alpha-CROWN options) from auto_LiRPA's bound_opts; the options lirpac reads
+def _read_bound_opts(bound_opts) -> tuple[str, dict, str]:
+    """(conv_mode, alpha-CROWN options, ReLU lower line) from auto_LiRPA's bound_opts
+    (activation_bound_option, or its older name relu: ir/ops/relu_variants.py); the options lirpac reads
     are checked here, so a wrong type fails at construction with the option's own name. Keys
     that only tune auto_LiRPA's speed are accepted; any other key is refused by name (never
     silently ignored: it may change auto_LiRPA's bounds)."""
     if bound_opts is None:
-        return "auto", {}
+        return "auto", {}, "adaptive"
     if not isinstance(bound_opts, dict):
         raise InputError(f"bound_opts must be a dict such as {{'conv_mode': 'patches'}} or None, "
                          f"got {type(bound_opts).__name__} {bound_opts!r}")
@@ -154,16 +156,13 @@ def _read_bound_opts(bound_opts) -> tuple[str, dict]:
     conv_mode = bound_opts.get("conv_mode", "auto")
     if not isinstance(conv_mode, str) or conv_mode not in ("patches", "matrix", "auto"):
         raise InputError(f"bound_opts['conv_mode'] must be 'patches' or 'matrix', got {conv_mode!r}")
+    lines = ("adaptive", *RELU_LOWER_LINES)
     for key in ("relu", "activation_bound_option"):
-        if bound_opts.get(key) not in (None, "adaptive"):
-            raise InputError(f"bound_opts['{key}']={bound_opts[key]!r} is not supported: lirpac "
-                             "relaxes ReLU with CROWN's adaptive lower slope only; leave "
-                             f"'{key}' out or set it to 'adaptive'")
-    relu = bound_opts.get("relu")
-    if relu not in (None, "adaptive"):
-        raise InputError(f"bound_opts['relu']={relu!r} is not supported: lirpac relaxes ReLU with "
-                         "CROWN's adaptive lower slope only; leave 'relu' out or set it to 'adaptive'")
-    return conv_mode, _read_alpha_options(bound_opts.get("optimize_bound_args", {}))
+        if bound_opts.get(key) not in (None, *lines):
+            raise InputError(f"bound_opts['{key}']={bound_opts[key]!r} is not supported: ReLU's "
+                             f"lower line is one of {', '.join(map(repr, lines))}")
+    relu = bound_opts.get("activation_bound_option") or bound_opts.get("relu") or "adaptive"
+    return conv_mode, _read_alpha_options(bound_opts.get("optimize_bound_args", {})), relu
 
 
 def _read_alpha_options(args) -> dict:
@@ -214,7 +213,7 @@ class BoundedModule(torch.nn.Module):
                              "model, global_input, bound_opts, device, verbose and custom_ops")
         _check_custom_ops(custom_ops)
         self.model = model
-        conv_mode, self._alpha_options = _read_bound_opts(bound_opts)
+        conv_mode, self._alpha_options, self._relu = _read_bound_opts(bound_opts)
         self.bound_opts = dict(bound_opts or {})
         self.global_input = global_input
         self._last_method = None
@@ -235,7 +234,9 @@ class BoundedModule(torch.nn.Module):
             inner, example = self._weights, self._weights.inputs(example)
         else:
             inner, example = model, global_input
+        self._inner, self._example = inner, example
         self.net = _compile(inner, example, conv_mode=conv_mode)
+        use_relu_lower_line(self.net, self._relu)
         self._last_x = None
         self._intermediate = None   # "ibp" | "backward" | "forward": bounds kept for _last_x
         self._ibp_bounds = None     # the last IBP bounds, for reuse_ibp=True
@@ -369,10 +370,13 @@ class BoundedModule(torch.nn.Module):
         for key, value in (new_opts or {}).items():
             merged[key] = ({**merged[key], **value} if isinstance(value, dict)
                            and isinstance(merged.get(key), dict) else value)
-        conv_mode, self._alpha_options = _read_bound_opts(merged)
+        conv_mode, self._alpha_options, relu = _read_bound_opts(merged)
         self.bound_opts = merged
-        if conv_mode != self.net.conv_mode:
-            self.net = _compile(self.model, self.global_input, conv_mode=conv_mode)
+        if conv_mode != self.net.conv_mode or relu != self._relu:
+            self.net = _compile(self._inner, self._example, conv_mode=conv_mode)
+            self._relu = relu
+            use_relu_lower_line(self.net, relu)
+            self.__dict__.pop("_subnets", None)
         self._new_input(self._last_x)
 
     def get_split_nodes(self):
