@@ -18,7 +18,7 @@ from lirpac import methods
 from lirpac.alpha import AlphaOptions
 from lirpac.api import compile as _compile
 from lirpac.errors import InputError
-from lirpac.perturbation import Box, LpBall, Perturbation
+from lirpac.perturbation import Box, L0Ball, LpBall, Perturbation
 # certified training: auto_LiRPA's schedulers, meters and loss wrapper (lirpac/compat_training.py)
 from lirpac.compat_training import (AdaptiveScheduler, CrossEntropyWrapper, FixedScheduler,  # noqa: F401
                                     LinearScheduler, MultiAverageMeter, MultiTimer,
@@ -101,6 +101,28 @@ class PerturbationLpNorm(Perturbation):
 
     def __repr__(self):
         return f"PerturbationLpNorm(eps={self.eps!r}, norm={self.norm}, x_L={self.x_L!r}, x_U={self.x_U!r})"
+
+
+class PerturbationL0Norm(Perturbation):
+    """auto_LiRPA's PerturbationL0Norm(eps, ratio): at most ceil(eps) elements change, each
+    within [x - ratio x, x + ratio (1 - x)] (ratio 1: anywhere in [0, 1], its pixel range), the
+    set whose bounds its concretization gives; lirpac.L0Ball bounds it (in every method)."""
+
+    def __init__(self, eps, x_L=None, x_U=None, ratio=1.0):
+        if x_L is not None or x_U is not None:
+            raise InputError("PerturbationL0Norm: auto_LiRPA does not use x_L / x_U (each changed "
+                             "element lies in [0, 1]); for other ranges use "
+                             "lirpac.L0Ball(k, lower, upper)")
+        if not 0.0 <= float(ratio) <= 1.0:
+            raise InputError(f"PerturbationL0Norm: ratio must lie in [0, 1], got {ratio!r}")
+        self.eps, self.x_L, self.x_U, self.ratio = eps, x_L, x_U, float(ratio)
+
+    def bind(self, x: torch.Tensor):
+        return L0Ball(math.ceil(self.eps), x * (1.0 - self.ratio),
+                      x + self.ratio * (1.0 - x)).bind(x)
+
+    def __repr__(self):
+        return f"PerturbationL0Norm(eps={self.eps!r}, ratio={self.ratio})"
 
 
 class BoundedTensor(torch.Tensor):
@@ -534,8 +556,11 @@ def _perturbations_module():
     """``lirpac.compat.perturbations``: auto_LiRPA's module path of its perturbation classes."""
     import sys
     import types
+    import numpy
     module = types.ModuleType(__name__ + ".perturbations", "auto_LiRPA's perturbations path")
-    module.PerturbationLpNorm = PerturbationLpNorm
+    module.PerturbationLpNorm, module.PerturbationL0Norm = PerturbationLpNorm, PerturbationL0Norm
+    # its examples' `from auto_LiRPA.perturbations import *` brings these names too
+    module.torch, module.np, module.math, module.Perturbation = torch, numpy, math, Perturbation
     sys.modules[module.__name__] = module
     return module
 
@@ -547,13 +572,29 @@ def _utils_module():
     """``lirpac.compat.utils``: auto_LiRPA's path of Flatten."""
     import sys
     import types
-    module = types.ModuleType(__name__ + ".utils", "auto_LiRPA's utils path (Flatten)")
+    module = types.ModuleType(__name__ + ".utils", "auto_LiRPA's utils path (Flatten, meters)")
     module.Flatten = Flatten
+    module.MultiAverageMeter, module.MultiTimer = MultiAverageMeter, MultiTimer
+    module.get_spec_matrix = get_spec_matrix
     sys.modules[module.__name__] = module
     return module
 
 
 utils = _utils_module()
+
+
+def _eps_scheduler_module():
+    """``lirpac.compat.eps_scheduler``: auto_LiRPA's path of its eps schedulers."""
+    import sys
+    import types
+    module = types.ModuleType(__name__ + ".eps_scheduler", "auto_LiRPA's eps_scheduler path")
+    for cls in (LinearScheduler, AdaptiveScheduler, SmoothedScheduler, FixedScheduler):
+        setattr(module, cls.__name__, cls)
+    sys.modules[module.__name__] = module
+    return module
+
+
+eps_scheduler = _eps_scheduler_module()
 
 
 class Bound:
