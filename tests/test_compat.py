@@ -396,7 +396,7 @@ def test_refused_combinations_and_arguments(tiny):
     ("patches", "bound_opts must be a dict"),
     ({"conv_mode": 3}, r"bound_opts\['conv_mode'\]"),
     ({"conv_mode": "patch"}, r"bound_opts\['conv_mode'\]"),
-    ({"relu": "same-slope"}, r"bound_opts\['relu'\]"),
+    ({"relu": "same_slope"}, r"bound_opts\['relu'\]"),
     ({"optimize_bound_args": [("iteration", 5)]}, r"bound_opts\['optimize_bound_args'\] must be a dict"),
     ({"optimize_bound_args": {"iteration": "ten"}}, r"\['iteration'\]='ten'"),
     ({"optimize_bound_args": {"iteration": 2.5}}, r"\['iteration'\]=2.5"),
