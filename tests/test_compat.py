@@ -1,4 +1,6 @@
 """lirpac.compat: auto_LiRPA's names give lirpac's bounds."""
+import copy
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -263,9 +265,16 @@ TINY_REFERENCE = {
 }
 
 
+@pytest.fixture(scope="module")
+def tiny_compiled():
+    return BoundedModule(Tiny().eval(), torch.empty_like(TINY_X))
+
+
 @pytest.fixture
-def tiny():
-    bounded = BoundedModule(Tiny().eval(), torch.empty_like(TINY_X))
+def tiny(tiny_compiled):
+    """A BoundedModule with no bounds kept yet (a copy sharing the compiled net)."""
+    bounded = copy.copy(tiny_compiled)
+    bounded._new_input(None)
     return bounded, BoundedTensor(TINY_X, PerturbationLpNorm(eps=0.45))
 
 
