@@ -121,14 +121,14 @@ def own_compiled(arch: str, owner: str = ""):
 _SHARED = {}
 
 
-def shared_compiled(key, model: nn.Module, example):
+def shared_compiled(key, model: nn.Module, example, **options):
     """(model', net) where net is compiled once per ``key`` (one architecture): the first model
     given is compiled; a later one's parameters and buffers are copied into that first model in
     place (the net reads them live), so a hypothesis example skips torch.export (~0.1 s each).
-    Bound and sample model', which then equals ``model``."""
+    Bound and sample model', which then equals ``model``. ``options``: lirpac.compile's."""
     import lirpac
     if key not in _SHARED:
-        _SHARED[key] = (model, lirpac.compile(model, example))
+        _SHARED[key] = (model, lirpac.compile(model, example, **options))
         return _SHARED[key]
     shared, net = _SHARED[key]
     shared.load_state_dict(model.state_dict())
