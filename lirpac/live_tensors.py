@@ -20,7 +20,9 @@ class LiveTensors:
     """The leaves of the compiled graphs that name a module tensor (attrs["target"])."""
 
     def __init__(self, module, graphs):
-        self._slots = []        # (owner module, tensor name, kind, [leaf nodes reading it])
+        # (the owner's _parameters or _buffers dict, tensor name, [leaf nodes reading it],
+        #  target, compiled shape, compiled dtype)
+        self._slots = []
         if not isinstance(module, torch.nn.Module):
             return
         by_target: dict[str, list] = {}
@@ -39,12 +41,15 @@ class LiveTensors:
                     "_buffers" if name in owner._buffers else None)
             value = nodes[0].value
             if kind is not None and getattr(owner, kind)[name] is value:
-                self._slots.append((owner, name, kind, nodes, target, value.shape, value.dtype))
+                self._slots.append((getattr(owner, kind), name, nodes, target, value.shape,
+                                    value.dtype))
 
     def sync(self) -> None:
         """Re-read every tensor the module replaced since compile (same shape and dtype)."""
-        for owner, name, kind, nodes, target, shape, dtype in self._slots:
-            current = getattr(owner, kind).get(name)
+        for tensors, name, nodes, target, shape, dtype in self._slots:
+            current = tensors.get(name)
+            if current is nodes[0].value and current.dtype is dtype:
+                continue            # unchanged (model.double() converts parameters in place)
             if current is None or current.dtype != dtype or current.shape != shape:
                 now = ("removed" if current is None else
                        f"now {tuple(current.shape)} {current.dtype}")
@@ -52,6 +57,5 @@ class LiveTensors:
                     f"the model's {target!r} changed after lirpac.compile (compiled with "
                     f"{tuple(shape)} {dtype}, {now}); call lirpac.compile(model, x) again "
                     "after converting the model")
-            if current is not nodes[0].value:
-                for node in nodes:
-                    node.value = current
+            for node in nodes:
+                node.value = current
