@@ -107,9 +107,9 @@ _OWN = {}
 
 def own_compiled(arch: str, owner: str = ""):
     """(model, net, shape) of an ARCHS model compiled apart from ``compiled_arch``'s shared ones
-    (``owner`` names the module that keeps it): those may have had their buffers replaced by
-    another test (model.double() then .float() makes new buffer tensors, which the compiled
-    graph no longer reads)."""
+    (``owner`` names the module that keeps it): another test may have converted those
+    (model.double() then .float() makes new buffer tensors; the compiled net re-reads them,
+    lirpac/live_tensors.py, but a test that needs its own state should not share)."""
     import lirpac
     if (owner, arch) not in _OWN:
         cls, shape = ARCHS[arch]
