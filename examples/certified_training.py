@@ -1,5 +1,5 @@
 """The certified-training loop the training examples share (simple_training.py, mnist_training.py,
-cifar_training.py): options, eps schedule, progress bar, checkpoints, resume, multi-process
+cifar_training.py, lstm_digit_rows.py, weight_perturbation_training.py): options, eps schedule, progress bar, checkpoints, resume, multi-process
 (torchrun), and the final verified-error report. Everything lirpac-specific is three calls:
 ``lirpac.compile`` (once), ``lirpac.training.robust_loss`` (each step) and
 ``lirpac.training.certified`` (the report).
@@ -62,6 +62,19 @@ def add_arguments(p: argparse.ArgumentParser, *, eps: float, epochs: int, batch_
     return p
 
 
+def settings(**overrides) -> argparse.Namespace:
+    """The loop's options at their defaults, with ``overrides`` (for scripts with their own
+    command line)."""
+    p = add_arguments(argparse.ArgumentParser(), eps=0.0, epochs=1, batch_size=64, lr=1e-3,
+                      warmup=0, ramp=1)
+    args = p.parse_args([])
+    for key, value in overrides.items():
+        if not hasattr(args, key):
+            raise AttributeError(f"the training loop has no option {key!r}")
+        setattr(args, key, value)
+    return args
+
+
 # -- multi-process ------------------------------------------------------------------------------
 
 def init_distributed():
@@ -88,7 +101,7 @@ def _shard(n: int, rank: int, world: int, generator: torch.Generator) -> torch.T
 # -- the loop ------------------------------------------------------------------------------------
 
 def _schedule(args, steps_per_epoch: int):
-    start, length = args.warmup * steps_per_epoch, max(1, args.ramp * steps_per_epoch)
+    start, length = args.warmup * steps_per_epoch, max(1, round(args.ramp * steps_per_epoch))
     cls = training.SmoothedSchedule if args.schedule == "smoothed" else training.LinearSchedule
     return cls(args.eps, start=start, length=length)
 
@@ -100,11 +113,16 @@ def _ball(args, eps: float, domain):
 
 
 def train(args, model: torch.nn.Module, train_set, test_set, *, domain=(0.0, 1.0), log=print,
-          make_set=None, final_report=True):
+          net=None, make_set=None, robust=None, final_report=True, lr_decay: bool = True):
     """Certified training of ``model`` on (x, y) tensors; returns the trained model.
+
     ``make_set(eps)``: the perturbation set at the schedule's eps (default: the Lp ball of
-    --norm within ``domain``; examples/sentiment.py gives word substitutions);
-    ``final_report``: end with ``report`` (the ball's verified error)."""
+    --norm within ``domain``; examples/sentiment.py gives word substitutions). For sets the
+    robust loss cannot take (weights, ...): ``net`` compiled by the caller and
+    ``robust(net, x, y, eps)`` -> (loss, margins' lower bounds) of a batch. ``final_report``:
+    True ends with ``report`` (the ball's verified error), False with nothing, a function
+    ``final_report(net, model)`` with its own. ``lr_decay``: divide the learning rate by 5
+    halfway and three quarters through the epochs after the ramp."""
     if make_set is None:
         make_set = lambda eps: _ball(args, eps, domain)       # noqa: E731
     if args.limit:
@@ -120,15 +138,17 @@ def train(args, model: torch.nn.Module, train_set, test_set, *, domain=(0.0, 1.0
     if rank == 0:
         log(f"settings: {json.dumps(settings)} world_size={world} device={device} "
             f"train={len(x_train)} test={len(test_set[0])}")
-    net = lirpac.compile(model, x_train[:2])      # once: the bounds read the live weights
+    if net is None:
+        net = lirpac.compile(model, x_train[:2])  # once: the bounds read the live weights
     ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     steps_per_epoch = (len(x_train) // world) // args.batch_size or 1
     schedule = _schedule(args, steps_per_epoch)
     decay_from = args.warmup + args.ramp
+    milestones = (decay_from + (args.epochs - decay_from) // 2,
+                  decay_from + 3 * (args.epochs - decay_from) // 4) if lr_decay else ()
     lr_sched = torch.optim.lr_scheduler.MultiStepLR(
-        opt, [m for m in (decay_from + (args.epochs - decay_from) // 2,
-                          decay_from + 3 * (args.epochs - decay_from) // 4) if m > decay_from], 0.2)
+        opt, [m for m in milestones if m > decay_from], 0.2)
     first_epoch = 0
     if args.resume is not None:
         state = torch.load(args.resume, map_location=device, weights_only=False)
@@ -155,13 +175,16 @@ def train(args, model: torch.nn.Module, train_set, test_set, *, domain=(0.0, 1.0
             progress = eps / args.eps if args.eps > 0 else 1.0
             logits = ddp(x)
             clean = F.cross_entropy(logits, y)
-            if eps > 0:
-                robust, margins = training.robust_loss(
+            if eps > 0 and robust is not None:
+                robust_ce, margins = robust(net, x, y, eps)
+            elif eps > 0:
+                robust_ce, margins = training.robust_loss(
                     net, x, y, make_set(eps), args.method,
                     beta=training.crown_ibp_beta(eps, args.eps), fused=not args.no_fusion,
                     return_margins=True)
+            if eps > 0:
                 kappa = 1.0 - (1.0 - args.kappa) * progress
-                loss = kappa * clean + (1 - kappa) * robust
+                loss = kappa * clean + (1 - kappa) * robust_ce
                 verified = ((logits.argmax(1) == y) & (margins > 0).all(1)).float().mean().item()
             else:
                 loss, verified = clean, float("nan")
@@ -200,7 +223,9 @@ def train(args, model: torch.nn.Module, train_set, test_set, *, domain=(0.0, 1.0
             torch.save(model.state_dict(), args.out / "model.pt")
             log(f"saved {args.out / 'model.pt'} and {args.out / 'checkpoint.pt'}")
         model.eval()
-        if final_report:
+        if callable(final_report):
+            final_report(net, model)
+        elif final_report:
             report(args, net, model, test_set, device, domain, log)
     if dist.is_initialized():
         dist.barrier()

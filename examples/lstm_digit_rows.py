@@ -15,12 +15,11 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 import lirpac
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from lirpac.training import worst_case_ce as worst_case_loss  # noqa: E402
+import certified_training  # noqa: E402
 from train_digits import load_data  # noqa: E402
 
 
@@ -33,6 +32,21 @@ class RowLSTM(nn.Module):
     def forward(self, image):                      # (B, 1, 8, 8): 8 steps of 8 pixels
         out, _ = self.rnn(image.flatten(1, 2))
         return self.head(out[:, -1])
+
+
+def verify(args, net, model, x_test, y_test):
+    """Verified accuracy on the first --verify test images, per method."""
+    x, y = x_test[:args.verify], y_test[:args.verify]
+    ball = lirpac.LpBall(eps=args.eps, lower=0.0, upper=1.0)
+    with torch.no_grad():
+        correct = model(x).argmax(1) == y
+        print(f"clean accuracy on the first {len(x)} test images: {correct.float().mean().item():.3f}")
+        for method in ("ibp", "crown-ibp") + (("crown",) if args.crown else ()):
+            start = time.time()
+            lower, _ = net.bounds(x, ball, method=method, C=lirpac.margin_spec(y, 10), bound_upper=False)
+            verified = (correct & (lower > 0).all(1)).float().mean().item()
+            print(f"verified accuracy at eps={args.eps} ({method}): {verified:.3f}  "
+                  f"({time.time() - start:.1f} s)")
 
 
 def main():
@@ -50,50 +64,17 @@ def main():
     if args.eps < 0 or args.epochs < 1:
         p.error("--eps must be >= 0 and --epochs >= 1")
 
+    # the shared loop (examples/certified_training.py): eps ramped linearly from the first step,
+    # IBP's worst-case cross-entropy mixed with the clean one (kappa falling from 1 to 0.5)
+    loop = certified_training.settings(
+        method="ibp", no_fusion=True, eps=args.eps, epochs=args.epochs, warmup=0,
+        ramp=args.ramp * args.epochs, schedule="linear", kappa=0.5, lr=args.lr,
+        batch_size=args.batch_size, seed=args.seed, threads=0,
+        verify_methods="ibp,crown-ibp" + (",crown" if args.crown else ""))
+    train_set, (x_test, y_test) = load_data()
     torch.manual_seed(args.seed)
-    (x_train, y_train), (x_test, y_test) = load_data()
-    model = RowLSTM()
-    net = lirpac.compile(model, x_train[:1])
-    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
-    steps = (len(x_train) + args.batch_size - 1) // args.batch_size
-    ramp_steps = max(1, int(args.ramp * args.epochs * steps))
-    step, t0 = 0, time.time()
-    for epoch in range(args.epochs):
-        model.train()
-        perm = torch.randperm(len(x_train))
-        for i in range(0, len(perm), args.batch_size):
-            idx = perm[i:i + args.batch_size]
-            x, y = x_train[idx], y_train[idx]
-            progress = min(1.0, step / ramp_steps)
-            eps, kappa = args.eps * progress, 1.0 - 0.5 * progress
-            loss = kappa * F.cross_entropy(model(x), y)
-            if eps > 0:
-                lower, _ = net.bounds(x, lirpac.LpBall(eps=eps, lower=0.0, upper=1.0), method="ibp",
-                                      C=lirpac.margin_spec(y, 10), bound_upper=False)
-                loss = loss + (1 - kappa) * worst_case_loss(lower)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            step += 1
-            done = i // args.batch_size + 1
-            print(f"\repoch {epoch + 1:3d} [{'#' * (30 * done // steps):<30}] {done}/{steps}", end="", flush=True)
-        model.eval()
-        with torch.no_grad():
-            clean = (model(x_test).argmax(1) == y_test).float().mean().item()
-        print(f"  eps {eps:.3f}  clean test acc {clean:.3f}", flush=True)
-    print(f"trained in {time.time() - t0:.1f} s")
-
-    x, y = x_test[:args.verify], y_test[:args.verify]
-    ball = lirpac.LpBall(eps=args.eps, lower=0.0, upper=1.0)
-    with torch.no_grad():
-        correct = model(x).argmax(1) == y
-        print(f"clean accuracy on the first {len(x)} test images: {correct.float().mean().item():.3f}")
-        for method in ("ibp", "crown-ibp") + (("crown",) if args.crown else ()):
-            start = time.time()
-            lower, _ = net.bounds(x, ball, method=method, C=lirpac.margin_spec(y, 10), bound_upper=False)
-            verified = (correct & (lower > 0).all(1)).float().mean().item()
-            print(f"verified accuracy at eps={args.eps} ({method}): {verified:.3f}  "
-                  f"({time.time() - start:.1f} s)")
+    certified_training.train(loop, RowLSTM(), train_set, (x_test, y_test), lr_decay=False,
+                             final_report=lambda net, model: verify(args, net, model, x_test, y_test))
 
 
 if __name__ == "__main__":

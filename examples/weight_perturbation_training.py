@@ -13,17 +13,16 @@ IBP, CROWN-IBP and CROWN.
 """
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 import lirpac
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from lirpac.training import worst_case_ce as worst_case_loss  # noqa: E402
+import certified_training  # noqa: E402
+from lirpac.training import worst_case_ce  # noqa: E402
 from train_digits import load_data  # noqa: E402
 
 MOVING = ["3.weight"]      # the second hidden layer of the MLP below
@@ -48,11 +47,6 @@ def certified_accuracy(net, wm, model, x, y, eps, method):
     return (correct & (lower > 0).all(1)).float().mean().item()
 
 
-def bar(done: int, total: int, width: int = 30) -> str:
-    filled = int(width * done / total)
-    return "[" + "#" * filled + "." * (width - filled) + f"] {done}/{total}"
-
-
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--eps", type=float, default=0.05, help="L2 radius of each moving weight matrix")
@@ -65,44 +59,31 @@ def main():
     if args.eps < 0 or args.epochs < 1:
         p.error("--eps must be >= 0 and --epochs >= 1")
 
+    train_set, (x_test, y_test) = load_data()
     torch.manual_seed(args.seed)
-    (x_train, y_train), (x_test, y_test) = load_data()
     model = mlp()
     wm = lirpac.PerturbedParameters(model, MOVING)
-    net = lirpac.compile(wm, wm.inputs(x_train[:1]))
-    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
-    steps_per_epoch = (len(x_train) + args.batch_size - 1) // args.batch_size
-    ramp_steps = max(1, int(args.ramp * args.epochs * steps_per_epoch))
-    step, t0 = 0, time.time()
-    for epoch in range(args.epochs):
-        model.train()
-        perm = torch.randperm(len(x_train))
-        total = 0.0
-        for i in range(0, len(perm), args.batch_size):
-            idx = perm[i:i + args.batch_size]
-            x, y = x_train[idx], y_train[idx]
-            progress = min(1.0, step / ramp_steps)
-            eps, kappa = args.eps * progress, 1.0 - 0.5 * progress
-            loss = kappa * F.cross_entropy(model(x), y)
-            if eps > 0:
-                loss = loss + (1 - kappa) * worst_case_loss(margin_lower(net, wm, x, y, eps, "crown-ibp"))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            step += 1
-            total += loss.item() * len(idx)
-            print(f"\repoch {epoch + 1:3d} {bar(i // args.batch_size + 1, steps_per_epoch)}", end="", flush=True)
-        model.eval()
-        with torch.no_grad():
-            clean = (model(x_test).argmax(1) == y_test).float().mean().item()
-        print(f"  eps {eps:.3f}  loss {total / len(x_train):.4f}  clean test acc {clean:.3f}", flush=True)
+    net = lirpac.compile(wm, wm.inputs(train_set[0][:1]))
 
-    model.eval()
-    print(f"trained in {time.time() - t0:.1f} s")
-    for method in ("ibp", "crown-ibp", "crown"):
-        acc = certified_accuracy(net, wm, model, x_test, y_test, args.eps, method)
-        print(f"accuracy certified under L2 weight perturbation eps={args.eps} of {', '.join(MOVING)} "
-              f"({method}): {acc:.3f}")
+    def robust(net, x, y, eps):
+        """CROWN-IBP's margin bounds over the weight balls (the image fixed), as a loss."""
+        margins = margin_lower(net, wm, x, y, eps, "crown-ibp")
+        return worst_case_ce(margins), margins
+
+    def report(net, model):
+        for method in ("ibp", "crown-ibp", "crown"):
+            acc = certified_accuracy(net, wm, model, x_test, y_test, args.eps, method)
+            print(f"accuracy certified under L2 weight perturbation eps={args.eps} of "
+                  f"{', '.join(MOVING)} ({method}): {acc:.3f}")
+
+    # the shared loop (examples/certified_training.py): eps ramped linearly from the first step,
+    # the clean cross-entropy mixed with the robust one (kappa falling from 1 to 0.5)
+    loop = certified_training.settings(
+        eps=args.eps, norm="2", epochs=args.epochs, warmup=0, ramp=args.ramp * args.epochs,
+        schedule="linear", kappa=0.5, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
+        threads=0, verify_methods="ibp,crown-ibp,crown")
+    certified_training.train(loop, model, train_set, (x_test, y_test), net=net, robust=robust,
+                             final_report=report, lr_decay=False)
 
 
 if __name__ == "__main__":

@@ -771,7 +771,9 @@ def functionalize(exported):
     try:
         from torch.export import default_decompositions
         defaults = default_decompositions()
-        return exported.run_decompositions({op: defaults[op] for op in cells})
+        with warnings.catch_warnings():     # torch's own deprecation, on every ResNet's `+=`
+            warnings.filterwarnings("ignore", message=".*LeafSpec", category=FutureWarning)
+            return exported.run_decompositions({op: defaults[op] for op in cells})
     except Exception as err:  # torch raises many types; report them as one
         raise UnsupportedOperationError(
             f"torch.export could not rewrite the model's in-place operations as pure ones: "

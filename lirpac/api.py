@@ -17,6 +17,7 @@ from lirpac.codegen import cuda_graphs as graph_capture, triton as triton_backen
 from lirpac.codegen.torch_backend import Plan
 from lirpac.errors import InputError
 from lirpac.ir.graph import Graph
+from lirpac.live_tensors import LiveTensors
 from lirpac.perturbation import LpBall, Perturbation, all_finite
 from lirpac.perturbations.joint import joint_arguments
 from lirpac.perturbations.substitution import check_token_ids
@@ -86,6 +87,8 @@ class CompiledNet:
             _print_stage("IR from the frontend", str(graph))
         self.graph, self.pass_timings = run_passes(graph, passes, dump)
         self._leaves = [n for n in self.graph.nodes if n.op in ("param", "constant")]
+        # the module's tensors the leaves read, re-checked on each call (lirpac/live_tensors.py)
+        self._live = LiveTensors(module, (graph, self.graph))
         self._cache: dict[Plan, tuple] = {}
         x = self.graph.perturbed_input
         self.input_shape = x.shape
@@ -145,6 +148,7 @@ class CompiledNet:
     # -- bounds ---------------------------------------------------------------------------
     def _params(self, x: torch.Tensor) -> list[torch.Tensor]:
         # BatchNorm modules in training mode: the clean batch's statistics (lirpac/batch_stats.py)
+        self._live.sync()
         stats = batch_statistics(self.source_graph, self.module, x)
         out = []
         dtype = self._compute_dtype(x)     # (x's own, or the model's for token ids)

@@ -18,12 +18,13 @@ from lirpac import methods
 from lirpac.alpha import AlphaOptions
 from lirpac.api import compile as _compile
 from lirpac.errors import InputError
-from lirpac.perturbation import Box, LpBall, Perturbation
+from lirpac.perturbation import Box, L0Ball, LpBall, Perturbation
 # certified training: auto_LiRPA's schedulers, meters and loss wrapper (lirpac/compat_training.py)
 from lirpac.compat_training import (AdaptiveScheduler, CrossEntropyWrapper, FixedScheduler,  # noqa: F401
                                     LinearScheduler, MultiAverageMeter, MultiTimer,
                                     SmoothedScheduler, get_spec_matrix, is_loss_wrapper)
 from lirpac.perturbations.weights import PerturbedParameters
+from lirpac.ir.ops.relu_variants import OPS as RELU_LOWER_LINES, use_relu_lower_line
 
 # auto_LiRPA's method names (matched without case) and the lirpac method each one runs
 # (Method.compat_names)
@@ -102,6 +103,28 @@ class PerturbationLpNorm(Perturbation):
         return f"PerturbationLpNorm(eps={self.eps!r}, norm={self.norm}, x_L={self.x_L!r}, x_U={self.x_U!r})"
 
 
+class PerturbationL0Norm(Perturbation):
+    """auto_LiRPA's PerturbationL0Norm(eps, ratio): at most ceil(eps) elements change, each
+    within [x - ratio x, x + ratio (1 - x)] (ratio 1: anywhere in [0, 1], its pixel range), the
+    set whose bounds its concretization gives; lirpac.L0Ball bounds it (in every method)."""
+
+    def __init__(self, eps, x_L=None, x_U=None, ratio=1.0):
+        if x_L is not None or x_U is not None:
+            raise InputError("PerturbationL0Norm: auto_LiRPA does not use x_L / x_U (each changed "
+                             "element lies in [0, 1]); for other ranges use "
+                             "lirpac.L0Ball(k, lower, upper)")
+        if not 0.0 <= float(ratio) <= 1.0:
+            raise InputError(f"PerturbationL0Norm: ratio must lie in [0, 1], got {ratio!r}")
+        self.eps, self.x_L, self.x_U, self.ratio = eps, x_L, x_U, float(ratio)
+
+    def bind(self, x: torch.Tensor):
+        return L0Ball(math.ceil(self.eps), x * (1.0 - self.ratio),
+                      x + self.ratio * (1.0 - x)).bind(x)
+
+    def __repr__(self):
+        return f"PerturbationL0Norm(eps={self.eps!r}, ratio={self.ratio})"
+
+
 class BoundedTensor(torch.Tensor):
     """A tensor that carries its perturbation (``.ptb``)."""
 
@@ -136,13 +159,14 @@ _PERFORMANCE_OPTS = {"sparse_intermediate_bounds", "sparse_conv_intermediate_bou
 _READ_OPTS = {"conv_mode", "relu", "activation_bound_option", "optimize_bound_args"}
 
 
-def _read_bound_opts(bound_opts) -> tuple[str, dict]:
-    """(conv_mode, alpha-CROWN options) from auto_LiRPA's bound_opts; the options lirpac reads
+def _read_bound_opts(bound_opts) -> tuple[str, dict, str]:
+    """(conv_mode, alpha-CROWN options, ReLU lower line) from auto_LiRPA's bound_opts
+    (activation_bound_option, or its older name relu: ir/ops/relu_variants.py); the options lirpac reads
     are checked here, so a wrong type fails at construction with the option's own name. Keys
     that only tune auto_LiRPA's speed are accepted; any other key is refused by name (never
     silently ignored: it may change auto_LiRPA's bounds)."""
     if bound_opts is None:
-        return "auto", {}
+        return "auto", {}, "adaptive"
     if not isinstance(bound_opts, dict):
         raise InputError(f"bound_opts must be a dict such as {{'conv_mode': 'patches'}} or None, "
                          f"got {type(bound_opts).__name__} {bound_opts!r}")
@@ -154,16 +178,13 @@ def _read_bound_opts(bound_opts) -> tuple[str, dict]:
     conv_mode = bound_opts.get("conv_mode", "auto")
     if not isinstance(conv_mode, str) or conv_mode not in ("patches", "matrix", "auto"):
         raise InputError(f"bound_opts['conv_mode'] must be 'patches' or 'matrix', got {conv_mode!r}")
+    lines = ("adaptive", *RELU_LOWER_LINES)
     for key in ("relu", "activation_bound_option"):
-        if bound_opts.get(key) not in (None, "adaptive"):
-            raise InputError(f"bound_opts['{key}']={bound_opts[key]!r} is not supported: lirpac "
-                             "relaxes ReLU with CROWN's adaptive lower slope only; leave "
-                             f"'{key}' out or set it to 'adaptive'")
-    relu = bound_opts.get("relu")
-    if relu not in (None, "adaptive"):
-        raise InputError(f"bound_opts['relu']={relu!r} is not supported: lirpac relaxes ReLU with "
-                         "CROWN's adaptive lower slope only; leave 'relu' out or set it to 'adaptive'")
-    return conv_mode, _read_alpha_options(bound_opts.get("optimize_bound_args", {}))
+        if bound_opts.get(key) not in (None, *lines):
+            raise InputError(f"bound_opts['{key}']={bound_opts[key]!r} is not supported: ReLU's "
+                             f"lower line is one of {', '.join(map(repr, lines))}")
+    relu = bound_opts.get("activation_bound_option") or bound_opts.get("relu") or "adaptive"
+    return conv_mode, _read_alpha_options(bound_opts.get("optimize_bound_args", {})), relu
 
 
 def _read_alpha_options(args) -> dict:
@@ -214,7 +235,7 @@ class BoundedModule(torch.nn.Module):
                              "model, global_input, bound_opts, device, verbose and custom_ops")
         _check_custom_ops(custom_ops)
         self.model = model
-        conv_mode, self._alpha_options = _read_bound_opts(bound_opts)
+        conv_mode, self._alpha_options, self._relu = _read_bound_opts(bound_opts)
         self.bound_opts = dict(bound_opts or {})
         self.global_input = global_input
         self._last_method = None
@@ -235,7 +256,9 @@ class BoundedModule(torch.nn.Module):
             inner, example = self._weights, self._weights.inputs(example)
         else:
             inner, example = model, global_input
+        self._inner, self._example = inner, example
         self.net = _compile(inner, example, conv_mode=conv_mode)
+        use_relu_lower_line(self.net, self._relu)
         self._last_x = None
         self._intermediate = None   # "ibp" | "backward" | "forward": bounds kept for _last_x
         self._ibp_bounds = None     # the last IBP bounds, for reuse_ibp=True
@@ -332,12 +355,13 @@ class BoundedModule(torch.nn.Module):
 
     def _fused_bounds(self, x, ptb, name, C, bound_lower):
         """(None, upper bound of sum_j exp(z_j - z_y)) of a CrossEntropyWrapper, by loss fusion."""
-        from lirpac.training import fused_ce_bound
-        if C is not None or bound_lower or name not in ("ibp", "crown-ibp", "crown"):
+        from lirpac.training import ROBUST_METHODS, fused_ce_bound
+        if C is not None or bound_lower or name not in ROBUST_METHODS:
             raise InputError("a CrossEntropyWrapper model is bounded by loss fusion: call "
-                             "compute_bounds(x=(x, labels), C=None, bound_lower=False) with IBP, "
-                             f"CROWN-IBP or CROWN (got C={'given' if C is not None else None}, "
-                             f"bound_lower={bound_lower}, method {name})")
+                             "compute_bounds(x=(x, labels), C=None, bound_lower=False) with one "
+                             f"of {', '.join(m.upper() for m in ROBUST_METHODS)} (got "
+                             f"C={'given' if C is not None else None}, bound_lower={bound_lower}, "
+                             f"method {name})")
         if self._labels is None:
             raise InputError("a CrossEntropyWrapper model needs its labels: "
                              "compute_bounds(x=(x, labels), ...)")
@@ -368,10 +392,13 @@ class BoundedModule(torch.nn.Module):
         for key, value in (new_opts or {}).items():
             merged[key] = ({**merged[key], **value} if isinstance(value, dict)
                            and isinstance(merged.get(key), dict) else value)
-        conv_mode, self._alpha_options = _read_bound_opts(merged)
+        conv_mode, self._alpha_options, relu = _read_bound_opts(merged)
         self.bound_opts = merged
-        if conv_mode != self.net.conv_mode:
-            self.net = _compile(self.model, self.global_input, conv_mode=conv_mode)
+        if conv_mode != self.net.conv_mode or relu != self._relu:
+            self.net = _compile(self._inner, self._example, conv_mode=conv_mode)
+            self._relu = relu
+            use_relu_lower_line(self.net, relu)
+            self.__dict__.pop("_subnets", None)
         self._new_input(self._last_x)
 
     def get_split_nodes(self):
@@ -529,8 +556,11 @@ def _perturbations_module():
     """``lirpac.compat.perturbations``: auto_LiRPA's module path of its perturbation classes."""
     import sys
     import types
+    import numpy
     module = types.ModuleType(__name__ + ".perturbations", "auto_LiRPA's perturbations path")
-    module.PerturbationLpNorm = PerturbationLpNorm
+    module.PerturbationLpNorm, module.PerturbationL0Norm = PerturbationLpNorm, PerturbationL0Norm
+    # its examples' `from auto_LiRPA.perturbations import *` brings these names too
+    module.torch, module.np, module.math, module.Perturbation = torch, numpy, math, Perturbation
     sys.modules[module.__name__] = module
     return module
 
@@ -542,13 +572,29 @@ def _utils_module():
     """``lirpac.compat.utils``: auto_LiRPA's path of Flatten."""
     import sys
     import types
-    module = types.ModuleType(__name__ + ".utils", "auto_LiRPA's utils path (Flatten)")
+    module = types.ModuleType(__name__ + ".utils", "auto_LiRPA's utils path (Flatten, meters)")
     module.Flatten = Flatten
+    module.MultiAverageMeter, module.MultiTimer = MultiAverageMeter, MultiTimer
+    module.get_spec_matrix = get_spec_matrix
     sys.modules[module.__name__] = module
     return module
 
 
 utils = _utils_module()
+
+
+def _eps_scheduler_module():
+    """``lirpac.compat.eps_scheduler``: auto_LiRPA's path of its eps schedulers."""
+    import sys
+    import types
+    module = types.ModuleType(__name__ + ".eps_scheduler", "auto_LiRPA's eps_scheduler path")
+    for cls in (LinearScheduler, AdaptiveScheduler, SmoothedScheduler, FixedScheduler):
+        setattr(module, cls.__name__, cls)
+    sys.modules[module.__name__] = module
+    return module
+
+
+eps_scheduler = _eps_scheduler_module()
 
 
 class Bound:

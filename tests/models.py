@@ -107,12 +107,30 @@ _OWN = {}
 
 def own_compiled(arch: str, owner: str = ""):
     """(model, net, shape) of an ARCHS model compiled apart from ``compiled_arch``'s shared ones
-    (``owner`` names the module that keeps it): those may have had their buffers replaced by
-    another test (model.double() then .float() makes new buffer tensors, which the compiled
-    graph no longer reads)."""
+    (``owner`` names the module that keeps it): another test may have converted those
+    (model.double() then .float() makes new buffer tensors; the compiled net re-reads them,
+    lirpac/live_tensors.py, but a test that needs its own state should not share)."""
     import lirpac
     if (owner, arch) not in _OWN:
         cls, shape = ARCHS[arch]
         model = cls().eval()
         _OWN[(owner, arch)] = (model, lirpac.compile(model, torch.zeros(1, *shape)), shape)
     return _OWN[(owner, arch)]
+
+
+_SHARED = {}
+
+
+def shared_compiled(key, model: nn.Module, example, **options):
+    """(model', net) where net is compiled once per ``key`` (one architecture): the first model
+    given is compiled; a later one's parameters and buffers are copied into that first model in
+    place (the net reads them live), so a hypothesis example skips torch.export (~0.1 s each).
+    Bound and sample model', which then equals ``model``. ``options``: lirpac.compile's."""
+    import lirpac
+    if key not in _SHARED:
+        _SHARED[key] = (model, lirpac.compile(model, example, **options))
+        return _SHARED[key]
+    shared, net = _SHARED[key]
+    shared.load_state_dict(model.state_dict())
+    shared.train(model.training)
+    return shared, net

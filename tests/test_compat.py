@@ -1,4 +1,6 @@
 """lirpac.compat: auto_LiRPA's names give lirpac's bounds."""
+import copy
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -263,9 +265,16 @@ TINY_REFERENCE = {
 }
 
 
+@pytest.fixture(scope="module")
+def tiny_compiled():
+    return BoundedModule(Tiny().eval(), torch.empty_like(TINY_X))
+
+
 @pytest.fixture
-def tiny():
-    bounded = BoundedModule(Tiny().eval(), torch.empty_like(TINY_X))
+def tiny(tiny_compiled):
+    """A BoundedModule with no bounds kept yet (a copy sharing the compiled net)."""
+    bounded = copy.copy(tiny_compiled)
+    bounded._new_input(None)
     return bounded, BoundedTensor(TINY_X, PerturbationLpNorm(eps=0.45))
 
 
@@ -396,7 +405,7 @@ def test_refused_combinations_and_arguments(tiny):
     ("patches", "bound_opts must be a dict"),
     ({"conv_mode": 3}, r"bound_opts\['conv_mode'\]"),
     ({"conv_mode": "patch"}, r"bound_opts\['conv_mode'\]"),
-    ({"relu": "same-slope"}, r"bound_opts\['relu'\]"),
+    ({"relu": "same_slope"}, r"bound_opts\['relu'\]"),
     ({"optimize_bound_args": [("iteration", 5)]}, r"bound_opts\['optimize_bound_args'\] must be a dict"),
     ({"optimize_bound_args": {"iteration": "ten"}}, r"\['iteration'\]='ten'"),
     ({"optimize_bound_args": {"iteration": 2.5}}, r"\['iteration'\]=2.5"),

@@ -81,7 +81,7 @@ def test_set_bound_opts_and_refusals(setup):
     bounded.set_bound_opts({"conv_mode": "matrix", "optimize_bound_args": {"iteration": 2}})
     assert bounded.net.conv_mode == "matrix" and bounded._alpha_options["iterations"] == 2
     with pytest.raises(lirpac.InputError, match="activation_bound_option"):
-        BoundedModule(model, x, bound_opts={"activation_bound_option": "same-slope"})
+        BoundedModule(model, x, bound_opts={"activation_bound_option": "steepest"})
     with pytest.raises(lirpac.InputError, match="bound_every_node"):
         bounded.set_bound_opts({"bound_every_node": True})
     with pytest.raises(lirpac.InputError, match="unknown arguments"):

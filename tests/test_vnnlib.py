@@ -19,6 +19,18 @@ REAL_SPECS = sorted(
 )
 
 
+def _real_spec_params():
+    """Every real spec; the CIFAR ones (one form, 3,072-input boxes, ~0.1 s each) beyond the
+    first of each folder run with -m slow."""
+    seen, params = set(), []
+    for path in REAL_SPECS:
+        folder = os.path.dirname(path)
+        repeat = "cifar10_resnet" in path and folder in seen
+        seen.add(folder)
+        params.append(pytest.param(path, marks=pytest.mark.slow) if repeat else path)
+    return params
+
+
 def declare(n_in, n_out):
     return "".join(f"(declare-const X_{i} Real)\n" for i in range(n_in)) + "".join(
         f"(declare-const Y_{j} Real)\n" for j in range(n_out)
@@ -38,7 +50,8 @@ def rows(polytope):
 
 
 @pytest.mark.skipif(not REAL_SPECS, reason="/work/shared/vnncomp2021 is absent")
-@pytest.mark.parametrize("path", REAL_SPECS or ["absent"], ids=lambda p: os.path.relpath(p, VNNCOMP))
+@pytest.mark.parametrize("path", _real_spec_params() or ["absent"],
+                         ids=lambda p: os.path.relpath(p, VNNCOMP))
 def test_real_spec_parses(path):
     spec = parse_vnnlib(path)
     assert spec.regions

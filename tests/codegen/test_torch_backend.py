@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 import lirpac
 from lirpac.methods import METHODS
 from bound_checks import dead_neurons_dropped, whole_passes
-from models import ARCHS, reinit
+from models import ARCHS, reinit, shared_compiled
 from sampling import assert_contains, sample_lp_ball
 
 BASE_METHODS = ["ibp", "crown", "forward", "crown-ibp", "forward+crown"]
@@ -214,7 +214,7 @@ def test_dead_neurons_leave_the_later_passes(seed, shift, eps, batch, norm):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, 6, generator=g)
     ball = lirpac.LpBall(eps=eps, norm=norm)
-    net = lirpac.compile(model, x[:1])
+    model, net = shared_compiled("mostly_dead_mlp", model, x[:1])
     assert "live_neurons(zero_relu(" in net.source("crown")
     assert "prune_bounds(" in net.source("alpha-crown")
     results = []

@@ -8,6 +8,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 import lirpac
+from models import shared_compiled
 from reference import ref_crown, ref_crown_ibp, ref_forward, ref_forward_crown, ref_ibp
 from test_reference import make_cnn, make_mlp
 
@@ -28,17 +29,24 @@ def _width(lower, upper):
     return upper - lower
 
 
+def _compiled(make, seed):
+    """(model, input shape, net) of make(seed), the net compiled once per architecture."""
+    model, shape = make(seed)
+    model, net = shared_compiled(("against_reference", make.__name__), model.eval(),
+                                 torch.zeros(1, *shape, dtype=torch.float64))
+    return model, shape, net
+
+
 @settings(max_examples=30, deadline=None)
 @given(make=st.sampled_from([make_mlp, make_cnn]), method=st.sampled_from(sorted(VARIANTS)),
        norm=st.sampled_from([math.inf, 2.0, 1.0]), seed=st.integers(0, 1000),
        eps=st.floats(0.01, 1.0), use_spec=st.booleans(), use_box=st.booleans())
 def test_never_looser_than_the_reference(make, method, norm, seed, eps, use_spec, use_box):
-    model, shape = make(seed)
+    model, shape, net = _compiled(make, seed)
     g = torch.Generator().manual_seed(seed)
     x = torch.rand(2, *shape, generator=g, dtype=torch.float64)
     C = torch.randn(2, 2, 3, generator=g, dtype=torch.float64) if use_spec else None
     box = {"x_lower": torch.zeros_like(x), "x_upper": torch.ones_like(x)} if use_box else {}
-    net = lirpac.compile(model.eval(), x[:1])
     ball = lirpac.LpBall(eps=eps, norm=norm, lower=0.0 if use_box else None,
                          upper=1.0 if use_box else None)
     lower, upper = net.bounds(x, ball, method=method, C=C)
@@ -59,10 +67,10 @@ def test_crown_mean_width_against_published_dense_crown():
     ratios = []
     for seed in range(40):
         for make in (make_mlp, make_cnn):
-            model, shape = make(seed)
+            model, shape, net = _compiled(make, seed)
             x = torch.rand(2, *shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
             eps = (0.1, 0.3, 1.0)[seed % 3]
-            lower, upper = lirpac.compile(model.eval(), x[:1]).bounds(x, lirpac.LpBall(eps=eps), method="crown")
+            lower, upper = net.bounds(x, lirpac.LpBall(eps=eps), method="crown")
             ref_lower, ref_upper = ref_crown(model, x, eps, math.inf)
             ratios.append(((upper - lower).mean() / (ref_upper - ref_lower).mean()).item())
     assert max(ratios) <= 1.01, max(ratios)
@@ -73,11 +81,9 @@ def test_crown_mean_width_against_published_dense_crown():
        seed=st.integers(0, 1000), eps=st.floats(0.01, 1.0))
 def test_intersect_option_is_sound_and_no_looser_per_intermediate_neuron(make, norm, seed, eps):
     from sampling import assert_contains, sample_lp_ball
-    model, shape = make(seed)
-    model.eval()
+    model, shape, net = _compiled(make, seed)
     g = torch.Generator().manual_seed(seed)
     x = torch.rand(2, *shape, generator=g, dtype=torch.float64)
-    net = lirpac.compile(model, x[:1])
     ball = lirpac.LpBall(eps=eps, norm=norm)
     lower, upper = net.bounds(x, ball, method="crown", options={"intersect": True})
     assert_contains(model, sample_lp_ball(x, eps, norm, 64, generator=g), lower, upper)

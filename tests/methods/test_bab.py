@@ -11,6 +11,7 @@ import lirpac
 from lirpac.alpha import AlphaOptions, AlphaState, BranchContext, StepContext
 from lirpac.bab import relu_split, splittable_nodes
 from bound_checks import dead_neurons_dropped
+from models import shared_compiled
 
 
 def mlp(seed: int, width: int = 8) -> nn.Module:
@@ -25,7 +26,9 @@ def grid(n: int = 401) -> torch.Tensor:
 
 
 def compiled(model):
-    return lirpac.compile(model, torch.zeros(1, 2, dtype=torch.float64))
+    """The net of ``model`` (compiled once per architecture; it reads model's weights, copied
+    into the first model compiled)."""
+    return shared_compiled(("bab", repr(model)), model, torch.zeros(1, 2, dtype=torch.float64))[1]
 
 
 UNIT = (-torch.ones(2, dtype=torch.float64), torch.ones(2, dtype=torch.float64))

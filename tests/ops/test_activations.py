@@ -12,6 +12,7 @@ from hypothesis import given, settings, strategies as st
 import lirpac
 from lirpac.errors import UnsupportedOperationError
 from lirpac.ir.opdef import Interval, get_op
+from models import shared_compiled
 from sampling import assert_contains, sample_lp_ball
 
 
@@ -204,7 +205,7 @@ def test_net_bounds_contain_outputs(arch, seed, eps):
     fn, domain = NETS[arch]
     torch.manual_seed(seed)
     model = Net(lambda h, m: fn(h, m), domain).eval()
-    net = lirpac.compile(model, torch.zeros(1, 4))
+    model, net = shared_compiled(("activation_net", arch), model, torch.zeros(1, 4))
     x = torch.randn(2, 4)
     points = sample_lp_ball(x, eps, math.inf, 64, generator=torch.Generator().manual_seed(seed))
     for method in METHODS:

@@ -12,6 +12,7 @@ from hypothesis import given, settings, strategies as st
 
 import lirpac
 from lirpac.passes import bound_needs
+from models import shared_compiled
 from sampling import assert_contains, sample_lp_ball
 
 
@@ -122,13 +123,17 @@ def test_bounds_equal_backward_passes(arch, norm):
 
 
 @settings(max_examples=15, deadline=None)
-@given(seed=st.integers(0, 10_000), width=st.integers(8, 48), depth=st.integers(2, 4),
+@given(seed=st.integers(0, 10_000), width=st.sampled_from([8, 20, 48]), depth=st.integers(2, 4),
        eps=st.floats(0.01, 1.0), box=st.booleans())
 def test_random_low_dim_nets(seed, width, depth, eps, box):
     model = low_dim_mlp(seed, width=width, depth=depth, inputs=2)
     x = torch.rand(3, 2, generator=torch.Generator().manual_seed(seed))
-    chosen = lirpac.compile(model, x[:1])
-    reference = backward_only(model, x)
+    # (each architecture compiled once, both ways; the weights are copied in)
+    chosen = shared_compiled(("low_dim_chosen", width, depth), model, x[:1])[1]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(bound_needs, "FORWARD_SHARE", 0.0)
+        reference = shared_compiled(("low_dim_backward", width, depth), low_dim_mlp(
+            seed, width=width, depth=depth, inputs=2), x[:1])[1]
     spec = lirpac.Box(x - eps, x + eps) if box else lirpac.LpBall(eps=eps)
     lo, up = chosen.bounds(x, spec, method="crown")
     ref_lo, ref_up = reference.bounds(x, spec, method="crown")
@@ -159,9 +164,8 @@ def test_whole_passes_keep_the_bounds_in_both_modes(seed, eps):
     """A pass over every neuron of its node (runtime.WHOLE_PASS_FRACTION), backward or
     forward, gives its rows the bounds of a pass over those rows alone."""
     from bound_checks import whole_passes
-    model = low_dim_mlp(seed)
     x = torch.randn(2, 3, generator=torch.Generator().manual_seed(seed))
-    net = lirpac.compile(model, x[:1])
+    model, net = shared_compiled("whole_passes_low_dim", low_dim_mlp(seed), x[:1])
     assert "forward_rows(inp, linear_1_lin, _rows)" in net.source("crown")
     ball = lirpac.LpBall(eps=eps)
     results = []
