@@ -553,7 +553,7 @@ class _Emitter:
                 row_bytes = f"B * 10 * {layout.row_elements} * inp.lower.element_size()"
                 self.emit(f"# rows in chunks of at most max_memory={budget} bytes of coefficients, "
                           f"~10 tensors of the widest row ({layout.row_elements} elements) each")
-            tightened = (f"tighten_chunks({reference}, {rows}, {n.name}_pass, {row_bytes}, {budget}"
+            tightened = (f"tighten_chunks({reference}, {rows}, {self.pass_callable(n)}, {row_bytes}, {budget}"
                          f"{', intersect=True' if self.plan.intersect else ''})")
             self.emit(f"{n.name}_bounds = {self.kept_bounds(n, tightened)}")
             if self.restart_reference:
@@ -570,6 +570,11 @@ class _Emitter:
         if self.restart_reference:
             self.emit(f"{n.name} = {n.name}_bounds")
         self.bounds[n] = f"{n.name}_bounds"
+
+    def pass_callable(self, n: Node) -> str:
+        """The pass function for ``n`` that ``tighten_chunks`` calls (a hook: alpha-CROWN's
+        steps recompute a pass's graph in the backward step instead of keeping it)."""
+        return f"{n.name}_pass"
 
     def start_function(self, n: Node) -> None:
         """A hook after ``<n>_start(_rows)``, the first coefficients of the pass for ``n``, is

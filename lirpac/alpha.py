@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field, fields
 
 import torch
+import torch.utils.checkpoint
 from torch.optim.adam import adam as adam_step
 
 from lirpac import deadline as clock
@@ -193,6 +194,17 @@ class StepContext:
         for table in (self.branch.known, self.references):
             ibp = _within(ibp, table.get(node))
         return ibp
+
+    def recomputed(self, run):
+        """The intermediate pass ``run(rows) -> (lower, upper)``, its autograd graph dropped
+        after it ran and recomputed when the backward step reaches it (torch's non-reentrant
+        checkpoint): a step's graph otherwise keeps every pass's coefficients at every
+        relaxation it crosses, which grows with the passes times their depth (an LSTM's
+        steps at batch 16: several GB), and now holds one pass's at a time, for one more
+        evaluation of each pass. Same bounds and gradients (the pass is deterministic)."""
+        if not torch.is_grad_enabled():
+            return run
+        return functools.partial(torch.utils.checkpoint.checkpoint, run, use_reentrant=False)
 
     def rows(self, node: str, rows: torch.Tensor) -> torch.Tensor:
         """The neurons a pass for ``node`` bounds: none once recorded when frozen."""
