@@ -16,7 +16,7 @@ import torch
 
 from lirpac.ir.opdef import Interval
 from lirpac.ir.ops.common import RowLayout
-from lirpac.ir.ops.relaxation import pad_down, pad_up
+from lirpac.ir.ops.relaxation import pad_down, pad_up, slack
 
 
 class BlendLines(NamedTuple):
@@ -49,19 +49,24 @@ def blend_alpha_rules(relax, ibp) -> dict:
         if not isinstance(lines, BlendLines):      # the input's bounds themselves
             lines = alpha_lines(lines.lower, lines.upper, **attrs)
         rows = RowLayout(lA, uA)
+        bounded = bool(torch.isfinite(lines.reach).all())     # (then so is every line)
         ls, lb, us, ub, floor, ceiling, reach = (rows.at(r) for r in lines)
         return rows.sides_apart(alpha_l, alpha_u, lambda a: (
-            *_blend(a, ls, lb, floor, reach, up=False), *_blend(a, us, ub, ceiling, reach, up=True)))
+            *_blend(a, ls, lb, floor, reach, False, bounded), *_blend(a, us, ub, ceiling, reach, True, bounded)))
 
     return {"backward_alpha": backward_alpha, "alpha_lines": alpha_lines, "alpha_init": alpha_init}
 
 
-def _blend(a, slope, bias, level, reach, up: bool):
+def _blend(a, slope, bias, level, reach, up: bool, bounded: bool = False):
     """alpha * (slope, bias) + (1 - alpha) * (0, level), moved outward by the rounding of its
-    terms over |x| <= reach; CROWN's own line where alpha is 1."""
+    terms over |x| <= reach; CROWN's own line where alpha is 1. ``bounded``: every term is
+    finite (a finite input interval), so the pad needs no care for infinities (the same
+    result, three fewer per-row operations: this runs at every pass's every crossing)."""
     s = a * slope
     b = bias + (1 - a) * (level - bias)          # exactly ``bias`` at alpha = 1
     scale = s.abs() * reach + bias.abs() + level.abs()
+    if bounded:
+        return s, torch.where(a == 1, b, b + slack(scale) if up else b - slack(scale))
     padded = pad_up(b, scale) if up else pad_down(b, scale)
     # an unbounded input (reach = inf) leaves the line vacuous but finite, as ``finish`` does
     big = torch.finfo(b.dtype).max

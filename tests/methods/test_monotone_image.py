@@ -159,3 +159,15 @@ def test_recomputed_passes_give_the_same_slopes(gated, monkeypatch):
     for key in kept[2]:
         for a, b in zip(recomputed[2][key], kept[2][key]):
             assert (a is None and b is None) or torch.allclose(a, b, atol=1e-5)
+
+
+def test_blend_of_bounded_lines_skips_no_rounding():
+    """The blend's shortcut for finite lines is bit for bit its general form."""
+    from lirpac.ir.ops.blend_alpha import _blend
+    g = torch.Generator().manual_seed(3)
+    a = torch.rand(2, 5, 6, generator=g)
+    a[0, 0] = 1.0
+    slope, bias, level, reach = (torch.randn(2, 1, 6, generator=g) for _ in range(4))
+    for up in (False, True):
+        fast, general = _blend(a, slope, bias, level, reach.abs(), up, True), _blend(a, slope, bias, level, reach.abs(), up)
+        assert all(torch.equal(p, q) for p, q in zip(fast, general))
