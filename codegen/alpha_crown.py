@@ -70,6 +70,11 @@ class AlphaEmitter(torch_backend._Emitter):
         # weights, folded) are computed once, and hoisted with the rows
         self.emit(f"{n.name}_start = once_per_rows({n.name}_start)")
 
+    def pass_callable(self, n: Node) -> str:
+        # an intermediate pass's autograd graph is recomputed when the gradient reaches it
+        # (lirpac/alpha.py StepContext.recomputed): a step then holds one pass's graph at a time
+        return f"ctx.recomputed({n.name}_pass)"
+
     def pass_rows(self, n: Node, expr: str) -> str:
         # none once recorded, when the state freezes intermediate bounds (branch and bound)
         return f"ctx.rows({n.name!r}, {expr})"

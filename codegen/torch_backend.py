@@ -22,7 +22,8 @@ from lirpac.codegen.program import Program, Statement, free_dead, print_program,
 from lirpac.ir.graph import Graph, Node
 from lirpac.ir.opdef import Interval, Linear, REGISTRY, get_op
 from lirpac.ir.ops.common import add_bias, prepare_lines, relaxed_backward_lines
-from lirpac.passes.bound_needs import chosen_mode, nodes_needing_bounds, single_affine_of_input
+from lirpac.passes.bound_needs import (chosen_mode, image_of_bounded_input, nodes_needing_bounds,
+                                       single_affine_of_input)
 
 MODES = ("ibp", "backward", "forward")   # how a plan bounds intermediate nodes and the output
 _MODE_PREFIX = {"ibp": "ibp", "backward": "bwd", "forward_mode": "fwd", "forward": "val",
@@ -505,6 +506,9 @@ class _Emitter:
                 self.emit(f"{n.name}_bounds = {self.kept_bounds(n, n.name)}")
                 self.bounds[n] = f"{n.name}_bounds"
                 continue
+            if image_of_bounded_input(self.graph, n):
+                self.monotone_image(n)
+                continue
             sparse = self.plan.sparse and all(
                 get_op(u.op).exact_when_sign_known for u in self.users[n] if get_op(u.op).nonlinear)
             rows = f"{n.name}_rows"
@@ -550,13 +554,29 @@ class _Emitter:
                 row_bytes = f"B * 10 * {layout.row_elements} * inp.lower.element_size()"
                 self.emit(f"# rows in chunks of at most max_memory={budget} bytes of coefficients, "
                           f"~10 tensors of the widest row ({layout.row_elements} elements) each")
-            tightened = (f"tighten_chunks({reference}, {rows}, {n.name}_pass, {row_bytes}, {budget}"
+            tightened = (f"tighten_chunks({reference}, {rows}, {self.pass_callable(n)}, {row_bytes}, {budget}"
                          f"{', intersect=True' if self.plan.intersect else ''}"
                          f"{', straddling=True' if sparse else ''})")
             self.emit(f"{n.name}_bounds = {self.kept_bounds(n, tightened)}")
             if self.restart_reference:
                 self.emit(f"{n.name} = {n.name}_bounds")
             self.bounds[n] = f"{n.name}_bounds"
+
+    def monotone_image(self, n: Node) -> None:
+        """``n``'s bounds as its monotone op's image of its input's bounds, with no pass
+        (never looser than one: passes/bound_needs.py image_of_bounded_input)."""
+        args = [self.bounds[i] if i.perturbed else i.name for i in n.inputs]
+        image = self.call(self.rule(n.op, "ibp", n), args, self.attrs(n))
+        self.emit(f"# %{n.name}: its monotone image of the input's bounds (no pass can be tighter)")
+        self.emit(f"{n.name}_bounds = {self.kept_bounds(n, f'intersect({self.pass_reference(n)}, {image})')}")
+        if self.restart_reference:
+            self.emit(f"{n.name} = {n.name}_bounds")
+        self.bounds[n] = f"{n.name}_bounds"
+
+    def pass_callable(self, n: Node) -> str:
+        """The pass function for ``n`` that ``tighten_chunks`` calls (a hook: alpha-CROWN's
+        steps recompute a pass's graph in the backward step instead of keeping it)."""
+        return f"{n.name}_pass"
 
     def start_function(self, n: Node) -> None:
         """A hook after ``<n>_start(_rows)``, the first coefficients of the pass for ``n``, is

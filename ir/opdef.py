@@ -95,6 +95,12 @@ class OpDef:
     # true where f(x) = 0 for every x in [lower, upper] (ReLU: upper <= 0). Backward passes
     # drop such neurons from the layers around them (codegen: ``live_neurons``).
     zero_where: Callable[..., torch.Tensor] | None = None
+    # Elementwise and nondecreasing (sigmoid, tanh, ReLU): the IBP rule maps the input's
+    # bounds to the op's range on them, which no backward pass from the op can beat (its
+    # lines lie below f on [l, u], so a pass's lower bound is at most min(f(l), f(u)) = f(l)).
+    # A node that needs bounds takes that image of its input's bounds instead of a pass
+    # (passes/bound_needs.py: image_of_bounded_input).
+    monotone: bool = False
     # What the backward rule returns, for the code generator's proof that a pass's last
     # coefficients share memory with no other tensor (the concretization may then take their
     # absolute value in place): "fresh" (new tensors, e.g. a product with the weight), "view"

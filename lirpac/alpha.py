@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field, fields
 
 import torch
+import torch.utils.checkpoint
 from torch.optim.adam import adam as adam_step
 
 from lirpac import deadline as clock
@@ -194,6 +195,17 @@ class StepContext:
             ibp = _within(ibp, table.get(node))
         return ibp
 
+    def recomputed(self, run):
+        """The intermediate pass ``run(rows) -> (lower, upper)``, its autograd graph dropped
+        after it ran and recomputed when the backward step reaches it (torch's non-reentrant
+        checkpoint): a step's graph otherwise keeps every pass's coefficients at every
+        relaxation it crosses, which grows with the passes times their depth (an LSTM's
+        steps at batch 16: several GB), and now holds one pass's at a time, for one more
+        evaluation of each pass. Same bounds and gradients (the pass is deterministic)."""
+        if not torch.is_grad_enabled():
+            return run
+        return _Recomputed(run)
+
     def rows(self, node: str, rows: torch.Tensor) -> torch.Tensor:
         """The neurons a pass for ``node`` bounds: none once recorded when frozen."""
         if self.branch.frozen and not self.recording and node in self.references:
@@ -272,6 +284,18 @@ class StepContext:
         def moving(table):
             return [a for pair in table.values() for a in pair if a is not None and a.requires_grad]
         return moving(self.state.alphas), moving(self.state.betas)
+
+
+class _Recomputed:
+    """``run(rows)`` under torch's non-reentrant checkpoint (StepContext.recomputed); it
+    keeps the pass's ``__code__``, which keys its timing under a deadline
+    (codegen/runtime.py ``_timed_pass``) the same in every step."""
+
+    def __init__(self, run):
+        self.run, self.__code__ = run, run.__code__
+
+    def __call__(self, rows):
+        return torch.utils.checkpoint.checkpoint(self.run, rows, use_reentrant=False)
 
 
 def _within(bounds, clip):

@@ -61,6 +61,23 @@ def sign_splittable(graph: Graph) -> list[Node]:
     return out
 
 
+def image_of_bounded_input(graph: Graph, node: Node) -> bool:
+    """``node`` is a monotone elementwise op (OpDef.monotone) of one perturbed input that gets
+    bounds on every neuron (as every perturbed input of a nonlinear op does, unless a sparse
+    pass skips the sign-stable neurons of an input whose nonlinear users are all exact once
+    the sign is known, ReLU's). Its image of those bounds is then at least as tight as a
+    backward pass from ``node``: the pass meets ``node``'s lines, a l + b <= f on [l, u],
+    and continues as the input's own pass, so it reaches at most min(L(l), L(u)) <= f(l).
+    (auto_LiRPA takes the same image for its activations: ``ibp_intermediate``.)"""
+    if not get_op(node.op).monotone:
+        return False
+    perturbed = [i for i in node.inputs if i.perturbed]
+    if len(perturbed) != 1:
+        return False
+    nonlinear = [get_op(u.op) for u in graph.users().get(perturbed[0], []) if get_op(u.op).nonlinear]
+    return not all(op.exact_when_sign_known for op in nonlinear)
+
+
 def perturbed_region(graph: Graph, target: Node) -> list[Node]:
     """``target`` and the perturbed nodes it depends on, in graph order."""
     keep = {a for a in graph.ancestors(target) if a.perturbed} | {target}
@@ -183,6 +200,8 @@ def crown_mode(graph: Graph, node: Node) -> tuple[str, str]:
         return "input", "the perturbation set's box"
     if single_affine_of_input(graph, node):
         return "ibp", "exact, one affine map of the input"
+    if image_of_bounded_input(graph, node):
+        return "ibp", "a monotone op's image of its input's bounds"
     if forward_exact(graph, node):
         columns, rows = math.prod(x.shape), FORWARD_SHARE * math.prod(node.shape)
         forward, backward = columns * _line_work(graph, node), rows * _row_work(graph, node)

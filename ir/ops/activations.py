@@ -66,7 +66,7 @@ def relu_zero_where(lower, upper):
 
 
 elementwise("relu", torch.relu, relu_relax, aten=("relu.default", "relu_.default"),
-            doc="max(x, 0)", exact_when_sign_known=True, zero_where=relu_zero_where,
+            doc="max(x, 0)", exact_when_sign_known=True, zero_where=relu_zero_where, monotone=True,
             **kink_alpha_rules(relu_relax, lambda: 0.0, relu_alpha_lines))
 
 
@@ -83,7 +83,7 @@ def padded(ibp, absolute=False):
 
 
 def smooth(name, fn, relax, ibp=None, aten=(), doc="", exact_ibp=False, tangent_at=None,
-           blend=False):
+           blend=False, monotone=False):
     """An elementwise op whose relaxation comes from ``relax(l, u, **attrs) -> Lines``, made
     NaN-free by ``sound_relax`` (constant IBP lines where a line is not finite). The IBP rule
     (monotone by default) is padded unless ``exact_ibp`` (f exact in floating point).
@@ -95,7 +95,7 @@ def smooth(name, fn, relax, ibp=None, aten=(), doc="", exact_ibp=False, tangent_
     relax = sound_relax(relax, ibp)
     alpha = (tangent_alpha_rules(tangent_at, ibp) if tangent_at is not None else
              blend_alpha_rules(relax, ibp) if blend else {})
-    return elementwise(name, fn, relax, ibp=ibp, aten=aten, doc=doc, **alpha)
+    return elementwise(name, fn, relax, ibp=ibp, aten=aten, doc=doc, monotone=monotone, **alpha)
 
 
 def elementwise_with_constants(name, fn, relax, ibp, aten=(), doc="") -> OpDef:
@@ -142,11 +142,11 @@ TANH = Curve(torch.tanh, lambda x: torch.cosh(x).pow(-2))
 ATAN = Curve(torch.atan, lambda x: 1 / (1 + x * x))
 
 smooth("sigmoid", torch.sigmoid, s_shaped(SIGMOID), aten=("sigmoid.default", "sigmoid_.default"),
-       doc="1 / (1 + exp(-x)); CROWN tangent/chord lines", blend=True)
+       doc="1 / (1 + exp(-x)); CROWN tangent/chord lines", blend=True, monotone=True)
 smooth("tanh", torch.tanh, s_shaped(TANH), aten=("tanh.default", "tanh_.default"),
-       doc="tanh(x); CROWN tangent/chord lines", blend=True)
+       doc="tanh(x); CROWN tangent/chord lines", blend=True, monotone=True)
 smooth("atan", torch.atan, s_shaped(ATAN), aten=("atan.default",),
-       doc="arctan(x); CROWN tangent/chord lines", blend=True)
+       doc="arctan(x); CROWN tangent/chord lines", blend=True, monotone=True)
 
 
 # -- dips: GELU, SiLU (concave, convex around 0, concave) -------------------------------------

@@ -57,11 +57,11 @@ def _exp(x):
 
 EXP = Curve(_exp, _exp)
 smooth("exp", _exp, _convex(EXP), aten=("exp.default", "exp_.default"),
-       doc="e^x; convex: chord above, midpoint tangent below", tangent_at=_tangent_at(EXP))
+       doc="e^x; convex: chord above, midpoint tangent below", tangent_at=_tangent_at(EXP), monotone=True)
 
 EXPM1 = Curve(torch.expm1, torch.exp)
 smooth("expm1", torch.expm1, _convex(EXPM1), aten=("expm1.default",), doc="e^x - 1; convex",
-       tangent_at=_tangent_at(EXPM1))
+       tangent_at=_tangent_at(EXPM1), monotone=True)
 
 
 def _log_ibp(fn):
@@ -187,12 +187,12 @@ smooth("rsqrt", torch.rsqrt, _rsqrt_relax,
 
 ERF = Curve(torch.erf, lambda x: 2 / math.sqrt(math.pi) * torch.exp(-x * x))
 smooth("erf", torch.erf, lambda lower, upper: inflection_lines(ERF, lower, upper, (0.0,)),
-       aten=("erf.default",), doc="error function; S-shaped, CROWN tangent/chord lines")
+       aten=("erf.default",), doc="error function; S-shaped, CROWN tangent/chord lines", monotone=True)
 
 SINH = Curve(torch.sinh, torch.cosh)
 smooth("sinh", torch.sinh,
        lambda lower, upper: inflection_lines(SINH, lower, upper, (0.0,), convex_first=False),
-       aten=("sinh.default",), doc="sinh(x); concave for x < 0, convex for x > 0")
+       aten=("sinh.default",), doc="sinh(x); concave for x < 0, convex for x > 0", monotone=True)
 
 COSH = Curve(torch.cosh, torch.sinh)
 smooth("cosh", torch.cosh, _convex(COSH),
