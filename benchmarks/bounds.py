@@ -133,6 +133,13 @@ def _error_name(exc):
     return name
 
 
+def record_error(res: dict, exc: BaseException, stage: str) -> None:
+    """A worker's failure, as the table reports it (its name, stage and first line)."""
+    res["error"] = _error_name(exc)
+    res["error_stage"] = stage
+    res["error_message"] = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+
+
 def _soundness_check(model, x, eps, lb, ub, n_corners=8):
     """Worst violation of lb <= f(x') <= ub over x' = x and random corners of the L-inf ball."""
     import torch
@@ -313,9 +320,7 @@ def run_worker(cfg):
     except BaseException as exc:     # report, never crash the driver
         if isinstance(exc, KeyboardInterrupt):
             raise
-        res["error"] = _error_name(exc)
-        res["error_stage"] = stage
-        res["error_message"] = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+        record_error(res, exc, stage)
     return res
 
 

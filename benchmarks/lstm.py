@@ -25,7 +25,6 @@ its own LSTM example uses), with the same spec and ball.
 """
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
@@ -35,7 +34,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-from bounds import (REFERENCE_METHODS, _error_name, _fmt, _limit_address_space,  # noqa: E402
+from bounds import (REFERENCE_METHODS, record_error, _fmt, _limit_address_space,  # noqa: E402
                     _malloc_trim, _reset_peak_rss, _status_kb, environment)
 
 STEPS, ROW, HIDDEN, CLASSES = 7, 112, 64, 10
@@ -181,9 +180,7 @@ def run_worker(cfg):
     except BaseException as exc:     # report, never crash the driver
         if isinstance(exc, KeyboardInterrupt):
             raise
-        res["error"] = _error_name(exc)
-        res["error_stage"] = stage
-        res["error_message"] = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+        record_error(res, exc, stage)
     return res
 
 
