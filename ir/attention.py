@@ -30,9 +30,10 @@ def _additive(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return mask.to(like.dtype).clamp(min=MASKED)
 
 
-def attend(mha: nn.MultiheadAttention, query, key, value, attn_mask=None):
+def attend(mha: nn.MultiheadAttention, query, key, value, attn_mask=None, key_padding_mask=None):
     """Multi-head attention on batch-first (B, L, E) inputs, as nn.MultiheadAttention computes
-    it; returns the output and the per-head weights (B, H, L, S)."""
+    it; returns the output and the per-head weights (B, H, L, S). ``key_padding_mask`` (B, S):
+    keys each sample does not attend to (True, or an additive float)."""
     heads, embed = mha.num_heads, mha.embed_dim
     head_dim = embed // heads
     if mha._qkv_same_embed_dim:
@@ -54,6 +55,12 @@ def attend(mha: nn.MultiheadAttention, query, key, value, attn_mask=None):
                 "MultiheadAttention with a 3-D attn_mask (one mask per sample and head): lirpac "
                 "keeps dim 0 as the batch; give one (L, S) mask shared by every sample")
         scores = scores + _additive(attn_mask, scores)
+    if key_padding_mask is not None:
+        if key_padding_mask.shape != (batch, source):
+            raise UnsupportedOperationError(
+                f"MultiheadAttention's key_padding_mask has shape {tuple(key_padding_mask.shape)}; "
+                f"it must be (batch, source length) = ({batch}, {source})")
+        scores = scores + _additive(key_padding_mask, scores)[:, None, None, :]
     weights = scores.softmax(-1)
     out = (weights @ v).transpose(1, 2).reshape(batch, length, embed)
     return F.linear(out, mha.out_proj.weight, mha.out_proj.bias), weights
@@ -74,13 +81,9 @@ class _Attention(nn.Module):
 
     def forward(self, query, key, value, key_padding_mask=None, need_weights=True,
                 attn_mask=None, average_attn_weights=True, is_causal=False):
-        if key_padding_mask is not None:
-            raise UnsupportedOperationError(
-                "MultiheadAttention with key_padding_mask (a mask per sample): give one "
-                "attn_mask shared by every sample instead")
         if not self.mha.batch_first:
             query, key, value = (t.transpose(0, 1) for t in (query, key, value))
-        out, weights = attend(self.mha, query, key, value, attn_mask)
+        out, weights = attend(self.mha, query, key, value, attn_mask, key_padding_mask)
         if not self.mha.batch_first:
             out = out.transpose(0, 1)
         if not need_weights:
@@ -97,14 +100,10 @@ class _EncoderLayer(nn.Module):
 
     def forward(self, src, src_mask=None, src_key_padding_mask=None, is_causal=False):
         layer = self.layer
-        if src_key_padding_mask is not None:
-            raise UnsupportedOperationError(
-                "TransformerEncoderLayer with src_key_padding_mask (a mask per sample): give "
-                "one src_mask shared by every sample instead")
         x = src if layer.self_attn.batch_first else src.transpose(0, 1)
 
         def self_attention(h):
-            return layer.dropout1(attend(layer.self_attn, h, h, h, src_mask)[0])
+            return layer.dropout1(attend(layer.self_attn, h, h, h, src_mask, src_key_padding_mask)[0])
 
         def feed_forward(h):
             return layer.dropout2(layer.linear2(layer.dropout(layer.activation(layer.linear1(h)))))

@@ -42,7 +42,9 @@ def join(tensors, what: str = "x") -> torch.Tensor:
             raise InputError(f"{what}[{i}] must have a batch dimension (dim 0)")
         if not t.is_floating_point():
             raise InputError(f"{what}[{i}] must be a floating-point tensor, got {t.dtype}; several "
-                             "inputs are bounded as one float tensor")
+                             "inputs are bounded as one float tensor (a per-sample boolean mask, such as a "
+                             "key_padding_mask, goes in as a float one: mask.float() * -1e4, "
+                             "which attention adds to its scores)")
     batches = {t.shape[0] for t in tensors}
     if len(batches) != 1:
         raise InputError(f"the inputs of {what} have different batch sizes {[t.shape[0] for t in tensors]}")

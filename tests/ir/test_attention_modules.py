@@ -85,14 +85,51 @@ def test_a_seq_first_tensor_used_before_its_batch_is_back_is_refused():
         lirpac.compile(Stray().eval(), torch.randn(2, 3, 4))
 
 
-def test_key_padding_mask_is_refused():
-    class Padded(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.att = nn.MultiheadAttention(4, 2, batch_first=True)
+class Padded(nn.Module):
+    """Attention (or an encoder layer, seq first) whose keys are masked per sample: a mask given
+    as a second input (additive float), or one built in forward and shared by the batch."""
+    def __init__(self, layer=False):
+        super().__init__()
+        self.layer = layer
+        self.att = nn.TransformerEncoderLayer(4, 2, 8, dropout=0.0) if layer else \
+            nn.MultiheadAttention(4, 2, batch_first=True)
 
-        def forward(self, x):
-            pad = torch.zeros(x.shape[0], 3, dtype=torch.bool)
-            return self.att(x, x, x, key_padding_mask=pad)[0].flatten(1)
-    with pytest.raises(UnsupportedOperationError, match="key_padding_mask"):
-        lirpac.compile(Padded().eval(), torch.randn(2, 3, 4))
+    def forward(self, x, pad=None):                 # x: (B, L, E), pad: (B, L)
+        if pad is None:
+            pad = torch.tensor([False, False, True]).expand(x.shape[0], 3)
+        if self.layer:
+            return self.att(x.transpose(0, 1), src_key_padding_mask=pad).transpose(0, 1).flatten(1)
+        return self.att(x, x, x, key_padding_mask=pad)[0].flatten(1)
+
+
+@pytest.mark.parametrize("layer", [False, True])
+def test_key_padding_mask_per_sample_is_sound(layer):
+    torch.manual_seed(0)
+    model = Padded(layer).eval()
+    x = torch.randn(2, 3, 4)
+    pad = torch.tensor([[0.0, 0.0, -1e4], [0.0, -1e4, 0.0]])     # (a bool mask, as floats)
+    net = lirpac.compile(model, (x, pad))
+    points = sample_lp_ball(x, 0.05, math.inf, 64)
+    outputs = torch.stack([model(p, pad) for p in points])
+    for method in ("ibp", "crown", "alpha-crown"):
+        lower, upper = net.bounds((x, pad), (lirpac.LpBall(eps=0.05), None), method=method)
+        assert (outputs >= lower - 1e-5).all() and (outputs <= upper + 1e-5).all(), method
+    # the masked key is ignored: its input moves nothing (the second sample's key 1)
+    moved = x.clone()
+    moved[1, 1] += 3.0
+    if not layer:
+        torch.testing.assert_close(model(moved, pad)[1].reshape(3, 4)[0], model(x, pad)[1].reshape(3, 4)[0])
+
+
+def test_key_padding_mask_shared_by_the_batch():
+    model = Padded().eval()
+    x = torch.randn(2, 3, 4)
+    lower, upper = lirpac.compile(model, x).bounds(x, lirpac.LpBall(eps=0.05), method="crown")
+    assert_contains(model, sample_lp_ball(x, 0.05, math.inf, 64), lower, upper)
+
+
+def test_a_boolean_mask_input_is_refused_with_what_to_pass():
+    model = Padded().eval()
+    pad = torch.tensor([[False, False, True], [False, True, False]])
+    with pytest.raises(lirpac.errors.InputError, match=r"mask.float\(\) \* -1e4"):
+        lirpac.compile(model, (torch.randn(2, 3, 4), pad))
