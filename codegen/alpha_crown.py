@@ -33,6 +33,9 @@ from lirpac.ir.opdef import get_op
 from lirpac.passes.bound_needs import sign_splittable
 
 ONE_CHUNK = 1 << 62   # max_memory of alpha-CROWN's plans: passes run as one chunk
+# graphs bounding this many nodes or more recompute each pass's autograd graph in the backward
+# step rather than keep them all (the zoo's CNNs and ResNets bound 3-7 nodes, the LSTM 48)
+RECOMPUTE_FROM_PASSES = 12
 
 
 class AlphaEmitter(torch_backend._Emitter):
@@ -71,8 +74,12 @@ class AlphaEmitter(torch_backend._Emitter):
         self.emit(f"{n.name}_start = once_per_rows({n.name}_start)")
 
     def pass_callable(self, n: Node) -> str:
-        # an intermediate pass's autograd graph is recomputed when the gradient reaches it
-        # (lirpac/alpha.py StepContext.recomputed): a step then holds one pass's graph at a time
+        # with many passes, an intermediate pass's autograd graph is recomputed when the
+        # gradient reaches it (lirpac/alpha.py StepContext.recomputed): a step then holds one
+        # pass's graph at a time, for one more evaluation of each pass (the benchmark MLP's
+        # 3 passes: 1.35x the time of keeping them; a 7-step LSTM's 48: over 11 GB kept)
+        if len(self.needs) < RECOMPUTE_FROM_PASSES:
+            return super().pass_callable(n)
         return f"ctx.recomputed({n.name}_pass)"
 
     def pass_rows(self, n: Node, expr: str) -> str:

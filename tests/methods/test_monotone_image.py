@@ -139,21 +139,24 @@ def test_blended_lines_once_per_bounds_are_the_per_pass_step():
 
 
 def test_recomputed_passes_give_the_same_slopes(gated, monkeypatch):
-    """Passes recomputed in the backward step (StepContext.recomputed) end with the slopes
-    and bounds of passes whose graph is kept."""
-    from lirpac.alpha import StepContext
+    """Passes recomputed in the backward step (StepContext.recomputed; generated for graphs
+    with many passes, here for every graph) end with the slopes and bounds of passes whose
+    graph is kept."""
+    from lirpac.codegen import alpha_crown
 
-    _, net = gated
+    model, _ = gated
     x = torch.randn(2, 3, generator=torch.Generator().manual_seed(2))
     ball = lirpac.LpBall(eps=0.5)
 
-    def run():
+    def run(threshold):
+        monkeypatch.setattr(alpha_crown, "RECOMPUTE_FROM_PASSES", threshold)
+        net = lirpac.compile(model, x)
         result = net.alpha_crown(x, ball, iterations=3)
+        assert ("ctx.recomputed(" in net.source("alpha-crown")) == (threshold == 0)
         return result.lower, result.upper, result.state.alphas
 
-    recomputed = run()
-    monkeypatch.setattr(StepContext, "recomputed", lambda self, fn: fn)
-    kept = run()
+    recomputed = run(0)
+    kept = run(10 ** 6)
     assert torch.allclose(recomputed[0], kept[0], atol=1e-6) and torch.allclose(recomputed[1], kept[1], atol=1e-6)
     assert recomputed[2].keys() == kept[2].keys()
     for key in kept[2]:
