@@ -139,11 +139,8 @@ def forward_rows(inp, lin: Linear, rows: torch.Tensor | None) -> tuple[torch.Ten
     bounds (lw: (B, N, *shape)), concretized over the input set ``inp``."""
     def pick(w, b):
         w, b = w.flatten(2), b.flatten(1)
-        if rows is not None and rows.dim() == 2:
-            w = w.expand(rows.shape[0], *w.shape[1:]).gather(2, rows[:, None].expand(-1, w.shape[1], -1))
-            b = b.expand(rows.shape[0], b.shape[1]).gather(1, rows)
-        elif rows is not None:
-            w, b = w.index_select(2, rows), b.index_select(1, rows)
+        if rows is not None:
+            w, b = pick_columns(w, rows), pick_columns(b, rows)
         return w.transpose(1, 2), b
     return (inp.concretize(*pick(lin.lw, lin.lb), upper=False),
             inp.concretize(*pick(lin.uw, lin.ub), upper=True))
@@ -283,7 +280,7 @@ def tighten(reference: Interval, lower: torch.Tensor, upper: torch.Tensor, rows=
         rows = rows.expand(ref_lower.shape[0], rows.shape[-1])
         at_lower, at_upper = ref_lower.gather(1, rows), ref_upper.gather(1, rows)
         if straddling:
-            keep = torch.ge(at_lower * at_upper, scalar(0.0, at_lower))
+            keep = torch.logical_not(straddles(Interval(at_lower, at_upper)))
             lower, upper = torch.where(keep, at_lower, lower), torch.where(keep, at_upper, upper)
         if intersect:
             lower, upper = torch.maximum(at_lower, lower), torch.minimum(at_upper, upper)
@@ -318,10 +315,13 @@ def pick_rows(t: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
 
 
 def pick_columns(t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """(B, k) values of a (B, n) tensor at the neurons ``rows`` ((k,) or (B, k))."""
+    """A (B, ..., n) tensor at the neurons ``rows`` ((k,), or (B, k): each sample's own) of
+    its last dim: (B, ..., k)."""
     if rows.dim() == 2:
-        return t.expand(rows.shape[0], t.shape[1]).gather(1, rows)
-    return t.index_select(1, rows)
+        t = t.expand(rows.shape[0], *t.shape[1:])
+        index = rows.view(rows.shape[0], *([1] * (t.dim() - 2)), rows.shape[1])
+        return t.gather(-1, index.expand(*t.shape[:-1], rows.shape[1]))
+    return t.index_select(-1, rows)
 
 
 # A pass over this fraction of a node's neurons or more runs over all of them: its first

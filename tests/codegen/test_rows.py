@@ -74,6 +74,8 @@ def test_per_sample_identity_rows_and_patches():
     torch.testing.assert_close(identity_patches(2, rows, (3, 6, 5), like).to_dense().reshape(2, 3, 90), expect)
     t = torch.randn(2, 90, 4, dtype=torch.float64)
     torch.testing.assert_close(runtime.pick_rows(t, rows), torch.stack([t[b, r] for b, r in enumerate(rows)]))
+    w = torch.randn(2, 4, 90, dtype=torch.float64)     # (forward mode's (B, N, n) weights)
+    torch.testing.assert_close(runtime.pick_columns(w, rows), torch.stack([w[b][:, r] for b, r in enumerate(rows)]))
 
 
 NETS = {"mlp": (MLP, (6,), "matrix"), "convnet": (ConvNet, (2, 8, 8), "matrix"),
