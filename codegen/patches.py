@@ -87,27 +87,33 @@ class Patches:
         return picked.reshape(batch, -1, kh, kw, channels).permute(0, 1, 4, 2, 3)
 
     def bias(self, t) -> torch.Tensor:
-        """sum(dense * t) over the node: (B, k)."""
-        return (self.coeff * self.windows(t)).sum((2, 3, 4))
+        """sum(dense * t) over the node: (B, k). A ``t`` constant over space (a convolution's
+        bias, a BatchNorm shift) meets each channel's window sum: no product tensor of the
+        coefficients' size."""
+        at = self.windows(t)
+        if at.shape[-2:] == (1, 1):
+            return (self.coeff.sum((3, 4)) * at.flatten(2)).sum(2)
+        return (self.coeff * at).sum((2, 3, 4))
 
     def to_dense(self) -> torch.Tensor:
         """The (B, k, C, H, W) matrix these patches stand for (exact)."""
         batch, k, channels, kh, kw = self.coeff.shape
         _, height, width = self.shape
         ys, xs = self._positions()
-        # windows wholly outside the map are zero: clamp them into a padded canvas
-        ys = ys.clamp(-kh, height + kh - 1) + kh
-        xs = xs.clamp(-kw, width + kw - 1) + kw
+        # every position outside the map holds a zero (the invariant): all of them land on a
+        # one-wide margin around the map, which is cut off
+        ys = ys.clamp(-1, height) + 1
+        xs = xs.clamp(-1, width) + 1
         rows = torch.arange(k, device=self.top.device)
         if self.per_sample:
-            canvas = self.coeff.new_zeros(batch, k, height + 2 * kh, width + 2 * kw, channels)
+            canvas = self.coeff.new_zeros(batch, k, height + 2, width + 2, channels)
             samples = torch.arange(batch, device=self.top.device)[:, None, None, None]
             canvas[samples, rows[None, :, None, None], ys[..., :, None], xs[..., None, :]] = \
                 self.coeff.permute(0, 1, 3, 4, 2)
-            return canvas[:, :, kh:kh + height, kw:kw + width].permute(0, 1, 4, 2, 3)
-        canvas = self.coeff.new_zeros(k, height + 2 * kh, width + 2 * kw, batch, channels)
+            return canvas[:, :, 1:1 + height, 1:1 + width].permute(0, 1, 4, 2, 3)
+        canvas = self.coeff.new_zeros(k, height + 2, width + 2, batch, channels)
         canvas[rows[:, None, None], ys[:, :, None], xs[:, None, :]] = self.coeff.permute(1, 3, 4, 0, 2)
-        return canvas[:, kh:kh + height, kw:kw + width].permute(3, 0, 4, 1, 2)
+        return canvas[:, 1:1 + height, 1:1 + width].permute(3, 0, 4, 1, 2)
 
     def conv_transpose(self, weight, stride, padding, dilation, groups, in_shape) -> "Patches":
         """Back through y = conv(x, weight): each window of y maps to the window of x it reads,
@@ -125,7 +131,7 @@ class Patches:
         top = self.top * stride[0] - padding[0]
         left = self.left * stride[1] - padding[1]
         out = Patches(new, top, left, in_shape)
-        out.coeff = out.coeff * out._inside_mask()
+        out.coeff = out.coeff.mul_(out._inside_mask())     # the convolution's own output
         if shared:
             out.coeff = out.coeff.expand(self.coeff.shape[0], *out.coeff.shape[1:])
         return out
@@ -186,11 +192,34 @@ def _merge(a: Patches, b: Patches) -> Patches | None:
     (ah, aw), (bh, bw) = a.coeff.shape[-2:], b.coeff.shape[-2:]
     y0, x0 = min(0, dy), min(0, dx)
     height, width = max(ah, dy + bh) - y0, max(aw, dx + bw) - x0
+    union = _sum_in_window([(a.coeff, -y0, -x0), (b.coeff, dy - y0, dx - x0)], height, width)
+    return Patches(union, a.top + y0, a.left + x0, a.shape)
 
-    def place(p: Patches, oy: int, ox: int) -> torch.Tensor:
-        ph, pw = p.coeff.shape[-2:]
-        return F.pad(p.coeff, (ox - x0, width - (ox - x0) - pw, oy - y0, height - (oy - y0) - ph))
-    return Patches(place(a, 0, 0) + place(b, dy, dx), a.top + y0, a.left + x0, a.shape)
+
+def _sum_in_window(parts, height: int, width: int) -> torch.Tensor:
+    """Sum of window coefficients (B, k, C, h, w), each placed at its (row, column) offset in a
+    height x width window. Built in the channels-last layout the windows have (that of
+    ``conv_transpose`` and ``windows``): a sum in another layout would make every later
+    elementwise step mix layouts, several times slower, and the next transposed convolution
+    copy it back. A part that covers the whole window is copied, not added to zeros."""
+    coeffs = [c for c, _, _ in parts]
+    batch = max(c.shape[0] for c in coeffs)
+    shared = batch > 1 and all(c.stride(0) == 0 for c in coeffs)   # same rows for every sample
+    if shared:
+        parts = [(c[:1], y, x) for c, y, x in parts]
+    first = parts[0][0]
+    size = (1 if shared else batch, first.shape[1], height, width, first.shape[2])
+    out = first.new_empty(size).permute(0, 1, 4, 2, 3)
+    full = [i for i, (c, _, _) in enumerate(parts) if c.shape[-2:] == (height, width)]
+    if full:
+        out.copy_(parts.pop(full[0])[0])
+    else:
+        out.zero_()
+    for coeff, y, x in parts:
+        out[..., y:y + coeff.shape[-2], x:x + coeff.shape[-1]].add_(coeff)
+    if shared:
+        out = out.expand(batch, *out.shape[1:])
+    return out
 
 
 def concretize_pair(inp, lA, lbias, uA, ubias, consume: bool = False):

@@ -90,8 +90,11 @@ def constant_abs(t: torch.Tensor) -> torch.Tensor:
 
 def split_pos_neg(t: torch.Tensor):
     """(max(t, 0), min(t, 0)), exactly (t - t = 0, t - 0 = t); relu's backward pass is far
-    cheaper than clamp's (alpha-CROWN differentiates every split)."""
+    cheaper than clamp's (alpha-CROWN differentiates every split). Without autograd the
+    negative part is a clamp, which reads t alone."""
     pos = torch.relu(t)
+    if not (t.requires_grad and torch.is_grad_enabled()):
+        return pos, torch.clamp_max(t, 0)
     return pos, t - pos
 
 
@@ -352,7 +355,10 @@ def _combine(pos, on_pos, neg, on_neg):
         return None if isinstance(on_neg, int) else neg * on_neg
     if isinstance(on_neg, int):
         return pos * on_pos
-    return torch.addcmul(pos * on_pos, neg, on_neg)
+    new = pos * on_pos
+    if new.shape != torch.broadcast_shapes(new.shape, neg.shape, on_neg.shape):
+        return torch.addcmul(new, neg, on_neg)
+    return new.addcmul_(neg, on_neg)      # into the fresh product: no third tensor
 
 
 def relaxed_forward(x: Linear, relax) -> Linear:
