@@ -1,4 +1,5 @@
-"""Weight perturbation: Lp balls on chosen nn.Linear parameters (and on the input at once).
+"""Weight perturbation: Lp balls on chosen nn.Linear parameters (and on the input at once);
+conv and batch norm parameters in test_weight_perturbation_layers.py.
 Exact for one layer with a fixed input (max over ||dW||_p <= eps of dW_i . x is eps ||x||_q),
 sound by sampling weights and inputs together, and compat's BoundedParameter."""
 import math
@@ -93,9 +94,11 @@ def test_crown_ibp_training_step_has_gradients():
 def test_bad_names_are_refused():
     with pytest.raises(lirpac.InputError, match="no parameter 'fc.weight'"):
         lirpac.PerturbedParameters(mlp(), ["fc.weight"])
-    conv = nn.Sequential(nn.Conv2d(1, 2, 3))
-    with pytest.raises(lirpac.InputError, match="nn.Linear"):
-        lirpac.PerturbedParameters(conv, ["0.weight"])
+    with pytest.raises(lirpac.InputError, match="named twice"):
+        lirpac.PerturbedParameters(mlp(), ["0.weight", "0.weight"])
+    embedding = nn.Sequential(nn.Embedding(3, 2))
+    with pytest.raises(lirpac.InputError, match="0.weight is used by embedding.*nn.Linear"):
+        lirpac.PerturbedParameters(embedding, ["0.weight"])
 
 
 def test_compat_bounded_parameter():
