@@ -31,16 +31,17 @@ class PerturbedParameters(nn.Module):
     def __init__(self, model: nn.Module, names):
         super().__init__()
         names = [names] if isinstance(names, str) else list(names)
-        params = dict(model.named_parameters())
+        params = dict(model.named_parameters(remove_duplicate=False))   # (any alias of a tied one)
         shared = {id(t): t for t in [*model.parameters(), *model.buffers()]}
         self.model = copy.deepcopy(model, shared)        # the same parameter objects
         self.names = names
-        if len(set(names)) < len(names):
-            raise InputError(f"PerturbedParameters: a parameter is named twice in {names}")
         for name in names:
             if name not in params:
                 raise InputError(f"PerturbedParameters: the model has no parameter {name!r} (it has "
                                  f"{', '.join(params) or 'none'})")
+        if len({id(params[name]) for name in names}) < len(names):
+            raise InputError(f"PerturbedParameters: a parameter is named twice in {names} (tied "
+                             "parameters are one parameter: name it once)")
         modules = list(self.model.named_modules(remove_duplicate=False))
         uses = [[(owner, kind) for owner, module in modules
                  for kind, p in module._parameters.items() if p is params[name]] for name in names]

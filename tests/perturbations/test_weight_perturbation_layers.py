@@ -31,12 +31,14 @@ def cnn():
 _NETS = {}
 
 
-def compiled(names):
-    if names not in _NETS:
+def compiled(names, conv_mode="auto"):
+    key = (names, conv_mode)
+    if key not in _NETS:
         model = cnn()
         wm = lirpac.PerturbedParameters(model, list(names))
-        _NETS[names] = (model, wm, lirpac.compile(wm, wm.inputs(torch.zeros(1, 1, 6, 6))))
-    return _NETS[names]
+        _NETS[key] = (model, wm, lirpac.compile(wm, wm.inputs(torch.zeros(1, 1, 6, 6)),
+                                                conv_mode=conv_mode))
+    return _NETS[key]
 
 
 @pytest.mark.parametrize("layer,shape", [
@@ -101,30 +103,41 @@ def test_conv_weight_over_a_fixed_input_is_exact(p, method):
     torch.testing.assert_close(upper, centre + radius, rtol=1e-5, atol=1e-5)
 
 
-def _points(centre, eps, p, n, g):
-    return sample_lp_ball(centre, eps, norm=p, n=n, generator=g)
-
-
-@settings(max_examples=6, deadline=None)
-@given(method=st.sampled_from(METHODS),
-       which=st.sampled_from([("0.weight",), ("3.weight", "3.bias"), ("1.weight", "1.bias", "0.bias"),
-                              ("0.weight", "3.weight")]),
-       p=st.sampled_from([2.0, math.inf]), eps=st.floats(0.01, 0.2), input_moves=st.booleans(),
-       seed=st.integers(0, 10**6))
-def test_sound_by_sampling_conv_and_norm_parameters(method, which, p, eps, input_moves, seed):
-    model, wm, net = compiled(which)
+def check_sampled(names, method, p, eps, input_moves, seed, conv_mode="auto", n=32):
+    """Bounds contain the model's outputs at sampled parameters and inputs (L-inf corners
+    included), drawn together."""
+    model, wm, net = compiled(names, conv_mode)
     g = torch.Generator().manual_seed(seed)
     x = torch.rand(2, 1, 6, 6, generator=g)
     inputs = wm.inputs(x)
     sets = (lirpac.LpBall(eps=0.05) if input_moves else None,
-            *[lirpac.LpBall(eps=eps, norm=p) for _ in which])
+            *[lirpac.LpBall(eps=eps, norm=p) for _ in names])
     lower, upper = net.bounds(inputs, sets, method=method)
-    n = 32
-    xs = _points(x, 0.05, math.inf, n, g) if input_moves else x.expand(n, *x.shape)
-    params = [_points(v, eps, p, n, g) for v in inputs[1:]]
+    xs = sample_lp_ball(x, 0.05, n=n, generator=g) if input_moves else x.expand(n, *x.shape)
+    params = [sample_lp_ball(v, eps, norm=p, n=n, generator=g) for v in inputs[1:]]
     with torch.no_grad():
         out = torch.stack([wm(xs[i], *[v[i] for v in params]) for i in range(n)])
     assert (out >= lower - 1e-5).all() and (out <= upper + 1e-5).all()
+
+
+@settings(max_examples=5, deadline=None)
+@given(method=st.sampled_from(METHODS),
+       which=st.sampled_from([("0.weight",), ("3.weight", "3.bias"), ("1.weight", "1.bias", "0.bias")]),
+       p=st.sampled_from([2.0, math.inf]), eps=st.floats(0.01, 0.2), input_moves=st.booleans(),
+       seed=st.integers(0, 10**6))
+def test_sound_by_sampling_conv_and_norm_parameters(method, which, p, eps, input_moves, seed):
+    check_sampled(which, method, p, eps, input_moves, seed)
+
+
+@pytest.mark.slow
+@settings(max_examples=60, deadline=None)
+@given(method=st.sampled_from(METHODS),
+       which=st.sampled_from([("0.weight",), ("3.weight", "3.bias"), ("1.weight", "1.bias", "0.bias"),
+                              ("0.weight", "3.weight"), ("0.weight", "0.bias", "1.weight", "6.weight")]),
+       p=st.sampled_from([2.0, math.inf, 1.0]), eps=st.floats(0.01, 0.3), input_moves=st.booleans(),
+       conv_mode=st.sampled_from(["auto", "patches", "matrix"]), seed=st.integers(0, 10**6))
+def test_sound_by_sampling_many(method, which, p, eps, input_moves, conv_mode, seed):
+    check_sampled(which, method, p, eps, input_moves, seed, conv_mode, n=64)
 
 
 class _Scaled(nn.Module):
