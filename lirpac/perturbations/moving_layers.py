@@ -4,7 +4,8 @@ parameters move.
 
 A moving weight meets a perturbed input (the model's input is always one of the joined inputs,
 fixed or not), so the layer computes a product of two perturbed tensors:
-- nn.Linear:  W x as a batched matmul (ir/ops/bivariate.py: McCormick on each product term);
+- nn.Linear:  W x as a batched matmul (ir/ops/bivariate.py: McCormick on each product term),
+  the input's rows (B, *, in) at once;
 - nn.Conv1d/2d/3d: im2col by zero padding and strided slices, then the same batched matmul of
   the flattened kernels (B, O, C*K) with the columns (B, C*K, L); exact when x is a point.
   (A fixed weight stays one conv op; only a moving one pays for the columns.)
@@ -56,14 +57,19 @@ class MovingLinear(MovingLayer):
     def forward(self, x):
         weight, bias = self.value("weight"), self.value("bias")
         if weight.dim() == 3:
-            if x.dim() != 2:
+            if x.dim() < 2:
                 raise InputError(f"PerturbedParameters: {self.owner_name} (nn.Linear) with a "
-                                 f"perturbed weight needs a (batch, features) input, got {x.dim()} "
-                                 "dims; flatten before the layer")
-            y = torch.matmul(weight, x.unsqueeze(-1)).squeeze(-1)
+                                 f"perturbed weight needs a batched input, got {x.dim()} dims")
+            if x.dim() == 2:
+                y = torch.matmul(weight, x.unsqueeze(-1)).squeeze(-1)
+            else:                                 # (B, *, in): rows of one matrix per sample
+                rows = x.reshape(x.shape[0], -1, x.shape[-1])
+                y = torch.matmul(rows, weight.transpose(-1, -2)).reshape(*x.shape[:-1], -1)
         else:
             y = F.linear(x, weight)
-        return y if bias is None else y + bias
+        if bias is None:
+            return y
+        return y + (bias if bias.dim() == 1 else bias.reshape(bias.shape[0], *([1] * (y.dim() - 2)), -1))
 
 
 def _conv_pads(conv, nd: int) -> list[tuple[int, int]]:
@@ -153,6 +159,9 @@ def moving_layer_for(module: nn.Module, name: str, kind: str) -> type[MovingLaye
             "nn.BatchNorm1d/2d/3d layers (with their standard forward). A parameter used directly "
             "in other ops (x * p, x + p, x @ p, ...) cannot be perturbed: move it into one of "
             "those layers (a bias-free nn.Linear for x @ p)")
+    if module._forward_hooks or module._forward_pre_hooks:
+        raise InputError(f"PerturbedParameters: {full} belongs to a {type(module).__name__} with "
+                         "forward hooks, which its perturbed version would skip; remove the hooks")
     if _MOVING[base] is MovingConv and module.padding_mode != "zeros":
         raise InputError(f"PerturbedParameters: {full} belongs to a {type(module).__name__} "
                          f"with padding_mode='{module.padding_mode}'; only zero padding is "

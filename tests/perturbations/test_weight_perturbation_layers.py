@@ -48,6 +48,7 @@ def compiled(names, conv_mode="auto"):
     (nn.Conv1d(2, 3, 3, stride=2, padding=2), (2, 2, 9)),
     (nn.Conv3d(1, 2, 2, padding=1), (2, 1, 3, 3, 3)),
     (nn.BatchNorm1d(3).eval(), (2, 3, 4)),
+    (nn.Linear(3, 2), (2, 4, 3)),
 ])
 def test_moving_layers_compute_the_layer(layer, shape):
     torch.manual_seed(1)
@@ -170,6 +171,10 @@ def test_other_refusals():
     with pytest.raises(lirpac.InputError, match="padding_mode='reflect'"):
         lirpac.PerturbedParameters(nn.Sequential(nn.Conv2d(1, 1, 3, padding_mode="reflect",
                                                            padding=1)), ["0.bias"])
+    hooked = nn.Linear(2, 2)
+    hooked.register_forward_hook(lambda module, args, out: out * 2)
+    with pytest.raises(lirpac.InputError, match="forward hooks"):
+        lirpac.PerturbedParameters(nn.Sequential(hooked), ["0.bias"])
     with pytest.raises(lirpac.InputError, match="layer_norm.*LayerNorm"):
         lirpac.PerturbedParameters(nn.Sequential(nn.LayerNorm(3)), ["0.weight"])
     bn = nn.Sequential(nn.BatchNorm1d(3))
@@ -209,3 +214,20 @@ def test_a_shared_parameter_moves_everywhere():
     with torch.no_grad():
         out = torch.stack([wm(x, w) for w in points])
     assert (out >= lower - 1e-5).all() and (out <= upper + 1e-5).all()
+
+
+def test_linear_over_rows_with_a_moving_weight_is_exact():
+    """nn.Linear on (B, T, in): each row meets the same moving matrix; with the input fixed,
+    row t's output o moves by eps ||x_t||_2 at most."""
+    torch.manual_seed(6)
+    layer = nn.Linear(3, 2)
+    wm = lirpac.PerturbedParameters(nn.Sequential(layer), ["0.weight", "0.bias"])
+    x = torch.randn(2, 4, 3)
+    net = lirpac.compile(wm, wm.inputs(x[:1]))
+    lower, upper = net.bounds(wm.inputs(x), (None, lirpac.LpBall(eps=0.2, norm=2), lirpac.LpBall(eps=0.1)),
+                              method="crown")
+    with torch.no_grad():
+        centre = layer(x).flatten(1)
+        radius = (0.2 * x.norm(dim=-1, keepdim=True) + 0.1).expand(2, 4, 2).flatten(1)
+    torch.testing.assert_close(lower, centre - radius, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(upper, centre + radius, rtol=1e-5, atol=1e-5)
