@@ -6,6 +6,9 @@ or (--model cnn) a small CNN whose second convolution's kernels may move so.
     python examples/weight_perturbation_training.py --eps 0.05 --epochs 20
     python examples/weight_perturbation_training.py --model cnn  # a few minutes on 2 cores
 
+(--model cnn --epochs 8, eps 0.05: clean test accuracy 0.83, certified 0.78 by CROWN-IBP and
+0.80 by CROWN; IBP's box around the L2 ball certifies nothing.)
+
 lirpac.PerturbedParameters makes the chosen weights (of nn.Linear or nn.Conv layers) inputs of
 the model, each with its own set (here an L2 ball around the current weights, the image fixed). The loss mixes the
 clean cross-entropy with the cross-entropy of the worst-case logits that CROWN-IBP's margin

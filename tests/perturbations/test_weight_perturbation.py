@@ -127,3 +127,15 @@ def test_weight_training_example_runs():
                             cwd=root, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "certified under L2 weight perturbation" in result.stdout
+
+
+@pytest.mark.slow
+def test_weight_training_example_runs_a_cnn():
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[2]
+    result = subprocess.run([sys.executable, "examples/weight_perturbation_training.py", "--model", "cnn",
+                             "--epochs", "1"], cwd=root, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "certified under L2 weight perturbation eps=0.05 of 2.weight (crown)" in result.stdout
