@@ -11,9 +11,9 @@ or (--model cnn) a small CNN whose second convolution's kernels may move so.
 
 lirpac.PerturbedParameters makes the chosen weights (of nn.Linear or nn.Conv layers) inputs of
 the model, each with its own set (here an L2 ball around the current weights, the image
-fixed). The loss mixes the clean cross-entropy with the cross-entropy of the worst-case logits that CROWN-IBP's margin
-bounds allow, with eps ramped up from 0 (as examples/simple_training.py does for inputs). At
-the end it reports clean accuracy and the accuracy certified under weight perturbation, by
+fixed). The loss mixes the clean cross-entropy with the cross-entropy of the worst-case
+logits that CROWN-IBP's margin bounds allow, with eps ramped up from 0 (as
+examples/simple_training.py does for inputs). At the end it reports clean accuracy and the accuracy certified under weight perturbation, by
 IBP, CROWN-IBP and CROWN.
 """
 import argparse
