@@ -13,8 +13,8 @@ lirpac.PerturbedParameters makes the chosen weights (of nn.Linear or nn.Conv lay
 the model, each with its own set (here an L2 ball around the current weights, the image
 fixed). The loss mixes the clean cross-entropy with the cross-entropy of the worst-case
 logits that CROWN-IBP's margin bounds allow, with eps ramped up from 0 (as
-examples/simple_training.py does for inputs). At the end it reports clean accuracy and the accuracy certified under weight perturbation, by
-IBP, CROWN-IBP and CROWN.
+examples/simple_training.py does for inputs). At the end it reports clean accuracy and the
+accuracy certified under weight perturbation, by IBP, CROWN-IBP and CROWN.
 """
 import argparse
 import sys

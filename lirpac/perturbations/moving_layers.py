@@ -9,8 +9,8 @@ fixed or not), so the layer computes a product of two perturbed tensors:
 - nn.Conv1d/2d/3d: im2col by zero padding and strided slices, then the same batched matmul of
   the flattened kernels (B, O, C*K) with the columns (B, C*K, L); exact when x is a point.
   (A fixed weight stays one conv op; only a moving one pays for the columns.)
-- nn.BatchNorm (eval): the fixed normalisation, then x_hat * weight + bias with the per-channel
-  factors broadcast over the spatial dims;
+- nn.BatchNorm (eval), nn.LayerNorm: the normalisation, then x_hat * weight + bias with the
+  factors broadcast over the other dims;
 A moving bias is added, broadcast, after the product (exact under linear bounds).
 """
 from __future__ import annotations
@@ -139,7 +139,26 @@ class MovingBatchNorm(MovingLayer):
         return y
 
 
-_MOVING = {nn.Linear: MovingLinear, nn.Conv1d: MovingConv, nn.Conv2d: MovingConv,
+class MovingLayerNorm(MovingLayer):
+    def forward(self, x):
+        norm = self.inner
+        y = F.layer_norm(x, norm.normalized_shape, None, None, norm.eps)
+        weight, bias = self.value("weight"), self.value("bias")
+        if weight is not None:
+            y = y * self._aligned(weight, y)
+        if bias is not None:
+            y = y + self._aligned(bias, y)
+        return y
+
+    def _aligned(self, value, y):
+        """A fixed (*normalized) or moving (B, *normalized) factor, broadcast against y."""
+        dims = len(self.inner.normalized_shape)
+        if value.dim() == dims:
+            return value
+        return value.reshape(value.shape[0], *([1] * (y.dim() - 1 - dims)), *value.shape[1:])
+
+
+_MOVING = {nn.LayerNorm: MovingLayerNorm, nn.Linear: MovingLinear, nn.Conv1d: MovingConv, nn.Conv2d: MovingConv,
            nn.Conv3d: MovingConv, nn.BatchNorm1d: MovingBatchNorm, nn.BatchNorm2d: MovingBatchNorm,
            nn.BatchNorm3d: MovingBatchNorm}
 
@@ -155,10 +174,10 @@ def moving_layer_for(module: nn.Module, name: str, kind: str) -> type[MovingLaye
     if not standard:
         raise InputError(
             f"PerturbedParameters: {full} is used by {_use_of(module, kind)}; lirpac "
-            "perturbs only the weight and bias of nn.Linear, nn.Conv1d/2d/3d and eval-mode "
-            "nn.BatchNorm1d/2d/3d layers (with their standard forward). A parameter used directly "
-            "in other ops (x * p, x + p, x @ p, ...) cannot be perturbed: move it into one of "
-            "those layers (a bias-free nn.Linear for x @ p)")
+            "perturbs only the weight and bias of nn.Linear, nn.Conv1d/2d/3d, nn.LayerNorm and "
+            "eval-mode nn.BatchNorm1d/2d/3d layers (with their standard forward). A parameter "
+            "used directly in other ops (x * p, x + p, x @ p, ...) cannot be perturbed: move it "
+            "into one of those layers (a bias-free nn.Linear for x @ p)")
     if module._forward_hooks or module._forward_pre_hooks:
         raise InputError(f"PerturbedParameters: {full} belongs to a {type(module).__name__} with "
                          "forward hooks, which its perturbed version would skip; remove the hooks")

@@ -1,6 +1,6 @@
-"""Weight perturbation: chosen parameters of nn.Linear, nn.Conv1d/2d/3d and eval-mode
-nn.BatchNorm layers become inputs of the model, each with its own set (an Lp ball on the whole
-tensor, say), beside the model's input.
+"""Weight perturbation: chosen parameters of nn.Linear, nn.Conv1d/2d/3d, nn.LayerNorm and
+eval-mode nn.BatchNorm layers become inputs of the model, each with its own set (an Lp ball on
+the whole tensor, say), beside the model's input.
 
     wm = lirpac.PerturbedParameters(model, ["fc1.weight", "conv1.bias"])
     net = lirpac.compile(wm, wm.inputs(x))
@@ -25,8 +25,8 @@ from lirpac.perturbations.moving_layers import moving_layer_for
 
 class PerturbedParameters(nn.Module):
     """``model`` as a function of (x, *parameters): the parameters ``names`` (weights or biases
-    of nn.Linear, nn.Conv and eval-mode nn.BatchNorm layers) are taken from the call, batched,
-    instead of from the model. A parameter shared by several layers moves in all of them."""
+    of nn.Linear, nn.Conv, nn.LayerNorm and eval-mode nn.BatchNorm layers) are taken from the
+    call, batched, instead of from the model. A parameter shared by several layers moves in all of them."""
 
     def __init__(self, model: nn.Module, names):
         super().__init__()

@@ -1,7 +1,8 @@
-"""Weight perturbation beyond nn.Linear: conv weights and biases, eval-mode batch norm's affine
-parameters. Exact cases against closed forms (a moving bias is linear; a moving weight over a
-fixed input is linear in the weight), soundness by sampling parameters and inputs together
-(corners of L-inf balls included), and the refusals for every other use of a parameter."""
+"""Weight perturbation beyond nn.Linear: conv weights and biases, eval-mode batch norm's and
+layer norm's affine parameters. Exact cases against closed forms (a moving bias is linear; a
+moving weight over a fixed input is linear in the weight), soundness by sampling parameters and
+inputs together (corners of L-inf balls included), and the refusals for every other use of a
+parameter."""
 import math
 
 import pytest
@@ -49,9 +50,12 @@ def compiled(names, conv_mode="auto"):
     (nn.Conv3d(1, 2, 2, padding=1), (2, 1, 3, 3, 3)),
     (nn.BatchNorm1d(3).eval(), (2, 3, 4)),
     (nn.Linear(3, 2), (2, 4, 3)),
+    (nn.LayerNorm((3, 2)), (2, 4, 3, 2)),
 ])
 def test_moving_layers_compute_the_layer(layer, shape):
     torch.manual_seed(1)
+    if isinstance(layer, nn.LayerNorm):
+        nn.init.normal_(layer.weight)
     if isinstance(layer, nn.BatchNorm1d):
         layer.running_var.uniform_(0.5, 2.0)
         layer.running_mean.uniform_(-1, 1)
@@ -121,7 +125,7 @@ def check_sampled(names, method, p, eps, input_moves, seed, conv_mode="auto", n=
     assert (out >= lower - 1e-5).all() and (out <= upper + 1e-5).all()
 
 
-@settings(max_examples=5, deadline=None)
+@settings(max_examples=4, deadline=None)
 @given(method=st.sampled_from(METHODS),
        which=st.sampled_from([("0.weight",), ("3.weight", "3.bias"), ("1.weight", "1.bias", "0.bias")]),
        p=st.sampled_from([2.0, math.inf]), eps=st.floats(0.01, 0.2), input_moves=st.booleans(),
@@ -132,7 +136,7 @@ def test_sound_by_sampling_conv_and_norm_parameters(method, which, p, eps, input
 
 @pytest.mark.slow
 @settings(max_examples=60, deadline=None)
-@given(method=st.sampled_from(METHODS),
+@given(method=st.sampled_from(METHODS + ["forward", "alpha-crown"]),
        which=st.sampled_from([("0.weight",), ("3.weight", "3.bias"), ("1.weight", "1.bias", "0.bias"),
                               ("0.weight", "3.weight"), ("0.weight", "0.bias", "1.weight", "6.weight")]),
        p=st.sampled_from([2.0, math.inf, 1.0]), eps=st.floats(0.01, 0.3), input_moves=st.booleans(),
@@ -175,8 +179,8 @@ def test_other_refusals():
     hooked.register_forward_hook(lambda module, args, out: out * 2)
     with pytest.raises(lirpac.InputError, match="forward hooks"):
         lirpac.PerturbedParameters(nn.Sequential(hooked), ["0.bias"])
-    with pytest.raises(lirpac.InputError, match="layer_norm.*LayerNorm"):
-        lirpac.PerturbedParameters(nn.Sequential(nn.LayerNorm(3)), ["0.weight"])
+    with pytest.raises(lirpac.InputError, match="group_norm in GroupNorm.forward"):
+        lirpac.PerturbedParameters(nn.Sequential(nn.GroupNorm(1, 3)), ["0.weight"])
     bn = nn.Sequential(nn.BatchNorm1d(3))
     wm = lirpac.PerturbedParameters(bn.train(), ["0.weight"])
     with pytest.raises(lirpac.InputError, match=r"0 \(BatchNorm1d\).*batch statistics.*eval"):
@@ -231,3 +235,22 @@ def test_linear_over_rows_with_a_moving_weight_is_exact():
         radius = (0.2 * x.norm(dim=-1, keepdim=True) + 0.1).expand(2, 4, 2).flatten(1)
     torch.testing.assert_close(lower, centre - radius, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(upper, centre + radius, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_layer_norm_parameters_sound_by_sampling(method):
+    torch.manual_seed(7)
+    model = nn.Sequential(nn.Linear(4, 5), nn.LayerNorm(5), nn.ReLU(), nn.Linear(5, 3))
+    wm = lirpac.PerturbedParameters(model, ["1.weight", "1.bias"])
+    x = torch.randn(2, 4)
+    net = lirpac.compile(wm, wm.inputs(x[:1]))
+    inputs = wm.inputs(x)
+    sets = (lirpac.LpBall(eps=0.05), lirpac.LpBall(eps=0.1, norm=2), lirpac.LpBall(eps=0.1))
+    lower, upper = net.bounds(inputs, sets, method=method)
+    g = torch.Generator().manual_seed(1)
+    xs = sample_lp_ball(x, 0.05, n=32, generator=g)
+    ws = sample_lp_ball(inputs[1], 0.1, norm=2.0, n=32, generator=g)
+    bs = sample_lp_ball(inputs[2], 0.1, n=32, generator=g)
+    with torch.no_grad():
+        out = torch.stack([wm(xs[i], ws[i], bs[i]) for i in range(32)])
+    assert (out >= lower - 1e-5).all() and (out <= upper + 1e-5).all()
