@@ -158,9 +158,9 @@ class MovingLayerNorm(MovingLayer):
         return value.reshape(value.shape[0], *([1] * (y.dim() - 1 - dims)), *value.shape[1:])
 
 
-_MOVING = {nn.LayerNorm: MovingLayerNorm, nn.Linear: MovingLinear, nn.Conv1d: MovingConv, nn.Conv2d: MovingConv,
+_MOVING = {nn.Linear: MovingLinear, nn.Conv1d: MovingConv, nn.Conv2d: MovingConv,
            nn.Conv3d: MovingConv, nn.BatchNorm1d: MovingBatchNorm, nn.BatchNorm2d: MovingBatchNorm,
-           nn.BatchNorm3d: MovingBatchNorm}
+           nn.BatchNorm3d: MovingBatchNorm, nn.LayerNorm: MovingLayerNorm}
 
 
 def moving_layer_for(module: nn.Module, name: str, kind: str) -> type[MovingLayer]:
@@ -170,7 +170,8 @@ def moving_layer_for(module: nn.Module, name: str, kind: str) -> type[MovingLaye
     full = f"{name}.{kind}" if name else kind
     base = next((c for c in type(module).__mro__ if c in _MOVING), None)
     standard = base is not None and kind in ("weight", "bias") and all(
-        getattr(type(module), f, None) is getattr(base, f, None) for f in ("forward", "_conv_forward"))
+        getattr(type(module), f, None) is getattr(base, f, None)
+        for f in ("forward", "_conv_forward"))
     if not standard:
         raise InputError(
             f"PerturbedParameters: {full} is used by {_use_of(module, kind)}; lirpac "
