@@ -340,9 +340,13 @@ def _dims(x: Node, dims, lowering: _Lowering) -> list[int]:
 def _linear(lw: _Lowering, x, weight, bias=None):
     x, weight = lw.value(x), lw.value(weight)
     if weight.perturbed:
-        raise lw.error("linear with a perturbed weight (weight perturbation) is not supported yet")
-    inputs = [x, weight] + ([lw.value(bias)] if bias is not None else [])
-    return lw.add("linear", inputs)
+        raise lw.error("linear with a perturbed weight", "perturb an nn.Linear's weight with "
+                       "lirpac.PerturbedParameters, or write W x as torch.matmul")
+    bias = lw.value(bias)
+    if isinstance(bias, Node) and bias.perturbed:     # a per-sample bias: added after the product
+        out = lw.add("linear", [x, weight], name=lw.fx_node.name + "_product")
+        return lw.add("add", [out, bias])
+    return lw.add("linear", [x, weight] + ([bias] if bias is not None else []))
 
 
 def _addmm(lw: _Lowering, bias, x, mat2, beta=1, alpha=1):
@@ -364,6 +368,9 @@ def _matmul(lw: _Lowering, a, b):
 
 def _conv(lw: _Lowering, x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     x, weight = lw.value(x), lw.value(weight)
+    if weight.perturbed or (bias is not None and lw.value(bias).perturbed):
+        raise lw.error("conv with a perturbed weight or bias", "perturb a conv layer's parameters "
+                       "with lirpac.PerturbedParameters")
     nd = len(weight.shape) - 2
     if isinstance(padding, str):
         raise lw.error(f"conv with padding='{padding}'; use explicit integer padding")

@@ -140,7 +140,8 @@ class BoundedTensor(torch.Tensor):
 
 class BoundedParameter(torch.nn.Parameter):
     """A parameter that carries a perturbation (``.ptb``): BoundedModule bounds the model over
-    it (lirpac.PerturbedParameters: weights and biases of nn.Linear layers)."""
+    it (lirpac.PerturbedParameters: weights and biases of nn.Linear, nn.Conv, nn.LayerNorm and
+    eval-mode nn.BatchNorm layers)."""
 
     def __new__(cls, data: torch.Tensor, ptb=None, requires_grad: bool = True):
         param = torch.nn.Parameter.__new__(cls, data, requires_grad)

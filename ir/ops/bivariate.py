@@ -4,9 +4,10 @@ x * y is relaxed by McCormick's planes (McCormick 1976; the choice of CROWN's Bo
 al. 2020), from the bounds [lx, ux] and [ly, uy] of its operands:
   lower  ly x + lx y - lx ly   since (x - lx)(y - ly) >= 0,
   upper  uy x + lx y - lx uy   since (x - lx)(y - uy) <= 0.
-Everything else lowers to a small subgraph of registered ops: x / y = x * reciprocal(y),
-x @ y = sum_k x[.., m, k, 1] * y[.., 1, k, n] (McCormick on every product term), max(x, y) =
-y + relu(x - y) and min(x, y) = x - relu(x - y).
+x @ y = sum_k x[.., m, k] y[.., k, n] takes McCormick on every term (matmul_bilinear, whose
+backward coefficients are matmuls, never the terms). The rest lowers to small subgraphs of
+registered ops: x / y = x * reciprocal(y), max(x, y) = y + relu(x - y) and
+min(x, y) = x - relu(x - y).
 """
 from __future__ import annotations
 
@@ -103,6 +104,73 @@ register(OpDef(name="mul_bilinear", forward=lambda x, y: x * y, ibp=_mul_ibp,
                doc="x * y, both perturbed (broadcasting); McCormick planes"))
 
 
+def _matmul_terms(a: Interval, b: Interval):
+    """The bounds of the factors of the terms a[.., m, k, 1] * b[.., 1, k, n] of a @ b."""
+    return (Interval(a.lower.unsqueeze(-1), a.upper.unsqueeze(-1)),
+            Interval(b.lower.unsqueeze(-3), b.upper.unsqueeze(-3)))
+
+
+def _matmul_ibp(a: Interval, b: Interval) -> Interval:
+    terms = _mul_ibp(*_matmul_terms(a, b))
+    return Interval(terms.lower.sum(-2), terms.upper.sum(-2))
+
+
+def _matmul_backward(lA, uA, a: Interval, b: Interval, *, in_shapes):
+    """McCormick's planes on every term a[m, k] b[k, n], summed over k: the lower plane
+    lb[k, n] a[m, k] + la[m, k] b[k, n] - la[m, k] lb[k, n] (the upper one with ub) makes each
+    coefficient a matmul, (B, S, .., M, N) with the bounds' (.., N, K) or (.., K, N), never
+    the (B, S, .., M, K, N) terms. Unbounded operands take the per-term rule (``_planes``)."""
+    if not all(bool(torch.isfinite(t).all()) for t in (*a, *b)):
+        return _matmul_backward_per_term(lA, uA, a, b, in_shapes=in_shapes)
+    # (both operands are batched, so of the same rank: dim 1 is the spec's)
+    la, lb, ub = a.lower.unsqueeze(1), b.lower.unsqueeze(1), b.upper.unsqueeze(1)
+    la_lb, la_ub = la.matmul(lb), la.matmul(ub)
+    la_t = la.transpose(-1, -2)
+
+    def side(coeff, first, second, first_offset, second_offset):
+        # positive coefficients meet the `first` plane, negative ones the `second`
+        if coeff is None:
+            return None, None, 0
+        pos, neg = split_pos_neg(coeff)
+        on_a = pos.matmul(first.transpose(-1, -2)) + neg.matmul(second.transpose(-1, -2))
+        on_b = la_t.matmul(coeff)
+        bias = -(pos * first_offset + neg * second_offset).flatten(2).sum(-1)
+        return unbroadcast(on_a, in_shapes[0]), unbroadcast(on_b, in_shapes[1]), bias
+
+    la_c, lb_c, lbias = side(lA, lb, ub, la_lb, la_ub)
+    ua_c, ub_c, ubias = side(uA, ub, lb, la_ub, la_lb)
+    return [(la_c, ua_c), (lb_c, ub_c)], lbias, ubias
+
+
+def _matmul_backward_per_term(lA, uA, a: Interval, b: Interval, *, in_shapes):
+    """The backward rule on the materialised terms (B, S, .., M, K, N)."""
+    k = a.lower.shape[-1]
+    grow = [None if c is None else c.unsqueeze(-2).expand(*c.shape[:-1], k, c.shape[-1])
+            for c in (lA, uA)]
+    term_shapes = (tuple(in_shapes[0]) + (1,), tuple(in_shapes[1][:-2]) + (1,) + tuple(in_shapes[1][-2:]))
+    coeffs, lbias, ubias = _mul_backward(*grow, *_matmul_terms(a, b), in_shapes=term_shapes)
+    (la_c, ua_c), (lb_c, ub_c) = coeffs
+    squeeze_a = [None if c is None else c.squeeze(-1) for c in (la_c, ua_c)]
+    squeeze_b = [None if c is None else c.squeeze(-3) for c in (lb_c, ub_c)]
+    return [tuple(squeeze_a), tuple(squeeze_b)], lbias, ubias
+
+
+def _matmul_forward_mode(a: Linear, b: Linear) -> Linear:
+    """Forward mode on the terms (B, N_in, .., M, K, N), summed over k."""
+    def terms(v: Linear, dim: int) -> Linear:
+        return Linear(v.lw.unsqueeze(dim), v.lb.unsqueeze(dim), v.uw.unsqueeze(dim), v.ub.unsqueeze(dim),
+                      Interval(v.bounds.lower.unsqueeze(dim), v.bounds.upper.unsqueeze(dim)))
+    product = _mul_forward_mode(terms(a, -1), terms(b, -3))
+    return Linear(product.lw.sum(-2), product.lb.sum(-2), product.uw.sum(-2), product.ub.sum(-2))
+
+
+register(OpDef(name="matmul_bilinear", forward=torch.matmul, ibp=_matmul_ibp,
+               backward=_matmul_backward, forward_mode=_matmul_forward_mode, nonlinear=True,
+               backward_needs_shapes=True, backward_memory="fresh",
+               doc="x @ y, both perturbed (per-sample matrices, broadcasting leading dims); "
+                   "McCormick planes on each term, summed"))
+
+
 # -- lowerings --------------------------------------------------------------------------------
 
 def add_node(lw, op: str, inputs: list[Node], out_shape, suffix: str, **attrs) -> Node:
@@ -166,12 +234,7 @@ def lower_matmul(lw, a, b):
     if len(a.shape) < 2 or len(b.shape) < 2 or not (a.batched and b.batched):
         raise lw.error("matmul of two perturbed tensors needs per-sample matrices (rank >= 2) "
                        "on both sides", "reshape the vectors to (..., 1, k) and (..., k, 1)")
-    left = add_node(lw, "reshape", [a], a.shape + (1,), "left", shape=a.shape + (1,))
-    right_shape = b.shape[:-2] + (1,) + b.shape[-2:]
-    right = add_node(lw, "reshape", [b], right_shape, "right", shape=right_shape)
-    terms_shape = torch.broadcast_shapes(left.shape, right_shape)
-    terms = add_node(lw, "mul_bilinear", [left, right], terms_shape, "terms")
-    return lw.add("sum", [terms], dims=(len(terms_shape) - 1,), keepdim=False)
+    return lw.add("matmul_bilinear", [a, b])
 
 
 @aten_lowering("maximum.default", "minimum.default")

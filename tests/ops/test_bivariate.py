@@ -96,6 +96,44 @@ def test_mccormick_planes_bound_and_touch(seed):
     assert torch.equal(ibp.lower, corners.min(0).values) and torch.equal(ibp.upper, corners.max(0).values)
 
 
+@pytest.mark.parametrize("shapes", [((2, 3, 4), (2, 4, 5)), ((2, 2, 3, 4), (2, 1, 4, 5))])
+def test_matmul_of_two_perturbed_is_mccormick_on_every_term(shapes):
+    """matmul_bilinear's coefficients (matmuls of the bounds) are those of McCormick's planes
+    on the materialised terms a[m, k] b[k, n] summed over k; an unbounded operand takes the
+    per-term rule; IBP and forward mode bound sampled products."""
+    from lirpac.ir.ops.bivariate import _matmul_backward_per_term
+    g = torch.Generator().manual_seed(0)
+
+    def interval(shape):
+        centre = torch.randn(shape, generator=g, dtype=torch.float64)
+        radius = torch.rand(shape, generator=g, dtype=torch.float64)
+        return Interval(centre - radius, centre + radius)
+    a, b = interval(shapes[0]), interval(shapes[1])
+    op = get_op("matmul_bilinear")
+    out = torch.matmul(a.lower, b.lower).shape
+    lA = torch.randn(out[0], 6, *out[1:], generator=g, dtype=torch.float64)
+    uA = torch.randn(lA.shape, generator=g, dtype=torch.float64)
+    in_shapes = [s[1:] for s in shapes]
+    fast = op.backward(lA, uA, a, b, in_shapes=in_shapes)
+    slow = _matmul_backward_per_term(lA, uA, a, b, in_shapes=in_shapes)
+    for mine, theirs in zip([*fast[0][0], *fast[0][1], *fast[1:]], [*slow[0][0], *slow[0][1], *slow[1:]]):
+        torch.testing.assert_close(mine, theirs)
+    t = [torch.rand((64, *s), generator=g, dtype=torch.float64) for s in shapes]
+    xs, ys = a.lower + t[0] * (a.upper - a.lower), b.lower + t[1] * (b.upper - b.lower)
+    products = torch.matmul(xs, ys)
+    box = op.ibp(a, b)
+    assert torch.all(box.lower <= products + 1e-12) and torch.all(products <= box.upper + 1e-12)
+    low = torch.einsum("bs...,nb...->nbs", lA, products) - torch.einsum("bs...,nb...->nbs", fast[0][0][0], xs)
+    low = (low - torch.einsum("bs...,nb...->nbs", fast[0][1][0], ys)).flatten(1)
+    up = torch.einsum("bs...,nb...->nbs", uA, products) - torch.einsum("bs...,nb...->nbs", fast[0][0][1], xs)
+    up = (up - torch.einsum("bs...,nb...->nbs", fast[0][1][1], ys)).flatten(1)
+    assert torch.all(low >= fast[1].flatten() - 1e-9) and torch.all(up <= fast[2].flatten() + 1e-9)
+    unbounded = Interval(a.lower.clone(), a.upper.clone())
+    unbounded.upper[0, 0, 0] = math.inf
+    coeffs, lbias, ubias = op.backward(lA, uA, unbounded, b, in_shapes=in_shapes)
+    assert not torch.isnan(lbias).any() and not torch.isnan(coeffs[0][0]).any()
+
+
 class ScaledByConstant(nn.Module):
     def __init__(self):
         super().__init__()

@@ -1,4 +1,5 @@
-"""Weight perturbation: Lp balls on chosen nn.Linear parameters (and on the input at once).
+"""Weight perturbation: Lp balls on chosen nn.Linear parameters (and on the input at once);
+conv and batch norm parameters in test_weight_perturbation_layers.py.
 Exact for one layer with a fixed input (max over ||dW||_p <= eps of dW_i . x is eps ||x||_q),
 sound by sampling weights and inputs together, and compat's BoundedParameter."""
 import math
@@ -93,9 +94,11 @@ def test_crown_ibp_training_step_has_gradients():
 def test_bad_names_are_refused():
     with pytest.raises(lirpac.InputError, match="no parameter 'fc.weight'"):
         lirpac.PerturbedParameters(mlp(), ["fc.weight"])
-    conv = nn.Sequential(nn.Conv2d(1, 2, 3))
-    with pytest.raises(lirpac.InputError, match="nn.Linear"):
-        lirpac.PerturbedParameters(conv, ["0.weight"])
+    with pytest.raises(lirpac.InputError, match="named twice"):
+        lirpac.PerturbedParameters(mlp(), ["0.weight", "0.weight"])
+    embedding = nn.Sequential(nn.Embedding(3, 2))
+    with pytest.raises(lirpac.InputError, match="0.weight is used by embedding.*nn.Linear"):
+        lirpac.PerturbedParameters(embedding, ["0.weight"])
 
 
 def test_compat_bounded_parameter():
@@ -124,3 +127,15 @@ def test_weight_training_example_runs():
                             cwd=root, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "certified under L2 weight perturbation" in result.stdout
+
+
+@pytest.mark.slow
+def test_weight_training_example_runs_a_cnn():
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[2]
+    result = subprocess.run([sys.executable, "examples/weight_perturbation_training.py", "--model", "cnn",
+                             "--epochs", "1"], cwd=root, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "certified under L2 weight perturbation eps=0.05 of 2.weight (crown)" in result.stdout
