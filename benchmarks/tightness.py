@@ -15,7 +15,9 @@ the weights and inputs written with torch.save, and writes its bounds back.
 
 Per case: mean of lirpac width / reference width over all rows (sample x output), the number
 of bound sides where lirpac is looser than the reference by more than 1e-6 relative (of the
-reference width), and where it is tighter by as much.
+reference width), and where it is tighter by as much; and for each library the number of
+sides that exclude an output sampled in the ball (random points and corners): a "tighter"
+bound that excludes a real output is unsound, not tight.
 
     python benchmarks/tightness.py --reference /work/ref-venv/bin/python
     python benchmarks/tightness.py --reference /work/ref-venv/bin/python --cases sigmoid tanh --eps 0.5
@@ -172,6 +174,24 @@ def reference_worker(src, dst):
     torch.save(out, dst)
 
 
+def sampled_range(model, x, eps, n=4000, seed=1):
+    """Min and max of the outputs over random points and corners of the ball."""
+    g = torch.Generator().manual_seed(seed)
+    inside = 2 * torch.rand(n, *x.shape, generator=g) - 1
+    corners = torch.sign(torch.randn(n // 4, *x.shape, generator=g))
+    pts = x + eps * torch.cat([inside, corners])
+    with torch.no_grad():
+        ys = model(pts.reshape(-1, x.shape[-1])).reshape(pts.shape[0], x.shape[0], -1).double()
+    return ys.amin(0), ys.amax(0)
+
+
+def violations(bounds, seen):
+    """Sides whose bound excludes a sampled output (beyond 1e-6 of its scale)."""
+    (lb, ub), (lo, hi) = bounds, seen
+    tol = 1e-6 * (1 + lo.abs() + hi.abs())
+    return int((lb > lo + tol).sum() + (ub < hi - tol).sum())
+
+
 def compare(ours, ref):
     (la, ua), (lr, ur) = ours, ref
     width = (ur - lr).clamp(min=1e-12)
@@ -192,12 +212,13 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     keys = [(c, L, e) for c in args.cases for L in args.layers for e in args.eps]
-    jobs, ours = {}, {}
+    jobs, ours, seen = {}, {}, {}
     for name, layers, eps in keys:
         case = f"{name}-{layers}"
         model, x = make(case, eps)
         key = f"{case}@{eps}"
         jobs[key] = (case, eps, model.state_dict(), x)
+        seen[key] = sampled_range(model, x, eps)
         try:
             ours[key] = lirpac_bounds(model, x, eps)
         except Exception as exc:
@@ -211,8 +232,10 @@ def main(argv=None):
     rows = BATCH * OUT
     print(f"# lirpac CROWN vs auto_LiRPA CROWN; batch {BATCH}, {rows} rows (x2 sides) per case; "
           f"looser/tighter: sides beyond {RTOL:g} of the reference width")
-    print("| case | eps | width ratio lirpac/ref | lirpac looser | lirpac tighter | ref mean width |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("# unsound: sides whose bound excludes a sampled output (random points and corners)")
+    print("| case | eps | width ratio lirpac/ref | lirpac looser | lirpac tighter | ref mean width "
+          "| lirpac unsound | ref unsound |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for name, layers, eps in keys:
         key = f"{name}-{layers}@{eps}"
         a, r = ours[key], refs[key]
@@ -225,7 +248,8 @@ def main(argv=None):
             continue
         ratio, looser, tighter = compare(a, r)
         print(f"| {name}-{layers} | {eps:g} | {ratio:.6f} | {looser} | {tighter} | "
-              f"{(r[1] - r[0]).mean().item():.4g} |", flush=True)
+              f"{(r[1] - r[0]).mean().item():.4g} | {violations(a, seen[key])} | "
+              f"{violations(r, seen[key])} |", flush=True)
     return 0
 
 
