@@ -19,8 +19,8 @@ reference width), and where it is tighter by as much; and for each library the n
 sides that exclude an output sampled in the ball (random points and corners): a "tighter"
 bound that excludes a real output is unsound, not tight.
 
-    python benchmarks/tightness.py --reference /work/ref-venv/bin/python
-    python benchmarks/tightness.py --reference /work/ref-venv/bin/python --cases sigmoid tanh --eps 0.5
+    python benchmarks/tightness.py --reference ../ref-venv/bin/python
+    python benchmarks/tightness.py --reference ../ref-venv/bin/python --cases tanh --eps 0.5
 """
 import argparse
 import subprocess
