@@ -18,7 +18,8 @@ from lirpac.ir.scalar import scalar
 from lirpac.ir.ops.activations import elementwise_with_constants, smooth
 from lirpac.ir.ops.relaxation import (Curve, Lines, alternating_lines, concave_lines,
                                       convex_lines, flip, inflection_lines, pad_down, pad_up,
-                                      step_lines)
+                                      select, step_lines)
+from lirpac.ir.ops.periodic_lines import less_area, wide_periodic_lines
 
 
 def _require(ok: torch.Tensor, op: str, what: str):
@@ -230,7 +231,8 @@ def _periodic(fn, peak: float):
 
     def relax(lower, upper):
         """Inflections at peak - pi/2 + k pi (computed in float64, rounded); an interval over
-        more than two of them, or far out, gets NaN lines, i.e. the IBP constants."""
+        more than two of them gets the envelope lines of ir/ops/periodic_lines.py; one far
+        out NaN lines, i.e. the IBP constants."""
         first = peak - math.pi / 2
         l64 = lower.double()
         j = torch.floor((l64 - first) / math.pi)
@@ -240,10 +242,16 @@ def _periodic(fn, peak: float):
         c2 = (first + (j + 2) * math.pi).to(lower.dtype)
         concave = torch.remainder(j, 2) == 0
         lines = alternating_lines(curve, lower, upper, ~concave, c1, c2)
-        bad = (upper > (first + (j + 3) * math.pi).to(lower.dtype)) | (
-            torch.maximum(lower.abs(), upper.abs()) > _PERIODIC_REACH)
+        wide = upper > (first + (j + 3) * math.pi).to(lower.dtype)
+        # over two inflections or more the envelope lines; over two, whichever of them and
+        # the valley lines leaves less area (both are sound)
+        two = (upper > c2) & ~wide
+        if bool((wide | two).any()):
+            envelope = wide_periodic_lines(curve, lower, upper, peak)
+            lines = select(wide, envelope, less_area(lines, envelope, lower, upper, two))
+        far = torch.maximum(lower.abs(), upper.abs()) > _PERIODIC_REACH
         nan = torch.full_like(lower, math.nan)
-        return Lines(*(torch.where(bad, nan, t) for t in lines))
+        return Lines(*(torch.where(far, nan, t) for t in lines))
     return ibp, relax
 
 

@@ -171,12 +171,17 @@ def concave_lines(curve: Curve, l, u, p=None) -> Lines:
 def s_lower(curve: Curve, l, u, c, fl, fu, fc, dfl, k) -> tuple[torch.Tensor, torch.Tensor]:
     """Lower line of an f convex on [l, c] whose lower bound on [c, u] is at c or u (concave or
     linear there): the chord if it stays below f (f'(l) >= chord slope), else the tangent at
-    d in [l, c] through (u, f(u)), d by bisection kept on the sound side."""
+    p = min(d, midpoint), d in [l, c] the point whose tangent passes through (u, f(u)) (by
+    bisection, kept on the sound side). Every tangent at a point of [l, d] stays below f(u),
+    and among them the one at min(d, midpoint) leaves the least area under f: the line's
+    mean over [l, u] is its value at the midpoint m, whose derivative in p is f''(p) (m - p),
+    positive while p < m (auto_LiRPA's "smoothness enhancement" picks the same point)."""
     f, df = curve.f, curve.df
     direct = dfl >= k
     d = l
     if not bool(direct.all()):
         d, _ = _bisect(lambda x: f(x) + df(x) * (u - x) > fu, l, c)
+        d = torch.minimum(d, torch.maximum(_midpoint(l, u), l))
     p = torch.where(direct, l, d)
     fp, dfp = f(p), df(p)
     slope = torch.where(direct, k, dfp)
@@ -190,7 +195,8 @@ def s_lower(curve: Curve, l, u, c, fl, fu, fc, dfl, k) -> tuple[torch.Tensor, to
 def s_lines(curve: Curve, l, u, c) -> Lines:
     """f convex on [l, c] and concave on [c, u] (sigmoid-like around its inflection c): each
     line is the chord when that stays on its side of f, else CROWN's tangent through the far
-    endpoint (Zhang et al. 2018, sec. 3.3)."""
+    endpoint (Zhang et al. 2018, sec. 3.3), moved to the midpoint where that is sound and
+    leaves less area (see ``s_lower``; the upper line mirrors it)."""
     f, df = curve.f, curve.df
     c = torch.minimum(torch.maximum(c, l), u)
     fl, fu, fc, dfl, dfu = f(l), f(u), f(c), df(l), df(u)
@@ -200,6 +206,7 @@ def s_lines(curve: Curve, l, u, c) -> Lines:
     d = u
     if not bool(direct.all()):
         _, d = _bisect(lambda x: f(x) + df(x) * (l - x) >= fl, c, u)
+        d = torch.maximum(d, torch.minimum(_midpoint(l, u), u))
     p = torch.where(direct, u, d)
     fp, dfp = f(p), df(p)
     su = torch.where(direct, k, dfp)
