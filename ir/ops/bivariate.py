@@ -1,9 +1,16 @@
 """Products of two perturbed tensors (x * y, x / y, x @ y) and their max/min.
 
-x * y is relaxed by McCormick's planes (McCormick 1976; the choice of CROWN's BoundMul, Shi et
-al. 2020), from the bounds [lx, ux] and [ly, uy] of its operands:
-  lower  ly x + lx y - lx ly   since (x - lx)(y - ly) >= 0,
-  upper  uy x + lx y - lx uy   since (x - lx)(y - uy) <= 0.
+x * y is relaxed by McCormick's planes (McCormick 1976), from the bounds [lx, ux] and
+[ly, uy] of its operands: two planes below,
+  ly x + lx y - lx ly   since (x - lx)(y - ly) >= 0,
+  uy x + ux y - ux uy   since (x - ux)(y - uy) >= 0,
+and two above (with (x - lx)(y - uy) <= 0 and (x - ux)(y - ly) <= 0). Each is exact on two
+edges of the box and misses x y by up to (ux - lx)(uy - ly) at the opposite corner; the mean
+of the two, cy x + cx y - (lx ly + ux uy) / 2 below and cy x + cx y - (lx uy + ux ly) / 2
+above (cx, cy the midpoints), misses it by at most half that: the least worst-case gap of any
+plane (x y = cy x + cx y - cx cy + (x - cx)(y - cy), the last term within +-rx ry). CROWN's
+BoundMul (Shi et al. 2020) takes the first plane of each pair; the means are as cheap and gave
+tighter bounds through attention scores (q k^T) and softmax @ v (benchmarks/word_substitution.py).
 Everything else lowers to a small subgraph of registered ops: x / y = x * reciprocal(y),
 x @ y = sum_k x[.., m, k, 1] * y[.., 1, k, n] (McCormick on every product term), max(x, y) =
 y + relu(x - y) and min(x, y) = x - relu(x - y).
@@ -15,6 +22,7 @@ import torch
 from lirpac.ir.graph import Node
 from lirpac.ir.opdef import Interval, Linear, OpDef, aten_lowering, get_op, register
 from lirpac.ir.ops.common import split_pos_neg, times, unbroadcast
+from lirpac.ir.ops.relaxation import slack
 
 
 def _broadcast_bounds(x: Interval, y: Interval):
@@ -35,7 +43,11 @@ def _planes(x: Interval, y: Interval):
     the float range) the planes are constant at the product's interval bounds, the largest
     float for an unbounded side (as ``relaxation.finish``: 0 * that is 0, never NaN)."""
     lx, ux, ly, uy = _broadcast_bounds(x, y)
-    low, up = (ly, lx, -lx * ly), (uy, lx, -lx * uy)
+    cx, cy = 0.5 * lx + 0.5 * ux, 0.5 * ly + 0.5 * uy
+    # (offsets moved out by a few ulps of their terms: the midpoints and products round)
+    pad = slack((lx * ly).abs() + (ux * uy).abs() + (lx * uy).abs() + (ux * ly).abs())
+    low = (cy, cx, -0.5 * (lx * ly) - 0.5 * (ux * uy) - pad)
+    up = (cy, cx, -0.5 * (lx * uy) - 0.5 * (ux * ly) + pad)
     bounded = torch.isfinite(low[2] + up[2] + ux + uy)
     if bool(bounded.all()):
         return low, up

@@ -72,8 +72,9 @@ def _intervals(seed, shape=(2, 5)):
 @settings(max_examples=20, deadline=None)
 @given(seed=st.integers(0, 10_000))
 def test_mccormick_planes_bound_and_touch(seed):
-    """Lower plane <= x y <= upper plane on the box; the lower plane is exact on x = lx and
-    y = ly, the upper on x = lx and y = uy."""
+    """Lower plane <= x y <= upper plane on the box; each is the mean of McCormick's two
+    planes of its side: the lower exact at the corners (lx, uy) and (ux, ly), the upper at
+    (lx, ly) and (ux, uy), and each misses x y by at most half of (ux - lx)(uy - ly)."""
     (lx, ux), (ly, uy) = _intervals(seed), _intervals(seed + 1)
     op = get_op("mul_bilinear")
     eye = torch.eye(5, dtype=torch.float64).expand(2, 5, 5)
@@ -85,12 +86,16 @@ def test_mccormick_planes_bound_and_touch(seed):
         return torch.einsum("bsi,bi->bs", ax, x) + torch.einsum("bsi,bi->bs", ay, y) + bias
 
     t = torch.rand(4, 2, 5, dtype=torch.float64)
+    half = (ux - lx) * (uy - ly) / 2 + 1e-12
     for x, y in [(lx + t[0] * (ux - lx), ly + t[1] * (uy - ly)), (lx, ly + t[2] * (uy - ly)),
-                 (lx + t[3] * (ux - lx), ly), (lx + t[3] * (ux - lx), uy)]:
+                 (lx + t[3] * (ux - lx), ly), (lx + t[3] * (ux - lx), uy), (lx, ly), (ux, uy)]:
         low, up = plane(ax_l, ay_l, lbias, x, y), plane(ax_u, ay_u, ubias, x, y)
         assert torch.all(low <= x * y + 1e-12) and torch.all(x * y <= up + 1e-12)
-    assert torch.allclose(plane(ax_l, ay_l, lbias, lx, ly + t[2] * (uy - ly)), lx * (ly + t[2] * (uy - ly)))
-    assert torch.allclose(plane(ax_u, ay_u, ubias, lx + t[3] * (ux - lx), uy), (lx + t[3] * (ux - lx)) * uy)
+        assert torch.all(x * y - low <= half) and torch.all(up - x * y <= half)
+    for x, y in [(lx, uy), (ux, ly)]:
+        assert torch.allclose(plane(ax_l, ay_l, lbias, x, y), x * y)
+    for x, y in [(lx, ly), (ux, uy)]:
+        assert torch.allclose(plane(ax_u, ay_u, ubias, x, y), x * y)
     ibp = op.ibp(Interval(lx, ux), Interval(ly, uy))
     corners = torch.stack([lx * ly, lx * uy, ux * ly, ux * uy])
     assert torch.equal(ibp.lower, corners.min(0).values) and torch.equal(ibp.upper, corners.max(0).values)
