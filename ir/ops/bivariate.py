@@ -2,15 +2,17 @@
 
 x * y is relaxed by McCormick's planes (McCormick 1976), from the bounds [lx, ux] and
 [ly, uy] of its operands: two planes below,
-  ly x + lx y - lx ly   since (x - lx)(y - ly) >= 0,
-  uy x + ux y - ux uy   since (x - ux)(y - uy) >= 0,
-and two above (with (x - lx)(y - uy) <= 0 and (x - ux)(y - ly) <= 0). Each is exact on two
-edges of the box and misses x y by up to (ux - lx)(uy - ly) at the opposite corner; the mean
-of the two, cy x + cx y - (lx ly + ux uy) / 2 below and cy x + cx y - (lx uy + ux ly) / 2
-above (cx, cy the midpoints), misses it by at most half that: the least worst-case gap of any
-plane (x y = cy x + cx y - cx cy + (x - cx)(y - cy), the last term within +-rx ry). CROWN's
-BoundMul (Shi et al. 2020) takes the first plane of each pair; the means are as cheap and gave
-tighter bounds through attention scores (q k^T) and softmax @ v (benchmarks/word_substitution.py).
+  P1 = ly x + lx y - lx ly   since (x - lx)(y - ly) >= 0,
+  P2 = uy x + ux y - ux uy   since (x - ux)(y - uy) >= 0,
+and two above (U1 with (x - lx)(y - uy) <= 0, U2 with (x - ux)(y - ly) <= 0). Any blend
+t P1 + (1 - t) P2 (t in [0, 1]) is a lower plane too, and these are all the planes that touch
+the convex envelope max(P1, P2); likewise above. CROWN's BoundMul (Shi et al. 2020) takes
+t = 1. Here t = 1/2 where both operands straddle 0 (q k^T in attention): each single plane
+misses x y by up to (ux - lx)(uy - ly) at a corner, their mean by half that, the least
+worst-case gap (benchmarks/word_substitution.py: attention scores 2.9x -> 2.3x the exact
+range); where an operand's sign is known (a sigmoid gate times a tanh in an LSTM) t = 1 was
+the tighter one, and the mean looser (LSTM 2.1x -> 3.6x). alpha-CROWN optimises t per
+element and spec row, one t for the lower and upper planes that a coefficient's sign picks.
 Everything else lowers to a small subgraph of registered ops: x / y = x * reciprocal(y),
 x @ y = sum_k x[.., m, k, 1] * y[.., 1, k, n] (McCormick on every product term), max(x, y) =
 y + relu(x - y) and min(x, y) = x - relu(x - y).
@@ -37,32 +39,45 @@ def _mul_ibp(x: Interval, y: Interval) -> Interval:
     return Interval(corners.min(0).values, corners.max(0).values)
 
 
-def _planes(x: Interval, y: Interval):
-    """(slope on x, slope on y, offset) of McCormick's lower and upper planes, (B, *out).
-    They need finite bounds and offsets: elsewhere (an unbounded operand, or an offset beyond
-    the float range) the planes are constant at the product's interval bounds, the largest
-    float for an unbounded side (as ``relaxation.finish``: 0 * that is 0, never NaN)."""
+def crown_share(lx, ux, ly, uy):
+    """CROWN's t: 1/2 where both operands straddle 0, else 1 (see the module docstring)."""
+    both = (lx < 0) & (ux > 0) & (ly < 0) & (uy > 0)
+    return torch.where(both, 0.5, 1.0).to(lx.dtype)
+
+
+def _planes(x: Interval, y: Interval, t=None, rows: bool = False):
+    """(slope on x, slope on y, offset) of the lower and upper planes blended by t (CROWN's
+    ``crown_share`` by default; alpha-CROWN's (B, S, ...) per row), (B, *out), or (B, 1 or S,
+    *out) with ``rows``. They need finite bounds and offsets: elsewhere (an unbounded operand,
+    or an offset beyond the float range) the planes are constant at the product's interval
+    bounds, the largest float for an unbounded side (as ``relaxation.finish``: 0 * that is
+    0, never NaN). Offsets are moved out by a few ulps of their terms (products round)."""
     lx, ux, ly, uy = _broadcast_bounds(x, y)
-    cx, cy = 0.5 * lx + 0.5 * ux, 0.5 * ly + 0.5 * uy
-    # (offsets moved out by a few ulps of their terms: the midpoints and products round)
+    if t is None:
+        t = crown_share(lx, ux, ly, uy)
+    if rows:
+        lx, ux, ly, uy = (v.unsqueeze(1) for v in (lx, ux, ly, uy))
+    s = 1 - t
     pad = slack((lx * ly).abs() + (ux * uy).abs() + (lx * uy).abs() + (ux * ly).abs())
-    low = (cy, cx, -0.5 * (lx * ly) - 0.5 * (ux * uy) - pad)
-    up = (cy, cx, -0.5 * (lx * uy) - 0.5 * (ux * ly) + pad)
+    low = (t * ly + s * uy, t * lx + s * ux, -t * (lx * ly) - s * (ux * uy) - pad)
+    up = (t * uy + s * ly, t * lx + s * ux, -t * (lx * uy) - s * (ux * ly) + pad)
     bounded = torch.isfinite(low[2] + up[2] + ux + uy)
     if bool(bounded.all()):
         return low, up
     big = torch.finfo(lx.dtype).max
     box = _mul_ibp(x, y)
-    zero = torch.zeros_like(lx)
+    box = Interval(box.lower.unsqueeze(1), box.upper.unsqueeze(1)) if rows else box
+    zero = torch.zeros((), dtype=lx.dtype, device=lx.device)
 
     def constant(plane, level):
         return tuple(torch.where(bounded, t, c) for t, c in zip(plane, (zero, zero, level)))
     return constant(low, box.lower.clamp(-big, big)), constant(up, box.upper.clamp(-big, big))
 
 
-def _mul_backward(lA, uA, x: Interval, y: Interval, *, in_shapes):
-    low, up = [[t.unsqueeze(1) for t in plane] for plane in _planes(x, y)]
-
+def _planes_backward(lA, uA, low, up, in_shapes, low_u=None, up_u=None):
+    """Coefficients and biases through planes (B, 1 or S, *out): a lower bound's positive
+    coefficients meet the lower plane, its negative ones the upper (``low_u``, ``up_u``: the
+    upper bound's own planes, else the same)."""
     def side(coeff, first, second):
         # positive coefficients meet `first` plane, negative ones `second`
         if coeff is None:
@@ -74,8 +89,40 @@ def _mul_backward(lA, uA, x: Interval, y: Interval, *, in_shapes):
         return unbroadcast(on_x, in_shapes[0]), unbroadcast(on_y, in_shapes[1]), bias
 
     lx_c, ly_c, lbias = side(lA, low, up)
-    ux_c, uy_c, ubias = side(uA, up, low)
+    ux_c, uy_c, ubias = side(uA, up if up_u is None else up_u, low if low_u is None else low_u)
     return [(lx_c, ux_c), (ly_c, uy_c)], lbias, ubias
+
+
+def _mul_backward(lA, uA, x: Interval, y: Interval, *, in_shapes):
+    low, up = [[t.unsqueeze(1) for t in plane] for plane in _planes(x, y)]
+    return _planes_backward(lA, uA, low, up, in_shapes)
+
+
+def _straddles(lower, upper):
+    return (lower < 0) & (upper > 0)
+
+
+def _mul_alpha_init(lower, upper, **attrs):
+    """alpha-CROWN's start, on x's shape (the slots take the first operand's: t is shared
+    along the dims x broadcasts over): 1/2 where x straddles 0, else 1. ``_share`` maps it
+    to CROWN's t, which also depends on y (not seen here)."""
+    return torch.where(_straddles(lower, upper), 0.5, 1.0).to(lower.dtype)
+
+
+def _share(alpha, x: Interval, y: Interval):
+    """t from alpha in [0, 1], covering [0, 1] with CROWN's t at the start: t = alpha, except
+    where x straddles 0 and y does not (start 1/2, CROWN's t = 1): t = min(2 alpha, 1)."""
+    lx, ux, ly, uy = (v.unsqueeze(1) for v in _broadcast_bounds(x, y))
+    doubled = _straddles(lx, ux) & ~_straddles(ly, uy)
+    return torch.where(doubled, (2 * alpha).clamp(max=1), alpha)
+
+
+def _mul_backward_alpha(lA, uA, x: Interval, y: Interval, alpha_l, alpha_u, *, in_shapes):
+    """McCormick with the blend t of ``_share(alpha)`` (per spec row and element of x) on the
+    lower bound's side and on the upper's."""
+    planes = [None if a is None else _planes(x, y, _share(a, x, y), rows=True) for a in (alpha_l, alpha_u)]
+    (low_l, up_l), (low_u, up_u) = [p if p is not None else planes[1 - i] for i, p in enumerate(planes)]
+    return _planes_backward(lA, uA, low_l, up_l, in_shapes, low_u, up_u)
 
 
 def _expand_linear(v: Linear, shape) -> Linear:
@@ -111,6 +158,7 @@ def _mul_forward_mode(x: Linear, y: Linear) -> Linear:
 
 register(OpDef(name="mul_bilinear", forward=lambda x, y: x * y, ibp=_mul_ibp,
                backward=_mul_backward, forward_mode=_mul_forward_mode, nonlinear=True,
+               backward_alpha=_mul_backward_alpha, alpha_init=_mul_alpha_init,
                backward_needs_shapes=True,
                doc="x * y, both perturbed (broadcasting); McCormick planes"))
 

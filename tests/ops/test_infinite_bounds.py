@@ -92,7 +92,7 @@ def test_mccormick_falls_back_to_constants_only_where_unbounded(mode):
         (lx, ux), (ly, uy) = coeffs
         for t in (lx, ux, ly, uy, lbias, ubias):
             assert not torch.isnan(t).any()
-        assert torch.equal(lx[0, 0], torch.tensor([1.0, 0.0])) and ly[0, 0, 0] == 1.5   # (cy, cx)
+        assert torch.equal(lx[0, 0], torch.tensor([-1.0, 0.0])) and ly[0, 0, 0] == 1.0
         assert lx[0, 1].abs().sum() == 0 and ly[0, 1].abs().sum() == 0
         assert lbias[0, 1] == -2.0 and ubias[0, 1] == torch.finfo(torch.float32).max
     else:
