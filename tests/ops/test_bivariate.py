@@ -111,7 +111,7 @@ def test_mccormick_planes_bound_and_touch(seed):
     assert torch.equal(ibp.lower, corners.min(0).values) and torch.equal(ibp.upper, corners.max(0).values)
 
 
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=8, deadline=None)
 @given(seed=st.integers(0, 10_000))
 def test_alpha_planes_bound_for_every_alpha(seed):
     """alpha-CROWN's planes (any alpha in [0, 1], corners included, per row and element of
