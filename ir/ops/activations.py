@@ -83,17 +83,18 @@ def padded(ibp, absolute=False):
 
 
 def smooth(name, fn, relax, ibp=None, aten=(), doc="", exact_ibp=False, tangent_at=None,
-           blend=False, monotone=False):
+           blend=False, monotone=False, tangent_start=None):
     """An elementwise op whose relaxation comes from ``relax(l, u, **attrs) -> Lines``, made
     NaN-free by ``sound_relax`` (constant IBP lines where a line is not finite). The IBP rule
     (monotone by default) is padded unless ``exact_ibp`` (f exact in floating point).
     alpha-CROWN optimises, with ``tangent_at(l, u, p) -> Lines`` (f convex or concave on its
-    domain), the relaxation's tangent point (ir/ops/tangent_alpha.py); with ``blend`` (f
+    domain), the relaxation's tangent point (ir/ops/tangent_alpha.py), from
+    ``tangent_start(l, u)`` (its share of [l, u]; the midpoint by default); with ``blend`` (f
     bounded), blends of its lines with the interval bounds (ir/ops/blend_alpha.py)."""
     ibp = ibp or monotone_ibp(fn)
     ibp = ibp if exact_ibp else padded(ibp)
     relax = sound_relax(relax, ibp)
-    alpha = (tangent_alpha_rules(tangent_at, ibp) if tangent_at is not None else
+    alpha = (tangent_alpha_rules(tangent_at, ibp, tangent_start) if tangent_at is not None else
              blend_alpha_rules(relax, ibp) if blend else {})
     return elementwise(name, fn, relax, ibp=ibp, aten=aten, doc=doc, monotone=monotone, **alpha)
 

@@ -1,9 +1,18 @@
 """Products of two perturbed tensors (x * y, x / y, x @ y) and their max/min.
 
-x * y is relaxed by McCormick's planes (McCormick 1976; the choice of CROWN's BoundMul, Shi et
-al. 2020), from the bounds [lx, ux] and [ly, uy] of its operands:
-  lower  ly x + lx y - lx ly   since (x - lx)(y - ly) >= 0,
-  upper  uy x + lx y - lx uy   since (x - lx)(y - uy) <= 0.
+x * y is relaxed by McCormick's planes (McCormick 1976), from the bounds [lx, ux] and
+[ly, uy] of its operands: two planes below,
+  P1 = ly x + lx y - lx ly   since (x - lx)(y - ly) >= 0,
+  P2 = uy x + ux y - ux uy   since (x - ux)(y - uy) >= 0,
+and two above (U1 with (x - lx)(y - uy) <= 0, U2 with (x - ux)(y - ly) <= 0). Any blend
+t P1 + (1 - t) P2 (t in [0, 1]) is a lower plane too, and these are all the planes that touch
+the convex envelope max(P1, P2); likewise above. CROWN's BoundMul (Shi et al. 2020) takes
+t = 1. Here t = 1/2 where both operands straddle 0 (q k^T in attention): each single plane
+misses x y by up to (ux - lx)(uy - ly) at a corner, their mean by half that, the least
+worst-case gap (benchmarks/word_substitution.py: attention scores 2.9x -> 2.3x the exact
+range); where an operand's sign is known (a sigmoid gate times a tanh in an LSTM) t = 1 was
+the tighter one, and the mean looser (LSTM 2.1x -> 3.6x). alpha-CROWN optimises t per
+element and spec row, one t for the lower and upper planes that a coefficient's sign picks.
 x @ y = sum_k x[.., m, k] y[.., k, n] takes McCormick on every term (matmul_bilinear, whose
 backward coefficients are matmuls, never the terms). The rest lowers to small subgraphs of
 registered ops: x / y = x * reciprocal(y), max(x, y) = y + relu(x - y) and
@@ -15,7 +24,8 @@ import torch
 
 from lirpac.ir.graph import Node
 from lirpac.ir.opdef import Interval, Linear, OpDef, aten_lowering, get_op, register
-from lirpac.ir.ops.common import split_pos_neg, times, unbroadcast
+from lirpac.ir.ops.common import HOST_CHECKS, split_pos_neg, times, unbroadcast
+from lirpac.ir.ops.relaxation import slack
 
 
 def _broadcast_bounds(x: Interval, y: Interval):
@@ -30,28 +40,45 @@ def _mul_ibp(x: Interval, y: Interval) -> Interval:
     return Interval(corners.min(0).values, corners.max(0).values)
 
 
-def _planes(x: Interval, y: Interval):
-    """(slope on x, slope on y, offset) of McCormick's lower and upper planes, (B, *out).
-    They need finite bounds and offsets: elsewhere (an unbounded operand, or an offset beyond
-    the float range) the planes are constant at the product's interval bounds, the largest
-    float for an unbounded side (as ``relaxation.finish``: 0 * that is 0, never NaN)."""
+def crown_share(lx, ux, ly, uy):
+    """CROWN's t: 1/2 where both operands straddle 0, else 1 (see the module docstring)."""
+    both = (lx < 0) & (ux > 0) & (ly < 0) & (uy > 0)
+    return torch.where(both, 0.5, 1.0).to(lx.dtype)
+
+
+def _planes(x: Interval, y: Interval, t=None, rows: bool = False):
+    """(slope on x, slope on y, offset) of the lower and upper planes blended by t (CROWN's
+    ``crown_share`` by default; alpha-CROWN's (B, S, ...) per row), (B, *out), or (B, 1 or S,
+    *out) with ``rows``. They need finite bounds and offsets: elsewhere (an unbounded operand,
+    or an offset beyond the float range) the planes are constant at the product's interval
+    bounds, the largest float for an unbounded side (as ``relaxation.finish``: 0 * that is
+    0, never NaN). Offsets are moved out by a few ulps of their terms (products round)."""
     lx, ux, ly, uy = _broadcast_bounds(x, y)
-    low, up = (ly, lx, -lx * ly), (uy, lx, -lx * uy)
+    if t is None:
+        t = crown_share(lx, ux, ly, uy)
+    if rows:
+        lx, ux, ly, uy = (v.unsqueeze(1) for v in (lx, ux, ly, uy))
+    s = 1 - t
+    pad = slack((lx * ly).abs() + (ux * uy).abs() + (lx * uy).abs() + (ux * ly).abs())
+    low = (t * ly + s * uy, t * lx + s * ux, -t * (lx * ly) - s * (ux * uy) - pad)
+    up = (t * uy + s * ly, t * lx + s * ux, -t * (lx * uy) - s * (ux * ly) + pad)
     bounded = torch.isfinite(low[2] + up[2] + ux + uy)
     if bool(bounded.all()):
         return low, up
     big = torch.finfo(lx.dtype).max
     box = _mul_ibp(x, y)
-    zero = torch.zeros_like(lx)
+    box = Interval(box.lower.unsqueeze(1), box.upper.unsqueeze(1)) if rows else box
+    zero = torch.zeros((), dtype=lx.dtype, device=lx.device)
 
     def constant(plane, level):
         return tuple(torch.where(bounded, t, c) for t, c in zip(plane, (zero, zero, level)))
     return constant(low, box.lower.clamp(-big, big)), constant(up, box.upper.clamp(-big, big))
 
 
-def _mul_backward(lA, uA, x: Interval, y: Interval, *, in_shapes):
-    low, up = [[t.unsqueeze(1) for t in plane] for plane in _planes(x, y)]
-
+def _planes_backward(lA, uA, low, up, in_shapes, low_u=None, up_u=None):
+    """Coefficients and biases through planes (B, 1 or S, *out): a lower bound's positive
+    coefficients meet the lower plane, its negative ones the upper (``low_u``, ``up_u``: the
+    upper bound's own planes, else the same)."""
     def side(coeff, first, second):
         # positive coefficients meet `first` plane, negative ones `second`
         if coeff is None:
@@ -63,8 +90,40 @@ def _mul_backward(lA, uA, x: Interval, y: Interval, *, in_shapes):
         return unbroadcast(on_x, in_shapes[0]), unbroadcast(on_y, in_shapes[1]), bias
 
     lx_c, ly_c, lbias = side(lA, low, up)
-    ux_c, uy_c, ubias = side(uA, up, low)
+    ux_c, uy_c, ubias = side(uA, up if up_u is None else up_u, low if low_u is None else low_u)
     return [(lx_c, ux_c), (ly_c, uy_c)], lbias, ubias
+
+
+def _mul_backward(lA, uA, x: Interval, y: Interval, *, in_shapes):
+    low, up = [[t.unsqueeze(1) for t in plane] for plane in _planes(x, y)]
+    return _planes_backward(lA, uA, low, up, in_shapes)
+
+
+def _straddles(lower, upper):
+    return (lower < 0) & (upper > 0)
+
+
+def _mul_alpha_init(lower, upper, **attrs):
+    """alpha-CROWN's start, on x's shape (the slots take the first operand's: t is shared
+    along the dims x broadcasts over): 1/2 where x straddles 0, else 1. ``_share`` maps it
+    to CROWN's t, which also depends on y (not seen here)."""
+    return torch.where(_straddles(lower, upper), 0.5, 1.0).to(lower.dtype)
+
+
+def _share(alpha, x: Interval, y: Interval):
+    """t from alpha in [0, 1], covering [0, 1] with CROWN's t at the start: t = alpha, except
+    where x straddles 0 and y does not (start 1/2, CROWN's t = 1): t = min(2 alpha, 1)."""
+    lx, ux, ly, uy = (v.unsqueeze(1) for v in _broadcast_bounds(x, y))
+    doubled = _straddles(lx, ux) & ~_straddles(ly, uy)
+    return torch.where(doubled, (2 * alpha).clamp(max=1), alpha)
+
+
+def _mul_backward_alpha(lA, uA, x: Interval, y: Interval, alpha_l, alpha_u, *, in_shapes):
+    """McCormick with the blend t of ``_share(alpha)`` (per spec row and element of x) on the
+    lower bound's side and on the upper's."""
+    planes = [None if a is None else _planes(x, y, _share(a, x, y), rows=True) for a in (alpha_l, alpha_u)]
+    (low_l, up_l), (low_u, up_u) = [p if p is not None else planes[1 - i] for i, p in enumerate(planes)]
+    return _planes_backward(lA, uA, low_l, up_l, in_shapes, low_u, up_u)
 
 
 def _expand_linear(v: Linear, shape) -> Linear:
@@ -100,6 +159,7 @@ def _mul_forward_mode(x: Linear, y: Linear) -> Linear:
 
 register(OpDef(name="mul_bilinear", forward=lambda x, y: x * y, ibp=_mul_ibp,
                backward=_mul_backward, forward_mode=_mul_forward_mode, nonlinear=True,
+               backward_alpha=_mul_backward_alpha, alpha_init=_mul_alpha_init,
                backward_needs_shapes=True,
                doc="x * y, both perturbed (broadcasting); McCormick planes"))
 
@@ -116,29 +176,44 @@ def _matmul_ibp(a: Interval, b: Interval) -> Interval:
 
 
 def _matmul_backward(lA, uA, a: Interval, b: Interval, *, in_shapes):
-    """McCormick's planes on every term a[m, k] b[k, n], summed over k: the lower plane
-    lb[k, n] a[m, k] + la[m, k] b[k, n] - la[m, k] lb[k, n] (the upper one with ub) makes each
-    coefficient a matmul, (B, S, .., M, N) with the bounds' (.., N, K) or (.., K, N), never
-    the (B, S, .., M, K, N) terms. Unbounded operands take the per-term rule (``_planes``)."""
+    """McCormick's planes on every term a[m, k] b[k, n], summed over k, blended as ``_planes``
+    does (``crown_share``: t = 1 - h[m, k] g[k, n], h = 1/2 where a straddles 0, g = 1 where
+    b does): each coefficient is then a matmul, (B, S, .., M, N) with the bounds' (.., N, K)
+    or (.., K, N), never the (B, S, .., M, K, N) terms. The lower plane of a term is
+    ly a + lx b - lx ly + h g ((uy - ly) a + (ux - lx) b - (ux uy - lx ly)), the upper one
+    with uy and ly swapped (its b slope is the same). Unbounded operands take the per-term
+    rule (``_planes``)."""
     if not all(bool(torch.isfinite(t).all()) for t in (*a, *b)):
         return _matmul_backward_per_term(lA, uA, a, b, in_shapes=in_shapes)
     # (both operands are batched, so of the same rank: dim 1 is the spec's)
-    la, lb, ub = a.lower.unsqueeze(1), b.lower.unsqueeze(1), b.upper.unsqueeze(1)
+    la, ua, lb, ub = (t.unsqueeze(1) for t in (*a, *b))
+    h = 0.5 * _straddles(la, ua).to(la.dtype)
+    g = _straddles(lb, ub).to(lb.dtype)
+    blended = not HOST_CHECKS[0] or (bool(h.any()) and bool(g.any()))
     la_lb, la_ub = la.matmul(lb), la.matmul(ub)
+    if blended:
+        ha_l, ha_u, gb_l, gb_u = h * la, h * ua, g * lb, g * ub
+        la_lb = la_lb + ha_u.matmul(gb_u) - ha_l.matmul(gb_l)    # lower plane's offset
+        la_ub = la_ub + ha_u.matmul(gb_l) - ha_l.matmul(gb_u)    # upper plane's
+        b_width_t = (g * (ub - lb)).transpose(-1, -2)
+        on_b_extra = (h * (ua - la)).transpose(-1, -2)
     la_t = la.transpose(-1, -2)
 
-    def side(coeff, first, second, first_offset, second_offset):
+    def side(coeff, first, second, first_offset, second_offset, sign):
         # positive coefficients meet the `first` plane, negative ones the `second`
         if coeff is None:
             return None, None, 0
         pos, neg = split_pos_neg(coeff)
         on_a = pos.matmul(first.transpose(-1, -2)) + neg.matmul(second.transpose(-1, -2))
         on_b = la_t.matmul(coeff)
+        if blended:
+            on_a = on_a + sign * h * (pos - neg).matmul(b_width_t)
+            on_b = on_b + g * on_b_extra.matmul(coeff)
         bias = -(pos * first_offset + neg * second_offset).flatten(2).sum(-1)
         return unbroadcast(on_a, in_shapes[0]), unbroadcast(on_b, in_shapes[1]), bias
 
-    la_c, lb_c, lbias = side(lA, lb, ub, la_lb, la_ub)
-    ua_c, ub_c, ubias = side(uA, ub, lb, la_ub, la_lb)
+    la_c, lb_c, lbias = side(lA, lb, ub, la_lb, la_ub, 1)
+    ua_c, ub_c, ubias = side(uA, ub, lb, la_ub, la_lb, -1)
     return [(la_c, ua_c), (lb_c, ub_c)], lbias, ubias
 
 

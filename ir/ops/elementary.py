@@ -57,8 +57,25 @@ def _exp(x):
 
 
 EXP = Curve(_exp, _exp)
-smooth("exp", _exp, _convex(EXP), aten=("exp.default", "exp_.default"),
-       doc="e^x; convex: chord above, midpoint tangent below", tangent_at=_tangent_at(EXP), monotone=True)
+
+
+def _exp_tangent_share(lower, upper):
+    """Where exp's lower tangent touches [l, u], as a share of its width: the midpoint, or
+    l + 1 if that is nearer l. A tangent at p is >= 0 on [p - 1, inf), so it then stays >= 0
+    on all of [l, u]: the midpoint's tangent of a wide interval dips far below 0 at l, and a
+    sum of exponentials (softmax's denominator) would get a lower bound far under the sum of
+    exp(l), which IBP already gives (the same choice as auto_LiRPA's exp)."""
+    width = upper - lower
+    return torch.where(width > 2, 1 / width.clamp(min=2), torch.full_like(width, 0.5))
+
+
+def _exp_relax(lower, upper, **_):
+    return convex_lines(EXP, lower, upper, lower + _exp_tangent_share(lower, upper) * (upper - lower))
+
+
+smooth("exp", _exp, _exp_relax, aten=("exp.default", "exp_.default"),
+       doc="e^x; convex: chord above, tangent below at the midpoint or l + 1 (nonnegative)",
+       tangent_at=_tangent_at(EXP), tangent_start=_exp_tangent_share, monotone=True)
 
 EXPM1 = Curve(torch.expm1, torch.exp)
 smooth("expm1", torch.expm1, _convex(EXPM1), aten=("expm1.default",), doc="e^x - 1; convex",

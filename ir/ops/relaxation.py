@@ -364,7 +364,15 @@ def sound_relax(relax: Callable[..., Lines], ibp: Callable, wide=None,
     only their own rounding to the narrow type, as tight as unpadded float32 lines to a few
     ulps), fall back to the interval bounds where a line is not finite, cast back. ``consts``
     are the op's constant tensor inputs (clamp's min, say). ``in_dtype``: compute in the
-    input's own dtype (piecewise-linear ops, whose exact lines a cast would blur)."""
+    input's own dtype (piecewise-linear ops, whose exact lines a cast would blur).
+
+    Where every input and line is finite (the common case, one reduction tells) the lines are
+    returned as computed. Elsewhere a line that fell back was computed through infinities
+    (exp's chord to exp(u) = inf has an infinite slope), whose gradient is inf * 0 = NaN even
+    though ``finish`` drops the line: each side's line is then recomputed with its inputs cut
+    from the autograd graph where that side falls back (``_cut``), so NaN never reaches them
+    and certified training keeps finite gradients (the fallback's own IBP bounds still carry
+    theirs)."""
     from lirpac.ir.opdef import Interval
 
     def run(lower, upper, *consts, **attrs):
@@ -374,9 +382,48 @@ def sound_relax(relax: Callable[..., Lines], ibp: Callable, wide=None,
         l, u = lower.to(work), upper.to(work)
         wconsts = tuple(c.to(work) for c in consts)
         lines = relax(l, u, *wconsts, **attrs)
+        narrowed = lines if work == dtype else narrow(lines, l, u, dtype)
+        if _all_finite(l, u, *lines, *narrowed):
+            return tuple(narrowed)       # finish would keep every line
+        reach = l, u
+        if torch.is_grad_enabled() and any(t.requires_grad for t in (lower, upper, *consts)):
+            lines, reach = _cut(relax, lines, narrowed, lower, upper, consts, work, attrs)
         lines = finish(lines, l, u, *ibp(Interval(l, u), *wconsts, **attrs))
-        if work != dtype:
-            lines = finish(narrow(lines, l, u, dtype), lower, upper,
+        if work != dtype:          # (an infinite end's line falls back: its reach is moot)
+            reach = [t.nan_to_num(posinf=0.0, neginf=0.0) for t in reach]
+            lines = finish(narrow(lines, *reach, dtype), lower, upper,
                            *ibp(Interval(lower, upper), *consts, **attrs))
         return tuple(lines)
     return run
+
+
+def _all_finite(*tensors) -> bool:
+    """No NaN or inf in any tensor, in one host synchronisation (a sum that overflowed is
+    checked elementwise); False while host checks are off (ir/ops/common.py HOST_CHECKS)."""
+    from lirpac.ir.ops.common import HOST_CHECKS
+    if not HOST_CHECKS[0]:
+        return False
+    tensors = [t for t in tensors if isinstance(t, torch.Tensor)]
+    with torch.no_grad():
+        total = torch.stack([t.sum().double() for t in tensors]).sum()
+        return math.isfinite(float(total)) or all(bool(torch.isfinite(t).all()) for t in tensors)
+
+
+def _cut(relax, lines: Lines, narrowed: Lines, lower, upper, consts, work, attrs):
+    """The lines recomputed per side, from inputs detached where that side's line (or its
+    narrowed cast, or an input bound) is not finite: the same values, no NaN gradients; and
+    the input bounds for ``narrow``'s reach, detached where either side is."""
+    ok = torch.isfinite(lower) & torch.isfinite(upper)
+    out, both = [], ok
+    for side in (slice(0, 2), slice(2, 4)):
+        keep = ok
+        for t in lines[side] + narrowed[side]:
+            keep = keep & torch.isfinite(t)
+        both = both & keep
+
+        def cut(t):
+            return torch.where(keep, t, t.detach()) if t.requires_grad else t
+        l, u = cut(lower).to(work), cut(upper).to(work)
+        out += list(relax(l, u, *(cut(c).to(work) for c in consts), **attrs))[side]
+    reach = [torch.where(both, t, t.detach()).to(work) for t in (lower, upper)]
+    return Lines(*out), reach

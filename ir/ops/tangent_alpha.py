@@ -17,14 +17,15 @@ from lirpac.ir.ops.common import RowLayout
 from lirpac.ir.ops.relaxation import sound_relax
 
 
-def tangent_alpha_rules(lines_at, ibp) -> dict:
+def tangent_alpha_rules(lines_at, ibp, start=None) -> dict:
     """``backward_alpha`` and ``alpha_init`` (ir/opdef.py) for an op whose relaxation with its
     tangent at p is ``lines_at(lower, upper, p) -> Lines`` (checking the op's domain), and
-    whose interval rule is ``ibp`` (the fallback where a line is not finite)."""
+    whose interval rule is ``ibp`` (the fallback where a line is not finite). ``start(lower,
+    upper)``: the op's CROWN choice of alpha, where that is not the midpoint."""
     relax_at = sound_relax(lines_at, lambda x, p: ibp(x))
 
     def alpha_init(lower, upper, **attrs):
-        return torch.full_like(lower, 0.5)
+        return torch.full_like(lower, 0.5) if start is None else start(lower, upper)
 
     def backward_alpha(lA, uA, x: Interval, alpha_l, alpha_u, **attrs):
         rows = RowLayout(lA, uA)

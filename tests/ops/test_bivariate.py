@@ -72,8 +72,11 @@ def _intervals(seed, shape=(2, 5)):
 @settings(max_examples=20, deadline=None)
 @given(seed=st.integers(0, 10_000))
 def test_mccormick_planes_bound_and_touch(seed):
-    """Lower plane <= x y <= upper plane on the box; the lower plane is exact on x = lx and
-    y = ly, the upper on x = lx and y = uy."""
+    """Lower plane <= x y <= upper plane on the box. Every blend of McCormick's two planes of
+    a side is exact at two corners: the lower at (lx, uy) and (ux, ly), the upper at (lx, ly)
+    and (ux, uy). Where both operands straddle 0 the planes are the means, which miss x y by at
+    most half of (ux - lx)(uy - ly); elsewhere CROWN's, exact on the edges x = lx, y = ly
+    (lower) and x = lx, y = uy (upper)."""
     (lx, ux), (ly, uy) = _intervals(seed), _intervals(seed + 1)
     op = get_op("mul_bilinear")
     eye = torch.eye(5, dtype=torch.float64).expand(2, 5, 5)
@@ -84,13 +87,25 @@ def test_mccormick_planes_bound_and_touch(seed):
     def plane(ax, ay, bias, x, y):
         return torch.einsum("bsi,bi->bs", ax, x) + torch.einsum("bsi,bi->bs", ay, y) + bias
 
+    def close(a, b, where):
+        return torch.allclose(a[where], b[where])
+
+    both = (lx < 0) & (ux > 0) & (ly < 0) & (uy > 0)
     t = torch.rand(4, 2, 5, dtype=torch.float64)
+    half = (ux - lx) * (uy - ly) / 2 + 1e-12
     for x, y in [(lx + t[0] * (ux - lx), ly + t[1] * (uy - ly)), (lx, ly + t[2] * (uy - ly)),
-                 (lx + t[3] * (ux - lx), ly), (lx + t[3] * (ux - lx), uy)]:
+                 (lx + t[3] * (ux - lx), ly), (lx + t[3] * (ux - lx), uy), (lx, ly), (ux, uy)]:
         low, up = plane(ax_l, ay_l, lbias, x, y), plane(ax_u, ay_u, ubias, x, y)
         assert torch.all(low <= x * y + 1e-12) and torch.all(x * y <= up + 1e-12)
-    assert torch.allclose(plane(ax_l, ay_l, lbias, lx, ly + t[2] * (uy - ly)), lx * (ly + t[2] * (uy - ly)))
-    assert torch.allclose(plane(ax_u, ay_u, ubias, lx + t[3] * (ux - lx), uy), (lx + t[3] * (ux - lx)) * uy)
+        assert torch.all((x * y - low <= half)[both]) and torch.all((up - x * y <= half)[both])
+    for x, y in [(lx, uy), (ux, ly)]:
+        assert torch.allclose(plane(ax_l, ay_l, lbias, x, y), x * y)
+    for x, y in [(lx, ly), (ux, uy)]:
+        assert torch.allclose(plane(ax_u, ay_u, ubias, x, y), x * y)
+    y = ly + t[2] * (uy - ly)
+    assert close(plane(ax_l, ay_l, lbias, lx, y), lx * y, ~both)
+    x = lx + t[3] * (ux - lx)
+    assert close(plane(ax_u, ay_u, ubias, x, uy), x * uy, ~both)
     ibp = op.ibp(Interval(lx, ux), Interval(ly, uy))
     corners = torch.stack([lx * ly, lx * uy, ux * ly, ux * uy])
     assert torch.equal(ibp.lower, corners.min(0).values) and torch.equal(ibp.upper, corners.max(0).values)
@@ -132,6 +147,38 @@ def test_matmul_of_two_perturbed_is_mccormick_on_every_term(shapes):
     unbounded.upper[0, 0, 0] = math.inf
     coeffs, lbias, ubias = op.backward(lA, uA, unbounded, b, in_shapes=in_shapes)
     assert not torch.isnan(lbias).any() and not torch.isnan(coeffs[0][0]).any()
+
+
+@settings(max_examples=8, deadline=None)
+@given(seed=st.integers(0, 10_000))
+def test_alpha_planes_bound_for_every_alpha(seed):
+    """alpha-CROWN's planes (any alpha in [0, 1], corners included, per row and element of
+    x, broadcast over y's dims) lie below / above x y at points of the box, corners included;
+    at alpha's start they are CROWN's."""
+    (lx, ux), (ly, uy) = _intervals(seed, (2, 3, 1)), _intervals(seed + 1, (2, 1, 4))
+    g = torch.Generator().manual_seed(seed)
+    op = get_op("mul_bilinear")
+    rows = torch.eye(12, dtype=torch.float64).reshape(1, 12, 3, 4).expand(2, 12, 3, 4)
+    shapes = [(3, 1), (1, 4)]
+    alpha = torch.rand(2, 12, 3, 1, generator=g, dtype=torch.float64)
+    alpha[:, :4], alpha[:, 4:8] = 0.0, 1.0
+    box = Interval(lx, ux), Interval(ly, uy)
+    coeffs, lbias, ubias = op.backward_alpha(rows, rows, *box, alpha, 1 - alpha, in_shapes=shapes)
+    (ax_l, ax_u), (ay_l, ay_u) = coeffs
+    u, v = torch.rand(2, 3, 1, generator=g, dtype=torch.float64), torch.rand(2, 1, 4, generator=g, dtype=torch.float64)
+    points = [(a, b) for a in (lx, ux) for b in (ly, uy)] + [(lx + u * (ux - lx), ly + v * (uy - ly))]
+    for x, y in points:      # the gap is bilinear in (x, y): the corners are its extremes
+        prod = (x * y).reshape(2, 12)
+        low = torch.einsum("bsij,bij->bs", ax_l, x) + torch.einsum("bsij,bij->bs", ay_l, y) + lbias
+        up = torch.einsum("bsij,bij->bs", ax_u, x) + torch.einsum("bsij,bij->bs", ay_u, y) + ubias
+        assert torch.all(low <= prod + 1e-9) and torch.all(prod <= up + 1e-9)
+    start = op.alpha_init(lx, ux)
+    crown = op.backward(rows, rows, *box, in_shapes=shapes)
+    ours = op.backward_alpha(rows, rows, *box, start.unsqueeze(1).expand(2, 12, 3, 1),
+                             start.unsqueeze(1).expand(2, 12, 3, 1), in_shapes=shapes)
+    for a, b in zip(crown[0][0] + crown[0][1] + (crown[1], crown[2]),
+                    ours[0][0] + ours[0][1] + (ours[1], ours[2])):
+        torch.testing.assert_close(a, b)
 
 
 class ScaledByConstant(nn.Module):
