@@ -43,9 +43,12 @@ def attack(model, x, eps, norm, n_out, C=None, lower=None, upper=None, steps=20,
     """(2 * n_spec, B, *shape) points: for each spec row and sign, a PGD ascent of
     sign * (C f)_j over the set, from a random start."""
     g = torch.Generator().manual_seed(seed)
+    start = sample_lp_ball(x, eps, norm, 2 * (n_out if C is None else C.shape[1]), lower, upper,
+                           generator=g)
+    if isinstance(eps, torch.Tensor) and eps.dim() == 1:     # one per sample: (B, 1, ...)
+        eps = eps.reshape(-1, *([1] * (x.dim() - 1)))
     n_spec = n_out if C is None else C.shape[1]
     k = 2 * n_spec
-    start = sample_lp_ball(x, eps, norm, k, lower, upper, generator=g)
     points = start.clone().requires_grad_(True)
     signs = torch.tensor([1.0] * n_spec + [-1.0] * n_spec, dtype=x.dtype)
     pick = torch.cat([torch.eye(n_spec, dtype=x.dtype)] * 2) * signs[:, None]     # (k, n_spec)
@@ -119,6 +122,8 @@ def check_seed(seed: int, *, methods=METHODS, batch: int = 3, variants: bool = T
     else:
         if rng.random() < 0.3:
             lower, upper = x - eps / 2, x + eps         # a domain box that cuts the ball
+        if rng.random() < 0.3:      # one eps per sample
+            eps = torch.tensor([eps, eps / 3, 0.0][:batch] + [eps] * max(0, batch - 3), dtype=dtype)
         pert = lirpac.LpBall(eps=eps, norm=norm, lower=lower, upper=upper)
         centre, radius = x, eps
     C = torch.randn(batch, 2, n_out, dtype=dtype) if rng.random() < 0.4 else None
@@ -138,6 +143,11 @@ def check_seed(seed: int, *, methods=METHODS, batch: int = 3, variants: bool = T
         results[method] = (lb, ub)
     if not variants:
         return name
+    onnx_net = _onnx_compiled(model, x)
+    if onnx_net is not None:
+        for method in ("ibp", "crown"):
+            lb, ub = onnx_net.bounds(x, pert, method=method, C=C)
+            check_contains(f"{where}; {method} [onnx]", out, lb, ub)
     # batch independence: sample 1 alone
     one = _one(pert, 1)
     for method in ("ibp", "crown", "forward"):
@@ -167,12 +177,33 @@ def check_seed(seed: int, *, methods=METHODS, batch: int = 3, variants: bool = T
     return name
 
 
+def _onnx_compiled(model, x):
+    """The model exported to ONNX (torch's TorchScript exporter) and compiled by the ONNX
+    frontend, or None where the export or an op is not supported."""
+    import io
+    import warnings
+    from lirpac.errors import ModelFormatError
+    buffer = io.BytesIO()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, x[:1], buffer, dynamo=False, input_names=["x"],
+                              dynamic_axes={"x": {0: "batch"}})
+    except Exception:       # noqa: BLE001 - an export torch cannot do is not lirpac's
+        return None
+    import onnx
+    try:
+        return lirpac.compile(onnx.load_from_string(buffer.getvalue()))
+    except (UnsupportedOperationError, ModelFormatError):
+        return None
+
+
 def _one(pert, i):
     """The perturbation of sample i alone."""
     if isinstance(pert, lirpac.Box):
         return lirpac.Box(pert.lower[i:i + 1], pert.upper[i:i + 1])
     cut = (lambda t: t[i:i + 1] if isinstance(t, torch.Tensor) else t)
-    return lirpac.LpBall(eps=pert.eps, norm=pert.norm, lower=cut(pert.lower), upper=cut(pert.upper))
+    return lirpac.LpBall(eps=cut(pert.eps), norm=pert.norm, lower=cut(pert.lower), upper=cut(pert.upper))
 
 
 if __name__ == "__main__":

@@ -46,3 +46,34 @@ def test_domain_ops_keep_ibp_bounds(cls, method):
                               options={"iterations": 2} if method == "alpha-crown" else None)
     points = sample_lp_ball(x, 1.5, math.inf, 64, generator=torch.Generator().manual_seed(0))
     assert_contains(model, points, lower, upper)
+
+
+class NormalizedRelu(nn.Module):
+    """F.normalize of ReLU features: IBP bounded the quotient by x * (1 / 1e-12) and the next
+    layer's centre-radius form lost its bias against ends of 1e12 (float32: a lower bound of
+    0 where the output is -0.632 at x = 0)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(2, 1)
+        with torch.no_grad():
+            self.fc.weight[:] = torch.tensor([[1.446, 2.0211]])
+            self.fc.bias[:] = -0.632
+
+    def forward(self, x):
+        return self.fc(torch.nn.functional.normalize(torch.relu(x), dim=1))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("method", ["ibp", "crown", "crown-ibp"])
+def test_normalize_of_relu_features(dtype, method):
+    model = NormalizedRelu().to(dtype)
+    x = torch.tensor([[0.5, 0.7]], dtype=dtype)
+    net = lirpac.compile(model, x)
+    box = lirpac.Box(torch.tensor([[-0.3, -0.1]], dtype=dtype), torch.tensor([[2.5, 2.7]], dtype=dtype))
+    lower, upper = net.bounds(x, box, method=method)
+    at_zero = model(torch.zeros(1, 2, dtype=dtype))
+    assert lower.item() <= at_zero.item() + 1e-6
+    assert upper.item() < 10    # the quotient is known to lie in [-1, 1]
+    corners = torch.tensor([[a, b] for a in (-0.3, 2.5) for b in (-0.1, 2.7)], dtype=dtype)
+    assert_contains(model, corners.unsqueeze(1), lower, upper)
