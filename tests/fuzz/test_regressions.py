@@ -77,3 +77,26 @@ def test_normalize_of_relu_features(dtype):
         assert lower.item() <= at_zero + 1e-6, method
         assert upper.item() < 10, method     # the quotient is known to lie in [-1, 1]
         assert_contains(model, corners.unsqueeze(1), lower, upper, what=method)
+
+
+def test_onnx_conv_transpose_matches_torch():
+    """The ONNX frontend lowers ConvTranspose (it refused it: a torch model with
+    nn.ConvTranspose2d compiled directly but not once exported) to the same bounds."""
+    import io
+    import warnings
+    onnx = pytest.importorskip("onnx")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.ConvTranspose2d(2, 3, 3, stride=2, padding=1, output_padding=1),
+                          nn.ReLU(), nn.Flatten(), nn.Linear(3 * 8 * 8, 2))
+    x = torch.randn(2, 2, 4, 4)
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, x[:1], buffer, dynamo=False, input_names=["x"],
+                          dynamic_axes={"x": {0: "batch"}})
+    from_onnx = lirpac.compile(onnx.load_from_string(buffer.getvalue()))
+    from_torch = lirpac.compile(model, x)
+    ball = lirpac.LpBall(eps=0.1)
+    for method in ("ibp", "crown"):
+        for a, b in zip(from_onnx.bounds(x, ball, method=method), from_torch.bounds(x, ball, method=method)):
+            torch.testing.assert_close(a, b)
