@@ -105,7 +105,17 @@ def _nonnegative(ibp, where=lambda **_: True):
     return run
 
 
+def _zero_if_padded(lower: torch.Tensor) -> torch.Tensor:
+    """``lower`` with the ends a few float32 smallest normals below 0 at 0: IBP rules pad an
+    exact 0 (softplus or exp underflowing) by that much (in float32, also when relaxations
+    then run in float64), which would keep sqrt from relaxing on an input that is >= 0 (a
+    negative input is NaN in the model, which no bound holds either)."""
+    tiny = 4 * torch.finfo(torch.float32).tiny
+    return torch.where((lower < 0) & (lower >= -tiny), torch.zeros_like(lower), lower)
+
+
 def _sqrt_relax(lower, upper, p=None):
+    lower = _zero_if_padded(lower)
     _require(lower >= 0, "sqrt", "reaches below 0")
     return concave_lines(Curve(torch.sqrt, lambda x: 0.5 / torch.sqrt(x)), lower, upper, p)
 
@@ -155,6 +165,7 @@ def pow_relax(lower, upper, exponent, op="pow"):
         zero = torch.zeros_like(lower)
         return Lines(zero, one, zero, one) if p == 0 else Lines(one, zero, one, zero)
     if not _is_int(p):
+        lower = _zero_if_padded(lower)
         _require(lower >= 0, "pow", "with a non-integer exponent reaches below 0")
         if p < 0:
             _require(lower > 0, "pow", "with a negative exponent reaches 0")

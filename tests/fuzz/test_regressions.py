@@ -100,3 +100,26 @@ def test_onnx_conv_transpose_matches_torch():
     for method in ("ibp", "crown"):
         for a, b in zip(from_onnx.bounds(x, ball, method=method), from_torch.bounds(x, ball, method=method)):
             torch.testing.assert_close(a, b)
+
+
+class SqrtOfSoftplus(nn.Module):
+    """sqrt(softplus(y)): softplus underflows to 0 for very negative y and its padded IBP
+    bound is -1.2e-38, which kept sqrt from relaxing under every linear method."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(2, 2)
+
+    def forward(self, x):
+        return torch.sqrt(torch.nn.functional.softplus(self.fc(x) * 100))
+
+
+def test_sqrt_of_underflowing_softplus():
+    torch.manual_seed(0)
+    model = SqrtOfSoftplus()
+    x = torch.randn(2, 2)
+    net = lirpac.compile(model, x)
+    points = sample_lp_ball(x, 3.0, math.inf, 64, generator=torch.Generator().manual_seed(0))
+    for method in ("crown", "forward", "crown-ibp"):
+        lower, upper = net.bounds(x, lirpac.LpBall(eps=3.0), method=method)
+        assert_contains(model, points, lower, upper, what=method)
