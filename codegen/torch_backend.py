@@ -187,7 +187,8 @@ class _Emitter:
                 todo = [m for m in self.region([n]) if m not in interval_done]
                 kept = dict(self.bounds)
                 self.ibp(todo)
-                self.bounds = kept
+                self.bounds.clear()
+                self.bounds.update(kept)
                 interval_done.update(todo)
                 bounds = f"intersect({bounds}, {n.name})"
             self.emit(f"{n.name}_lin = {n.name}_lin._replace(bounds={bounds})")
