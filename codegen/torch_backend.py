@@ -175,12 +175,22 @@ class _Emitter:
         self.emit(f"{n.name}_lin = {self.call(self.rule(n.op, 'forward_mode', n), args, self.attrs(n))}")
 
     def forward_mode(self, nodes: list[Node]) -> None:
+        interval_done: set[Node] = set()
         for n in nodes:
             self.forward_line(n)
             if n not in self.needs:
                 continue
             bounds = ("Interval(inp.lower, inp.upper)" if n is self.x
                       else f"Interval(*inp.concretize_linear({n.name}_lin))")
+            if n is not self.x and self.feeds_domain(n):
+                # IBP of its region too, to keep the relaxation's input inside its domain
+                todo = [m for m in self.region([n]) if m not in interval_done]
+                kept = dict(self.bounds)
+                self.ibp(todo)
+                self.bounds.clear()
+                self.bounds.update(kept)
+                interval_done.update(todo)
+                bounds = f"intersect({bounds}, {n.name})"
             self.emit(f"{n.name}_lin = {n.name}_lin._replace(bounds={bounds})")
             self.bounds[n] = f"{n.name}_lin.bounds"
 
@@ -555,7 +565,7 @@ class _Emitter:
                 self.emit(f"# rows in chunks of at most max_memory={budget} bytes of coefficients, "
                           f"~10 tensors of the widest row ({layout.row_elements} elements) each")
             tightened = (f"tighten_chunks({reference}, {rows}, {self.pass_callable(n)}, {row_bytes}, {budget}"
-                         f"{', intersect=True' if self.plan.intersect else ''}"
+                         f"{', intersect=True' if self.plan.intersect or self.feeds_domain(n) else ''}"
                          f"{', straddling=True' if sparse else ''})")
             self.emit(f"{n.name}_bounds = {self.kept_bounds(n, tightened)}")
             if self.restart_reference:
@@ -572,6 +582,16 @@ class _Emitter:
         if self.restart_reference:
             self.emit(f"{n.name} = {n.name}_bounds")
         self.bounds[n] = f"{n.name}_bounds"
+
+    def feeds_domain(self, n: Node) -> bool:
+        """Some user of ``n`` relaxes only inside a domain (``OpDef.needs_domain``: 1 / x away
+        from 0, log on x > 0): ``n`` keeps the intersection of its linear and IBP bounds,
+        which stays inside where IBP proves it (1 / (y * y + 1): a tangent of y * y dips
+        below -1 where IBP gives y * y >= 0)."""
+        def needs(u: Node) -> bool:
+            rule = get_op(u.op).needs_domain
+            return rule(**u.attrs) if callable(rule) else rule
+        return any(needs(u) for u in self.users[n])
 
     def pass_callable(self, n: Node) -> str:
         """The pass function for ``n`` that ``tighten_chunks`` calls (a hook: alpha-CROWN's

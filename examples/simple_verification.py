@@ -14,6 +14,7 @@ e_y - e_j; an image is certified iff every margin lower bound is > 0 (and the cl
 prediction is right). --verbose adds every logit's [lower, upper] and every margin's bound.
 """
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -58,7 +59,13 @@ def main():
                    help="also print every logit's bounds and every margin's lower bound")
     args = p.parse_args()
     eps = DEFAULT_EPS[args.norm] if args.eps is None else args.eps
+    if not math.isfinite(eps) or eps < 0:
+        p.error(f"--eps must be a finite number >= 0, got {args.eps}")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m.lower() not in lirpac.methods.METHODS]
+    if unknown or not methods:
+        p.error(f"--methods: unknown method(s) {', '.join(unknown) or '(none given)'}; choose "
+                f"from {', '.join(lirpac.methods.METHODS)}")
 
     model = load_model(args.checkpoint)
     images, labels = load_samples()                 # (10, 1, 8, 8) in [0, 1], (10,)

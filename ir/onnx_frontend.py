@@ -567,6 +567,33 @@ def _conv(lw: _Lowering, node, inputs):
                          groups=int(at.get("group", 1))), True)
 
 
+def _conv_transpose(lw: _Lowering, node, inputs):
+    """ConvTranspose with explicit symmetric pads (what torch.onnx.export writes): the IR's
+    conv_transpose; auto_pad, output_shape and asymmetric pads are refused by name."""
+    at = _attrs(node)
+    x = lw.batched(_perturbed(lw, inputs[0]))
+    w = np.asarray(_const_input(lw, inputs[1], "the ConvTranspose weight"))
+    nd = w.ndim - 2
+    if nd not in (1, 2, 3) or len(x.node.shape) != nd + 1:
+        raise lw.unsupported(f"ConvTranspose with weight {list(w.shape)} on input {list(x.onnx_shape)}")
+    if at.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET") or "output_shape" in at:
+        raise lw.unsupported("ConvTranspose with auto_pad or output_shape; export with explicit pads")
+    pads = list(at.get("pads", [0] * 2 * nd))
+    if pads[:nd] != pads[nd:]:
+        raise lw.unsupported(f"ConvTranspose with asymmetric pads {pads}")
+    ins = [x.node, lw.const(w, name=f"{lw.base_name()}_weight")]
+    if len(inputs) > 2 and inputs[2] is not None:
+        bias = np.asarray(_const_input(lw, inputs[2], "the ConvTranspose bias"))
+        ins.append(lw.const(bias, name=f"{lw.base_name()}_bias"))
+
+    def per_dim(name, default):
+        return tuple(int(v) for v in at.get(name, [default] * nd))
+    return _Value(lw.add("conv_transpose", ins, stride=per_dim("strides", 1),
+                         padding=tuple(int(p) for p in pads[:nd]),
+                         output_padding=per_dim("output_padding", 0), groups=int(at.get("group", 1)),
+                         dilation=per_dim("dilations", 1)), True)
+
+
 def _batch_norm(lw: _Lowering, node, inputs):
     at = _attrs(node)
     if int(at.get("training_mode", 0)):
@@ -1010,7 +1037,7 @@ _CONVERTERS: dict[str, Callable] = {
     "Add": _binary("add"), "Sub": _binary("sub"), "Mul": _binary("mul"), "Div": _binary("div"),
     "Neg": _unary("neg"), "Relu": _unary("relu"), "Sigmoid": _unary("sigmoid"), "Tanh": _unary("tanh"),
     "MatMul": _matmul, "Gemm": _gemm,
-    "Conv": _conv, "BatchNormalization": _batch_norm,
+    "Conv": _conv, "ConvTranspose": _conv_transpose, "BatchNormalization": _batch_norm,
     "AveragePool": _avg_pool, "GlobalAveragePool": _global_avg_pool,
     "ReduceMean": _reduce("mean", 18), "ReduceSum": _reduce("sum", 13),
     "Flatten": _flatten, "Reshape": _reshape, "Squeeze": _squeeze, "Unsqueeze": _unsqueeze,

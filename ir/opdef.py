@@ -101,6 +101,12 @@ class OpDef:
     # A node that needs bounds takes that image of its input's bounds instead of a pass
     # (passes/bound_needs.py: image_of_bounded_input).
     monotone: bool = False
+    # The relaxation exists only inside a domain of its input (1 / x away from 0, log on
+    # x > 0) and raises outside it: the bounds it reads keep the intersection of a linear
+    # method's bounds with IBP's, which can stay inside where a linear bound does not
+    # (codegen/torch_backend.py: feeds_domain). A callable takes the node's attrs (pow: only
+    # negative or non-integer exponents).
+    needs_domain: bool | Callable[..., bool] = False
     # What the backward rule returns, for the code generator's proof that a pass's last
     # coefficients share memory with no other tensor (the concretization may then take their
     # absolute value in place): "fresh" (new tensors, e.g. a product with the weight), "view"

@@ -83,7 +83,7 @@ def padded(ibp, absolute=False):
 
 
 def smooth(name, fn, relax, ibp=None, aten=(), doc="", exact_ibp=False, tangent_at=None,
-           blend=False, monotone=False, tangent_start=None):
+           blend=False, monotone=False, tangent_start=None, needs_domain=False):
     """An elementwise op whose relaxation comes from ``relax(l, u, **attrs) -> Lines``, made
     NaN-free by ``sound_relax`` (constant IBP lines where a line is not finite). The IBP rule
     (monotone by default) is padded unless ``exact_ibp`` (f exact in floating point).
@@ -96,7 +96,8 @@ def smooth(name, fn, relax, ibp=None, aten=(), doc="", exact_ibp=False, tangent_
     relax = sound_relax(relax, ibp)
     alpha = (tangent_alpha_rules(tangent_at, ibp, tangent_start) if tangent_at is not None else
              blend_alpha_rules(relax, ibp) if blend else {})
-    return elementwise(name, fn, relax, ibp=ibp, aten=aten, doc=doc, monotone=monotone, **alpha)
+    return elementwise(name, fn, relax, ibp=ibp, aten=aten, doc=doc, monotone=monotone,
+                       needs_domain=needs_domain, **alpha)
 
 
 def elementwise_with_constants(name, fn, relax, ibp, aten=(), doc="") -> OpDef:

@@ -20,6 +20,8 @@ min(x, y) = x - relu(x - y).
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from lirpac.ir.graph import Node
@@ -283,6 +285,21 @@ def _known_floor(node: Node):
     return float(floor) if isinstance(floor, (int, float)) and floor > 0 else None
 
 
+def _terms_of_norm_of(a: Node, b: Node):
+    """The number of squares summed when ``b`` is clamp(||a||_2, min > 0) seen through
+    expand/reshape (F.normalize's denominator of ``a``), else None."""
+    while b.op in ("expand", "reshape"):
+        b = b.inputs[0]
+    if b.op != "clamp" or _known_floor(b) is None or b.inputs[0].op != "sqrt_floored":
+        return None
+    total = b.inputs[0].inputs[0]
+    if total.op != "sum" or total.inputs[0].op != "pow" or total.inputs[0].attrs.get("exponent") != 2:
+        return None
+    if total.inputs[0].inputs[0] is not a:
+        return None
+    return math.prod(a.shape[d - 1] for d in total.attrs["dims"])
+
+
 @aten_lowering("div.Tensor")
 def lower_div(lw, a, b):
     """a / y = a * (1 / y) for a perturbed y. Linear bounds need y's range to exclude 0 (else
@@ -294,6 +311,16 @@ def lower_div(lw, a, b):
         inverse = add_node(lw, "reciprocal", [b], b.shape, "reciprocal")
     else:
         inverse = add_node(lw, "reciprocal_floored", [b], b.shape, "reciprocal", floor=floor)
+    terms = _terms_of_norm_of(a, b) if a.perturbed else None
+    if terms is not None:
+        # x / max(||x||, floor) (F.normalize) lies in [-1, 1], up to the rounding of the sum
+        # of squares: a clamp there changes no value, and keeps IBP from bounding it by the
+        # product with 1 / floor (1e12), whose cancellations in the next affine map's
+        # centre-radius form lost its bias in float32 (an unsound IBP bound)
+        product = add_node(lw, "mul_bilinear", [a, inverse], torch.broadcast_shapes(a.shape, inverse.shape),
+                           "quotient")
+        limit = 1.0 + (terms + 4) * torch.finfo(a.dtype).eps
+        return lw.add("clamp", [product], min=-limit, max=limit)
     if a.perturbed:
         return lw.add("mul_bilinear", [a, inverse])
     return lw.add("mul", [a, inverse])

@@ -15,7 +15,7 @@ import torch
 from lirpac.errors import UnsupportedOperationError
 from lirpac.ir.opdef import Interval, aten_lowering
 from lirpac.ir.scalar import scalar
-from lirpac.ir.ops.activations import elementwise_with_constants, smooth
+from lirpac.ir.ops.activations import elementwise_with_constants, padded, smooth
 from lirpac.ir.ops.relaxation import (Curve, Lines, alternating_lines, concave_lines,
                                       convex_lines, flip, inflection_lines, pad_down, pad_up,
                                       select, step_lines)
@@ -101,22 +101,46 @@ for _name, _fn, _df, _doc in (
         ("log10", torch.log10, lambda x: 1 / (x * math.log(10)), "log base 10; concave, x > 0")):
     _relax = _positive_concave(Curve(_fn, _df), _name)
     smooth(_name, _fn, _relax, ibp=_log_ibp(_fn), aten=(f"{_name}.default",), doc=_doc,
-           tangent_at=_relax)
+           tangent_at=_relax, needs_domain=True)
 
 _LOG1P = Curve(torch.log1p, lambda x: 1 / (1 + x))
 _relax = _positive_concave(_LOG1P, "log1p", -1.0)
 smooth("log1p", torch.log1p, _relax,
        ibp=lambda x: Interval(torch.log1p(x.lower.clamp(min=-1)), torch.log1p(x.upper)),
-       aten=("log1p.default",), doc="log(1 + x); concave, x > -1", tangent_at=_relax)
+       aten=("log1p.default",), doc="log(1 + x); concave, x > -1", tangent_at=_relax,
+       needs_domain=True)
+
+
+def _nonnegative(ibp, where=lambda **_: True):
+    """IBP padded by a few ulps (``padded``), but never below 0 for an f that is >= 0 in
+    floating point too (sqrt, even powers): a lower bound of -1e-38 would keep a later
+    sqrt or log from relaxing at all."""
+    ibp = padded(ibp)
+
+    def run(x, **attrs) -> Interval:
+        box = ibp(x, **attrs)
+        return Interval(box.lower.clamp(min=0), box.upper) if where(**attrs) else box
+    return run
+
+
+def _zero_if_padded(lower: torch.Tensor) -> torch.Tensor:
+    """``lower`` with the ends a few float32 smallest normals below 0 at 0: IBP rules pad an
+    exact 0 (softplus or exp underflowing) by that much (in float32, also when relaxations
+    then run in float64), which would keep sqrt from relaxing on an input that is >= 0 (a
+    negative input is NaN in the model, which no bound holds either)."""
+    tiny = 4 * torch.finfo(torch.float32).tiny
+    return torch.where((lower < 0) & (lower >= -tiny), torch.zeros_like(lower), lower)
 
 
 def _sqrt_relax(lower, upper, p=None):
+    lower = _zero_if_padded(lower)
     _require(lower >= 0, "sqrt", "reaches below 0")
     return concave_lines(Curve(torch.sqrt, lambda x: 0.5 / torch.sqrt(x)), lower, upper, p)
 
 
-smooth("sqrt", torch.sqrt, _sqrt_relax, ibp=_log_ibp(torch.sqrt), aten=("sqrt.default",),
-       doc="square root; concave, x >= 0", tangent_at=_sqrt_relax)
+smooth("sqrt", torch.sqrt, _sqrt_relax, ibp=_nonnegative(_log_ibp(torch.sqrt)), exact_ibp=True,
+       aten=("sqrt.default",),
+       doc="square root; concave, x >= 0", tangent_at=_sqrt_relax, needs_domain=True)
 
 
 # -- powers: x^p for an integer p, or any real p on x >= 0 -------------------------------------
@@ -159,6 +183,7 @@ def pow_relax(lower, upper, exponent, op="pow"):
         zero = torch.zeros_like(lower)
         return Lines(zero, one, zero, one) if p == 0 else Lines(one, zero, one, zero)
     if not _is_int(p):
+        lower = _zero_if_padded(lower)
         _require(lower >= 0, "pow", "with a non-integer exponent reaches below 0")
         if p < 0:
             _require(lower > 0, "pow", "with a negative exponent reaches 0")
@@ -173,8 +198,14 @@ def pow_relax(lower, upper, exponent, op="pow"):
     return flip(convex_lines(curve.scaled(sigma), lower, upper), sigma)
 
 
-smooth("pow", _power, pow_relax, ibp=pow_ibp, aten=("pow.Tensor_Scalar",),
-       doc="x ** exponent (a scalar): integer powers anywhere, real ones on x >= 0")
+def _even(exponent) -> bool:
+    return _is_int(exponent) and int(exponent) % 2 == 0
+
+
+smooth("pow", _power, pow_relax, ibp=_nonnegative(pow_ibp, _even), exact_ibp=True,
+       aten=("pow.Tensor_Scalar",),
+       doc="x ** exponent (a scalar): integer powers anywhere, real ones on x >= 0",
+       needs_domain=lambda exponent: exponent < 0 or not _is_int(exponent))
 
 
 @aten_lowering("square.default")
@@ -188,7 +219,8 @@ def _reciprocal_relax(lower, upper):
 
 smooth("reciprocal", torch.reciprocal, _reciprocal_relax,
        ibp=lambda x: pow_ibp(x, -1), aten=("reciprocal.default",),
-       doc="1 / x; convex for x > 0, concave for x < 0, no linear bound across 0")
+       doc="1 / x; convex for x > 0, concave for x < 0, no linear bound across 0",
+       needs_domain=True)
 
 
 def _rsqrt_relax(lower, upper):
@@ -198,7 +230,7 @@ def _rsqrt_relax(lower, upper):
 
 smooth("rsqrt", torch.rsqrt, _rsqrt_relax,
        ibp=lambda x: Interval(torch.rsqrt(x.upper), torch.rsqrt(x.lower.clamp(min=0))),
-       aten=("rsqrt.default",), doc="1 / sqrt(x); convex, x > 0")
+       aten=("rsqrt.default",), doc="1 / sqrt(x); convex, x > 0", needs_domain=True)
 
 
 # -- other smooth curves -----------------------------------------------------------------------
