@@ -180,19 +180,23 @@ def _dim(lw, node, dim) -> int:
 
 def _sum_exp_of_differences(lw, node, d):
     """(sum_{j != i} exp(x_j - x_i)) for every i along batch-first dim d."""
+    diff = _differences(lw, node, d)
+    ratio = add_node(lw, "exp", [diff], diff.shape, "ratio")
+    return add_node(lw, "sum", [ratio], node.shape, "others", dims=(d + 1,), keepdim=False)
+
+
+def _differences(lw, node, d):
     size = node.shape[d - 1]
     diff_shape = node.shape[:d - 1] + (size, size - 1) + node.shape[d:]
-    diff = add_node(lw, "pairwise_diff", [node], diff_shape, "diff", dim=d)
-    ratio = add_node(lw, "exp", [diff], diff_shape, "ratio")
-    return add_node(lw, "sum", [ratio], node.shape, "others", dims=(d + 1,), keepdim=False)
+    return add_node(lw, "pairwise_diff", [node], diff_shape, "diff", dim=d)
 
 
 @aten_lowering("softmax.int", "_softmax.default")
 def _lower_softmax(lw, x, dim, *rest):
+    """One op on the differences (ir/ops/softmax.py), relaxed in all of them at once."""
     node = lw.value(x)
-    others = _sum_exp_of_differences(lw, node, _dim(lw, node, dim))
-    total = add_node(lw, "add", [others, lw.constant(1.0, node)], node.shape, "total")
-    return lw.add("reciprocal_floored", [total], floor=1.0)
+    d = _dim(lw, node, dim)
+    return lw.add("softmax_from_diffs", [_differences(lw, node, d)], dim=d)
 
 
 @aten_lowering("log_softmax.int", "_log_softmax.default")
