@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 
 from lirpac.ir.opdef import Interval, Linear, OpDef, register
-from lirpac.ir.ops.common import RowLayout, split_pos_neg, times
+from lirpac.ir.ops.common import split_pos_neg, times
 from lirpac.ir.ops.relaxation import pad_down, pad_up, round_out
 
 ROUNDING = 64 * torch.finfo(torch.float64).eps     # per term, times the number of terms
@@ -94,9 +94,11 @@ def _narrow(slope, bias, l, u, dtype, up: bool):
 
 
 def _relax_last(lower, upper, alpha=None):
-    """The sound lines of p with the differences on the last dim, in the input's dtype; where
-    a line is not finite (an unbounded or overflowing input) it is the constant at the
-    interval bound. ``alpha`` (same shape as the bounds, in [0, 1]) places the tangent point."""
+    """The sound lines of p with the differences on the last dim, in the input's dtype, and
+    the gaps p(c) - lower line(c) and upper line(c) - p(c) (how loose each line is, at its
+    mean over the box when c is the centre). Where a line is not finite (an unbounded or
+    overflowing input) it is the constant at the interval bound. ``alpha`` (same shape as the
+    bounds, in [0, 1]) places the tangent point."""
     dtype = lower.dtype
     work = torch.float64 if dtype in (torch.float16, torch.bfloat16, torch.float32) else dtype
     l, u = lower.to(work), upper.to(work)
@@ -106,7 +108,8 @@ def _relax_last(lower, upper, alpha=None):
     l, u = torch.where(ok.unsqueeze(-1), l, zero), torch.where(ok.unsqueeze(-1), u, zero)
     c = 0.5 * l + 0.5 * u if alpha is None else l + alpha.to(work).clamp(0, 1) * (u - l)
     lines = _lines(l, u, c)
-    out = []
+    p_c = _forward(c, dim=c.dim() - 2)
+    out, gaps = [], []
     for (slope, bias), up in zip((lines[:2], lines[2:]), (False, True)):
         if work != dtype:
             slope, bias = _narrow(slope, bias, l, u, dtype, up)
@@ -114,70 +117,84 @@ def _relax_last(lower, upper, alpha=None):
         # the constant fallback: exact interval bounds, moved out by a few ulps
         level = _forward(lower if up else upper, dim=lower.dim() - 2)
         level = pad_up(level) if up else pad_down(level)
-        out += [torch.where(good.unsqueeze(-1), slope, torch.zeros_like(slope)),
-                torch.where(good, bias, level.clamp(0, 1))]
-    return tuple(out)
+        slope = torch.where(good.unsqueeze(-1), slope, torch.zeros_like(slope))
+        bias = torch.where(good, bias, level.clamp(0, 1))
+        at_c = bias.to(work) + (slope.to(work) * c).sum(-1)
+        gaps.append((at_c - p_c if up else p_c - at_c).detach().to(dtype))
+        out += [slope, bias]
+    return tuple(out), tuple(gaps)
 
 
 def _relax(lower, upper, *, dim, alpha=None):
-    """The lines with d's layout: slopes shaped like d, biases like p (d without dim + 1)."""
-    ls, lb, us, ub = _relax_last(lower.movedim(dim + 1, -1), upper.movedim(dim + 1, -1),
-                                 None if alpha is None else alpha.movedim(dim + 1, -1))
-    return ls.movedim(-1, dim + 1), lb, us.movedim(-1, dim + 1), ub
+    """The lines with d's layout (slopes shaped like d, biases like p: d without dim + 1),
+    and their gaps, shaped like p."""
+    lines, gaps = _relax_last(lower.movedim(dim + 1, -1), upper.movedim(dim + 1, -1),
+                              None if alpha is None else alpha.movedim(dim + 1, -1))
+    ls, lb, us, ub = lines
+    return (ls.movedim(-1, dim + 1), lb, us.movedim(-1, dim + 1), ub), gaps
 
 
-def _step(coeff, on_pos, on_neg, bias_pos, bias_neg, dim):
-    """Coefficients on d and the bias (B, S) for coefficients (B, S, *p_shape) on p."""
-    pos, neg = split_pos_neg(coeff)
-    new = pos.unsqueeze(dim + 2) * on_pos.unsqueeze(1) + neg.unsqueeze(dim + 2) * on_neg.unsqueeze(1)
-    bias = (pos * bias_pos.unsqueeze(1) + neg * bias_neg.unsqueeze(1)).flatten(2).sum(-1)
+def _shift(coeff, w_pos, w_neg, dim):
+    """The lambda (per row and softmax, size 1 at dim + 1) minimising sum_i w_pos_i (A_i -
+    lambda)^+ + w_neg_i (lambda - A_i)^+: since sum_i p_i = 1, A . p = (A - lambda) . p +
+    lambda for any lambda, and entries moved near lambda leave little to the lines' gaps
+    (w_pos: the gap of the line a positive entry meets). The minimiser is a weighted median:
+    the first sorted A_j where the slope -sum_{A_i > A_j} w_pos_i + sum_{A_i <= A_j} w_neg_i
+    turns >= 0."""
+    k = dim + 1
+    values, order = coeff.sort(dim=k)
+    w_pos, w_neg = (w.expand_as(coeff).gather(k, order) for w in (w_pos, w_neg))
+    turned = (w_pos + w_neg).cumsum(k) < w_pos.sum(k, keepdim=True)
+    index = turned.sum(k, keepdim=True).clamp(max=coeff.shape[k] - 1)
+    return values.gather(k, index)
+
+
+def _through(coeff, lines, gaps, dim, upper: bool):
+    """Coefficients on d and the bias (B, S) for coefficients (B, S, *p_shape) on p, shifted
+    by ``_shift``; ``lines`` and ``gaps`` are per row (B, S or 1, ..)."""
+    ls, lb, us, ub = lines
+    g_lo, g_hi = gaps
+    if upper:
+        ls, lb, us, ub, g_lo, g_hi = us, ub, ls, lb, g_hi, g_lo
+    shift = _shift(coeff, g_lo, g_hi, dim)
+    pos, neg = split_pos_neg(coeff - shift)
+    new = pos.unsqueeze(dim + 2) * ls + neg.unsqueeze(dim + 2) * us
+    # sum_i p_i is 1 up to the forward's rounding, a few ulps per entry
+    room = shift.abs() * (coeff.shape[dim + 1] * torch.finfo(coeff.dtype).eps)
+    bias = (pos * lb + neg * ub).flatten(2).sum(-1) + (shift + (room if upper else -room)).flatten(2).sum(-1)
     return new, bias
 
 
+def _rows(lines, gaps):
+    return tuple(t.unsqueeze(1) for t in lines), tuple(g.unsqueeze(1) for g in gaps)
+
+
 def _backward(lA, uA, d: Interval, *, dim):
-    ls, lb, us, ub = _relax(d.lower, d.upper, dim=dim)
-    return _apply(lA, uA, (ls, lb, us, ub), (ls, lb, us, ub), dim)
-
-
-def _apply(lA, uA, lines_l, lines_u, dim):
+    lines, gaps = _rows(*_relax(d.lower, d.upper, dim=dim))
     new_l = new_u = None
     lbias = ubias = 0
     if lA is not None:
-        ls, lb, us, ub = lines_l
-        new_l, lbias = _step(lA, ls, us, lb, ub, dim)
+        new_l, lbias = _through(lA, lines, gaps, dim, upper=False)
     if uA is not None:
-        ls, lb, us, ub = lines_u
-        new_u, ubias = _step(uA, us, ls, ub, lb, dim)
+        new_u, ubias = _through(uA, lines, gaps, dim, upper=True)
     return [(new_l, new_u)], lbias, ubias
 
 
 def _backward_alpha(lA, uA, d: Interval, alpha_l, alpha_u, *, dim):
     """Tangent points per spec row: alpha (B, S or 1, *d_shape) in [0, 1] along each box."""
-    rows = RowLayout(lA, uA)
     lower, upper = d.lower.unsqueeze(1), d.upper.unsqueeze(1)
 
     def lines_of(alpha):
-        if alpha is None:
-            return None
         shape = torch.broadcast_shapes(lower.shape, alpha.shape)
         fold = (lambda t: t.expand(shape).reshape(-1, *shape[2:]))
-        ls, lb, us, ub = _relax(fold(lower), fold(upper), dim=dim, alpha=fold(alpha))
+        lines, gaps = _relax(fold(lower), fold(upper), dim=dim, alpha=fold(alpha))
         unfold = (lambda t: t.reshape(*shape[:2], *t.shape[1:]))
-        return tuple(unfold(t) for t in (ls, lb, us, ub))
-    lines = [lines_of(a) for a in (alpha_l, alpha_u)]
-    out_l = out_u = None
-    lbias = ubias = 0
-    if lA is not None:
-        ls, lb, us, ub = lines[0]
-        pos, neg = split_pos_neg(rows.coeffs[0])
-        out_l = pos.unsqueeze(dim + 2) * ls + neg.unsqueeze(dim + 2) * us
-        lbias = (pos * lb + neg * ub).flatten(2).sum(-1)
-    if uA is not None:
-        ls, lb, us, ub = lines[1]
-        pos, neg = split_pos_neg(rows.coeffs[1])
-        out_u = pos.unsqueeze(dim + 2) * us + neg.unsqueeze(dim + 2) * ls
-        ubias = (pos * ub + neg * lb).flatten(2).sum(-1)
-    return [(out_l, out_u)], lbias, ubias
+        return tuple(unfold(t) for t in lines), tuple(unfold(g) for g in gaps)
+    new, biases = [None, None], [0, 0]
+    for side, (coeff, alpha) in enumerate(((lA, alpha_l), (uA, alpha_u))):
+        if coeff is not None:
+            new[side], biases[side] = _through(coeff, *lines_of(alpha), dim, upper=side == 1)
+    return [tuple(new)], biases[0], biases[1]
 
 
 def _alpha_init(lower, upper, **attrs):
@@ -186,7 +203,7 @@ def _alpha_init(lower, upper, **attrs):
 
 def _forward_mode(d: Linear, *, dim) -> Linear:
     """Each line composed with d's linear bounds, summed over the differences."""
-    ls, lb, us, ub = _relax(d.bounds.lower, d.bounds.upper, dim=dim)
+    (ls, lb, us, ub), _ = _relax(d.bounds.lower, d.bounds.upper, dim=dim)
     lsp, lsn = split_pos_neg(ls)
     usp, usn = split_pos_neg(us)
     lw = (lsp.unsqueeze(1) * d.lw + lsn.unsqueeze(1) * d.uw).sum(dim + 2)
