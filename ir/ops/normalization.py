@@ -2,8 +2,8 @@
 
 softmax_i = 1 / (1 + sum_{j != i} exp(x_j - x_i)): the differences come from one exact affine
 op (pairwise_diff), so IBP gives the standard bound exp(u_i) / (exp(u_i) + sum_{j != i}
-exp(l_j)) and CROWN relaxes exp and the reciprocal around the differences' own (tighter)
-bounds. log_softmax_i = -log1p(sum_{j != i} exp(x_j - x_i)); logsumexp = x_i - log_softmax_i
+exp(l_j)), and one op (softmax_from_diffs, ir/ops/softmax.py) relaxes each softmax_i jointly
+in its differences, around their own (tighter) bounds. log_softmax_i = -log1p(sum_{j != i} exp(x_j - x_i)); logsumexp = x_i - log_softmax_i
 (averaged over i).
 layer_norm = center(x) * rsqrt(mean(center(x)^2) + eps) * weight + bias, with center the exact
 affine map x - mean(x) and the product McCormick's (ir/ops/bivariate.py). The L2 norm is
