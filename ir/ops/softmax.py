@@ -37,16 +37,15 @@ from lirpac.ir.ops.relaxation import pad_down, pad_up, round_out
 ROUNDING = 64 * torch.finfo(torch.float64).eps     # per term, times the number of terms
 
 
-def _forward(d, *, dim):
-    """exp(-log(1 + sum exp(d))): no overflow (nor a NaN gradient) where an exp would."""
+def _log_forward(d, *, dim):
+    """-log(1 + sum exp(d)), as a log-sum-exp with a 0 entry: no overflow where an exp would."""
     zero = torch.zeros((), dtype=d.dtype, device=d.device).expand(*d.shape[:dim + 1], 1,
                                                                    *d.shape[dim + 2:])
-    return torch.exp(-torch.logsumexp(torch.cat([zero, d], dim + 1), dim + 1))
+    return -torch.logsumexp(torch.cat([zero, d], dim + 1), dim + 1)
 
 
-def _ibp(d: Interval, *, dim) -> Interval:
-    """Exact on the box of d: p falls as each difference grows."""
-    return Interval(_forward(d.upper, dim=dim), _forward(d.lower, dim=dim))
+def _forward(d, *, dim):
+    return torch.exp(_log_forward(d, dim=dim))
 
 
 def _chord_slope(el, eu, l, u):
@@ -88,21 +87,43 @@ def _lines(l, u, c):
     return l_slope, l_bias, log_slope, log_bias
 
 
+def _log_lines(l, u, c):
+    """The lines of log p = -log(1 + S(d)), as ``_lines``: concave, so its tangent at c is the
+    upper line; -log is convex and decreasing, so log p >= -log T(d) >= its tangent at c."""
+    m = l.shape[-1]
+    el, eu, ec = torch.exp(l), torch.exp(u), torch.exp(c)
+    reach = torch.maximum(l.abs(), u.abs())
+    a = _chord_slope(el, eu, l, u)
+    b = el - a * l
+    t0 = 1 + (a * c + b).sum(-1)
+    l_slope = -a / t0.unsqueeze(-1)
+    l_bias = 1 - torch.log(t0) - (1 + b.sum(-1)) / t0
+    l_scale = 1 + torch.log(t0) + (1 + (b.abs() + a * reach + eu).sum(-1)) / t0
+    l_bias = l_bias - (m + 4) * ROUNDING * l_scale
+    log_c = torch.log1p(ec.sum(-1))
+    w = ec / (1 + ec.sum(-1)).unsqueeze(-1)
+    u_bias = (w * c).sum(-1) - log_c
+    u_scale = log_c + (w * (c.abs() + reach)).sum(-1)
+    u_bias = u_bias + (m + 4) * ROUNDING * u_scale
+    return l_slope, l_bias, -w, u_bias
+
+
 def _narrow(slope, bias, l, u, dtype, up: bool):
     """A line computed in float64 as a line of ``dtype``, sound on the box: the bias takes
     the rounding of every slope over its reach and is rounded outward."""
     s = slope.to(dtype)
     shift = ((slope - s.to(slope.dtype)).abs() * torch.maximum(l.abs(), u.abs())).sum(-1)
-    b = pad_up(bias + shift, bias.abs() + shift) if up else pad_down(bias - shift, bias.abs() + shift)
+    scale = bias.abs() + shift
+    b = pad_up(bias + shift, scale) if up else pad_down(bias - shift, scale)
     return s, round_out(b, dtype, up)
 
 
-def _relax_last(lower, upper, alpha=None):
+def _relax_last(lower, upper, alpha=None, log=False):
     """The sound lines of p with the differences on the last dim, in the input's dtype, and
     the gaps p(c) - lower line(c) and upper line(c) - p(c) (how loose each line is, at its
     mean over the box when c is the centre). Where a line is not finite (an unbounded or
     overflowing input) it is the constant at the interval bound. ``alpha`` (same shape as the
-    bounds, in [0, 1]) places the tangent point."""
+    bounds, in [0, 1]) places the tangent point; ``log``: the lines of log p instead."""
     dtype = lower.dtype
     work = torch.float64 if dtype in (torch.float16, torch.bfloat16, torch.float32) else dtype
     l, u = lower.to(work), upper.to(work)
@@ -111,29 +132,30 @@ def _relax_last(lower, upper, alpha=None):
     zero = torch.zeros((), dtype=work, device=l.device)
     l, u = torch.where(ok.unsqueeze(-1), l, zero), torch.where(ok.unsqueeze(-1), u, zero)
     c = 0.5 * l + 0.5 * u if alpha is None else l + alpha.to(work).clamp(0, 1) * (u - l)
-    lines = _lines(l, u, c)
-    p_c = _forward(c, dim=c.dim() - 2)
+    fn = _log_forward if log else _forward
+    lines = (_log_lines if log else _lines)(l, u, c)
+    p_c = fn(c, dim=c.dim() - 2)
     out, gaps = [], []
     for (slope, bias), up in zip((lines[:2], lines[2:]), (False, True)):
         if work != dtype:
             slope, bias = _narrow(slope, bias, l, u, dtype, up)
         good = ok & torch.isfinite(bias) & torch.isfinite(slope).all(-1)
         # the constant fallback: exact interval bounds, moved out by a few ulps
-        level = _forward(lower if up else upper, dim=lower.dim() - 2)
+        level = fn(lower if up else upper, dim=lower.dim() - 2)
         level = pad_up(level) if up else pad_down(level)
         slope = torch.where(good.unsqueeze(-1), slope, torch.zeros_like(slope))
-        bias = torch.where(good, bias, level.clamp(0, 1))
+        bias = torch.where(good, bias, level.clamp(max=0) if log else level.clamp(0, 1))
         at_c = bias.to(work) + (slope.to(work) * c).sum(-1)
         gaps.append((at_c - p_c if up else p_c - at_c).detach().to(dtype))
         out += [slope, bias]
     return tuple(out), tuple(gaps)
 
 
-def _relax(lower, upper, *, dim, alpha=None):
+def _relax(lower, upper, *, dim, alpha=None, log=False):
     """The lines with d's layout (slopes shaped like d, biases like p: d without dim + 1),
     and their gaps, shaped like p."""
     lines, gaps = _relax_last(lower.movedim(dim + 1, -1), upper.movedim(dim + 1, -1),
-                              None if alpha is None else alpha.movedim(dim + 1, -1))
+                              None if alpha is None else alpha.movedim(dim + 1, -1), log)
     ls, lb, us, ub = lines
     return (ls.movedim(-1, dim + 1), lb, us.movedim(-1, dim + 1), ub), gaps
 
@@ -153,74 +175,81 @@ def _shift(coeff, w_pos, w_neg, dim):
     return values.gather(k, index)
 
 
-def _through(coeff, lines, gaps, dim, upper: bool):
-    """Coefficients on d and the bias (B, S) for coefficients (B, S, *p_shape) on p, shifted
-    by ``_shift``; ``lines`` and ``gaps`` are per row (B, S or 1, ..)."""
+def _through(coeff, lines, gaps, dim, upper: bool, shift: bool):
+    """Coefficients on d and the bias (B, S) for coefficients (B, S, *p_shape) on p (shifted
+    by ``_shift`` for softmax); ``lines`` and ``gaps`` are per row (B, S or 1, ..)."""
     ls, lb, us, ub = lines
     g_lo, g_hi = gaps
     if upper:
         ls, lb, us, ub, g_lo, g_hi = us, ub, ls, lb, g_hi, g_lo
-    shift = _shift(coeff, g_lo, g_hi, dim)
-    pos, neg = split_pos_neg(coeff - shift)
+    offset = 0
+    if shift:
+        level = _shift(coeff, g_lo, g_hi, dim)
+        coeff = coeff - level
+        # sum_i p_i is 1 up to the forward's rounding, a few ulps per entry
+        room = level.abs() * (coeff.shape[dim + 1] * torch.finfo(coeff.dtype).eps)
+        offset = (level + (room if upper else -room)).flatten(2).sum(-1)
+    pos, neg = split_pos_neg(coeff)
     new = pos.unsqueeze(dim + 2) * ls + neg.unsqueeze(dim + 2) * us
-    # sum_i p_i is 1 up to the forward's rounding, a few ulps per entry
-    room = shift.abs() * (coeff.shape[dim + 1] * torch.finfo(coeff.dtype).eps)
-    bias = (pos * lb + neg * ub).flatten(2).sum(-1) + (shift + (room if upper else -room)).flatten(2).sum(-1)
-    return new, bias
+    return new, (pos * lb + neg * ub).flatten(2).sum(-1) + offset
 
 
-def _rows(lines, gaps):
-    return tuple(t.unsqueeze(1) for t in lines), tuple(g.unsqueeze(1) for g in gaps)
+def _rules(log: bool) -> dict:
+    """The OpDef rules of softmax (``log`` false) or log_softmax from the differences."""
+    def backward(lA, uA, d: Interval, *, dim):
+        lines, gaps = _relax(d.lower, d.upper, dim=dim, log=log)
+        lines, gaps = tuple(t.unsqueeze(1) for t in lines), tuple(g.unsqueeze(1) for g in gaps)
+        new, biases = [None, None], [0, 0]
+        for side, coeff in enumerate((lA, uA)):
+            if coeff is not None:
+                new[side], biases[side] = _through(coeff, lines, gaps, dim, side == 1, not log)
+        return [tuple(new)], biases[0], biases[1]
 
+    def backward_alpha(lA, uA, d: Interval, alpha_l, alpha_u, *, dim):
+        """Tangent points per spec row: alpha (B, S or 1, *d_shape) in [0, 1] on each box."""
+        lower, upper = d.lower.unsqueeze(1), d.upper.unsqueeze(1)
 
-def _backward(lA, uA, d: Interval, *, dim):
-    lines, gaps = _rows(*_relax(d.lower, d.upper, dim=dim))
-    new_l = new_u = None
-    lbias = ubias = 0
-    if lA is not None:
-        new_l, lbias = _through(lA, lines, gaps, dim, upper=False)
-    if uA is not None:
-        new_u, ubias = _through(uA, lines, gaps, dim, upper=True)
-    return [(new_l, new_u)], lbias, ubias
+        def lines_of(alpha):
+            shape = torch.broadcast_shapes(lower.shape, alpha.shape)
+            fold = (lambda t: t.expand(shape).reshape(-1, *shape[2:]))
+            lines, gaps = _relax(fold(lower), fold(upper), dim=dim, alpha=fold(alpha), log=log)
+            unfold = (lambda t: t.reshape(*shape[:2], *t.shape[1:]))
+            return tuple(unfold(t) for t in lines), tuple(unfold(g) for g in gaps)
+        new, biases = [None, None], [0, 0]
+        for side, (coeff, alpha) in enumerate(((lA, alpha_l), (uA, alpha_u))):
+            if coeff is not None:
+                new[side], biases[side] = _through(coeff, *lines_of(alpha), dim, side == 1, not log)
+        return [tuple(new)], biases[0], biases[1]
 
+    def forward_mode(d: Linear, *, dim) -> Linear:
+        """Each line composed with d's linear bounds, summed over the differences."""
+        (ls, lb, us, ub), _ = _relax(d.bounds.lower, d.bounds.upper, dim=dim, log=log)
+        lsp, lsn = split_pos_neg(ls)
+        usp, usn = split_pos_neg(us)
+        lw = (lsp.unsqueeze(1) * d.lw + lsn.unsqueeze(1) * d.uw).sum(dim + 2)
+        uw = (usp.unsqueeze(1) * d.uw + usn.unsqueeze(1) * d.lw).sum(dim + 2)
+        lo = (times(lsp, d.lb) + times(lsn, d.ub)).sum(dim + 1) + lb
+        hi = (times(usp, d.ub) + times(usn, d.lb)).sum(dim + 1) + ub
+        return Linear(lw, lo, uw, hi)
 
-def _backward_alpha(lA, uA, d: Interval, alpha_l, alpha_u, *, dim):
-    """Tangent points per spec row: alpha (B, S or 1, *d_shape) in [0, 1] along each box."""
-    lower, upper = d.lower.unsqueeze(1), d.upper.unsqueeze(1)
+    fn = _log_forward if log else _forward
 
-    def lines_of(alpha):
-        shape = torch.broadcast_shapes(lower.shape, alpha.shape)
-        fold = (lambda t: t.expand(shape).reshape(-1, *shape[2:]))
-        lines, gaps = _relax(fold(lower), fold(upper), dim=dim, alpha=fold(alpha))
-        unfold = (lambda t: t.reshape(*shape[:2], *t.shape[1:]))
-        return tuple(unfold(t) for t in lines), tuple(unfold(g) for g in gaps)
-    new, biases = [None, None], [0, 0]
-    for side, (coeff, alpha) in enumerate(((lA, alpha_l), (uA, alpha_u))):
-        if coeff is not None:
-            new[side], biases[side] = _through(coeff, *lines_of(alpha), dim, upper=side == 1)
-    return [tuple(new)], biases[0], biases[1]
+    def ibp(d: Interval, *, dim) -> Interval:
+        """Exact on the box of d: p falls as each difference grows."""
+        return Interval(fn(d.upper, dim=dim), fn(d.lower, dim=dim))
 
-
-def _alpha_init(lower, upper, **attrs):
-    return torch.full_like(lower, 0.5)
-
-
-def _forward_mode(d: Linear, *, dim) -> Linear:
-    """Each line composed with d's linear bounds, summed over the differences."""
-    (ls, lb, us, ub), _ = _relax(d.bounds.lower, d.bounds.upper, dim=dim)
-    lsp, lsn = split_pos_neg(ls)
-    usp, usn = split_pos_neg(us)
-    lw = (lsp.unsqueeze(1) * d.lw + lsn.unsqueeze(1) * d.uw).sum(dim + 2)
-    uw = (usp.unsqueeze(1) * d.uw + usn.unsqueeze(1) * d.lw).sum(dim + 2)
-    lo = (times(lsp, d.lb) + times(lsn, d.ub)).sum(dim + 1) + lb
-    hi = (times(usp, d.ub) + times(usn, d.lb)).sum(dim + 1) + ub
-    return Linear(lw, lo, uw, hi)
+    return dict(forward=fn, ibp=ibp, backward=backward, forward_mode=forward_mode,
+                nonlinear=True, backward_alpha=backward_alpha,
+                alpha_init=lambda lower, upper, **attrs: torch.full_like(lower, 0.5))
 
 
 register(OpDef(
-    name="softmax_from_diffs", forward=_forward, ibp=_ibp, backward=_backward,
-    forward_mode=_forward_mode, nonlinear=True, backward_alpha=_backward_alpha,
-    alpha_init=_alpha_init,
+    name="softmax_from_diffs", **_rules(log=False),
     doc="softmax_i = 1 / (1 + sum_m exp(d_im)) from the K - 1 differences d_i. of each entry "
         "(dims dim, dim + 1; the input must be pairwise_diff's, since the backward rule uses "
         "sum_i softmax_i = 1); relaxed jointly in them (Wei et al. 2023's lines)"))
+register(OpDef(
+    name="log_softmax_from_diffs", **_rules(log=True),
+    doc="log_softmax_i = -log(1 + sum_m exp(d_im)) from the K - 1 differences d_i. of each "
+        "entry (dims dim, dim + 1); concave in them: tangent above, below the tangent of "
+        "-log of the exponentials' chords"))

@@ -1,7 +1,8 @@
-"""softmax_from_diffs (ir/ops/softmax.py): its lines hold on every box, corners included, wide
-ones too; its backward rule (lines and the shift by sum p = 1) bounds A . softmax(x) on boxes
-of x; every method is sound at wide eps; and CROWN is at least as tight as the decomposed
-1 / (1 + sum exp(d)) it replaced."""
+"""softmax_from_diffs and log_softmax_from_diffs (ir/ops/softmax.py): their lines hold on every
+box, corners included, wide ones too; softmax's backward rule (lines and the shift by sum p =
+1) bounds A . softmax(x) on boxes of x; every method is sound at wide eps (softmax,
+log_softmax, logsumexp); and CROWN is at least as tight as the decomposed 1 / (1 + sum exp(d))
+it replaced."""
 import contextlib
 import itertools
 import math
@@ -14,7 +15,6 @@ from hypothesis import given, settings, strategies as st
 import lirpac
 from bound_checks import METHODS, check_sound
 from lirpac.ir.opdef import ATEN_LOWERINGS, Interval, get_op
-from lirpac.ir.ops import normalization
 from lirpac.ir.ops.bivariate import add_node
 from lirpac.ir.ops.softmax import _relax
 
@@ -30,27 +30,28 @@ def _corners_and_points(lower, upper, n, g):
     return torch.minimum(torch.maximum(points, lower), upper)       # (rounding)
 
 
-def _p(d):
-    """1 / (1 + sum exp(d)) in float64, d (.., M)."""
+def _log_p(d):
+    """-log(1 + sum exp(d)) in float64, d (.., M)."""
     d = d.double()
-    return torch.exp(-torch.logsumexp(torch.cat([d.new_zeros(*d.shape[:-1], 1), d], -1), -1))
+    return -torch.logsumexp(torch.cat([d.new_zeros(*d.shape[:-1], 1), d], -1), -1)
 
 
 @settings(max_examples=60, deadline=None)
 @given(m=st.integers(0, 6), dtype=st.sampled_from([torch.float32, torch.float64]),
        scale=st.sampled_from([0.01, 0.3, 1.0, 3.0, 10.0, 40.0]), alpha=st.booleans(),
-       seed=st.integers(0, 10_000))
-def test_lines_hold_on_the_box(m, dtype, scale, alpha, seed):
+       log=st.booleans(), seed=st.integers(0, 10_000))
+def test_lines_hold_on_the_box(m, dtype, scale, alpha, log, seed):
     g = torch.Generator().manual_seed(seed)
     lower = (torch.randn(16, 1, m, generator=g, dtype=torch.float64) * 2 * scale).to(dtype)
     upper = lower + (torch.rand(16, 1, m, generator=g, dtype=torch.float64) * 2 * scale).to(dtype)
     place = torch.rand(lower.shape, generator=g, dtype=dtype) if alpha else None
-    (ls, lb, us, ub), _ = _relax(lower, upper, dim=1, alpha=place)
+    (ls, lb, us, ub), _ = _relax(lower, upper, dim=1, alpha=place, log=log)
     points = _corners_and_points(lower, upper, 32, g).double()
-    p = _p(points)
+    p = _log_p(points) if log else torch.exp(_log_p(points))
     below = (ls.double() * points).sum(-1) + lb.double()
     above = (us.double() * points).sum(-1) + ub.double()
-    slack = 4 * torch.finfo(torch.float64).eps * (1 + (ls.double().abs() * points.abs()).sum(-1))
+    size = 1 + p.abs() + (ls.double().abs() * points.abs()).sum(-1)
+    slack = 4 * torch.finfo(torch.float64).eps * size
     assert (below <= p + slack).all() and (above >= p - slack).all()
 
 
@@ -84,7 +85,8 @@ def test_backward_bounds_hold_on_boxes_of_x(k, dtype, scale, rows, seed):
 class OneLayer(nn.Module):
     def __init__(self, layers=1):
         super().__init__()
-        self.hidden = nn.ModuleList([nn.Linear(4, 6)] + [nn.Linear(6, 6) for _ in range(layers - 1)])
+        self.hidden = nn.ModuleList([nn.Linear(4, 6)] +
+                                    [nn.Linear(6, 6) for _ in range(layers - 1)])
         self.head = nn.Linear(6, 3)
 
     def forward(self, x):
@@ -98,8 +100,16 @@ class TwoLayers(OneLayer):
         super().__init__(2)
 
 
-@settings(max_examples=20, deadline=None)
-@given(cls=st.sampled_from([OneLayer, TwoLayers]),
+class LogForms(OneLayer):
+    """log_softmax over the last dim and logsumexp over a middle one."""
+    def forward(self, x):
+        h = self.hidden[0](x)
+        lse = torch.logsumexp(h.reshape(-1, 2, 3), 1)
+        return self.head(torch.cat([torch.log_softmax(h[:, :3], -1), lse], 1))
+
+
+@settings(max_examples=24, deadline=None)
+@given(cls=st.sampled_from([OneLayer, TwoLayers, LogForms]),
        method=st.sampled_from(METHODS + ["alpha-crown"]), norm=st.sampled_from([math.inf, 2.0]),
        eps=st.sampled_from([0.05, 1.0, 3.0]), seed=st.integers(0, 10_000))
 def test_sound_at_wide_eps(cls, method, norm, eps, seed):
@@ -108,10 +118,16 @@ def test_sound_at_wide_eps(cls, method, norm, eps, seed):
 
 @contextlib.contextmanager
 def _decomposed_softmax():
-    """softmax lowered as before this op: reciprocal_floored(1 + sum_{j != i} exp(x_j - x_i))."""
+    """softmax over the last dim lowered as before this op: reciprocal_floored(1 + sum_{j != i}
+    exp(x_j - x_i))."""
     def lower(lw, x, dim, *rest):
         node = lw.value(x)
-        others = normalization._sum_exp_of_differences(lw, node, normalization._dim(lw, node, dim))
+        k = node.shape[-1]
+        last = len(node.shape)
+        diff = add_node(lw, "pairwise_diff", [node], node.shape + (k - 1,), "diff", dim=last)
+        ratio = add_node(lw, "exp", [diff], diff.shape, "ratio")
+        others = add_node(lw, "sum", [ratio], node.shape, "others", dims=(last + 1,),
+                          keepdim=False)
         total = add_node(lw, "add", [others, lw.constant(1.0, node)], node.shape, "total")
         return lw.add("reciprocal_floored", [total], floor=1.0)
     names = ("softmax.int", "_softmax.default")
