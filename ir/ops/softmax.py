@@ -191,7 +191,8 @@ def _through(coeff, lines, gaps, dim, upper: bool, shift: bool):
         offset = (level + (room if upper else -room)).flatten(2).sum(-1)
     pos, neg = split_pos_neg(coeff)
     new = pos.unsqueeze(dim + 2) * ls + neg.unsqueeze(dim + 2) * us
-    return new, (pos * lb + neg * ub).flatten(2).sum(-1) + offset
+    # (0 * inf = 0: log p's fallback line is -inf below where d is unbounded above)
+    return new, (times(pos, lb) + times(neg, ub)).flatten(2).sum(-1) + offset
 
 
 def _rules(log: bool) -> dict:
