@@ -906,8 +906,8 @@ def _pow(lw: _Lowering, node, inputs):
 
 def _softmax(log: bool):
     """Softmax / LogSoftmax as the torch frontend lowers them (ir/ops/normalization.py):
-    1 / (1 + sum_{j != i} exp(x_j - x_i)), or -log1p of that sum. Before opset 13 the op works
-    on the dims from ``axis`` on, flattened into one."""
+    softmax_from_diffs (log_softmax_from_diffs) of the differences x_j - x_i. Before opset 13
+    the op works on the dims from ``axis`` on, flattened into one."""
     def convert(lw: _Lowering, node, inputs):
         v = _perturbed(lw, inputs[0])
         axis = _norm_axis(int(_attrs(node).get("axis", -1 if lw.opset >= 13 else 1)), v.rank)
@@ -917,13 +917,7 @@ def _softmax(log: bool):
             v = lw.reshape(v, shape[:axis] + (int(np.prod(shape[axis:])),), "_flat")
         v, (dim,) = lw.ir_dims(v, [axis])
         diff = lw.add("pairwise_diff", [v.node], "_diff", dim=dim)
-        others = lw.add("sum", [lw.add("exp", [diff], "_ratio")], "_others", dims=(dim + 1,),
-                        keepdim=False)
-        if log:
-            out = lw.add("neg", [lw.add("log1p_floored", [others], "_log_total", floor=0.0)])
-        else:
-            one = lw.const(np.asarray(1.0, dtype=_NP_DTYPES[lw.dtype]), name=f"{lw.base_name()}_one")
-            out = lw.add("reciprocal_floored", [lw.add("add", [others, one], "_total")], floor=1.0)
+        out = lw.add("log_softmax_from_diffs" if log else "softmax_from_diffs", [diff], dim=dim)
         out = _Value(out, v.batch)
         return lw.reshape(out, shape, "_unflat") if flat else out
     return convert

@@ -2,9 +2,10 @@
 
 softmax_i = 1 / (1 + sum_{j != i} exp(x_j - x_i)): the differences come from one exact affine
 op (pairwise_diff), so IBP gives the standard bound exp(u_i) / (exp(u_i) + sum_{j != i}
-exp(l_j)) and CROWN relaxes exp and the reciprocal around the differences' own (tighter)
-bounds. log_softmax_i = -log1p(sum_{j != i} exp(x_j - x_i)); logsumexp = x_i - log_softmax_i
-(averaged over i).
+exp(l_j)), and one op (softmax_from_diffs, ir/ops/softmax.py) relaxes each softmax_i jointly
+in its differences, around their own (tighter) bounds. log_softmax_i = -log1p(sum_{j != i}
+exp(x_j - x_i)) likewise (log_softmax_from_diffs); logsumexp = x_i - log_softmax_i (averaged
+over i).
 layer_norm = center(x) * rsqrt(mean(center(x)^2) + eps) * weight + bias, with center the exact
 affine map x - mean(x) and the product McCormick's (ir/ops/bivariate.py). The L2 norm is
 sqrt(sum x^2); F.normalize then divides by its clamp, through bivariate's division.
@@ -178,29 +179,26 @@ def _dim(lw, node, dim) -> int:
     return d
 
 
-def _sum_exp_of_differences(lw, node, d):
-    """(sum_{j != i} exp(x_j - x_i)) for every i along batch-first dim d."""
+def _differences(lw, node, d):
+    """x_j - x_i for every i and j != i along batch-first dim d: (.., K, K - 1, ..)."""
     size = node.shape[d - 1]
     diff_shape = node.shape[:d - 1] + (size, size - 1) + node.shape[d:]
-    diff = add_node(lw, "pairwise_diff", [node], diff_shape, "diff", dim=d)
-    ratio = add_node(lw, "exp", [diff], diff_shape, "ratio")
-    return add_node(lw, "sum", [ratio], node.shape, "others", dims=(d + 1,), keepdim=False)
+    return add_node(lw, "pairwise_diff", [node], diff_shape, "diff", dim=d)
 
 
 @aten_lowering("softmax.int", "_softmax.default")
 def _lower_softmax(lw, x, dim, *rest):
+    """One op on the differences (ir/ops/softmax.py), relaxed in all of them at once."""
     node = lw.value(x)
-    others = _sum_exp_of_differences(lw, node, _dim(lw, node, dim))
-    total = add_node(lw, "add", [others, lw.constant(1.0, node)], node.shape, "total")
-    return lw.add("reciprocal_floored", [total], floor=1.0)
+    d = _dim(lw, node, dim)
+    return lw.add("softmax_from_diffs", [_differences(lw, node, d)], dim=d)
 
 
 @aten_lowering("log_softmax.int", "_log_softmax.default")
 def _lower_log_softmax(lw, x, dim, *rest):
     node = lw.value(x)
-    others = _sum_exp_of_differences(lw, node, _dim(lw, node, dim))
-    log_total = add_node(lw, "log1p_floored", [others], node.shape, "log_total", floor=0.0)
-    return lw.add("neg", [log_total])
+    d = _dim(lw, node, dim)
+    return lw.add("log_softmax_from_diffs", [_differences(lw, node, d)], dim=d)
 
 
 def _dims(lw, node, dim):
@@ -211,15 +209,15 @@ def _dims(lw, node, dim):
 
 @aten_lowering("logsumexp.default")
 def _lower_logsumexp(lw, x, dim, keepdim=False):
-    """logsumexp = x_i + log1p(sum_{j != i} exp(x_j - x_i)) for every i; their mean over i
-    (one dim at a time) is as sound and treats the entries alike."""
+    """logsumexp = x_i - log_softmax_i for every i; their mean over i (one dim at a time) is
+    as sound and treats the entries alike."""
     node = lw.value(x)
     dims = _dims(lw, node, dim)
     for k, d in enumerate(reversed(dims)):
         last = k == len(dims) - 1
-        others = _sum_exp_of_differences(lw, node, d)
-        log_total = add_node(lw, "log1p_floored", [others], node.shape, "log_total", floor=0.0)
-        terms = add_node(lw, "add", [node, log_total], node.shape, "terms")
+        log_p = add_node(lw, "log_softmax_from_diffs", [_differences(lw, node, d)], node.shape,
+                         "log_p", dim=d)
+        terms = add_node(lw, "sub", [node, log_p], node.shape, "terms")
         shape = tuple(1 if i == d - 1 else n for i, n in enumerate(node.shape)) if keepdim else \
             node.shape[:d - 1] + node.shape[d:]
         if last:
