@@ -221,15 +221,28 @@ def _matmul_backward(lA, uA, a: Interval, b: Interval, *, in_shapes):
 
 def _matmul_backward_per_term(lA, uA, a: Interval, b: Interval, *, in_shapes):
     """The backward rule on the materialised terms (B, S, .., M, K, N)."""
+    return _on_terms(_mul_backward, lA, uA, a, b, in_shapes)
+
+
+def _matmul_backward_alpha(lA, uA, a: Interval, b: Interval, alpha_l, alpha_u, *, in_shapes):
+    """alpha-CROWN's blend of the planes (``_mul_backward_alpha``), one t per spec row and
+    element a[m, k], shared by the terms a[m, k] b[k, n] over n: on the materialised terms,
+    as alpha-CROWN's graphs of attention scores are small."""
+    alphas = [None if t is None else t.unsqueeze(-1) for t in (alpha_l, alpha_u)]
+    return _on_terms(_mul_backward_alpha, lA, uA, a, b, in_shapes, *alphas)
+
+
+def _on_terms(rule, lA, uA, a: Interval, b: Interval, in_shapes, *extra):
+    """A product's backward ``rule`` on the terms a[.., m, k, 1] * b[.., 1, k, n] of a @ b
+    (coefficients repeated over k), its coefficients summed back to a's and b's shapes."""
     k = a.lower.shape[-1]
     grow = [None if c is None else c.unsqueeze(-2).expand(*c.shape[:-1], k, c.shape[-1])
             for c in (lA, uA)]
     term_shapes = (tuple(in_shapes[0]) + (1,), tuple(in_shapes[1][:-2]) + (1,) + tuple(in_shapes[1][-2:]))
-    coeffs, lbias, ubias = _mul_backward(*grow, *_matmul_terms(a, b), in_shapes=term_shapes)
+    coeffs, lbias, ubias = rule(*grow, *_matmul_terms(a, b), *extra, in_shapes=term_shapes)
     (la_c, ua_c), (lb_c, ub_c) = coeffs
-    squeeze_a = [None if c is None else c.squeeze(-1) for c in (la_c, ua_c)]
-    squeeze_b = [None if c is None else c.squeeze(-3) for c in (lb_c, ub_c)]
-    return [tuple(squeeze_a), tuple(squeeze_b)], lbias, ubias
+    return ([tuple(None if c is None else c.squeeze(-1) for c in (la_c, ua_c)),
+             tuple(None if c is None else c.squeeze(-3) for c in (lb_c, ub_c))], lbias, ubias)
 
 
 def _matmul_forward_mode(a: Linear, b: Linear) -> Linear:
@@ -243,6 +256,7 @@ def _matmul_forward_mode(a: Linear, b: Linear) -> Linear:
 
 register(OpDef(name="matmul_bilinear", forward=torch.matmul, ibp=_matmul_ibp,
                backward=_matmul_backward, forward_mode=_matmul_forward_mode, nonlinear=True,
+               backward_alpha=_matmul_backward_alpha, alpha_init=_mul_alpha_init,
                backward_needs_shapes=True, backward_memory="fresh",
                doc="x @ y, both perturbed (per-sample matrices, broadcasting leading dims); "
                    "McCormick planes on each term, summed"))

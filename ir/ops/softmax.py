@@ -52,8 +52,14 @@ def _chord_slope(el, eu, l, u):
     """Slope of exp's chord on [l, u]: (e^u - e^l) / w, or e^l expm1(w) / w where w = u - l
     is small (no cancellation)."""
     w = u - l
-    safe = torch.where(w > 0, w, torch.ones_like(w))
-    return torch.where(w > 1, (eu - el) / safe, torch.where(w > 0, el * torch.expm1(w) / safe, el))
+    wide, narrow = w > 1, (w > 0) & (w <= 1)
+    one = torch.ones_like(w)
+    # each branch on inputs it is defined for: a branch where() drops still passes gradients,
+    # and 0 * an overflowing one would be NaN
+    chord = torch.where(wide, eu - el, 0 * el) / torch.where(wide, w, one)
+    small = torch.where(narrow, w, one)
+    near = el * torch.expm1(small) / small
+    return torch.where(wide, chord, torch.where(narrow, near, el))
 
 
 def _lines(l, u, c):
