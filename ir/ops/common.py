@@ -356,8 +356,8 @@ def _combine(pos, on_pos, neg, on_neg):
     if isinstance(on_neg, int):
         return pos * on_pos
     new = pos * on_pos
-    if new.shape != torch.broadcast_shapes(new.shape, neg.shape, on_neg.shape):
-        return torch.addcmul(new, neg, on_neg)
+    if new.requires_grad or new.shape != torch.broadcast_shapes(new.shape, neg.shape, on_neg.shape):
+        return torch.addcmul(new, neg, on_neg)     # (autograd's in-place bookkeeping costs more)
     return new.addcmul_(neg, on_neg)      # into the fresh product: no third tensor
 
 
