@@ -432,8 +432,11 @@ def _per_sample_vector(v: _Value) -> bool:
 
 def _matmul(lw: _Lowering, node, inputs):
     a, b = inputs
-    if isinstance(a, _Value) and isinstance(b, _Value):
-        raise lw.unsupported("MatMul of two tensors that both depend on the input is not supported")
+    if isinstance(a, _Value) and isinstance(b, _Value):          # (attention's q k^T, w v)
+        if not (a.batch and b.batch and a.rank == b.rank and len(a.node.shape) >= 2):
+            raise lw.unsupported("MatMul of two tensors that both depend on the input needs "
+                                 "per-sample matrices of one rank on both sides")
+        return _Value(lw.add("matmul_bilinear", [a.node, b.node]), a.batch)
     if isinstance(a, _Value):                       # x @ W
         x, w = a, np.asarray(b)
         if w.ndim == 1:                              # (..., k) @ (k,) -> (...)

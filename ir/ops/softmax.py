@@ -218,7 +218,7 @@ def _rules(log: bool) -> dict:
 
         def lines_of(alpha):
             shape = torch.broadcast_shapes(lower.shape, alpha.shape)
-            fold = (lambda t: t.expand(shape).reshape(-1, *shape[2:]))
+            fold = (lambda t: t.expand(shape).reshape(shape[0] * shape[1], *shape[2:]))   # (K = 1: empty)
             lines, gaps = _relax(fold(lower), fold(upper), dim=dim, alpha=fold(alpha), log=log)
             unfold = (lambda t: t.reshape(*shape[:2], *t.shape[1:]))
             return tuple(unfold(t) for t in lines), tuple(unfold(g) for g in gaps)

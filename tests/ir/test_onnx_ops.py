@@ -69,6 +69,10 @@ CASES = {
                       [init("s", np.array([1, 1], dtype=np.int64))]),
     "Split_18": model([helper.make_node("Split", ["x"], ["a", "b"], axis=-1, num_outputs=2),
                        helper.make_node("Add", ["a", "b"], ["y"])], IMAGE, [1, 2, 4, 2], opset=18),
+    "MatMul_scores": model([helper.make_node("Transpose", ["x"], ["t"], perm=[0, 1, 3, 2]),
+                            helper.make_node("Mul", ["x", "w"], ["q"]),
+                            helper.make_node("MatMul", ["q", "t"], ["y"])], IMAGE, IMAGE,
+                           [init("w", F(np.linspace(-1, 1, 4)))]),
 }
 
 
@@ -80,7 +84,7 @@ def test_onnx_op_matches_onnxruntime(name):
 
 
 @pytest.mark.parametrize("name", ["HardSwish", "PRelu_channel", "MaxPool", "Gather_list",
-                                  "Split_13", "Mish", "Softmax_11_flat"])
+                                  "Split_13", "Mish", "Softmax_11_flat", "MatMul_scores"])
 def test_onnx_op_bounds_contain_samples(name):
     net = lirpac.compile(CASES[name])
     graph, runner = lower_onnx(CASES[name])

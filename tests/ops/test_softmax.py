@@ -155,3 +155,19 @@ def test_at_least_as_tight_as_the_decomposed_form(eps):
         old_lower, old_upper = lirpac.compile(model, x[:2]).bounds(x, ball, method="crown")
     assert (lower >= old_lower).all() and (upper <= old_upper).all()
     assert (upper - lower).mean() < (0.99 if eps < 0.1 else 0.7) * (old_upper - old_lower).mean()
+
+
+@pytest.mark.parametrize("log", [False, True])
+def test_softmax_over_one_entry_is_constant(log):
+    """A softmax over a dim of size 1 has no differences (K - 1 = 0): p = 1, log p = 0, under
+    every method, alpha-CROWN's empty slots included (fuzzer seed 5028)."""
+    act = torch.nn.LogSoftmax(-1) if log else torch.nn.Softmax(-1)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Unflatten(1, (4, 1)), act,
+                                torch.nn.Flatten(), torch.nn.Linear(4, 2)).eval()
+    x = torch.rand(2, 3, generator=torch.Generator().manual_seed(0))
+    net = lirpac.compile(model, x)
+    for method in ["ibp", "crown", "forward", "alpha-crown"]:
+        lower, upper = net.bounds(x, lirpac.LpBall(eps=0.5), method=method)
+        y = model(x)
+        assert (lower <= y + 1e-5).all() and (y <= upper + 1e-5).all()
+        assert (upper - lower).max() < 1e-5
