@@ -44,8 +44,7 @@ def _mul_ibp(x: Interval, y: Interval) -> Interval:
 
 def crown_share(lx, ux, ly, uy):
     """CROWN's t: 1/2 where both operands straddle 0, else 1 (see the module docstring)."""
-    both = (lx < 0) & (ux > 0) & (ly < 0) & (uy > 0)
-    return torch.where(both, 0.5, 1.0).to(lx.dtype)
+    return torch.where(_straddles(lx, ux) & _straddles(ly, uy), 0.5, 1.0).to(lx.dtype)
 
 
 def _planes(x: Interval, y: Interval, t=None, rows: bool = False):

@@ -110,12 +110,17 @@ HOST_CHECKS = [True]
 
 
 def all_finite(*tensors: torch.Tensor) -> bool:
-    """No NaN or inf in any tensor. A finite sum says so in one reduction (a NaN or inf element
-    makes the sum NaN or inf); only a sum that overflowed needs the elementwise check. False
-    while host checks are off (HOST_CHECKS)."""
+    """No NaN or inf in any tensor (non-tensors are skipped). A finite sum says so in one
+    reduction and one host synchronisation for all of them (a NaN or inf element makes the sum
+    NaN or inf); only a sum that overflowed needs the elementwise check. False while host
+    checks are off (HOST_CHECKS)."""
     if not HOST_CHECKS[0]:
         return False
-    return all(math.isfinite(float(t.detach().sum())) or bool(torch.isfinite(t).all()) for t in tensors)
+    tensors = [t.detach() for t in tensors if isinstance(t, torch.Tensor)]
+    if not tensors:
+        return True
+    total = torch.stack([t.sum().double() for t in tensors]).sum()
+    return math.isfinite(float(total)) or all(bool(torch.isfinite(t).all()) for t in tensors)
 
 
 def times(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -374,6 +374,7 @@ def sound_relax(relax: Callable[..., Lines], ibp: Callable, wide=None,
     and certified training keeps finite gradients (the fallback's own IBP bounds still carry
     theirs)."""
     from lirpac.ir.opdef import Interval
+    from lirpac.ir.ops.common import all_finite
 
     def run(lower, upper, *consts, **attrs):
         dtype = lower.dtype
@@ -383,7 +384,7 @@ def sound_relax(relax: Callable[..., Lines], ibp: Callable, wide=None,
         wconsts = tuple(c.to(work) for c in consts)
         lines = relax(l, u, *wconsts, **attrs)
         narrowed = lines if work == dtype else narrow(lines, l, u, dtype)
-        if _all_finite(l, u, *lines, *narrowed):
+        if all_finite(l, u, *lines, *narrowed):
             return tuple(narrowed)       # finish would keep every line
         reach = l, u
         if torch.is_grad_enabled() and any(t.requires_grad for t in (lower, upper, *consts)):
@@ -395,18 +396,6 @@ def sound_relax(relax: Callable[..., Lines], ibp: Callable, wide=None,
                            *ibp(Interval(lower, upper), *consts, **attrs))
         return tuple(lines)
     return run
-
-
-def _all_finite(*tensors) -> bool:
-    """No NaN or inf in any tensor, in one host synchronisation (a sum that overflowed is
-    checked elementwise); False while host checks are off (ir/ops/common.py HOST_CHECKS)."""
-    from lirpac.ir.ops.common import HOST_CHECKS
-    if not HOST_CHECKS[0]:
-        return False
-    tensors = [t for t in tensors if isinstance(t, torch.Tensor)]
-    with torch.no_grad():
-        total = torch.stack([t.sum().double() for t in tensors]).sum()
-        return math.isfinite(float(total)) or all(bool(torch.isfinite(t).all()) for t in tensors)
 
 
 def _cut(relax, lines: Lines, narrowed: Lines, lower, upper, consts, work, attrs):
