@@ -23,8 +23,8 @@ from lirpac.ir.scalar import centre_radius
 
 
 # -- curves on inputs known to be >= floor -------------------------------------------------------
-# A sum of exponentials or squares is >= 0 whatever its computed bounds say (a forward-mode or
-# CROWN lower bound of it can dip below 0, and then 1/x, log1p, sqrt would have no linear bound).
+# A sum of squares is >= 0 whatever its computed bounds say (a forward-mode or CROWN lower
+# bound of it can dip below 0, and then 1/x, 1/sqrt(x), sqrt would have no linear bound).
 # These ops relax on [max(l, floor), max(u, floor)], which holds every value the input takes.
 
 def floored(name, fn, df, convex: bool, increasing: bool, doc: str):
@@ -54,8 +54,6 @@ floored("rsqrt_floored", torch.rsqrt, lambda x: -0.5 * torch.rsqrt(x) / x, True,
         "1 / sqrt(x) for x >= floor > 0")
 floored("sqrt_floored", torch.sqrt, lambda x: 0.5 / torch.sqrt(x), False, True,
         "sqrt(x) for x >= floor >= 0")
-floored("log1p_floored", torch.log1p, lambda x: 1 / (1 + x), False, True,
-        "log(1 + x) for x >= floor > -1")
 
 
 # -- pairwise_diff: d[.., i, m, ..] = x[.., j(i, m), ..] - x[.., i, ..] over all j != i ---------
