@@ -22,8 +22,8 @@ from lirpac.codegen.program import Program, Statement, free_dead, print_program,
 from lirpac.ir.graph import Graph, Node
 from lirpac.ir.opdef import Interval, Linear, REGISTRY, get_op
 from lirpac.ir.ops.common import add_bias, prepare_lines, relaxed_backward_lines
-from lirpac.passes.bound_needs import (chosen_mode, image_of_bounded_input, nodes_needing_bounds,
-                                       single_affine_of_input)
+from lirpac.passes.bound_needs import (affine_of_input, chosen_mode, image_of_bounded_input,
+                                       nodes_needing_bounds, single_affine_of_input)
 
 MODES = ("ibp", "backward", "forward")   # how a plan bounds intermediate nodes and the output
 _MODE_PREFIX = {"ibp": "ibp", "backward": "bwd", "forward_mode": "fwd", "forward": "val",
@@ -109,6 +109,7 @@ class _Emitter:
         self.before_x = graph.ancestors(self.x)    # (token ids before their embedding)
         # the last backward pass ends with coefficients nothing else shares (``backward``)
         self.owned = False
+        self.anchors: dict[Node, str] = {}     # node -> variable of its product's anchor
 
     def emit(self, line: str) -> None:
         """Append one statement (a line of Python, a compound header ending in ':' whose body
@@ -277,7 +278,10 @@ class _Emitter:
                 if layout is not None and n in layout.densify:
                     self.emit(f"lA_{n.name}, uA_{n.name} = dense_pair(lA_{n.name}, uA_{n.name})")
             if n not in self.lines_of:
-                self.emit(f"_coeffs, _lb, _ub = {self.call(fn, [f'lA_{n.name}', f'uA_{n.name}'] + args, self.attrs(n, opdef.backward_needs_shapes))}")
+                attrs = self.attrs(n, opdef.backward_needs_shapes)
+                if n in self.anchors and n not in patched:
+                    attrs += f", anchor={self.anchors[n]}"
+                self.emit(f"_coeffs, _lb, _ub = {self.call(fn, [f'lA_{n.name}', f'uA_{n.name}'] + args, attrs)}")
             # (add_bias: a rule's zero bias, the int 0, costs no tensor op)
             if lower:
                 self.emit("lbias = add_bias(lbias, _lb)")
@@ -626,16 +630,51 @@ class _Emitter:
                 self.emit(f"{m.name}_lin = {m.name}_lin._replace(bounds={self.bounds[m]})")
         self.emit(f"return forward_rows(inp, {target.name}_lin, _rows)")
 
+    def map_of_input(self, chain: list[Node]) -> str:
+        """``lambda _t: ...``: the forward rules of ``chain`` (a path of nodes after the set's
+        leaf, in order) applied to a tensor ``_t`` in the leaf's place; "None" when empty."""
+        expr = "_t"
+        for m in chain:
+            args = [expr if i is self.x or i in chain else i.name for i in m.inputs]
+            expr = self.call(self.rule(m.op, "forward", m), args, self.attrs(m))
+        return f"lambda _t: {expr}" if chain else "None"
+
+    def function_of_input(self, name: str, target: Node) -> str:
+        """Emit ``def name(_t)``: ``target``'s value (forward rules) with ``_t`` in place of the
+        set's leaf; returns ``name``."""
+        self.emit(f"def {name}(_t):")
+        self.enter()
+        for m in self.region([target]):
+            if m is not self.x:
+                # (local names: the outer ones hold the nodes' bounds)
+                args = ["_t" if i is self.x else f"_{i.name}" if i.perturbed else i.name for i in m.inputs]
+                self.emit(f"_{m.name} = {self.call(self.rule(m.op, 'forward', m), args, self.attrs(m))}")
+        self.emit(f"return {'_t' if target is self.x else '_' + target.name}")
+        self.leave()
+        return name
+
+    def product_anchors(self) -> None:
+        """For each product of two affine maps of the input (``OpDef.anchored_product``), the
+        set's anchor (``InputSet.product_anchor``), once per call: its backward rules then take
+        planes through the set's centre where those are tighter than McCormick's."""
+        for n in self.graph.nodes:
+            factors = [i for i in n.inputs if i.perturbed]
+            if not (n.perturbed and get_op(n.op).anchored_product and len(factors) == 2
+                    and all(affine_of_input(self.graph, i) for i in factors)):
+                continue
+            chains = [m for i in factors for m in self.region([i])]
+            if any(i.batched and not i.perturbed for m in chains for i in m.inputs):
+                continue      # (the maps run on a batch of moved points: no per-sample constants)
+            maps = [self.function_of_input(f"{n.name}_{side}", i) for side, i in zip(("left", "right"), factors)]
+            self.node = n
+            self.emit(f"{n.name}_anchor = inp.product_anchor({maps[0]}, {maps[1]})")
+            self.anchors[n] = f"{n.name}_anchor"
+
     def first_affine(self, n: Node) -> None:
         """Intersect ``n``'s IBP bounds with the set's exact bound of its first affine map
         (``InputSet.first_affine``: the rows' dual norms over an Lp ball, the k largest gains
         over an L0 set; None over a box, where IBP is exact already)."""
-        chain = [m for m in self.region([n]) if m is not self.x and m is not n]
-        select = "_t"
-        for m in chain:
-            args = [select if i is self.x or i in chain else i.name for i in m.inputs]
-            select = self.call(self.rule(m.op, "forward", m), args, self.attrs(m))
-        select = f"lambda _t: {select}" if chain else "None"
+        select = self.map_of_input([m for m in self.region([n]) if m is not self.x and m is not n])
         args = [f'"{n.op}"', select] + [i.name for i in n.inputs[1:]]
         self.emit(f"_first = {self.call('inp.first_affine', args, self.attrs(n))}")
         self.emit("if _first is not None:  # the set bounds this affine map exactly")
@@ -656,6 +695,8 @@ class _Emitter:
             self.emit(f"# the set over %{graph.perturbed_input.name} as a set over %{self.x.name}")
             self.emit(f"inp = {self.call(self.rule(self.x.op, 'of_set', self.x), args, self.attrs(self.x))}")
         mode, final = plan.intermediate, plan.final
+        if "backward" in (mode, final):
+            self.product_anchors()
         if self.needs:
             self.emit(f"# intermediate bounds ({mode}) of {', '.join('%' + n.name for n in self.needs)}")
         if mode == "ibp":

@@ -112,6 +112,10 @@ class OpDef:
     # absolute value in place): "fresh" (new tensors, e.g. a product with the weight), "view"
     # (views of the given coefficients, e.g. reshape) or "unknown" (anything else).
     backward_memory: str = "unknown"
+    # A product a @ b of two perturbed inputs: when both are affine maps of the input, the
+    # backward rules take ``anchor=`` (InputSet.product_anchor: the factors at the set's centre
+    # and their deviations' product's range, or None) besides the inputs' bounds.
+    anchored_product: bool = False
     # Ops that read the perturbed input when it holds integers (token ids, which no box or line
     # describes): of_set(input_set, *consts, **attrs) -> InputSet, the set of the op's outputs
     # (an embedding: each position's candidate rows). The op is then the leaf of every bound

@@ -102,7 +102,7 @@ def single_affine_of_input(graph: Graph, target: Node) -> bool:
     return True
 
 
-def _affine_of_input(graph: Graph, target: Node) -> bool:
+def affine_of_input(graph: Graph, target: Node) -> bool:
     """Every op between the input and ``target`` is linear with a forward-mode rule: forward
     mode carries one exact affine function, as a backward pass does."""
     return all(n is graph.set_leaf or
@@ -119,7 +119,7 @@ def forward_exact(graph: Graph, target: Node) -> bool:
     forward rule of a linear op splits its weights by sign in the same way; a second linear
     op after the relaxation, or a second relaxation, would let a backward pass cancel signs
     that forward mode has already split."""
-    if _affine_of_input(graph, target):
+    if affine_of_input(graph, target):
         return True
     opdef = get_op(target.op)
     if opdef.nonlinear or opdef.forward_mode is None:
@@ -136,7 +136,7 @@ def forward_exact(graph: Graph, target: Node) -> bool:
     if relaxed.relax is None:
         return False
     below = [i for i in node.inputs if i.perturbed]
-    return len(below) == 1 and _affine_of_input(graph, below[0])
+    return len(below) == 1 and affine_of_input(graph, below[0])
 
 
 def _fan_in(m: Node) -> int:

@@ -14,7 +14,10 @@ range); where an operand's sign is known (a sigmoid gate times a tanh in an LSTM
 the tighter one, and the mean looser (LSTM 2.1x -> 3.6x). alpha-CROWN optimises t per
 element and spec row, one t for the lower and upper planes that a coefficient's sign picks.
 x @ y = sum_k x[.., m, k] y[.., k, n] takes McCormick on every term (matmul_bilinear, whose
-backward coefficients are matmuls, never the terms). The rest lowers to small subgraphs of
+backward coefficients are matmuls, never the terms). Where both factors are affine maps of the
+input and the set knows how their deviations from its centre multiply (word substitution:
+lirpac/perturbations/anchor.py), x @ y = x0 @ y + x @ y0 - x0 @ y0 + E takes planes through
+the centre, E's range as their offsets, on the elements where those are closer together. The rest lowers to small subgraphs of
 registered ops: x / y = x * reciprocal(y), max(x, y) = y + relu(x - y) and
 min(x, y) = x - relu(x - y).
 """
@@ -253,12 +256,74 @@ def _matmul_forward_mode(a: Linear, b: Linear) -> Linear:
     return Linear(product.lw.sum(-2), product.lb.sum(-2), product.uw.sum(-2), product.ub.sum(-2))
 
 
+def _mccormick_gap_at(a0, b0, a: Interval, b: Interval):
+    """Upper minus lower of CROWN's blended planes (``_matmul_backward``) at (a0, b0), summed
+    over the terms: per term (uy - ly) (a0 - lx + h g (ux + lx - 2 a0))."""
+    h = 0.5 * _straddles(a.lower, a.upper).to(a0.dtype)
+    g = _straddles(b.lower, b.upper).to(b0.dtype)
+    width = b.upper - b.lower
+    return (a0 - a.lower).matmul(width) + (h * (a.upper + a.lower - 2 * a0)).matmul(g * width)
+
+
+def _anchor_backward(lA, uA, a0, b0, err: Interval, in_shapes):
+    """Coefficients through the planes a0 @ b + a @ b0 - a0 @ b0 + E, E in ``err``
+    (lirpac/perturbations/anchor.py); lA, uA are zero where McCormick's planes are taken."""
+    a0, b0 = a0.unsqueeze(1), b0.unsqueeze(1)
+    centre = a0.matmul(b0)
+    low, high = err.lower.unsqueeze(1), err.upper.unsqueeze(1)
+
+    def side(coeff, first, second):
+        if coeff is None:
+            return None, None, 0
+        pos, neg = split_pos_neg(coeff)
+        bias = (pos * first + neg * second - coeff * centre).flatten(2).sum(-1)
+        on_a, on_b = coeff.matmul(b0.transpose(-1, -2)), a0.transpose(-1, -2).matmul(coeff)
+        return unbroadcast(on_a, in_shapes[0]), unbroadcast(on_b, in_shapes[1]), bias
+
+    la_c, lb_c, lbias = side(lA, low, high)
+    ua_c, ub_c, ubias = side(uA, high, low)
+    return [(la_c, ua_c), (lb_c, ub_c)], lbias, ubias
+
+
+# alpha-CROWN optimises McCormick's blend per spec row, which the anchor's planes do not have:
+# it takes them only where their gap at the centre is this much smaller than McCormick's
+# (benchmarks/word_substitution.py's attention, k = 1/2/3: 1 gave 2.30/2.50/2.51 the exact
+# width, 0.25 2.24/2.38/2.39, 0 (never) 2.94/2.46/2.43; CROWN's 1 against 0.5: 3.69/3.43/3.44
+# against 3.72/3.37/3.37)
+ALPHA_ANCHOR_SHARE = 0.25
+
+
+def _anchored(rule, share: float = 1.0):
+    """``rule`` (CROWN's or alpha-CROWN's McCormick) with an ``anchor`` (the generated code's
+    ``InputSet.product_anchor``, None for most sets): each output element takes the anchor's
+    planes where their gap (the width of E's range) is below ``share`` times the gap between
+    McCormick's planes at the centre, McCormick's elsewhere."""
+    def anchored(lA, uA, a: Interval, b: Interval, *alphas, in_shapes, anchor=None):
+        if anchor is None:
+            return rule(lA, uA, a, b, *alphas, in_shapes=in_shapes)
+        err = anchor.deviation_range(a, b)
+        take = err.upper - err.lower < share * _mccormick_gap_at(anchor.a0, anchor.b0, a, b)
+        err = Interval(torch.where(take, err.lower, 0.0), torch.where(take, err.upper, 0.0))
+        take = take.unsqueeze(1)
+        if HOST_CHECKS[0] and bool(take.all()):
+            return _anchor_backward(lA, uA, anchor.a0, anchor.b0, err, in_shapes)
+        split = [(None, None) if c is None else (c * take, c * ~take) for c in (lA, uA)]
+        coeffs, lbias, ubias = _anchor_backward(split[0][0], split[1][0], anchor.a0, anchor.b0, err, in_shapes)
+        rest, rest_l, rest_u = rule(split[0][1], split[1][1], a, b, *alphas, in_shapes=in_shapes)
+        summed = [tuple(None if p is None else p + q for p, q in zip(mine, theirs))
+                  for mine, theirs in zip(coeffs, rest)]
+        return summed, lbias + rest_l, ubias + rest_u
+    anchored.__doc__ = rule.__doc__
+    return anchored
+
+
 register(OpDef(name="matmul_bilinear", forward=torch.matmul, ibp=_matmul_ibp,
-               backward=_matmul_backward, forward_mode=_matmul_forward_mode, nonlinear=True,
-               backward_alpha=_matmul_backward_alpha, alpha_init=_mul_alpha_init,
+               backward=_anchored(_matmul_backward), forward_mode=_matmul_forward_mode, nonlinear=True,
+               backward_alpha=_anchored(_matmul_backward_alpha, ALPHA_ANCHOR_SHARE), anchored_product=True, alpha_init=_mul_alpha_init,
                backward_needs_shapes=True, backward_memory="fresh",
                doc="x @ y, both perturbed (per-sample matrices, broadcasting leading dims); "
-                   "McCormick planes on each term, summed"))
+                   "McCormick planes on each term, summed; over word substitution, planes through "
+                   "the sentence where both factors are affine in it"))
 
 
 # -- lowerings --------------------------------------------------------------------------------

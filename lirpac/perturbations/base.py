@@ -11,6 +11,9 @@ an ``InputSet``, the run-time form that generated code talks to through these op
 - ``first_affine(op, select, *args, **attrs)``: an exact bound of one affine op of the input
   (reached through coordinate selections ``select``), or None when the set has none better
   than IBP over its box;
+- ``product_anchor(left, right, ...)``: for a product ``left(x) @ right(x)``, the factors at
+  the set's centre and a range of the product of their deviations from it, or None (every set
+  but word substitution's);
 - ``is_box`` and ``box_centre_radius()``: the set is its box, whose window (patches) forms can
   be concretized without a dense matrix.
 
@@ -135,6 +138,13 @@ class InputSet:
         selections, or None), or None where IBP over the box is already exact (here). Other
         sets get ``linear_by_concretizing`` unless they know better."""
         return None if self.is_box else self.linear_by_concretizing(op, select, *args)
+
+    def product_anchor(self, left, right):
+        """For ``left(x) @ right(x)``, two affine maps of the input (callables on a batch of
+        points): a ``perturbations.anchor.ProductAnchor`` (the factors at a centre c and what
+        bounds (left(x) - left(c)) @ (right(x) - right(c)) over the set), or None where the set
+        knows nothing tighter than its box (McCormick's planes are then the tightest)."""
+        return None
 
     def linear_by_concretizing(self, op: str, select, *args):
         """A linear layer on a flat selection of the input, bounded exactly by concretizing its

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from lirpac.errors import InputError
 from lirpac.ir.ops.common import overflow_unbounded
 from lirpac.ir.opdef import Interval
+from lirpac.perturbations.anchor import ProductAnchor, single_moves
 from lirpac.perturbations.base import InputSet, Perturbation
 from lirpac.perturbations.l0 import top_k_sum
 
@@ -239,6 +240,16 @@ class SubstitutionSet(InputSet):
             worst = gains.amin(-1).clamp(max=0)
             result = at_centre - top_k_sum(-worst, self.k)
         return overflow_unbounded(result + bias, upper)
+
+    def product_anchor(self, left, right):
+        """The factors at the original sentence and their changes under each single
+        substitution (perturbations/anchor.py)."""
+        points = single_moves(self.centre, self.moves)
+
+        def moved(factor):
+            values = factor(points)
+            return values.reshape(*self.moves.shape[:3], *values.shape[1:])
+        return ProductAnchor(left(self.centre), right(self.centre), moved(left), moved(right), self.k)
 
     def first_affine(self, op: str, select, *args, **attrs):
         """A linear layer on each position's embedding (B, T, d) -> (B, T, O): each output reads
