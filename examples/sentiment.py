@@ -62,7 +62,11 @@ NEUTRAL = ["<pad>", "the", "a", "was", "is", "really", "what", "i", "found", "an
 def read_lexicon() -> dict[str, float]:
     """VADER's lexicon as {word: mean valence}: lower-case alphabetic entries only (the file
     also rates emoticons and abbreviations)."""
-    text = resources.files("vaderSentiment").joinpath("vader_lexicon.txt").read_text(encoding="utf-8")
+    try:
+        text = resources.files("vaderSentiment").joinpath("vader_lexicon.txt").read_text(encoding="utf-8")
+    except ModuleNotFoundError:
+        sys.exit("the sentences and substitutes come from VADER's lexicon in the vaderSentiment "
+                 "wheel: pip install -e \".[examples]\" (or pip install vaderSentiment)")
     out = {}
     for line in text.splitlines():
         fields = line.split("\t")
