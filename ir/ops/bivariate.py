@@ -17,7 +17,8 @@ x @ y = sum_k x[.., m, k] y[.., k, n] takes McCormick on every term (matmul_bili
 backward coefficients are matmuls, never the terms). Where both factors are affine maps of the
 input and the set knows how their deviations from its centre multiply (word substitution:
 lirpac/perturbations/anchor.py), x @ y = x0 @ y + x @ y0 - x0 @ y0 + E takes planes through
-the centre, E's range as their offsets, on the elements where those are closer together. The rest lowers to small subgraphs of
+the centre (plus slopes that take up E's part moved by one position alone), E's remaining range
+as their offsets, on the elements where those are closer together than McCormick's. The rest lowers to small subgraphs of
 registered ops: x / y = x * reciprocal(y), max(x, y) = y + relu(x - y) and
 min(x, y) = x - relu(x - y).
 """
@@ -265,11 +266,13 @@ def _mccormick_gap_at(a0, b0, a: Interval, b: Interval):
     return (a0 - a.lower).matmul(width) + (h * (a.upper + a.lower - 2 * a0)).matmul(g * width)
 
 
-def _anchor_backward(lA, uA, a0, b0, err: Interval, in_shapes):
-    """Coefficients through the planes a0 @ b + a @ b0 - a0 @ b0 + E, E in ``err``
-    (lirpac/perturbations/anchor.py); lA, uA are zero where McCormick's planes are taken."""
-    a0, b0 = a0.unsqueeze(1), b0.unsqueeze(1)
-    centre = a0.matmul(b0)
+def _anchor_backward(lA, uA, anchor, err: Interval, in_shapes):
+    """Coefficients through the planes a0 @ b + a @ b0 - a0 @ b0 + sa . (a - a0) + sb . (b - b0)
+    + E', E' in ``err`` (lirpac/perturbations/anchor.py); lA, uA are zero where McCormick's
+    planes are taken."""
+    a0, b0 = anchor.a0.unsqueeze(1), anchor.b0.unsqueeze(1)
+    slope_a, slope_b = anchor.slope_a.unsqueeze(1), anchor.slope_b.unsqueeze(1)
+    centre = a0.matmul(b0) + anchor.shift.unsqueeze(1)
     low, high = err.lower.unsqueeze(1), err.upper.unsqueeze(1)
 
     def side(coeff, first, second):
@@ -277,7 +280,8 @@ def _anchor_backward(lA, uA, a0, b0, err: Interval, in_shapes):
             return None, None, 0
         pos, neg = split_pos_neg(coeff)
         bias = (pos * first + neg * second - coeff * centre).flatten(2).sum(-1)
-        on_a, on_b = coeff.matmul(b0.transpose(-1, -2)), a0.transpose(-1, -2).matmul(coeff)
+        on_a = coeff.matmul(b0.transpose(-1, -2)) + (coeff.unsqueeze(-1) * slope_a).sum(-2)
+        on_b = a0.transpose(-1, -2).matmul(coeff) + (coeff.unsqueeze(-1) * slope_b).sum(-3).transpose(-1, -2)
         return unbroadcast(on_a, in_shapes[0]), unbroadcast(on_b, in_shapes[1]), bias
 
     la_c, lb_c, lbias = side(lA, low, high)
@@ -287,10 +291,9 @@ def _anchor_backward(lA, uA, a0, b0, err: Interval, in_shapes):
 
 # alpha-CROWN optimises McCormick's blend per spec row, which the anchor's planes do not have:
 # it takes them only where their gap at the centre is this much smaller than McCormick's
-# (benchmarks/word_substitution.py's attention, k = 1/2/3: 1 gave 2.30/2.50/2.51 the exact
-# width, 0.25 2.24/2.38/2.39, 0 (never) 2.94/2.46/2.43; CROWN's 1 against 0.5: 3.69/3.43/3.44
-# against 3.72/3.37/3.37)
-ALPHA_ANCHOR_SHARE = 0.25
+# (benchmarks/word_substitution.py's attention, alpha-CROWN at k = 1/2/3: 1 gave 1.94/2.23/2.24
+# the exact width, 0.5 1.94/2.12/2.12, 0.25 1.94/2.16/2.20, 0.1 1.94/2.15/2.19)
+ALPHA_ANCHOR_SHARE = 0.5
 
 
 def _anchored(rule, share: float = 1.0):
@@ -306,9 +309,9 @@ def _anchored(rule, share: float = 1.0):
         err = Interval(torch.where(take, err.lower, 0.0), torch.where(take, err.upper, 0.0))
         take = take.unsqueeze(1)
         if HOST_CHECKS[0] and bool(take.all()):
-            return _anchor_backward(lA, uA, anchor.a0, anchor.b0, err, in_shapes)
+            return _anchor_backward(lA, uA, anchor, err, in_shapes)
         split = [(None, None) if c is None else (c * take, c * ~take) for c in (lA, uA)]
-        coeffs, lbias, ubias = _anchor_backward(split[0][0], split[1][0], anchor.a0, anchor.b0, err, in_shapes)
+        coeffs, lbias, ubias = _anchor_backward(split[0][0], split[1][0], anchor, err, in_shapes)
         rest, rest_l, rest_u = rule(split[0][1], split[1][1], a, b, *alphas, in_shapes=in_shapes)
         summed = [tuple(None if p is None else p + q for p, q in zip(mine, theirs))
                   for mine, theirs in zip(coeffs, rest)]
