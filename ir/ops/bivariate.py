@@ -280,8 +280,9 @@ def _anchor_backward(lA, uA, anchor, err: Interval, in_shapes):
             return None, None, 0
         pos, neg = split_pos_neg(coeff)
         bias = (pos * first + neg * second - coeff * centre).flatten(2).sum(-1)
-        on_a = coeff.matmul(b0.transpose(-1, -2)) + (coeff.unsqueeze(-1) * slope_a).sum(-2)
-        on_b = a0.transpose(-1, -2).matmul(coeff) + (coeff.unsqueeze(-1) * slope_b).sum(-3).transpose(-1, -2)
+        # (einsum: one batched product per row of slopes, not a (B, S, .., M, N, K) tensor)
+        on_a = coeff.matmul(b0.transpose(-1, -2)) + torch.einsum("bs...mn,bt...mnk->bs...mk", coeff, slope_a)
+        on_b = a0.transpose(-1, -2).matmul(coeff) + torch.einsum("bs...mn,bt...mnk->bs...kn", coeff, slope_b)
         return unbroadcast(on_a, in_shapes[0]), unbroadcast(on_b, in_shapes[1]), bias
 
     la_c, lb_c, lbias = side(lA, low, high)

@@ -109,7 +109,7 @@ class ProductAnchor:
         # is sound, as E is measured from it)
         self.a0, self.b0 = (torch.where(torch.isfinite(v), v, 0.0) for v in (a0, b0))
         self.ga, self.gb = a_moved - self.a0[:, None, None], b_moved - self.b0[:, None, None]
-        self.k = k
+        self.k, self._range = k, None
         self.slope_a, self.slope_b = fitted_slopes(self.ga, self.gb)
         # the slopes' part of the planes' offset: sa . a0 + sb . b0 per element
         self.shift = (torch.einsum("...mnk,...mk->...mn", self.slope_a, self.a0)
@@ -117,7 +117,9 @@ class ProductAnchor:
 
     def deviation_range(self, a: Interval, b: Interval) -> Interval:
         """Range of E' over the set, given the factors' bounds (which only size the padding)."""
-        low, high = self._moved_pairs()
+        if self._range is None:       # (the same in every pass: only the padding reads a, b)
+            self._range = self._moved_pairs()
+        low, high = self._range
         scale = self._magnitude(a, b)
         pad = slack(scale)
         return Interval(low - pad, high + pad)
