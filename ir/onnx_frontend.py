@@ -644,7 +644,9 @@ def _axes_input(lw: _Lowering, node, inputs, attr_until: int, index: int = 1):
     return None
 
 
-def _reduce(op: str, attr_until: int):
+def _reduce(op: str | Callable, attr_until: int):
+    """Reduce* over the axes (attribute before opset ``attr_until``, input from then on);
+    ``op`` is an IR reduction (dims, keepdim) or a builder (lw, node, dims, keepdim) -> Node."""
     def convert(lw: _Lowering, node, inputs):
         at = _attrs(node)
         v = _perturbed(lw, inputs[0])
@@ -657,9 +659,31 @@ def _reduce(op: str, attr_until: int):
         v, dims = lw.ir_dims(v, axes)
         if not dims:
             return v
-        return _Value(lw.add(op, [v.node], dims=tuple(sorted(dims)), keepdim=keepdims),
-                      v.batch)
+        dims = tuple(sorted(dims))
+        if callable(op):
+            return _Value(op(lw, v.node, dims, keepdims), v.batch)
+        return _Value(lw.add(op, [v.node], dims=dims, keepdim=keepdims), v.batch)
     return convert
+
+
+def _reduce_min(lw: _Lowering, x: Node, dims, keepdim) -> Node:
+    """min = -max(-x), as the torch frontend lowers amin."""
+    top = lw.add("amax", [lw.add("neg", [x], "_neg")], "_amax", dims=dims, keepdim=keepdim)
+    return lw.add("neg", [top])
+
+
+def _reduce_l1(lw: _Lowering, x: Node, dims, keepdim) -> Node:
+    return lw.add("sum", [lw.add("abs", [x], "_abs")], dims=dims, keepdim=keepdim)
+
+
+def _reduce_sum_square(lw: _Lowering, x: Node, dims, keepdim, suffix: str = "") -> Node:
+    return lw.add("sum", [lw.add("pow", [x], "_square", exponent=2)], suffix, dims=dims,
+                  keepdim=keepdim)
+
+
+def _reduce_l2(lw: _Lowering, x: Node, dims, keepdim) -> Node:
+    """sqrt of the sum of squares, as the torch frontend lowers a 2-norm (floor 0: exact)."""
+    return lw.add("sqrt_floored", [_reduce_sum_square(lw, x, dims, keepdim, "_sum")], floor=0.0)
 
 
 # -- shapes ---------------------------------------------------------------------------------------
@@ -783,17 +807,23 @@ def _slice(lw: _Lowering, node, inputs):
         steps = arg(4, [1] * len(starts))
     for axis, start, end, step in zip(axes, starts, ends, steps):
         axis = _norm_axis(int(axis), v.rank)
-        if step <= 0:
-            raise lw.unsupported("Slice with a negative step")
+        if step == 0:
+            raise ModelFormatError(f"{lw.where()}: a Slice step of 0 (ONNX requires a nonzero step)")
         size = v.onnx_shape[axis]
-        start, stop, step = slice(max(min(start, _INT_MAX), -_INT_MAX), max(min(end, _INT_MAX), -_INT_MAX),
-                                  step).indices(size)
-        if (start, stop, step) == (0, size, 1):
+        picked = range(*slice(max(min(start, _INT_MAX), -_INT_MAX), max(min(end, _INT_MAX), -_INT_MAX),
+                              step).indices(size))
+        if not picked:
+            raise lw.unsupported(f"an empty Slice (axis {axis}, starts {start}, ends {end}, steps "
+                                 f"{step}); lirpac bounds tensors with at least one entry")
+        if picked == range(size):
             continue
-        if stop <= start:
-            raise lw.unsupported("an empty Slice")
         v, (dim,) = lw.ir_dims(v, [axis])
-        v = _Value(lw.add("slice", [v.node], dim=dim, start=start, end=stop, step=step), v.batch)
+        if step < 0:       # the entries run backwards: flip, then slice forwards
+            v = _Value(lw.add("flip", [v.node], "_flip", dims=(dim,)), v.batch)
+            picked = range(size - 1 - picked[0], size - picked[-1], -step)
+        if picked != range(size):
+            v = _Value(lw.add("slice", [v.node], dim=dim, start=picked.start, end=picked.stop,
+                              step=picked.step), v.batch)
     return v
 
 
@@ -951,17 +981,30 @@ def _max_pool(lw: _Lowering, node, inputs):
         raise lw.unsupported("MaxPool's Indices output is used; only the pooled values are supported")
     x = lw.batched(_perturbed(lw, inputs[0]))
     kernel = list(at["kernel_shape"])
-    if len(kernel) != 2:
-        raise lw.unsupported(f"{len(kernel)}-D MaxPool; lirpac bounds 2-D max pooling")
-    strides = list(at.get("strides", [1, 1]))
-    dilations = list(at.get("dilations", [1, 1]))
+    nd = len(kernel)
+    if nd not in (1, 2, 3) or len(x.node.shape) != nd + 1:
+        raise lw.unsupported(f"{nd}-D MaxPool on input {list(x.onnx_shape)}; lirpac bounds 1-D, "
+                             "2-D and 3-D max pooling of (N, C, spatial...) tensors")
+    strides = list(at.get("strides", [1] * nd))
+    dilations = list(at.get("dilations", [1] * nd))
     begin, end = _spatial_pads(lw, at, x.node.shape[1:], kernel, strides, dilations)
     if begin != end or any(2 * b > (k - 1) * d + 1 for b, k, d in zip(begin, kernel, dilations)):
         raise lw.unsupported(f"MaxPool with pads {begin + end}: lirpac takes symmetric pads of at "
-                             "most half the kernel (torch's max_pool2d)")
-    out = _Value(lw.add("max_pool", [x.node], kernel_size=tuple(kernel), stride=tuple(strides),
-                        padding=tuple(begin), dilation=tuple(dilations),
-                        ceil_mode=bool(int(at.get("ceil_mode", 0)))), True)
+                             "most half the kernel (torch's max_pool)")
+    if int(at.get("storage_order", 0)):
+        raise lw.unsupported("MaxPool with storage_order=1 (column-major indices)")
+    ceil_mode = bool(int(at.get("ceil_mode", 0)))
+    if nd == 1:      # a 2-D pool over (1, L) with a (1, k) kernel: the same windows, exact
+        channels, length = x.node.shape
+        rows = lw.add("reshape", [x.node], "_rows", shape=(channels, 1, length))
+        pooled = lw.add("max_pool", [rows], "_pool", kernel_size=(1, kernel[0]),
+                        stride=(1, strides[0]), padding=(0, begin[0]), dilation=(1, dilations[0]),
+                        ceil_mode=ceil_mode)
+        out = _Value(lw.add("reshape", [pooled], shape=(channels, pooled.shape[-1])), True)
+    else:
+        out = _Value(lw.add("max_pool" if nd == 2 else "max_pool3d", [x.node],
+                            kernel_size=tuple(kernel), stride=tuple(strides), padding=tuple(begin),
+                            dilation=tuple(dilations), ceil_mode=ceil_mode), True)
     return [out] + [None] * (len(node.output) - 1)
 
 
@@ -1008,6 +1051,155 @@ def _split(lw: _Lowering, node, inputs):
     return out
 
 
+# -- Expand, Tile, CumSum, DepthToSpace: linear maps that pick or add entries --------------------
+
+def _expand(lw: _Lowering, node, inputs):
+    """Expand's bidirectional broadcast to the IR's expand (size-1 dims repeated, new leading
+    dims prepended); a new leading dim or a change of ONNX dim 0 absorbs the batch first."""
+    v = _perturbed(lw, inputs[0])
+    shape = [int(s) for s in np.asarray(_const_input(lw, inputs[1], "the Expand shape")).reshape(-1)]
+    try:
+        out = tuple(int(s) for s in np.broadcast_shapes(v.onnx_shape, tuple(shape)))
+    except ValueError:
+        raise lw.unsupported(f"shape {shape} does not broadcast with the input's "
+                             f"{list(v.onnx_shape)}") from None
+    if out == v.onnx_shape:
+        return v
+    if not (v.batch and len(out) == v.rank and out[0] == 1):
+        v = lw.absorb(v)
+    per_sample = out[1:] if v.batch else out
+    return _Value(lw.add("expand", [v.node], shape=per_sample), v.batch)
+
+
+def _tile(lw: _Lowering, node, inputs):
+    v = _perturbed(lw, inputs[0])
+    repeats = [int(r) for r in np.asarray(_const_input(lw, inputs[1], "the Tile repeats")).reshape(-1)]
+    if len(repeats) != v.rank:
+        raise ModelFormatError(f"{lw.where()}: {len(repeats)} repeats for an input of rank {v.rank}")
+    if all(r == 1 for r in repeats):
+        return v
+    if v.batch and repeats[0] != 1:
+        v = lw.absorb(v)
+    return _Value(lw.add("repeat", [v.node], repeats=tuple(repeats[1:] if v.batch else repeats)),
+                  v.batch)
+
+
+def _cumsum(lw: _Lowering, node, inputs):
+    """CumSum along a constant axis: ``reverse`` flips before and after, ``exclusive`` shifts
+    the input one step along the axis (a slice and a zero pad) first; all exact linear maps."""
+    at = _attrs(node)
+    v = _perturbed(lw, inputs[0])
+    axis = np.asarray(_const_input(lw, inputs[1], "the CumSum axis")).reshape(-1)
+    if axis.size != 1:
+        raise ModelFormatError(f"{lw.where()}: the axis must be a scalar, got {axis.tolist()}")
+    v, (dim,) = lw.ir_dims(v, [int(axis[0])])
+    x, size = v.node, v.node.shape[dim - 1]
+    reverse, exclusive = bool(int(at.get("reverse", 0))), bool(int(at.get("exclusive", 0)))
+    if reverse:
+        x = lw.add("flip", [x], "_flip", dims=(dim,))
+    if exclusive and size == 1:
+        x = lw.add("mul", [x, lw.const(np.zeros((), _NP_DTYPES[lw.dtype]), f"{lw.base_name()}_zero")],
+                   "_shift")
+    elif exclusive:
+        x = lw.add("slice", [x], "_head", dim=dim, start=0, end=size - 1, step=1)
+        trailing = len(v.node.shape) - dim
+        x = lw.add("pad", [x], "_shift", pad=(0, 0) * trailing + (1, 0), value=0.0)
+    x = lw.add("cumsum", [x], "_scan" if reverse else "", dim=dim)
+    if reverse:
+        x = lw.add("flip", [x], dims=(dim,))
+    return _Value(x, v.batch)
+
+
+def _depth_space(to_space: bool):
+    """DepthToSpace / SpaceToDepth: a reshape, a permutation and a reshape (exact)."""
+    def convert(lw: _Lowering, node, inputs):
+        at = _attrs(node)
+        x = lw.batched(_perturbed(lw, inputs[0]))
+        if len(x.node.shape) != 3:
+            raise lw.unsupported(f"{node.op_type} needs an (N, C, H, W) input, got {list(x.onnx_shape)}")
+        b = int(at["blocksize"])
+        c, h, w = x.node.shape
+        if to_space:
+            crd = at.get("mode", "DCR") == "CRD"
+            split = (c // (b * b), b, b, h, w) if crd else (b, b, c // (b * b), h, w)
+            perm = (0, 1, 4, 2, 5, 3) if crd else (0, 3, 4, 1, 5, 2)
+            out = (c // (b * b), h * b, w * b)
+        else:
+            split, perm, out = (c, h // b, b, w // b, b), (0, 3, 5, 1, 2, 4), (c * b * b, h // b, w // b)
+        parts = lw.add("reshape", [x.node], "_blocks", shape=split)
+        moved = lw.add("permute", [parts], "_move", dims=perm)
+        return _Value(lw.add("reshape", [moved], shape=out), True)
+    return convert
+
+
+# -- Max / Min, Where: elementwise choices ------------------------------------------------------
+
+def _float_const(lw: _Lowering, c) -> np.ndarray:
+    c = np.asarray(c)
+    return c if c.dtype.kind == "f" else c.astype(_NP_DTYPES[lw.dtype])
+
+
+def _with_const(lw: _Lowering, op: str, v: _Value, c: np.ndarray, suffix: str,
+                const_first: bool = False) -> _Value:
+    """``op`` of a perturbed value and a constant, broadcast as ONNX does."""
+    v, c = _align_const(lw, v, _float_const(lw, c))
+    const = lw.const(c, name=f"{lw.base_name()}_const")
+    return _Value(lw.add(op, [const, v.node] if const_first else [v.node, const], suffix), v.batch)
+
+
+def _extreme_pair(lw: _Lowering, a: _Value, b, is_max: bool) -> _Value:
+    """max(a, b) = b + relu(a - b), min(a, b) = a - relu(a - b) (exact), the torch frontend's
+    lowering of maximum / minimum; against a constant c, max = c + relu(a - c) and
+    min = c - relu(c - a), so that IBP, monotone in a, stays exact."""
+    if isinstance(b, _Value):
+        if a.node is b.node:
+            return a
+        a, b = _align_pair(lw, a, b)
+        gap = lw.add("relu", [lw.add("sub", [a.node, b.node], "_diff")], "_gap")
+        return _Value(lw.add("add", [b.node, gap]) if is_max else lw.add("sub", [a.node, gap]),
+                      a.batch)
+    diff = _with_const(lw, "sub", a, b, "_diff", const_first=not is_max)
+    gap = _Value(lw.add("relu", [diff.node], "_gap"), diff.batch)
+    return _with_const(lw, "add" if is_max else "sub", gap, b, "", const_first=not is_max)
+
+
+def _extreme(is_max: bool):
+    """Max / Min of one or more inputs with ONNX (multidirectional) broadcasting: the constant
+    inputs fold into one, then the perturbed ones pair up left to right."""
+    def convert(lw: _Lowering, node, inputs):
+        values = [i for i in inputs if isinstance(i, _Value)]
+        consts = [_float_const(lw, i) for i in inputs if i is not None and not isinstance(i, _Value)]
+        out = values[0]
+        for other in values[1:] + ([(np.maximum if is_max else np.minimum).reduce(
+                np.broadcast_arrays(*consts))] if consts else []):
+            out = _extreme_pair(lw, out, other, is_max)
+        return out
+    return convert
+
+
+def _where(lw: _Lowering, node, inputs):
+    """Where(cond, X, Y) with a constant condition m: X * m + Y * (1 - m), exact (each entry
+    takes one side, times 1, plus the other times 0)."""
+    cond = np.asarray(_const_input(lw, inputs[0], "the Where condition")).astype(bool)
+    keep = cond.astype(_NP_DTYPES[lw.dtype])
+    parts = []
+    for side, mask in ((inputs[1], keep), (inputs[2], 1 - keep)):
+        if isinstance(side, _Value):
+            parts.append(_with_const(lw, "mul", side, mask, "_pick"))
+        else:
+            parts.append(np.where(mask.astype(bool), _float_const(lw, side), 0).astype(keep.dtype))
+    a, b = parts
+    if isinstance(a, _Value) and isinstance(b, _Value):
+        a, b = _align_pair(lw, a, b)
+        return _Value(lw.add("add", [a.node, b.node]), a.batch)
+    v, c = (a, b) if isinstance(a, _Value) else (b, a)
+    shape = np.broadcast_shapes(cond.shape, *[np.shape(i) if not isinstance(i, _Value)
+                                              else i.onnx_shape for i in inputs[1:]])
+    if not np.any(c) and tuple(shape) == v.onnx_shape:
+        return v
+    return _with_const(lw, "add", v, c, "")
+
+
 def _custom_op(node) -> str | None:
     """The IR op a node lowers to by lirpac.register_op(..., onnx_op=...), if any."""
     from lirpac.custom_ops import ONNX_OPS
@@ -1031,12 +1223,18 @@ def _custom_converter(op: str):
 
 _CONVERTERS: dict[str, Callable] = {
     **_ACTIVATIONS, "MaxPool": _max_pool, "Gather": _gather, "Split": _split,
+    "Max": _extreme(is_max=True), "Min": _extreme(is_max=False), "Where": _where,
+    "Expand": _expand, "Tile": _tile, "CumSum": _cumsum,
+    "DepthToSpace": _depth_space(to_space=True), "SpaceToDepth": _depth_space(to_space=False),
     "Add": _binary("add"), "Sub": _binary("sub"), "Mul": _binary("mul"), "Div": _binary("div"),
     "Neg": _unary("neg"), "Relu": _unary("relu"), "Sigmoid": _unary("sigmoid"), "Tanh": _unary("tanh"),
     "MatMul": _matmul, "Gemm": _gemm,
     "Conv": _conv, "ConvTranspose": _conv_transpose, "BatchNormalization": _batch_norm,
     "AveragePool": _avg_pool, "GlobalAveragePool": _global_avg_pool,
     "ReduceMean": _reduce("mean", 18), "ReduceSum": _reduce("sum", 13),
+    "ReduceMax": _reduce("amax", 18), "ReduceMin": _reduce(_reduce_min, 18),
+    "ReduceL1": _reduce(_reduce_l1, 18), "ReduceL2": _reduce(_reduce_l2, 18),
+    "ReduceSumSquare": _reduce(_reduce_sum_square, 18),
     "Flatten": _flatten, "Reshape": _reshape, "Squeeze": _squeeze, "Unsqueeze": _unsqueeze,
     "Transpose": _transpose, "Concat": _concat, "Slice": _slice, "Pad": _pad,
     "Shape": _shape, "Size": _size,

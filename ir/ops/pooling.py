@@ -130,6 +130,30 @@ def _lower_max_pool(lw, x, kernel_size, stride=(), padding=0, dilation=1, ceil_m
                   padding=_pair(padding), dilation=_pair(dilation), ceil_mode=bool(ceil_mode))
 
 
+
+# -- max pooling (3-D) ------------------------------------------------------------------------
+
+def _max_pool3d(x, *, kernel_size, stride, padding, dilation, ceil_mode):
+    return F.max_pool3d(x, kernel_size, stride, padding, dilation, ceil_mode)
+
+
+def _pool_windows3d(x, *, kernel_size, stride, padding, dilation, ceil_mode, fill):
+    """(B, C, D_out, H_out, W_out, kd * kh * kw): as _pool_windows, by Tensor.unfold per
+    spatial dim (F.unfold is 2-D only); each unfold takes the dilated span, then every d-th."""
+    outs, pads = [], []
+    for size, k, s, p, d in zip(x.shape[-3:], kernel_size, stride, padding, dilation):
+        out = _pool_out(size, k, s, p, d, ceil_mode)
+        outs.append(out)
+        pads.append((p, p + max(0, (out - 1) * s + d * (k - 1) + 1 - (size + 2 * p))))
+    windows = F.pad(x, [v for pair in reversed(pads) for v in pair], value=fill)
+    for axis, (k, s, d, out) in enumerate(zip(kernel_size, stride, dilation, outs), start=2):
+        windows = windows.unfold(axis, d * (k - 1) + 1, s).narrow(axis, 0, out)[..., ::d]
+    return windows.reshape(*windows.shape[:5], -1)
+
+
+window_max("max_pool3d", _max_pool3d, _pool_windows3d,
+           doc="3-D max pooling (kernel, stride, padding, dilation, ceil_mode)")
+
 # -- max / min over dims ----------------------------------------------------------------------
 
 def _amax(x, *, dims, keepdim=False):
