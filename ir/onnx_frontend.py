@@ -1132,6 +1132,120 @@ def _depth_space(to_space: bool):
     return convert
 
 
+# -- LayerNormalization, InstanceNormalization, Resize -------------------------------------------
+
+def _normalized(lw: _Lowering, v: _Value, axes, eps: float) -> _Value:
+    """(x - mean) / sqrt(var + eps) over the axes, as the torch frontend lowers layer_norm:
+    center, square, mean, rsqrt_floored (floor eps), one McCormick product."""
+    if not eps > 0:
+        raise lw.unsupported(f"epsilon={eps}: lirpac needs a positive epsilon to bound 1/sqrt(var + eps)")
+    v, dims = lw.ir_dims(v, axes)
+    dims = tuple(sorted(dims))
+    centred = lw.add("center", [v.node], "_centred", dims=dims)
+    square = lw.add("pow", [centred], "_square", exponent=2)
+    var = lw.add("mean", [square], "_var", dims=dims, keepdim=True)
+    var_eps = lw.add("add", [var, lw.const(np.asarray(eps, _NP_DTYPES[lw.dtype]), f"{lw.base_name()}_eps")],
+                     "_var_eps")
+    inv_std = lw.add("rsqrt_floored", [var_eps], "_inv_std", floor=float(eps))
+    return _Value(lw.add("mul_bilinear", [centred, inv_std], "_normed"), v.batch)
+
+
+def _affine(lw: _Lowering, v: _Value, scale, bias) -> _Value:
+    """v * scale + bias with constant (broadcast) scale and optional bias."""
+    v = _with_const(lw, "mul", v, scale, "_scaled")
+    return v if bias is None else _with_const(lw, "add", v, bias, "")
+
+
+def _layer_norm(lw: _Lowering, node, inputs):
+    at = _attrs(node)
+    if any(lw.consumers.get(o) or o in lw.graph_outputs for o in node.output[1:] if o):
+        raise lw.unsupported("the Mean / InvStdDev outputs are used; only Y is supported")
+    v = _perturbed(lw, inputs[0])
+    axis = _norm_axis(int(at.get("axis", -1)), v.rank)
+    scale = _const_input(lw, inputs[1], "the LayerNormalization scale")
+    bias = inputs[2] if len(inputs) > 2 else None
+    bias = None if bias is None else _const_input(lw, bias, "the LayerNormalization bias")
+    out = _affine(lw, _normalized(lw, v, range(axis, v.rank), float(at.get("epsilon", 1e-5))),
+                  scale, bias)
+    return [out] + [None] * (len(node.output) - 1)
+
+
+def _instance_norm(lw: _Lowering, node, inputs):
+    v = lw.batched(_perturbed(lw, inputs[0]))
+    if v.rank < 3:
+        raise lw.unsupported(f"InstanceNormalization needs an (N, C, spatial...) input, got "
+                             f"{list(v.onnx_shape)}")
+    per_channel = (-1,) + (1,) * (v.rank - 2)
+    scale, bias = (np.asarray(_const_input(lw, p, f"the InstanceNormalization {n}")).reshape(per_channel)
+                   for p, n in ((inputs[1], "scale"), (inputs[2], "bias")))
+    normed = _normalized(lw, v, range(2, v.rank), float(_attrs(node).get("epsilon", 1e-5)))
+    return _affine(lw, normed, scale, bias)
+
+
+# (coordinate_transformation_mode, nearest_mode) pairs that, for a whole upsampling factor k,
+# read input entry o // k for output entry o, as F.interpolate's nearest does
+_NEAREST_AS_FLOOR = {("asymmetric", "floor"), ("half_pixel", "round_prefer_floor"),
+                     ("half_pixel", "round_prefer_ceil"), ("pytorch_half_pixel", "round_prefer_floor"),
+                     ("pytorch_half_pixel", "round_prefer_ceil")}
+
+
+def _resize(lw: _Lowering, node, inputs):
+    """Nearest-neighbour upsampling of the spatial dims by whole factors: upsample_nearest."""
+    at = _attrs(node)
+    v = lw.batched(_perturbed(lw, inputs[0]))
+    mode = at.get("mode", "nearest")
+    coords = at.get("coordinate_transformation_mode", "half_pixel")
+    rounding = at.get("nearest_mode", "round_prefer_floor")
+    if lw.opset < 11:
+        raise lw.unsupported("Resize of opset 10 (its coordinate rules differ); export with opset 11 "
+                             "or later")
+    if mode != "nearest" or (coords, rounding) not in _NEAREST_AS_FLOOR:
+        raise lw.unsupported(f"Resize with mode={mode!r}, coordinate_transformation_mode={coords!r}, "
+                             f"nearest_mode={rounding!r}: lirpac bounds nearest upsampling by whole "
+                             "factors (torch's nn.Upsample(mode='nearest') exports it)")
+    if "axes" in at:
+        raise lw.unsupported("Resize with the axes attribute; give scales or sizes for every dim")
+    scales, sizes = (inputs[i] if len(inputs) > i and inputs[i] is not None and np.size(inputs[i])
+                     else None for i in (2, 3))
+    shape = v.onnx_shape
+    if sizes is not None:
+        out = [int(n) for n in np.asarray(_const_input(lw, sizes, "the Resize sizes")).reshape(-1)]
+    elif scales is not None:
+        factors = np.asarray(_const_input(lw, scales, "the Resize scales"), dtype=np.float64).reshape(-1)
+        out = [int(math.floor(n * f)) for n, f in zip(shape, factors)]
+    else:
+        raise ModelFormatError(f"{lw.where()}: neither scales nor sizes is given")
+    if len(out) != len(shape) or tuple(out[:2]) != shape[:2] or \
+            any(o % n for o, n in zip(out[2:], shape[2:])):
+        raise lw.unsupported(f"Resize from {list(shape)} to {out}: lirpac takes whole upsampling "
+                             "factors of the spatial dims (batch and channels unchanged)")
+    if tuple(out) == shape:
+        return v
+    return _Value(lw.add("upsample_nearest", [v.node], output_size=tuple(out[2:])), True)
+
+
+def _global_max_pool(lw: _Lowering, node, inputs):
+    x = lw.batched(_perturbed(lw, inputs[0]))
+    dims = tuple(range(2, len(x.node.shape) + 1))
+    return _Value(lw.add("amax", [x.node], dims=dims, keepdim=True), True)
+
+
+def _variadic(op: str):
+    """Sum / Mean of one or more inputs: the constants summed into one, then pairwise adds
+    (ONNX broadcasting); Mean then scales."""
+    def convert(lw: _Lowering, node, inputs):
+        add = _binary("add")
+        values = [i for i in inputs if isinstance(i, _Value)]
+        consts = [_float_const(lw, i) for i in inputs if not isinstance(i, _Value)]
+        out = values[0]
+        for other in values[1:] + ([sum(consts[1:], consts[0])] if consts else []):
+            out = add(lw, node, [out, other])
+        if op == "mean" and len(inputs) > 1:
+            out = _with_const(lw, "mul", out, np.asarray(1.0 / len(inputs)), "")
+        return out
+    return convert
+
+
 # -- Max / Min, Where: elementwise choices ------------------------------------------------------
 
 def _float_const(lw: _Lowering, c) -> np.ndarray:
@@ -1225,6 +1339,8 @@ _CONVERTERS: dict[str, Callable] = {
     **_ACTIVATIONS, "MaxPool": _max_pool, "Gather": _gather, "Split": _split,
     "Max": _extreme(is_max=True), "Min": _extreme(is_max=False), "Where": _where,
     "Expand": _expand, "Tile": _tile, "CumSum": _cumsum,
+    "LayerNormalization": _layer_norm, "InstanceNormalization": _instance_norm, "Resize": _resize,
+    "GlobalMaxPool": _global_max_pool, "Sum": _variadic("sum"), "Mean": _variadic("mean"),
     "DepthToSpace": _depth_space(to_space=True), "SpaceToDepth": _depth_space(to_space=False),
     "Add": _binary("add"), "Sub": _binary("sub"), "Mul": _binary("mul"), "Div": _binary("div"),
     "Neg": _unary("neg"), "Relu": _unary("relu"), "Sigmoid": _unary("sigmoid"), "Tanh": _unary("tanh"),
