@@ -361,10 +361,10 @@ def _binary(op: str):
     def convert(lw: _Lowering, node, inputs):
         a, b = inputs
         if isinstance(a, _Value) and isinstance(b, _Value):
-            if op == "div":
-                raise lw.unsupported(f"{node.op_type} of two tensors that both depend on the input "
-                                     "is not supported (only division by constants)")
             a, b = _align_pair(lw, a, b)
+            if op == "div":      # a * (1 / b), as the torch frontend (b's range must exclude 0)
+                inverse = lw.add("reciprocal", [b.node], "_reciprocal")
+                return _Value(lw.add("mul_bilinear", [a.node, inverse]), a.batch)
             if op == "mul":      # as the torch frontend: x * x is a square, else McCormick planes
                 return _Value(lw.add("pow", [a.node], exponent=2) if a.node is b.node else
                               lw.add("mul_bilinear", [a.node, b.node]), a.batch)
@@ -372,8 +372,9 @@ def _binary(op: str):
         const_first = not isinstance(a, _Value)
         v, c = (b, a) if const_first else (a, b)
         c = np.asarray(c)
-        if op == "div" and const_first:
-            raise lw.unsupported("division by a tensor that depends on the input is not supported")
+        if op == "div" and const_first:      # c * (1 / x)
+            inverse = _Value(lw.add("reciprocal", [v.node], "_reciprocal"), v.batch)
+            return _with_const(lw, "mul", inverse, c, "")
         # no-ops real models carry: x - 0, x + 0, x * 1, x / 1 (normalisation with defaults)
         if _broadcast_noop(v, c) and ((op == "add" and _is_all(c, 0)) or
                                       (op == "sub" and not const_first and _is_all(c, 0)) or
@@ -679,6 +680,18 @@ def _reduce_l1(lw: _Lowering, x: Node, dims, keepdim) -> Node:
 def _reduce_sum_square(lw: _Lowering, x: Node, dims, keepdim, suffix: str = "") -> Node:
     return lw.add("sum", [lw.add("pow", [x], "_square", exponent=2)], suffix, dims=dims,
                   keepdim=keepdim)
+
+
+def _reduce_log_sum_exp(lw: _Lowering, x: Node, dims, keepdim) -> Node:
+    """logsumexp = x_i - log_softmax_i for every i; their mean over i, one dim at a time (the
+    last first, so the others keep their index), as the torch frontend lowers logsumexp."""
+    for d in reversed(dims):
+        if x.shape[d - 1] > 1:       # over one entry, logsumexp is that entry: its mean
+            log_p = lw.add("log_softmax_from_diffs", [lw.add("pairwise_diff", [x], "_diff", dim=d)],
+                           "_log_p", dim=d)
+            x = lw.add("sub", [x, log_p], "_terms")
+        x = lw.add("mean", [x], "_lse" if d != dims[0] else "", dims=(d,), keepdim=keepdim)
+    return x
 
 
 def _reduce_l2(lw: _Lowering, x: Node, dims, keepdim) -> Node:
@@ -1215,13 +1228,29 @@ def _resize(lw: _Lowering, node, inputs):
         out = [int(math.floor(n * f)) for n, f in zip(shape, factors)]
     else:
         raise ModelFormatError(f"{lw.where()}: neither scales nor sizes is given")
+    return _nearest_upsample(lw, node, v, out)
+
+
+def _nearest_upsample(lw: _Lowering, node, v: _Value, out: list[int]) -> _Value:
+    shape = v.onnx_shape
     if len(out) != len(shape) or tuple(out[:2]) != shape[:2] or \
             any(o % n for o, n in zip(out[2:], shape[2:])):
-        raise lw.unsupported(f"Resize from {list(shape)} to {out}: lirpac takes whole upsampling "
-                             "factors of the spatial dims (batch and channels unchanged)")
+        raise lw.unsupported(f"{node.op_type} from {list(shape)} to {out}: lirpac takes whole "
+                             "upsampling factors of the spatial dims (batch and channels unchanged)")
     if tuple(out) == shape:
         return v
     return _Value(lw.add("upsample_nearest", [v.node], output_size=tuple(out[2:])), True)
+
+
+def _upsample(lw: _Lowering, node, inputs):
+    """The deprecated Upsample (opsets 7-9), nearest mode: output entry o reads o // k."""
+    at = _attrs(node)
+    v = lw.batched(_perturbed(lw, inputs[0]))
+    if at.get("mode", "nearest") != "nearest":
+        raise lw.unsupported(f"Upsample with mode={at['mode']!r}: lirpac bounds nearest upsampling")
+    scales = at.get("scales") if lw.opset < 9 else _const_input(lw, inputs[1], "the Upsample scales")
+    factors = np.asarray(scales, dtype=np.float64).reshape(-1)
+    return _nearest_upsample(lw, node, v, [int(math.floor(n * f)) for n, f in zip(v.onnx_shape, factors)])
 
 
 def _global_max_pool(lw: _Lowering, node, inputs):
@@ -1341,6 +1370,7 @@ _CONVERTERS: dict[str, Callable] = {
     "Expand": _expand, "Tile": _tile, "CumSum": _cumsum,
     "LayerNormalization": _layer_norm, "InstanceNormalization": _instance_norm, "Resize": _resize,
     "GlobalMaxPool": _global_max_pool, "Sum": _variadic("sum"), "Mean": _variadic("mean"),
+    "Upsample": _upsample,
     "DepthToSpace": _depth_space(to_space=True), "SpaceToDepth": _depth_space(to_space=False),
     "Add": _binary("add"), "Sub": _binary("sub"), "Mul": _binary("mul"), "Div": _binary("div"),
     "Neg": _unary("neg"), "Relu": _unary("relu"), "Sigmoid": _unary("sigmoid"), "Tanh": _unary("tanh"),
@@ -1350,7 +1380,7 @@ _CONVERTERS: dict[str, Callable] = {
     "ReduceMean": _reduce("mean", 18), "ReduceSum": _reduce("sum", 13),
     "ReduceMax": _reduce("amax", 18), "ReduceMin": _reduce(_reduce_min, 18),
     "ReduceL1": _reduce(_reduce_l1, 18), "ReduceL2": _reduce(_reduce_l2, 18),
-    "ReduceSumSquare": _reduce(_reduce_sum_square, 18),
+    "ReduceSumSquare": _reduce(_reduce_sum_square, 18), "ReduceLogSumExp": _reduce(_reduce_log_sum_exp, 18),
     "Flatten": _flatten, "Reshape": _reshape, "Squeeze": _squeeze, "Unsqueeze": _unsqueeze,
     "Transpose": _transpose, "Concat": _concat, "Slice": _slice, "Pad": _pad,
     "Shape": _shape, "Size": _size,

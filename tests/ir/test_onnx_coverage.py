@@ -43,7 +43,7 @@ def reduce_model(op, opset, axes, keepdims):
 
 
 REDUCE_OPS = ["ReduceMin", "ReduceMax", "ReduceMean", "ReduceSum", "ReduceL1", "ReduceL2",
-              "ReduceSumSquare"]
+              "ReduceSumSquare", "ReduceLogSumExp"]
 CASES = {f"{op}_{opset}_{keep}_{axes}": reduce_model(op, opset, axes, keep)
          for op in REDUCE_OPS for opset, keep, axes in
          [(13, 1, [-1]), (13, 0, [1, 3]), (18, 0, [0, 2]), (18, 1, None)]}
@@ -107,6 +107,14 @@ CASES.update({
     "Sum": model([SCALED, node("Sum", ["x", "c", "xw"])], IMAGE,
                  inits=[init("w", W), init("c", F([[1.0], [2.0], [3.0]]))]),
     "Mean": model([SCALED, node("Mean", ["xw", "x"])], IMAGE, inits=[init("w", W)]),
+    "Div_softsign": model([node("Abs", ["x"], ["a"]), node("Add", ["a", "one"], ["d"]),
+                           node("Div", ["x", "d"])], IMAGE, inits=[init("one", F(1.0))]),
+    "Div_const_by_x": model([node("Mul", ["x", "x"], ["s"]), node("Add", ["s", "one"], ["d"]),
+                             node("Div", ["c", "d"])], IMAGE,
+                            inits=[init("one", F(1.0)), init("c", F([[2.0], [-1.0], [0.5]]))]),
+    "Upsample_9": model([node("Upsample", ["x", "s"])], IMAGE, opset=9,
+                        inits=[init("s", F([1, 1, 3, 2]))]),
+    "Upsample_8": model([node("Upsample", scales=[1.0, 1.0, 2.0, 2.0])], IMAGE, opset=8),
 })
 for exclusive in (0, 1):
     for reverse in (0, 1):
