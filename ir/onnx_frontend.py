@@ -1200,10 +1200,14 @@ def _instance_norm(lw: _Lowering, node, inputs):
 _NEAREST_AS_FLOOR = {("asymmetric", "floor"), ("half_pixel", "round_prefer_floor"),
                      ("half_pixel", "round_prefer_ceil"), ("pytorch_half_pixel", "round_prefer_floor"),
                      ("pytorch_half_pixel", "round_prefer_ceil")}
+# linear coordinate modes as F.interpolate's align_corners flag (for whole upsampling factors,
+# pytorch_half_pixel is half_pixel)
+_LINEAR_ALIGN_CORNERS = {"half_pixel": False, "pytorch_half_pixel": False, "align_corners": True}
 
 
 def _resize(lw: _Lowering, node, inputs):
-    """Nearest-neighbour upsampling of the spatial dims by whole factors: upsample_nearest."""
+    """Upsampling of the spatial dims by whole factors: nearest (upsample_nearest) in the
+    coordinate modes that read entry o // k, linear (upsample_linear) in those F.interpolate has."""
     at = _attrs(node)
     v = lw.batched(_perturbed(lw, inputs[0]))
     mode = at.get("mode", "nearest")
@@ -1212,34 +1216,45 @@ def _resize(lw: _Lowering, node, inputs):
     if lw.opset < 11:
         raise lw.unsupported("Resize of opset 10 (its coordinate rules differ); export with opset 11 "
                              "or later")
-    if mode != "nearest" or (coords, rounding) not in _NEAREST_AS_FLOOR:
+    nearest = mode == "nearest" and (coords, rounding) in _NEAREST_AS_FLOOR
+    linear = mode == "linear" and coords in _LINEAR_ALIGN_CORNERS
+    if not (nearest or linear):
         raise lw.unsupported(f"Resize with mode={mode!r}, coordinate_transformation_mode={coords!r}, "
-                             f"nearest_mode={rounding!r}: lirpac bounds nearest upsampling by whole "
-                             "factors (torch's nn.Upsample(mode='nearest') exports it)")
+                             f"nearest_mode={rounding!r}: lirpac bounds nearest upsampling (floor or "
+                             "half-pixel rounding) and linear upsampling (half_pixel or align_corners "
+                             "coordinates) by whole factors, which torch's nn.Upsample exports")
     if "axes" in at:
         raise lw.unsupported("Resize with the axes attribute; give scales or sizes for every dim")
+    out = _upsampled_shape(lw, node, v, _resize_shape(lw, v, inputs))
+    if out == v.onnx_shape:
+        return v
+    if nearest:
+        return _Value(lw.add("upsample_nearest", [v.node], output_size=out[2:]), True)
+    return _Value(lw.add("upsample_linear", [v.node], output_size=out[2:],
+                         align_corners=_LINEAR_ALIGN_CORNERS[coords]), True)
+
+
+def _resize_shape(lw: _Lowering, v: _Value, inputs) -> list[int]:
+    """Resize's output shape from its sizes, else its scales (opset 11 on)."""
     scales, sizes = (inputs[i] if len(inputs) > i and inputs[i] is not None and np.size(inputs[i])
                      else None for i in (2, 3))
-    shape = v.onnx_shape
     if sizes is not None:
-        out = [int(n) for n in np.asarray(_const_input(lw, sizes, "the Resize sizes")).reshape(-1)]
-    elif scales is not None:
+        return [int(n) for n in np.asarray(_const_input(lw, sizes, "the Resize sizes")).reshape(-1)]
+    if scales is not None:
         factors = np.asarray(_const_input(lw, scales, "the Resize scales"), dtype=np.float64).reshape(-1)
-        out = [int(math.floor(n * f)) for n, f in zip(shape, factors)]
-    else:
-        raise ModelFormatError(f"{lw.where()}: neither scales nor sizes is given")
-    return _nearest_upsample(lw, node, v, out)
+        return [int(math.floor(n * f)) for n, f in zip(v.onnx_shape, factors)]
+    raise ModelFormatError(f"{lw.where()}: neither scales nor sizes is given")
 
 
-def _nearest_upsample(lw: _Lowering, node, v: _Value, out: list[int]) -> _Value:
+def _upsampled_shape(lw: _Lowering, node, v: _Value, out: list[int]) -> tuple[int, ...]:
+    """``out``, checked to keep batch and channels and to upsample 1 to 3 spatial dims by whole
+    factors (then torch's grid from the sizes is ONNX's from the scales)."""
     shape = v.onnx_shape
-    if len(out) != len(shape) or tuple(out[:2]) != shape[:2] or \
+    if len(out) != len(shape) or tuple(out[:2]) != shape[:2] or not 1 <= len(shape) - 2 <= 3 or \
             any(o % n for o, n in zip(out[2:], shape[2:])):
         raise lw.unsupported(f"{node.op_type} from {list(shape)} to {out}: lirpac takes whole "
-                             "upsampling factors of the spatial dims (batch and channels unchanged)")
-    if tuple(out) == shape:
-        return v
-    return _Value(lw.add("upsample_nearest", [v.node], output_size=tuple(out[2:])), True)
+                             "upsampling factors of 1 to 3 spatial dims (batch and channels unchanged)")
+    return tuple(out)
 
 
 def _upsample(lw: _Lowering, node, inputs):
@@ -1247,10 +1262,14 @@ def _upsample(lw: _Lowering, node, inputs):
     at = _attrs(node)
     v = lw.batched(_perturbed(lw, inputs[0]))
     if at.get("mode", "nearest") != "nearest":
-        raise lw.unsupported(f"Upsample with mode={at['mode']!r}: lirpac bounds nearest upsampling")
+        raise lw.unsupported(f"Upsample with mode={at['mode']!r}: lirpac bounds nearest upsampling "
+                             "(re-export with Resize, opset 11 or later, for linear)")
     scales = at.get("scales") if lw.opset < 9 else _const_input(lw, inputs[1], "the Upsample scales")
     factors = np.asarray(scales, dtype=np.float64).reshape(-1)
-    return _nearest_upsample(lw, node, v, [int(math.floor(n * f)) for n, f in zip(v.onnx_shape, factors)])
+    out = _upsampled_shape(lw, node, v, [int(math.floor(n * f)) for n, f in zip(v.onnx_shape, factors)])
+    if out == v.onnx_shape:
+        return v
+    return _Value(lw.add("upsample_nearest", [v.node], output_size=out[2:]), True)
 
 
 def _global_max_pool(lw: _Lowering, node, inputs):

@@ -102,6 +102,14 @@ CASES.update({
     "Resize_torch": model([node("Resize", ["x", "", "s"], mode="nearest",
                                 coordinate_transformation_mode="asymmetric", nearest_mode="floor")],
                           IMAGE, inits=[init("s", F([1, 1, 2, 3]))]),
+    "Resize_linear": model([node("Resize", ["x", "", "s"], mode="linear")], IMAGE,
+                           inits=[init("s", F([1, 1, 2, 3]))]),
+    "Resize_linear_corners": model([node("Resize", ["x", "", "", "n"], mode="linear",
+                                         coordinate_transformation_mode="align_corners")], [1, 2, 3],
+                                   inits=[init("n", I64([1, 2, 9]))]),
+    "Resize_trilinear": model([node("Resize", ["x", "", "s"], mode="linear",
+                                    coordinate_transformation_mode="pytorch_half_pixel")], [1, 1, 2, 3, 2],
+                              opset=18, inits=[init("s", F([1, 1, 2, 1, 2]))]),
     "Resize_sizes": model([node("Resize", ["x", "", "", "n"])], [1, 2, 3],
                           inits=[init("n", I64([1, 2, 9]))]),
     "Sum": model([SCALED, node("Sum", ["x", "c", "xw"])], IMAGE,
@@ -129,7 +137,8 @@ CASES["CumSum_batch_axis"] = model([node("CumSum", ["x", "a"], reverse=1)], [2, 
 # linear maps with non-negative coefficients: their exact bounds are f(x - eps), f(x + eps)
 MONOTONE_LINEAR = {"Expand", "Expand_new_dims", "Expand_vector", "Tile", "Tile_batch", "Slice_flip",
                    "Slice_back_by_2", "Slice_batch_axis", "Where_const", "DepthToSpace_DCR",
-                   "DepthToSpace_CRD", "SpaceToDepth", "Resize_torch", "Resize_sizes",
+                   "DepthToSpace_CRD", "SpaceToDepth", "Resize_torch", "Resize_sizes", "Resize_linear",
+                   "Resize_linear_corners", "Resize_trilinear", "Upsample_8",
                    "CumSum_size1_exclusive", "CumSum_batch_axis", "AveragePool_3d"} | \
     {f"CumSum_{e}{r}" for e in (0, 1) for r in (0, 1)}
 
@@ -158,8 +167,11 @@ def test_onnx_op_bounds_contain_samples(name):
 
 
 REFUSED = {
-    "Resize_linear": (model([node("Resize", ["x", "", "s"], mode="linear")], IMAGE,
-                            inits=[init("s", F([1, 1, 2, 2]))]), "mode='linear'"),
+    "Resize_cubic": (model([node("Resize", ["x", "", "s"], mode="cubic")], IMAGE,
+                           inits=[init("s", F([1, 1, 2, 2]))]), "mode='cubic'"),
+    "Resize_linear_asymmetric": (model([node("Resize", ["x", "", "s"], mode="linear",
+                                             coordinate_transformation_mode="asymmetric")], IMAGE,
+                                       inits=[init("s", F([1, 1, 2, 2]))]), "asymmetric"),
     "Resize_fraction": (model([node("Resize", ["x", "", "s"])], IMAGE,
                               inits=[init("s", F([1, 1, 1.5, 2]))]), "whole upsampling"),
     "MaxPool_storage_order": (model([node("MaxPool", ["x"], ["y", "i"], kernel_shape=[2, 2],
