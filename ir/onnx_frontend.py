@@ -827,7 +827,8 @@ def _slice(lw: _Lowering, node, inputs):
                               step).indices(size))
         if not picked:
             raise lw.unsupported(f"an empty Slice (axis {axis}, starts {start}, ends {end}, steps "
-                                 f"{step}); lirpac bounds tensors with at least one entry")
+                                 f"{step}); lirpac bounds tensors with at least one entry: remove "
+                                 "the empty branch from the model")
         if picked == range(size):
             continue
         v, (dim,) = lw.ir_dims(v, [axis])
@@ -1004,8 +1005,6 @@ def _max_pool(lw: _Lowering, node, inputs):
     if begin != end or any(2 * b > (k - 1) * d + 1 for b, k, d in zip(begin, kernel, dilations)):
         raise lw.unsupported(f"MaxPool with pads {begin + end}: lirpac takes symmetric pads of at "
                              "most half the kernel (torch's max_pool)")
-    if int(at.get("storage_order", 0)):
-        raise lw.unsupported("MaxPool with storage_order=1 (column-major indices)")
     ceil_mode = bool(int(at.get("ceil_mode", 0)))
     if nd == 1:      # a 2-D pool over (1, L) with a (1, k) kernel: the same windows, exact
         channels, length = x.node.shape
@@ -1151,7 +1150,8 @@ def _normalized(lw: _Lowering, v: _Value, axes, eps: float) -> _Value:
     """(x - mean) / sqrt(var + eps) over the axes, as the torch frontend lowers layer_norm:
     center, square, mean, rsqrt_floored (floor eps), one McCormick product."""
     if not eps > 0:
-        raise lw.unsupported(f"epsilon={eps}: lirpac needs a positive epsilon to bound 1/sqrt(var + eps)")
+        raise lw.unsupported(f"epsilon={eps}: lirpac needs a positive epsilon to bound "
+                             "1/sqrt(var + eps); export the normalisation with epsilon > 0")
     v, dims = lw.ir_dims(v, axes)
     dims = tuple(sorted(dims))
     centred = lw.add("center", [v.node], "_centred", dims=dims)
