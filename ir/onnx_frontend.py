@@ -970,6 +970,15 @@ def _softmax(log: bool):
     return convert
 
 
+def _softsign(lw: _Lowering, node, inputs):
+    """x / (1 + |x|) as x * reciprocal(1 + |x|) (torch's Softsign exports as those nodes)."""
+    v = _perturbed(lw, inputs[0])
+    one = lw.const(np.ones((), _NP_DTYPES[lw.dtype]), f"{lw.base_name()}_one")
+    denominator = lw.add("add", [lw.add("abs", [v.node], "_abs"), one], "_denominator")
+    inverse = lw.add("reciprocal", [denominator], "_reciprocal")
+    return _Value(lw.add("mul_bilinear", [v.node, inverse]), v.batch)
+
+
 _ACTIVATIONS: dict[str, Callable] = {
     "Softmax": _softmax(log=False), "LogSoftmax": _softmax(log=True),
     "LeakyRelu": _activation("leaky_relu", negative_slope=lambda a: float(a.get("alpha", 0.01))),
@@ -977,6 +986,7 @@ _ACTIVATIONS: dict[str, Callable] = {
     "Selu": _activation("elu", alpha=lambda a: float(a.get("alpha", _SELU_ALPHA)),
                         scale=lambda a: float(a.get("gamma", _SELU_GAMMA))),
     "Celu": _celu, "HardSigmoid": _hard_sigmoid, "PRelu": _prelu, "Clip": _clip, "Pow": _pow,
+    "Softsign": _softsign,
     "Gelu": _activation("gelu", approximate=lambda a: a.get("approximate", "none")),
     "HardSwish": _unary("hardswish"), "Mish": _unary("mish"), "Softplus": _unary("softplus"),
     "Abs": _unary("abs"), "Exp": _unary("exp"), "Log": _unary("log"), "Sqrt": _unary("sqrt"),
@@ -1331,9 +1341,18 @@ def _extreme(is_max: bool):
     def convert(lw: _Lowering, node, inputs):
         values = [i for i in inputs if isinstance(i, _Value)]
         consts = [_float_const(lw, i) for i in inputs if i is not None and not isinstance(i, _Value)]
+        if consts:
+            c = (np.maximum if is_max else np.minimum).reduce(np.broadcast_arrays(*consts))
+            if np.all(c == (-np.inf if is_max else np.inf)) and _broadcast_noop(values[0], c):
+                consts = []              # max(x, -inf) = x (torch's clamp without a bound)
+            elif not np.all(np.isfinite(c)):
+                raise lw.unsupported("a constant input with infinite or NaN entries: lirpac lowers "
+                                     "max(x, c) to c + relu(x - c), which needs a finite c; replace "
+                                     "them by large finite values")
+            else:
+                consts = [c]
         out = values[0]
-        for other in values[1:] + ([(np.maximum if is_max else np.minimum).reduce(
-                np.broadcast_arrays(*consts))] if consts else []):
+        for other in values[1:] + consts:
             out = _extreme_pair(lw, out, other, is_max)
         return out
     return convert
