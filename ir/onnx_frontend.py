@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import string
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -1304,6 +1305,29 @@ def _variadic(op: str):
     return convert
 
 
+def _einsum(lw: _Lowering, node, inputs):
+    """Einsum of one input-dependent operand and one constant: einsum_const, with the
+    equation made explicit and batch-first (ONNX's batch absorbed, a fresh letter for the IR's)."""
+    equation = _attrs(node)["equation"].replace(" ", "")
+    values = [i for i in inputs if isinstance(i, _Value)]
+    if len(inputs) != 2 or len(values) != 1:
+        raise lw.unsupported(f"Einsum of {len(inputs)} operands, {len(values)} of them input-dependent: "
+                             "lirpac takes one input-dependent operand and one constant (write a "
+                             "product of two input-dependent tensors as MatMul)")
+    lhs, arrow, out = equation.partition("->")
+    if not arrow:       # implicit output: the letters used once, in alphabetical order
+        letters = [c for c in lhs if c.isalpha()]
+        out = ("..." if "..." in lhs else "") + "".join(sorted(c for c in set(letters) if letters.count(c) == 1))
+    x_term, w_term = lhs.split(",")
+    if not isinstance(inputs[0], _Value):
+        x_term, w_term = w_term, x_term
+    v = lw.absorb(values[0])
+    weight = _float_const(lw, next(i for i in inputs if not isinstance(i, _Value)))
+    fresh = next(c for c in string.ascii_letters if c not in equation)
+    return _Value(lw.add("einsum_const", [v.node, lw.const(weight, name=f"{lw.base_name()}_weight")],
+                         equation=f"{fresh}{x_term},{w_term}->{fresh}{out}"), False)
+
+
 # -- Max / Min, Where: elementwise choices ------------------------------------------------------
 
 def _float_const(lw: _Lowering, c) -> np.ndarray:
@@ -1408,7 +1432,7 @@ _CONVERTERS: dict[str, Callable] = {
     "Expand": _expand, "Tile": _tile, "CumSum": _cumsum,
     "LayerNormalization": _layer_norm, "InstanceNormalization": _instance_norm, "Resize": _resize,
     "GlobalMaxPool": _global_max_pool, "Sum": _variadic("sum"), "Mean": _variadic("mean"),
-    "Upsample": _upsample,
+    "Upsample": _upsample, "Einsum": _einsum,
     "DepthToSpace": _depth_space(to_space=True), "SpaceToDepth": _depth_space(to_space=False),
     "Add": _binary("add"), "Sub": _binary("sub"), "Mul": _binary("mul"), "Div": _binary("div"),
     "Neg": _unary("neg"), "Relu": _unary("relu"), "Sigmoid": _unary("sigmoid"), "Tanh": _unary("tanh"),

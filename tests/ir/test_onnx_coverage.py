@@ -1,5 +1,5 @@
-"""ONNX operators lowered onto existing IR ops (Reduce*, Max/Min, Where, Expand, Tile, CumSum,
-negative-step Slice, DepthToSpace, MaxPool 1-D/3-D, LayerNormalization, Resize, ...): each
+"""ONNX operators lowered onto IR ops (Reduce*, Max/Min, Where, Expand, Tile, CumSum,
+negative-step Slice, DepthToSpace, MaxPool 1-D/3-D, LayerNormalization, Resize, Einsum, ...): each
 tiny model agrees with onnxruntime, its IBP and CROWN bounds contain sampled outputs (box
 corners included), the linear ones are bounded exactly, and attribute combinations lirpac does
 not take are refused by name."""
@@ -118,6 +118,14 @@ CASES.update({
     "Mean": model([SCALED, node("Mean", ["xw", "x"])], IMAGE, inits=[init("w", W)]),
     "Div_softsign": model([node("Abs", ["x"], ["a"]), node("Add", ["a", "one"], ["d"]),
                            node("Div", ["x", "d"])], IMAGE, inits=[init("one", F(1.0))]),
+    "Einsum_matmul": model([node("Einsum", ["x", "w"], equation="bchw,wk->bchk")], IMAGE,
+                           opset=12, inits=[init("w", F(np.linspace(-1, 1, 20).reshape(4, 5)))]),
+    "Einsum_const_first_implicit": model([node("Einsum", ["w", "x"], equation="kw, bchw")], IMAGE,
+                                         opset=12, inits=[init("w", F(np.linspace(-1, 1, 8).reshape(2, 4)))]),
+    "Einsum_diagonal": model([node("Einsum", ["x", "w"], equation="bii,i->b")], [1, 3, 3], opset=12,
+                             inits=[init("w", F([1.0, -2.0, 0.5]))]),
+    "Einsum_ellipsis": model([node("Einsum", ["x", "w"], equation="...hw,hk->...kw")], IMAGE, opset=12,
+                             inits=[init("w", F(np.linspace(-1, 1, 6).reshape(3, 2)))]),
     "Softsign": model([node("Softsign")], IMAGE),
     "Div_const_by_x": model([node("Mul", ["x", "x"], ["s"]), node("Add", ["s", "one"], ["d"]),
                              node("Div", ["c", "d"])], IMAGE,
@@ -188,6 +196,8 @@ REFUSED = {
                                  init("t", I64([-1]))]), "empty Slice"),
     "Min_partly_infinite": (model([node("Min", ["x", "c"])], IMAGE,
                                   inits=[init("c", F([1.0, np.inf, 2.0, 3.0]))]), "finite"),
+    "Einsum_two_inputs": (model([node("Einsum", ["x", "x"], equation="bchw,bchw->bc")], IMAGE, opset=12),
+                          "one input-dependent operand"),
     "LayerNormalization_no_eps": (model([node("LayerNormalization", ["x", "g"], epsilon=0.0)], IMAGE,
                                         opset=17, inits=[init("g", F(np.ones(4)))]), "epsilon"),
 }
@@ -199,3 +209,15 @@ def test_unsupported_attributes_are_refused_by_name(name):
     with pytest.raises(UnsupportedOperationError, match=words) as info:
         lower_onnx(proto)
     assert "ONNX" in str(info.value)
+
+
+@pytest.mark.parametrize("name", [n for n in CASES if n.startswith("Einsum")])
+def test_einsum_of_a_constant_is_bounded_exactly(name):
+    """One affine map: IBP (centre and radius), CROWN and forward mode are all exact on it, so
+    they agree (sampling, above, checks that they contain the outputs)."""
+    net = lirpac.compile(CASES[name])
+    x = torch.randn(2, *net.module.input_shape, generator=torch.Generator().manual_seed(2))
+    ibp = net.bounds(x, lirpac.LpBall(eps=0.2), method="ibp")
+    for method in ["crown", "forward"]:
+        for exact, got in zip(ibp, net.bounds(x, lirpac.LpBall(eps=0.2), method=method)):
+            torch.testing.assert_close(got, exact, rtol=1e-5, atol=1e-5)
