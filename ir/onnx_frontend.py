@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import string
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -361,10 +362,10 @@ def _binary(op: str):
     def convert(lw: _Lowering, node, inputs):
         a, b = inputs
         if isinstance(a, _Value) and isinstance(b, _Value):
-            if op == "div":
-                raise lw.unsupported(f"{node.op_type} of two tensors that both depend on the input "
-                                     "is not supported (only division by constants)")
             a, b = _align_pair(lw, a, b)
+            if op == "div":      # a * (1 / b), as the torch frontend (b's range must exclude 0)
+                inverse = lw.add("reciprocal", [b.node], "_reciprocal")
+                return _Value(lw.add("mul_bilinear", [a.node, inverse]), a.batch)
             if op == "mul":      # as the torch frontend: x * x is a square, else McCormick planes
                 return _Value(lw.add("pow", [a.node], exponent=2) if a.node is b.node else
                               lw.add("mul_bilinear", [a.node, b.node]), a.batch)
@@ -372,8 +373,9 @@ def _binary(op: str):
         const_first = not isinstance(a, _Value)
         v, c = (b, a) if const_first else (a, b)
         c = np.asarray(c)
-        if op == "div" and const_first:
-            raise lw.unsupported("division by a tensor that depends on the input is not supported")
+        if op == "div" and const_first:      # c * (1 / x)
+            inverse = _Value(lw.add("reciprocal", [v.node], "_reciprocal"), v.batch)
+            return _with_const(lw, "mul", inverse, c, "")
         # no-ops real models carry: x - 0, x + 0, x * 1, x / 1 (normalisation with defaults)
         if _broadcast_noop(v, c) and ((op == "add" and _is_all(c, 0)) or
                                       (op == "sub" and not const_first and _is_all(c, 0)) or
@@ -644,7 +646,9 @@ def _axes_input(lw: _Lowering, node, inputs, attr_until: int, index: int = 1):
     return None
 
 
-def _reduce(op: str, attr_until: int):
+def _reduce(op: str | Callable, attr_until: int):
+    """Reduce* over the axes (attribute before opset ``attr_until``, input from then on);
+    ``op`` is an IR reduction (dims, keepdim) or a builder (lw, node, dims, keepdim) -> Node."""
     def convert(lw: _Lowering, node, inputs):
         at = _attrs(node)
         v = _perturbed(lw, inputs[0])
@@ -657,9 +661,43 @@ def _reduce(op: str, attr_until: int):
         v, dims = lw.ir_dims(v, axes)
         if not dims:
             return v
-        return _Value(lw.add(op, [v.node], dims=tuple(sorted(dims)), keepdim=keepdims),
-                      v.batch)
+        dims = tuple(sorted(dims))
+        if callable(op):
+            return _Value(op(lw, v.node, dims, keepdims), v.batch)
+        return _Value(lw.add(op, [v.node], dims=dims, keepdim=keepdims), v.batch)
     return convert
+
+
+def _reduce_min(lw: _Lowering, x: Node, dims, keepdim) -> Node:
+    """min = -max(-x), as the torch frontend lowers amin."""
+    top = lw.add("amax", [lw.add("neg", [x], "_neg")], "_amax", dims=dims, keepdim=keepdim)
+    return lw.add("neg", [top])
+
+
+def _reduce_l1(lw: _Lowering, x: Node, dims, keepdim) -> Node:
+    return lw.add("sum", [lw.add("abs", [x], "_abs")], dims=dims, keepdim=keepdim)
+
+
+def _reduce_sum_square(lw: _Lowering, x: Node, dims, keepdim, suffix: str = "") -> Node:
+    return lw.add("sum", [lw.add("pow", [x], "_square", exponent=2)], suffix, dims=dims,
+                  keepdim=keepdim)
+
+
+def _reduce_log_sum_exp(lw: _Lowering, x: Node, dims, keepdim) -> Node:
+    """logsumexp = x_i - log_softmax_i for every i; their mean over i, one dim at a time (the
+    last first, so the others keep their index), as the torch frontend lowers logsumexp."""
+    for d in reversed(dims):
+        if x.shape[d - 1] > 1:       # over one entry, logsumexp is that entry: its mean
+            log_p = lw.add("log_softmax_from_diffs", [lw.add("pairwise_diff", [x], "_diff", dim=d)],
+                           "_log_p", dim=d)
+            x = lw.add("sub", [x, log_p], "_terms")
+        x = lw.add("mean", [x], "_lse" if d != dims[0] else "", dims=(d,), keepdim=keepdim)
+    return x
+
+
+def _reduce_l2(lw: _Lowering, x: Node, dims, keepdim) -> Node:
+    """sqrt of the sum of squares, as the torch frontend lowers a 2-norm (floor 0: exact)."""
+    return lw.add("sqrt_floored", [_reduce_sum_square(lw, x, dims, keepdim, "_sum")], floor=0.0)
 
 
 # -- shapes ---------------------------------------------------------------------------------------
@@ -783,17 +821,24 @@ def _slice(lw: _Lowering, node, inputs):
         steps = arg(4, [1] * len(starts))
     for axis, start, end, step in zip(axes, starts, ends, steps):
         axis = _norm_axis(int(axis), v.rank)
-        if step <= 0:
-            raise lw.unsupported("Slice with a negative step")
+        if step == 0:
+            raise ModelFormatError(f"{lw.where()}: a Slice step of 0 (ONNX requires a nonzero step)")
         size = v.onnx_shape[axis]
-        start, stop, step = slice(max(min(start, _INT_MAX), -_INT_MAX), max(min(end, _INT_MAX), -_INT_MAX),
-                                  step).indices(size)
-        if (start, stop, step) == (0, size, 1):
+        picked = range(*slice(max(min(start, _INT_MAX), -_INT_MAX), max(min(end, _INT_MAX), -_INT_MAX),
+                              step).indices(size))
+        if not picked:
+            raise lw.unsupported(f"an empty Slice (axis {axis}, starts {start}, ends {end}, steps "
+                                 f"{step}); lirpac bounds tensors with at least one entry: remove "
+                                 "the empty branch from the model")
+        if picked == range(size):
             continue
-        if stop <= start:
-            raise lw.unsupported("an empty Slice")
         v, (dim,) = lw.ir_dims(v, [axis])
-        v = _Value(lw.add("slice", [v.node], dim=dim, start=start, end=stop, step=step), v.batch)
+        if step < 0:       # the entries run backwards: flip, then slice forwards
+            v = _Value(lw.add("flip", [v.node], "_flip", dims=(dim,)), v.batch)
+            picked = range(size - 1 - picked[0], size - picked[-1], -step)
+        if picked != range(size):
+            v = _Value(lw.add("slice", [v.node], dim=dim, start=picked.start, end=picked.stop,
+                              step=picked.step), v.batch)
     return v
 
 
@@ -926,6 +971,15 @@ def _softmax(log: bool):
     return convert
 
 
+def _softsign(lw: _Lowering, node, inputs):
+    """x / (1 + |x|) as x * reciprocal(1 + |x|) (torch's Softsign exports as those nodes)."""
+    v = _perturbed(lw, inputs[0])
+    one = lw.const(np.ones((), _NP_DTYPES[lw.dtype]), f"{lw.base_name()}_one")
+    denominator = lw.add("add", [lw.add("abs", [v.node], "_abs"), one], "_denominator")
+    inverse = lw.add("reciprocal", [denominator], "_reciprocal")
+    return _Value(lw.add("mul_bilinear", [v.node, inverse]), v.batch)
+
+
 _ACTIVATIONS: dict[str, Callable] = {
     "Softmax": _softmax(log=False), "LogSoftmax": _softmax(log=True),
     "LeakyRelu": _activation("leaky_relu", negative_slope=lambda a: float(a.get("alpha", 0.01))),
@@ -933,6 +987,7 @@ _ACTIVATIONS: dict[str, Callable] = {
     "Selu": _activation("elu", alpha=lambda a: float(a.get("alpha", _SELU_ALPHA)),
                         scale=lambda a: float(a.get("gamma", _SELU_GAMMA))),
     "Celu": _celu, "HardSigmoid": _hard_sigmoid, "PRelu": _prelu, "Clip": _clip, "Pow": _pow,
+    "Softsign": _softsign,
     "Gelu": _activation("gelu", approximate=lambda a: a.get("approximate", "none")),
     "HardSwish": _unary("hardswish"), "Mish": _unary("mish"), "Softplus": _unary("softplus"),
     "Abs": _unary("abs"), "Exp": _unary("exp"), "Log": _unary("log"), "Sqrt": _unary("sqrt"),
@@ -951,17 +1006,28 @@ def _max_pool(lw: _Lowering, node, inputs):
         raise lw.unsupported("MaxPool's Indices output is used; only the pooled values are supported")
     x = lw.batched(_perturbed(lw, inputs[0]))
     kernel = list(at["kernel_shape"])
-    if len(kernel) != 2:
-        raise lw.unsupported(f"{len(kernel)}-D MaxPool; lirpac bounds 2-D max pooling")
-    strides = list(at.get("strides", [1, 1]))
-    dilations = list(at.get("dilations", [1, 1]))
+    nd = len(kernel)
+    if nd not in (1, 2, 3) or len(x.node.shape) != nd + 1:
+        raise lw.unsupported(f"{nd}-D MaxPool on input {list(x.onnx_shape)}; lirpac bounds 1-D, "
+                             "2-D and 3-D max pooling of (N, C, spatial...) tensors")
+    strides = list(at.get("strides", [1] * nd))
+    dilations = list(at.get("dilations", [1] * nd))
     begin, end = _spatial_pads(lw, at, x.node.shape[1:], kernel, strides, dilations)
     if begin != end or any(2 * b > (k - 1) * d + 1 for b, k, d in zip(begin, kernel, dilations)):
         raise lw.unsupported(f"MaxPool with pads {begin + end}: lirpac takes symmetric pads of at "
-                             "most half the kernel (torch's max_pool2d)")
-    out = _Value(lw.add("max_pool", [x.node], kernel_size=tuple(kernel), stride=tuple(strides),
-                        padding=tuple(begin), dilation=tuple(dilations),
-                        ceil_mode=bool(int(at.get("ceil_mode", 0)))), True)
+                             "most half the kernel (torch's max_pool)")
+    ceil_mode = bool(int(at.get("ceil_mode", 0)))
+    if nd == 1:      # a 2-D pool over (1, L) with a (1, k) kernel: the same windows, exact
+        channels, length = x.node.shape
+        rows = lw.add("reshape", [x.node], "_rows", shape=(channels, 1, length))
+        pooled = lw.add("max_pool", [rows], "_pool", kernel_size=(1, kernel[0]),
+                        stride=(1, strides[0]), padding=(0, begin[0]), dilation=(1, dilations[0]),
+                        ceil_mode=ceil_mode)
+        out = _Value(lw.add("reshape", [pooled], shape=(channels, pooled.shape[-1])), True)
+    else:
+        out = _Value(lw.add("max_pool" if nd == 2 else "max_pool3d", [x.node],
+                            kernel_size=tuple(kernel), stride=tuple(strides), padding=tuple(begin),
+                            dilation=tuple(dilations), ceil_mode=ceil_mode), True)
     return [out] + [None] * (len(node.output) - 1)
 
 
@@ -1008,6 +1074,337 @@ def _split(lw: _Lowering, node, inputs):
     return out
 
 
+# -- Expand, Tile, CumSum, DepthToSpace: linear maps that pick or add entries --------------------
+
+def _expand(lw: _Lowering, node, inputs):
+    """Expand's bidirectional broadcast to the IR's expand (size-1 dims repeated, new leading
+    dims prepended); a new leading dim or a change of ONNX dim 0 absorbs the batch first."""
+    v = _perturbed(lw, inputs[0])
+    shape = [int(s) for s in np.asarray(_const_input(lw, inputs[1], "the Expand shape")).reshape(-1)]
+    try:
+        out = tuple(int(s) for s in np.broadcast_shapes(v.onnx_shape, tuple(shape)))
+    except ValueError:
+        raise lw.unsupported(f"shape {shape} does not broadcast with the input's "
+                             f"{list(v.onnx_shape)}") from None
+    if out == v.onnx_shape:
+        return v
+    if not (v.batch and len(out) == v.rank and out[0] == 1):
+        v = lw.absorb(v)
+    per_sample = out[1:] if v.batch else out
+    return _Value(lw.add("expand", [v.node], shape=per_sample), v.batch)
+
+
+def _tile(lw: _Lowering, node, inputs):
+    v = _perturbed(lw, inputs[0])
+    repeats = [int(r) for r in np.asarray(_const_input(lw, inputs[1], "the Tile repeats")).reshape(-1)]
+    if len(repeats) != v.rank:
+        raise ModelFormatError(f"{lw.where()}: {len(repeats)} repeats for an input of rank {v.rank}")
+    if all(r == 1 for r in repeats):
+        return v
+    if v.batch and repeats[0] != 1:
+        v = lw.absorb(v)
+    return _Value(lw.add("repeat", [v.node], repeats=tuple(repeats[1:] if v.batch else repeats)),
+                  v.batch)
+
+
+def _cumsum(lw: _Lowering, node, inputs):
+    """CumSum along a constant axis: ``reverse`` flips before and after, ``exclusive`` shifts
+    the input one step along the axis (a slice and a zero pad) first; all exact linear maps."""
+    at = _attrs(node)
+    v = _perturbed(lw, inputs[0])
+    axis = np.asarray(_const_input(lw, inputs[1], "the CumSum axis")).reshape(-1)
+    if axis.size != 1:
+        raise ModelFormatError(f"{lw.where()}: the axis must be a scalar, got {axis.tolist()}")
+    v, (dim,) = lw.ir_dims(v, [int(axis[0])])
+    x, size = v.node, v.node.shape[dim - 1]
+    reverse, exclusive = bool(int(at.get("reverse", 0))), bool(int(at.get("exclusive", 0)))
+    if reverse:
+        x = lw.add("flip", [x], "_flip", dims=(dim,))
+    if exclusive and size == 1:
+        x = lw.add("mul", [x, lw.const(np.zeros((), _NP_DTYPES[lw.dtype]), f"{lw.base_name()}_zero")],
+                   "_shift")
+    elif exclusive:
+        x = lw.add("slice", [x], "_head", dim=dim, start=0, end=size - 1, step=1)
+        trailing = len(v.node.shape) - dim
+        x = lw.add("pad", [x], "_shift", pad=(0, 0) * trailing + (1, 0), value=0.0)
+    x = lw.add("cumsum", [x], "_scan" if reverse else "", dim=dim)
+    if reverse:
+        x = lw.add("flip", [x], dims=(dim,))
+    return _Value(x, v.batch)
+
+
+def _depth_space(to_space: bool):
+    """DepthToSpace / SpaceToDepth: a reshape, a permutation and a reshape (exact)."""
+    def convert(lw: _Lowering, node, inputs):
+        at = _attrs(node)
+        x = lw.batched(_perturbed(lw, inputs[0]))
+        if len(x.node.shape) != 3:
+            raise lw.unsupported(f"{node.op_type} needs an (N, C, H, W) input, got {list(x.onnx_shape)}")
+        b = int(at["blocksize"])
+        c, h, w = x.node.shape
+        if to_space:
+            crd = at.get("mode", "DCR") == "CRD"
+            split = (c // (b * b), b, b, h, w) if crd else (b, b, c // (b * b), h, w)
+            perm = (0, 1, 4, 2, 5, 3) if crd else (0, 3, 4, 1, 5, 2)
+            out = (c // (b * b), h * b, w * b)
+        else:
+            split, perm, out = (c, h // b, b, w // b, b), (0, 3, 5, 1, 2, 4), (c * b * b, h // b, w // b)
+        parts = lw.add("reshape", [x.node], "_blocks", shape=split)
+        moved = lw.add("permute", [parts], "_move", dims=perm)
+        return _Value(lw.add("reshape", [moved], shape=out), True)
+    return convert
+
+
+# -- LayerNormalization, InstanceNormalization, Resize -------------------------------------------
+
+def _normalized(lw: _Lowering, v: _Value, axes, eps: float) -> _Value:
+    """(x - mean) / sqrt(var + eps) over the axes, as the torch frontend lowers layer_norm:
+    center, square, mean, rsqrt_floored (floor eps), one McCormick product."""
+    if not eps > 0:
+        raise lw.unsupported(f"epsilon={eps}: lirpac needs a positive epsilon to bound "
+                             "1/sqrt(var + eps); export the normalisation with epsilon > 0")
+    v, dims = lw.ir_dims(v, axes)
+    dims = tuple(sorted(dims))
+    centred = lw.add("center", [v.node], "_centred", dims=dims)
+    square = lw.add("pow", [centred], "_square", exponent=2)
+    var = lw.add("mean", [square], "_var", dims=dims, keepdim=True)
+    var_eps = lw.add("add", [var, lw.const(np.asarray(eps, _NP_DTYPES[lw.dtype]), f"{lw.base_name()}_eps")],
+                     "_var_eps")
+    inv_std = lw.add("rsqrt_floored", [var_eps], "_inv_std", floor=float(eps))
+    return _Value(lw.add("mul_bilinear", [centred, inv_std], "_normed"), v.batch)
+
+
+def _affine(lw: _Lowering, v: _Value, scale, bias) -> _Value:
+    """v * scale + bias with constant (broadcast) scale and optional bias."""
+    v = _with_const(lw, "mul", v, scale, "_scaled")
+    return v if bias is None else _with_const(lw, "add", v, bias, "")
+
+
+def _layer_norm(lw: _Lowering, node, inputs):
+    at = _attrs(node)
+    if any(lw.consumers.get(o) or o in lw.graph_outputs for o in node.output[1:] if o):
+        raise lw.unsupported("the Mean / InvStdDev outputs are used; only Y is supported")
+    v = _perturbed(lw, inputs[0])
+    axis = _norm_axis(int(at.get("axis", -1)), v.rank)
+    scale = _const_input(lw, inputs[1], "the LayerNormalization scale")
+    bias = inputs[2] if len(inputs) > 2 else None
+    bias = None if bias is None else _const_input(lw, bias, "the LayerNormalization bias")
+    out = _affine(lw, _normalized(lw, v, range(axis, v.rank), float(at.get("epsilon", 1e-5))),
+                  scale, bias)
+    return [out] + [None] * (len(node.output) - 1)
+
+
+def _instance_norm(lw: _Lowering, node, inputs):
+    v = lw.batched(_perturbed(lw, inputs[0]))
+    if v.rank < 3:
+        raise lw.unsupported(f"InstanceNormalization needs an (N, C, spatial...) input, got "
+                             f"{list(v.onnx_shape)}")
+    per_channel = (-1,) + (1,) * (v.rank - 2)
+    scale, bias = (np.asarray(_const_input(lw, p, f"the InstanceNormalization {n}")).reshape(per_channel)
+                   for p, n in ((inputs[1], "scale"), (inputs[2], "bias")))
+    normed = _normalized(lw, v, range(2, v.rank), float(_attrs(node).get("epsilon", 1e-5)))
+    return _affine(lw, normed, scale, bias)
+
+
+# (coordinate_transformation_mode, nearest_mode) pairs that, for a whole upsampling factor k,
+# read input entry o // k for output entry o, as F.interpolate's nearest does
+_NEAREST_AS_FLOOR = {("asymmetric", "floor"), ("half_pixel", "round_prefer_floor"),
+                     ("half_pixel", "round_prefer_ceil"), ("pytorch_half_pixel", "round_prefer_floor"),
+                     ("pytorch_half_pixel", "round_prefer_ceil")}
+# linear coordinate modes as F.interpolate's align_corners flag (for whole upsampling factors,
+# pytorch_half_pixel is half_pixel)
+_LINEAR_ALIGN_CORNERS = {"half_pixel": False, "pytorch_half_pixel": False, "align_corners": True}
+
+
+def _resize(lw: _Lowering, node, inputs):
+    """Upsampling of the spatial dims by whole factors: nearest (upsample_nearest) in the
+    coordinate modes that read entry o // k, linear (upsample_linear) in those F.interpolate has."""
+    at = _attrs(node)
+    v = lw.batched(_perturbed(lw, inputs[0]))
+    mode = at.get("mode", "nearest")
+    coords = at.get("coordinate_transformation_mode", "half_pixel")
+    rounding = at.get("nearest_mode", "round_prefer_floor")
+    if lw.opset < 11:
+        raise lw.unsupported("Resize of opset 10 (its coordinate rules differ); export with opset 11 "
+                             "or later")
+    nearest = mode == "nearest" and (coords, rounding) in _NEAREST_AS_FLOOR
+    linear = mode == "linear" and coords in _LINEAR_ALIGN_CORNERS
+    if not (nearest or linear):
+        raise lw.unsupported(f"Resize with mode={mode!r}, coordinate_transformation_mode={coords!r}, "
+                             f"nearest_mode={rounding!r}: lirpac bounds nearest upsampling (floor or "
+                             "half-pixel rounding) and linear upsampling (half_pixel or align_corners "
+                             "coordinates) by whole factors, which torch's nn.Upsample exports")
+    if "axes" in at:
+        raise lw.unsupported("Resize with the axes attribute; give scales or sizes for every dim")
+    out = _upsampled_shape(lw, node, v, _resize_shape(lw, v, inputs))
+    if out == v.onnx_shape:
+        return v
+    if nearest:
+        return _Value(lw.add("upsample_nearest", [v.node], output_size=out[2:]), True)
+    return _Value(lw.add("upsample_linear", [v.node], output_size=out[2:],
+                         align_corners=_LINEAR_ALIGN_CORNERS[coords]), True)
+
+
+def _resize_shape(lw: _Lowering, v: _Value, inputs) -> list[int]:
+    """Resize's output shape from its sizes, else its scales (opset 11 on)."""
+    scales, sizes = (inputs[i] if len(inputs) > i and inputs[i] is not None and np.size(inputs[i])
+                     else None for i in (2, 3))
+    if sizes is not None:
+        return [int(n) for n in np.asarray(_const_input(lw, sizes, "the Resize sizes")).reshape(-1)]
+    if scales is not None:
+        factors = np.asarray(_const_input(lw, scales, "the Resize scales"), dtype=np.float64).reshape(-1)
+        return [int(math.floor(n * f)) for n, f in zip(v.onnx_shape, factors)]
+    raise ModelFormatError(f"{lw.where()}: neither scales nor sizes is given")
+
+
+def _upsampled_shape(lw: _Lowering, node, v: _Value, out: list[int]) -> tuple[int, ...]:
+    """``out``, checked to keep batch and channels and to upsample 1 to 3 spatial dims by whole
+    factors (then torch's grid from the sizes is ONNX's from the scales)."""
+    shape = v.onnx_shape
+    if len(out) != len(shape) or tuple(out[:2]) != shape[:2] or not 1 <= len(shape) - 2 <= 3 or \
+            any(o % n for o, n in zip(out[2:], shape[2:])):
+        raise lw.unsupported(f"{node.op_type} from {list(shape)} to {out}: lirpac takes whole "
+                             "upsampling factors of 1 to 3 spatial dims (batch and channels unchanged)")
+    return tuple(out)
+
+
+def _upsample(lw: _Lowering, node, inputs):
+    """The deprecated Upsample (opsets 7-9), nearest mode: output entry o reads o // k."""
+    at = _attrs(node)
+    v = lw.batched(_perturbed(lw, inputs[0]))
+    if at.get("mode", "nearest") != "nearest":
+        raise lw.unsupported(f"Upsample with mode={at['mode']!r}: lirpac bounds nearest upsampling "
+                             "(re-export with Resize, opset 11 or later, for linear)")
+    scales = at.get("scales") if lw.opset < 9 else _const_input(lw, inputs[1], "the Upsample scales")
+    factors = np.asarray(scales, dtype=np.float64).reshape(-1)
+    out = _upsampled_shape(lw, node, v, [int(math.floor(n * f)) for n, f in zip(v.onnx_shape, factors)])
+    if out == v.onnx_shape:
+        return v
+    return _Value(lw.add("upsample_nearest", [v.node], output_size=out[2:]), True)
+
+
+def _global_max_pool(lw: _Lowering, node, inputs):
+    x = lw.batched(_perturbed(lw, inputs[0]))
+    dims = tuple(range(2, len(x.node.shape) + 1))
+    return _Value(lw.add("amax", [x.node], dims=dims, keepdim=True), True)
+
+
+def _variadic(op: str):
+    """Sum / Mean of one or more inputs: the constants summed into one, then pairwise adds
+    (ONNX broadcasting); Mean then scales."""
+    def convert(lw: _Lowering, node, inputs):
+        add = _binary("add")
+        values = [i for i in inputs if isinstance(i, _Value)]
+        consts = [_float_const(lw, i) for i in inputs if not isinstance(i, _Value)]
+        out = values[0]
+        for other in values[1:] + ([sum(consts[1:], consts[0])] if consts else []):
+            out = add(lw, node, [out, other])
+        if op == "mean" and len(inputs) > 1:
+            out = _with_const(lw, "mul", out, np.asarray(1.0 / len(inputs)), "")
+        return out
+    return convert
+
+
+def _einsum(lw: _Lowering, node, inputs):
+    """Einsum of one input-dependent operand and one constant: einsum_const, with the
+    equation made explicit and batch-first (ONNX's batch absorbed, a fresh letter for the IR's)."""
+    equation = _attrs(node)["equation"].replace(" ", "")
+    values = [i for i in inputs if isinstance(i, _Value)]
+    if len(inputs) != 2 or len(values) != 1:
+        raise lw.unsupported(f"Einsum of {len(inputs)} operands, {len(values)} of them input-dependent: "
+                             "lirpac takes one input-dependent operand and one constant (write a "
+                             "product of two input-dependent tensors as MatMul)")
+    lhs, arrow, out = equation.partition("->")
+    if not arrow:       # implicit output: the letters used once, in alphabetical order
+        letters = [c for c in lhs if c.isalpha()]
+        out = ("..." if "..." in lhs else "") + "".join(sorted(c for c in set(letters) if letters.count(c) == 1))
+    x_term, w_term = lhs.split(",")
+    if not isinstance(inputs[0], _Value):
+        x_term, w_term = w_term, x_term
+    v = lw.absorb(values[0])
+    weight = _float_const(lw, next(i for i in inputs if not isinstance(i, _Value)))
+    fresh = next(c for c in string.ascii_letters if c not in equation)
+    return _Value(lw.add("einsum_const", [v.node, lw.const(weight, name=f"{lw.base_name()}_weight")],
+                         equation=f"{fresh}{x_term},{w_term}->{fresh}{out}"), False)
+
+
+# -- Max / Min, Where: elementwise choices ------------------------------------------------------
+
+def _float_const(lw: _Lowering, c) -> np.ndarray:
+    c = np.asarray(c)
+    return c if c.dtype.kind == "f" else c.astype(_NP_DTYPES[lw.dtype])
+
+
+def _with_const(lw: _Lowering, op: str, v: _Value, c: np.ndarray, suffix: str,
+                const_first: bool = False) -> _Value:
+    """``op`` of a perturbed value and a constant, broadcast as ONNX does."""
+    v, c = _align_const(lw, v, _float_const(lw, c))
+    const = lw.const(c, name=f"{lw.base_name()}_const")
+    return _Value(lw.add(op, [const, v.node] if const_first else [v.node, const], suffix), v.batch)
+
+
+def _extreme_pair(lw: _Lowering, a: _Value, b, is_max: bool) -> _Value:
+    """max(a, b) = b + relu(a - b), min(a, b) = a - relu(a - b) (exact), the torch frontend's
+    lowering of maximum / minimum; against a constant c, max = c + relu(a - c) and
+    min = c - relu(c - a), so that IBP, monotone in a, stays exact."""
+    if isinstance(b, _Value):
+        if a.node is b.node:
+            return a
+        a, b = _align_pair(lw, a, b)
+        gap = lw.add("relu", [lw.add("sub", [a.node, b.node], "_diff")], "_gap")
+        return _Value(lw.add("add", [b.node, gap]) if is_max else lw.add("sub", [a.node, gap]),
+                      a.batch)
+    diff = _with_const(lw, "sub", a, b, "_diff", const_first=not is_max)
+    gap = _Value(lw.add("relu", [diff.node], "_gap"), diff.batch)
+    return _with_const(lw, "add" if is_max else "sub", gap, b, "", const_first=not is_max)
+
+
+def _extreme(is_max: bool):
+    """Max / Min of one or more inputs with ONNX (multidirectional) broadcasting: the constant
+    inputs fold into one, then the perturbed ones pair up left to right."""
+    def convert(lw: _Lowering, node, inputs):
+        values = [i for i in inputs if isinstance(i, _Value)]
+        consts = [_float_const(lw, i) for i in inputs if i is not None and not isinstance(i, _Value)]
+        if consts:
+            c = (np.maximum if is_max else np.minimum).reduce(np.broadcast_arrays(*consts))
+            if np.all(c == (-np.inf if is_max else np.inf)) and _broadcast_noop(values[0], c):
+                consts = []              # max(x, -inf) = x (torch's clamp without a bound)
+            elif not np.all(np.isfinite(c)):
+                raise lw.unsupported("a constant input with infinite or NaN entries: lirpac lowers "
+                                     "max(x, c) to c + relu(x - c), which needs a finite c; replace "
+                                     "them by large finite values")
+            else:
+                consts = [c]
+        out = values[0]
+        for other in values[1:] + consts:
+            out = _extreme_pair(lw, out, other, is_max)
+        return out
+    return convert
+
+
+def _where(lw: _Lowering, node, inputs):
+    """Where(cond, X, Y) with a constant condition m: X * m + Y * (1 - m), exact (each entry
+    takes one side, times 1, plus the other times 0)."""
+    cond = np.asarray(_const_input(lw, inputs[0], "the Where condition")).astype(bool)
+    keep = cond.astype(_NP_DTYPES[lw.dtype])
+    parts = []
+    for side, mask in ((inputs[1], keep), (inputs[2], 1 - keep)):
+        if isinstance(side, _Value):
+            parts.append(_with_const(lw, "mul", side, mask, "_pick"))
+        else:
+            parts.append(np.where(mask.astype(bool), _float_const(lw, side), 0).astype(keep.dtype))
+    a, b = parts
+    if isinstance(a, _Value) and isinstance(b, _Value):
+        a, b = _align_pair(lw, a, b)
+        return _Value(lw.add("add", [a.node, b.node]), a.batch)
+    v, c = (a, b) if isinstance(a, _Value) else (b, a)
+    shape = np.broadcast_shapes(cond.shape, *[np.shape(i) if not isinstance(i, _Value)
+                                              else i.onnx_shape for i in inputs[1:]])
+    if not np.any(c) and tuple(shape) == v.onnx_shape:
+        return v
+    return _with_const(lw, "add", v, c, "")
+
+
 def _custom_op(node) -> str | None:
     """The IR op a node lowers to by lirpac.register_op(..., onnx_op=...), if any."""
     from lirpac.custom_ops import ONNX_OPS
@@ -1031,12 +1428,21 @@ def _custom_converter(op: str):
 
 _CONVERTERS: dict[str, Callable] = {
     **_ACTIVATIONS, "MaxPool": _max_pool, "Gather": _gather, "Split": _split,
+    "Max": _extreme(is_max=True), "Min": _extreme(is_max=False), "Where": _where,
+    "Expand": _expand, "Tile": _tile, "CumSum": _cumsum,
+    "LayerNormalization": _layer_norm, "InstanceNormalization": _instance_norm, "Resize": _resize,
+    "GlobalMaxPool": _global_max_pool, "Sum": _variadic("sum"), "Mean": _variadic("mean"),
+    "Upsample": _upsample, "Einsum": _einsum,
+    "DepthToSpace": _depth_space(to_space=True), "SpaceToDepth": _depth_space(to_space=False),
     "Add": _binary("add"), "Sub": _binary("sub"), "Mul": _binary("mul"), "Div": _binary("div"),
     "Neg": _unary("neg"), "Relu": _unary("relu"), "Sigmoid": _unary("sigmoid"), "Tanh": _unary("tanh"),
     "MatMul": _matmul, "Gemm": _gemm,
     "Conv": _conv, "ConvTranspose": _conv_transpose, "BatchNormalization": _batch_norm,
     "AveragePool": _avg_pool, "GlobalAveragePool": _global_avg_pool,
     "ReduceMean": _reduce("mean", 18), "ReduceSum": _reduce("sum", 13),
+    "ReduceMax": _reduce("amax", 18), "ReduceMin": _reduce(_reduce_min, 18),
+    "ReduceL1": _reduce(_reduce_l1, 18), "ReduceL2": _reduce(_reduce_l2, 18),
+    "ReduceSumSquare": _reduce(_reduce_sum_square, 18), "ReduceLogSumExp": _reduce(_reduce_log_sum_exp, 18),
     "Flatten": _flatten, "Reshape": _reshape, "Squeeze": _squeeze, "Unsqueeze": _unsqueeze,
     "Transpose": _transpose, "Concat": _concat, "Slice": _slice, "Pad": _pad,
     "Shape": _shape, "Size": _size,

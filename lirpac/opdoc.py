@@ -56,7 +56,20 @@ def render() -> str:
     lines += [f"| `{a}` | `{m}` |" for a, m in sorted(converted.items())]
     mapped = len({a for op in REGISTRY.values() for a in op.aten} | set(converted))
     lines += ["", f"{mapped} ATen ops are mapped in all.", ""]
+    lines += _onnx_section()
     return "\n".join(lines)
+
+
+def _onnx_section() -> list[str]:
+    """The ONNX operators the ONNX frontend lowers (ir/onnx_frontend.py's converter table)."""
+    from lirpac.ir.onnx_frontend import supported_onnx_ops
+    ops = supported_onnx_ops()
+    return ["## ONNX operators", "",
+            "ONNX operators that `ir/onnx_frontend.py` lowers onto the ops above when they act on "
+            "tensors that depend on the model input (attribute combinations it cannot lower exactly "
+            "are refused by name). Nodes whose inputs are all constant fold at load time with ONNX's "
+            "reference evaluator, whatever their operator.", "",
+            ", ".join(f"`{op}`" for op in ops), "", f"{len(ops)} ONNX operators in all.", ""]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -69,7 +69,10 @@ def _sum_forward_mode(a, b, sign: int) -> Linear:
     a, b = lin(a), lin(b)
     if sign < 0:
         b = Linear(-b.uw, -b.ub, -b.lw, -b.lb)
-    return Linear(_wsum(a.lw, b.lw), a.lb + b.lb, _wsum(a.uw, b.uw), a.ub + b.ub)
+    lw, lb, uw, ub = _wsum(a.lw, b.lw), a.lb + b.lb, _wsum(a.uw, b.uw), a.ub + b.ub
+    if lw.shape[2:] != lb.shape[1:]:    # a constant operand wider than the perturbed one
+        lw, uw = (w.expand(*w.shape[:2], *lb.shape[1:]).contiguous() for w in (lw, uw))
+    return Linear(lw, lb, uw, ub)
 
 
 def _wsum(x, y):

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from lirpac.ir.opdef import Interval, Linear, OpDef, register
 from lirpac.ir.scalar import centre_radius
 from lirpac.ir.ops.common import (all_finite, bias_of, both_sides, constant_abs, fold, fold_opt,
-                                  lp_norm, map_unbounded, split_pos_neg, times, unbounded_map_ibp)
+                                  lp_norm, map_unbounded, split_pos_neg, times, unbounded_map_ibp,
+                                  vjp_transpose)
 
 
 def _affine_ibp(apply, x: Interval, weight, bias) -> Interval:
@@ -147,6 +148,28 @@ register(OpDef(
                 fold_opt(uA, lambda a: weight.transpose(-1, -2).matmul(a)))], 0, 0),
     forward_mode=lambda weight, x: _affine_forward_mode(lambda a, w, b: w.matmul(a), x, weight, None),
     doc="y = weight @ x, weight a constant (2-D), x (B, ..., k, n)"))
+
+
+def _einsum_const(x, weight, *, equation):
+    return torch.einsum(equation, x, weight)
+
+
+def _einsum_const_backward(lA, uA, x, weight, *, in_shapes, equation):
+    """The map is linear in x: its transpose by autograd (any equation: diagonals, sums)."""
+    def back(a):
+        return vjp_transpose(lambda z: torch.einsum(equation, z, weight), a, in_shapes[0])
+    return [(fold_opt(lA, back), fold_opt(uA, back)), None], 0, 0
+
+
+register(OpDef(
+    name="einsum_const", forward=_einsum_const,
+    ibp=lambda x, weight, *, equation: _affine_ibp(
+        lambda a, w, b: torch.einsum(equation, a, w), x, weight, None),
+    backward=_einsum_const_backward, backward_needs_shapes=True,
+    forward_mode=lambda x, weight, *, equation: _affine_forward_mode(
+        lambda a, w, b: torch.einsum(equation, a, w), x, weight, None),
+    doc="torch.einsum(equation, x, weight), weight a constant; the equation is batch-first "
+        "(x's first subscript and the output's are the batch)"))
 
 
 # -- convolutions ----------------------------------------------------------------------------

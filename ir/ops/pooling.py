@@ -1,4 +1,5 @@
-"""Maxima over windows: max pooling and max reductions (amax; amin = -amax(-x)).
+"""Maxima over windows: max pooling (1-D as 2-D, 2-D, 3-D) and max reductions (amax;
+amin = -amax(-x)).
 
 Both are y = max_k w_k over windows w = W(x) of the input (W picks entries, so it is linear).
 IBP is exact: the max of the lower and of the upper bounds. The linear relaxation (DeepPoly's,
@@ -129,6 +130,63 @@ def _lower_max_pool(lw, x, kernel_size, stride=(), padding=0, dilation=1, ceil_m
                   stride=_pair(stride) if stride not in ((), [], None) else kernel,
                   padding=_pair(padding), dilation=_pair(dilation), ceil_mode=bool(ceil_mode))
 
+
+
+# -- max pooling (3-D) ------------------------------------------------------------------------
+
+def _max_pool3d(x, *, kernel_size, stride, padding, dilation, ceil_mode):
+    return F.max_pool3d(x, kernel_size, stride, padding, dilation, ceil_mode)
+
+
+def _pool_windows3d(x, *, kernel_size, stride, padding, dilation, ceil_mode, fill):
+    """(B, C, D_out, H_out, W_out, kd * kh * kw): as _pool_windows, by Tensor.unfold per
+    spatial dim (F.unfold is 2-D only); each unfold takes the dilated span, then every d-th."""
+    outs, pads = [], []
+    for size, k, s, p, d in zip(x.shape[-3:], kernel_size, stride, padding, dilation):
+        out = _pool_out(size, k, s, p, d, ceil_mode)
+        outs.append(out)
+        pads.append((p, p + max(0, (out - 1) * s + d * (k - 1) + 1 - (size + 2 * p))))
+    windows = F.pad(x, [v for pair in reversed(pads) for v in pair], value=fill)
+    for axis, (k, s, d, out) in enumerate(zip(kernel_size, stride, dilation, outs), start=2):
+        windows = windows.unfold(axis, d * (k - 1) + 1, s).narrow(axis, 0, out)[..., ::d]
+    return windows.reshape(*windows.shape[:5], -1)
+
+
+window_max("max_pool3d", _max_pool3d, _pool_windows3d,
+           doc="3-D max pooling (kernel, stride, padding, dilation, ceil_mode)")
+
+
+def _per_dim(v, n: int) -> tuple:
+    v = list(v) if isinstance(v, (list, tuple)) else [v]
+    return tuple(v * n if len(v) == 1 else v)
+
+
+@aten_lowering("max_pool3d.default")
+def _lower_max_pool3d(lw, x, kernel_size, stride=(), padding=0, dilation=1, ceil_mode=False):
+    node = lw.value(x)
+    if len(node.shape) != 4:
+        raise lw.error("max_pool3d needs per-sample (C, D, H, W) inputs", "add a channel dim")
+    kernel = _per_dim(kernel_size, 3)
+    return lw.add("max_pool3d", [node], kernel_size=kernel,
+                  stride=_per_dim(stride, 3) if stride not in ((), [], None) else kernel,
+                  padding=_per_dim(padding, 3), dilation=_per_dim(dilation, 3),
+                  ceil_mode=bool(ceil_mode))
+
+
+@aten_lowering("max_pool1d.default")
+def _lower_max_pool1d(lw, x, kernel_size, stride=(), padding=0, dilation=1, ceil_mode=False):
+    """A 2-D pool of (C, 1, L) with a (1, k) kernel: the same windows, exact."""
+    node = lw.value(x)
+    if len(node.shape) != 2:
+        raise lw.error("max_pool1d needs per-sample (C, L) inputs", "add a channel dim")
+    (k,), (p,), (d,) = (_per_dim(v, 1) for v in (kernel_size, padding, dilation))
+    (s,) = _per_dim(stride, 1) if stride not in ((), [], None) else (k,)
+    channels, length = node.shape
+    rows = add_node(lw, "reshape", [node], (channels, 1, length), "rows", shape=(channels, 1, length))
+    out = _pool_out(length, k, s, p, d, bool(ceil_mode))
+    pooled = add_node(lw, "max_pool", [rows], (channels, 1, out), "pool", kernel_size=(1, k),
+                      stride=(1, s), padding=(0, p), dilation=(1, d), ceil_mode=bool(ceil_mode))
+    return lw.add("reshape", [pooled], shape=(channels, out))
 
 # -- max / min over dims ----------------------------------------------------------------------
 

@@ -62,6 +62,19 @@ linear_map("upsample_nearest", _upsample_nearest,
            doc="nearest-neighbour upsampling (1-3 spatial dims) to output_size")
 
 
+_LINEAR_MODES = {3: "linear", 4: "bilinear", 5: "trilinear"}
+
+
+def _upsample_linear(x, *, output_size, align_corners):
+    return F.interpolate(x, size=tuple(output_size), mode=_LINEAR_MODES[x.dim()],
+                         align_corners=align_corners)
+
+
+# each output is a convex combination of inputs (weights >= 0): IBP maps both ends exactly
+linear_map("upsample_linear", _upsample_linear,
+           doc="(bi/tri)linear upsampling (1-3 spatial dims) to output_size, align_corners or not")
+
+
 # -- scans and permutations -------------------------------------------------------------------
 
 def _cumsum(x, *, dim):
@@ -235,6 +248,16 @@ def _lower_upsample(lw, x, *args, **kwargs):
         raise lw.error("nearest upsampling by a non-integer factor",
                        "use an integer scale_factor")
     return lw.add("upsample_nearest", [node], output_size=spatial)
+
+
+@aten_lowering("upsample_linear1d.vec", "upsample_bilinear2d.vec", "upsample_trilinear3d.vec")
+def _lower_upsample_linear(lw, x, output_size, align_corners, *rest):
+    """Whole factors only: then the size and the scale factor give torch the same grid."""
+    node = lw.value(x)
+    spatial = tuple(int(s) for s in lw.meta_shape()[0][2:])
+    if any(o % i for o, i in zip(spatial, node.shape[1:])):
+        raise lw.error("linear upsampling by a non-integer factor", "use an integer scale_factor")
+    return lw.add("upsample_linear", [node], output_size=spatial, align_corners=bool(align_corners))
 
 
 @aten_lowering("cumsum.default")
