@@ -108,7 +108,12 @@ class ProductAnchor:
         # (a non-finite value at the centre, e.g. an overflowing exp, anchors at 0: any anchor
         # is sound, as E is measured from it)
         self.a0, self.b0 = (torch.where(torch.isfinite(v), v, 0.0) for v in (a0, b0))
-        self.ga, self.gb = a_moved - self.a0[:, None, None], b_moved - self.b0[:, None, None]
+        ga, gb = a_moved - self.a0[:, None, None], b_moved - self.b0[:, None, None]
+        # a row of a or column of b with a non-finite move has no range: its elements keep
+        # McCormick's planes (the moves are zeroed so that no slope or product turns NaN)
+        bad_a, bad_b = ~torch.isfinite(ga), ~torch.isfinite(gb)
+        self.ga, self.gb = ga.masked_fill(bad_a, 0.0), gb.masked_fill(bad_b, 0.0)
+        self.unknown = bad_a.any(-1).any(2).any(1).unsqueeze(-1) | bad_b.any(-2).any(2).any(1).unsqueeze(-2)
         self.k, self._range = k, None
         self.slope_a, self.slope_b = fitted_slopes(self.ga, self.gb)
         # the slopes' part of the planes' offset: sa . a0 + sb . b0 per element
@@ -120,9 +125,9 @@ class ProductAnchor:
         if self._range is None:       # (the same in every pass: only the padding reads a, b)
             self._range = self._moved_pairs()
         low, high = self._range
-        scale = self._magnitude(a, b)
-        pad = slack(scale)
-        return Interval(low - pad, high + pad)
+        pad = slack(self._magnitude(a, b))
+        return Interval((low - pad).masked_fill(self.unknown, -math.inf),
+                        (high + pad).masked_fill(self.unknown, math.inf))
 
     def _moved_pairs(self):
         ga, gb, k = self.ga, self.gb, self.k

@@ -102,3 +102,16 @@ def test_multihead_attention_is_sound_by_enumeration(method):
         with torch.no_grad():
             lo, hi = exact_range(model, ids, subs, k)
         assert (lower <= lo + 1e-5).all() and (upper >= hi - 1e-5).all(), (method, k)
+
+
+def test_a_non_finite_move_leaves_its_elements_unbounded():
+    """(an overflowing factor: its row's E has no range, so McCormick's planes are taken there,
+    and no NaN reaches the other elements)"""
+    a0, b0 = torch.zeros(1, 2, 3), torch.zeros(1, 3, 2)
+    a_moved, b_moved = torch.ones(1, 2, 2, 2, 3), torch.ones(1, 2, 2, 3, 2)
+    a_moved[0, 1, 1, 0, 2] = float("inf")
+    box = Interval(torch.full((1, 2, 3), -9.0), torch.full((1, 2, 3), 9.0)), Interval(torch.full((1, 3, 2), -9.0), torch.full((1, 3, 2), 9.0))
+    anchor = ProductAnchor(a0, b0, a_moved, b_moved, 1)
+    err = anchor.deviation_range(*box)
+    assert torch.isinf(err.lower[0, 0]).all() and torch.isfinite(err.lower[0, 1]).all()
+    assert torch.isfinite(anchor.slope_a).all() and torch.isfinite(anchor.slope_b).all()
