@@ -254,8 +254,19 @@ def softplus_relax(lower, upper, beta=1.0, threshold=20.0):
     return Lines(ls, lb, us, ub)
 
 
+def softplus_ibp(x: Interval, beta=1.0, threshold=20.0) -> Interval:
+    """torch's softplus is not monotone: past beta*x = threshold it returns x, up to
+    log1p(exp(-threshold))/beta below the curve it returns just before. So the true curve
+    bounds it above, and the curve less that gap below where the interval reaches past."""
+    curve = _softplus_curve(beta).f
+    gap = math.log1p(math.exp(-threshold)) / beta
+    lower = curve(x.lower)
+    return Interval(torch.where(beta * x.upper > threshold, lower - gap, lower), curve(x.upper))
+
+
 smooth("softplus", lambda x, beta=1.0, threshold=20.0: F.softplus(x, beta, threshold),
-       softplus_relax, aten=("softplus.default",), doc="log(1 + exp(beta x)) / beta; convex")
+       softplus_relax, ibp=softplus_ibp, aten=("softplus.default",),
+       doc="log(1 + exp(beta x)) / beta (x past the threshold); convex")
 
 
 def _log_sigmoid(x):

@@ -274,3 +274,24 @@ def test_relu_lines_on_every_kind_of_interval(dtype):
     assert (u_bias[:, 5:] >= exact_bias).all()
     torch.testing.assert_close(u_bias[:, 5:], exact_bias)
     assert l_slope.dtype == u_slope.dtype == u_bias.dtype == dtype
+
+
+@settings(max_examples=40, deadline=None)
+@given(beta=st.floats(0.25, 4.0), threshold=st.floats(0.25, 20.0), left=st.floats(0.0, 2.0),
+       right=st.floats(0.0, 2.0), dtype=st.sampled_from([torch.float32, torch.float64]))
+def test_softplus_ibp_around_its_threshold(beta, threshold, left, right, dtype):
+    """torch's softplus drops from the curve to x at beta*x = threshold (it is not monotone
+    there): IBP and the lines bound it on intervals that straddle that point."""
+    op, attrs = get_op("softplus"), {"beta": beta, "threshold": threshold}
+    kink = threshold / beta
+    lower = torch.tensor([kink - left, kink - left, kink], dtype=dtype)
+    upper = torch.tensor([kink + right, kink, kink + right], dtype=dtype)
+    xs = dense(lower, upper, m=201)
+    fx = op.forward(xs, **attrs)
+    box = op.ibp(Interval(lower, upper), **attrs)
+    assert (box.lower <= fx).all() and (fx <= box.upper).all()
+    ls, lb, us, ub = lines_of(op, lower, upper, attrs)
+    x64, f64 = xs.double(), fx.double()
+    tol = 1e-12 + 4 * torch.finfo(dtype).eps * (1 + f64.abs())
+    assert (ls.double() * x64 + lb.double() <= f64 + tol).all()
+    assert (us.double() * x64 + ub.double() >= f64 - tol).all()
