@@ -121,6 +121,10 @@ class _Lowering:
     def add(self, op: str, inputs: list[Node], suffix: str = "", **attrs) -> Node:
         """Add an IR node; its shape comes from its forward rule on the dummy batch."""
         opdef = get_op(op)
+        perturbed = any(i.perturbed for i in inputs)
+        refusal = perturbed and opdef.check_attrs and opdef.check_attrs(**attrs)
+        if refusal:
+            raise self.unsupported(refusal)
         n = self.onnx_node
         base = self.base_name() + suffix
         try:

@@ -109,7 +109,10 @@ class _Lowering:
         node = self.graph.add(op, inputs, name=name or n.name, attrs=attrs,
                               shape=tuple(int(s) for s in shape), dtype=dtype, batched=batched,
                               perturbed=any(i.perturbed for i in inputs), source=source_of(n))
-        get_op(op)  # every op the frontend emits must be registered
+        opdef = get_op(op)  # every op the frontend emits must be registered
+        refusal = node.perturbed and opdef.check_attrs and opdef.check_attrs(**attrs)
+        if refusal:
+            raise self.error(refusal)
         return node
 
     def constant(self, value, like: Node) -> Node:

@@ -295,3 +295,33 @@ def test_softplus_ibp_around_its_threshold(beta, threshold, left, right, dtype):
     tol = 1e-12 + 4 * torch.finfo(dtype).eps * (1 + f64.abs())
     assert (ls.double() * x64 + lb.double() <= f64 + tol).all()
     assert (us.double() * x64 + ub.double() >= f64 - tol).all()
+
+
+@pytest.mark.parametrize("act, words", [
+    (nn.ELU(alpha=-0.5), "elu/celu/selu with alpha=-0.5"),
+    (nn.CELU(alpha=-1.0), "elu/celu/selu with alpha=-1.0"),
+    (nn.Softplus(beta=-1.0), "softplus with beta=-1.0")])
+def test_non_monotone_elu_and_concave_softplus_are_refused_at_compile_time(act, words):
+    """ELU with alpha < 0 decreases below 0: its IBP rule (f(l), f(u)) was unsound. Such
+    attributes are refused when the model is lowered, naming the node, and the rules refuse
+    them too."""
+    model = nn.Sequential(nn.Linear(3, 4), act, nn.Linear(4, 2))
+    with pytest.raises(UnsupportedOperationError, match=words) as info:
+        lirpac.compile(model, torch.randn(2, 3))
+    assert "at node %" in str(info.value)
+    name = "softplus" if isinstance(act, nn.Softplus) else "elu"
+    attrs = {"beta": -1.0} if name == "softplus" else {"alpha": -0.5}
+    with pytest.raises(UnsupportedOperationError, match=name):
+        get_op(name).ibp(Interval(-torch.ones(2), torch.ones(2)), **attrs)
+
+
+def test_onnx_elu_with_negative_alpha_is_refused():
+    import onnx
+    from onnx import TensorProto, helper
+    node = helper.make_node("Elu", ["X"], ["Y"], alpha=-0.5, name="bad_elu")
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, 3])],
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1, 3])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    with pytest.raises(UnsupportedOperationError, match="bad_elu.*alpha=-0.5"):
+        lirpac.compile(model)
