@@ -268,14 +268,21 @@ def softplus_relax(lower, upper, beta=1.0, threshold=20.0):
 
 
 def softplus_ibp(x: Interval, beta=1.0, threshold=20.0) -> Interval:
-    """torch's softplus is not monotone: past beta*x = threshold it returns x, up to
-    log1p(exp(-threshold))/beta below the curve it returns just before. So the true curve
-    bounds it above, and the curve less that gap below where the interval reaches past."""
+    """torch's softplus is not monotone: it follows the (increasing) curve up to beta*x =
+    threshold and returns x past it, up to log1p(exp(-threshold))/beta below the curve. The
+    range on [l, u] is that of the curve on the part up to the kink and of x on the part past
+    it (either part may be empty)."""
     _require(softplus_refusal(beta))
     curve = _softplus_curve(beta).f
-    gap = math.log1p(math.exp(-threshold)) / beta
-    lower = curve(x.lower)
-    return Interval(torch.where(beta * x.upper > threshold, lower - gap, lower), curve(x.upper))
+    kink = threshold / beta
+    inf = torch.full_like(x.lower, math.inf)
+    on_curve = beta * x.lower <= threshold          # some x in [l, u] lies up to the kink
+    past = beta * x.upper > threshold               # some x lies past it
+    lower = torch.minimum(torch.where(on_curve, curve(x.lower), inf),
+                          torch.where(past, torch.clamp_min(x.lower, kink), inf))
+    upper = torch.maximum(torch.where(on_curve, curve(torch.clamp_max(x.upper, kink)), -inf),
+                          torch.where(past, x.upper, -inf))
+    return Interval(lower, upper)
 
 
 smooth("softplus", lambda x, beta=1.0, threshold=20.0: F.softplus(x, beta, threshold),

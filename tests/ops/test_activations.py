@@ -325,3 +325,24 @@ def test_onnx_elu_with_negative_alpha_is_refused():
     model.ir_version = 8
     with pytest.raises(UnsupportedOperationError, match="bad_elu.*alpha=-0.5"):
         lirpac.compile(model)
+
+
+def test_sqrt_of_softplus_reads_nonnegative_bounds():
+    """softplus >= 0 (threshold >= 0): its IBP lower bound stays >= 0 even when the interval
+    reaches past the threshold, so sqrt after it has a relaxation (fuzzer seed 6209)."""
+    torch.manual_seed(0)
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.fc2 = nn.Linear(3, 4), nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.fc2(torch.sqrt(F.softplus(self.fc1(x))))
+
+    model = Model().double()
+    x = torch.randn(2, 3, dtype=torch.float64) * 10
+    net = lirpac.compile(model, x)
+    points = sample_lp_ball(x, 30.0, math.inf, 64, generator=torch.Generator().manual_seed(0))
+    for method in ("ibp", "crown", "forward", "crown-ibp"):
+        lower, upper = net.bounds(x, lirpac.LpBall(eps=30.0), method=method)
+        assert_contains(model, points, lower, upper, what=method)
