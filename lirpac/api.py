@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import sys
 from collections.abc import Mapping
@@ -78,6 +79,12 @@ class CompiledNet:
         self.backend = triton_backend.check_backend(backend)
         if conv_mode not in ("auto", "patches", "matrix"):
             raise InputError(f"conv_mode must be 'auto', 'patches' or 'matrix', got {conv_mode!r}")
+        if max_memory is not None:
+            if (isinstance(max_memory, bool) or not isinstance(max_memory, (int, float))
+                    or not 1 <= max_memory < math.inf):
+                raise InputError(f"max_memory must be a number of bytes >= 1 (or None: the "
+                                 f"default), got {max_memory!r}")
+            max_memory = int(max_memory)
         # how backward passes hold coefficients of conv layers, and how much memory they may use
         self.conv_mode, self.max_memory = conv_mode, max_memory
         self.source_graph = graph

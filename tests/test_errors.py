@@ -267,3 +267,13 @@ def test_unbatched_example_is_named():
         lirpac.compile(conv, torch.rand(1, 8, 8))
     with pytest.raises(lirpac.InputError, match="looks unbatched"):
         lirpac.compile(nn.Linear(4, 3).eval(), torch.rand(4))
+
+
+@pytest.mark.parametrize("max_memory", [-1, 0, 0.5, "1GB", float("nan"), float("inf"), True])
+def test_bad_max_memory_is_named(max_memory):
+    """A max_memory no chunk size can honour was accepted silently (a string or a negative
+    number): it is refused when the model is compiled."""
+    model = nn.Sequential(nn.Linear(4, 2)).eval()
+    with pytest.raises(InputError, match="max_memory"):
+        lirpac.compile(model, torch.randn(1, 4), max_memory=max_memory)
+    assert lirpac.compile(model, torch.randn(1, 4), max_memory=1e9).max_memory == 10 ** 9
