@@ -210,7 +210,8 @@ class _Lowering:
         raise self.error(
             f"unsupported op '{name}'",
             "lirpac has no bound rule for it. Supported ATen ops are listed in docs/ops.md: "
-            "rewrite the model with those, or add an OpDef for it (see docs/ops.md)")
+            "rewrite the model with those, or give lirpac its bound rules with "
+            "lirpac.register_op (docs/custom_ops.md)")
 
     def constant_shape(self, shape) -> tuple[int, ...]:
         """A constant's full shape, with a batch dim of 1 where the graph has the batch size."""

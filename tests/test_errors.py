@@ -26,6 +26,7 @@ def test_unsupported_op_names_op_node_and_source():
     msg = str(info.value)
     assert "unsupported op 'aten.linalg_qr.default' at node %linalg_qr (test_errors.py:" in msg
     assert "docs/ops.md" in msg
+    assert "lirpac.register_op (docs/custom_ops.md)" in msg     # where adding an op is explained
 
 
 @pytest.mark.parametrize("eps", [-0.1, float("nan")])
