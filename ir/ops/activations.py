@@ -269,20 +269,17 @@ def softplus_relax(lower, upper, beta=1.0, threshold=20.0):
 
 def softplus_ibp(x: Interval, beta=1.0, threshold=20.0) -> Interval:
     """torch's softplus is not monotone: it follows the (increasing) curve up to beta*x =
-    threshold and returns x past it, up to log1p(exp(-threshold))/beta below the curve. The
-    range on [l, u] is that of the curve on the part up to the kink and of x on the part past
-    it (either part may be empty)."""
+    threshold and returns x past it, up to log1p(exp(-threshold))/beta below the curve. Below:
+    the smaller of the curve at l and of x past the kink; above: the curve at u, which also
+    bounds the exact curve that an ONNX Softplus (no threshold) computes."""
     _require(softplus_refusal(beta))
     curve = _softplus_curve(beta).f
-    kink = threshold / beta
     inf = torch.full_like(x.lower, math.inf)
     on_curve = beta * x.lower <= threshold          # some x in [l, u] lies up to the kink
     past = beta * x.upper > threshold               # some x lies past it
     lower = torch.minimum(torch.where(on_curve, curve(x.lower), inf),
-                          torch.where(past, torch.clamp_min(x.lower, kink), inf))
-    upper = torch.maximum(torch.where(on_curve, curve(torch.clamp_max(x.upper, kink)), -inf),
-                          torch.where(past, x.upper, -inf))
-    return Interval(lower, upper)
+                          torch.where(past, torch.clamp_min(x.lower, threshold / beta), inf))
+    return Interval(lower, curve(x.upper))
 
 
 smooth("softplus", lambda x, beta=1.0, threshold=20.0: F.softplus(x, beta, threshold),

@@ -290,6 +290,10 @@ def test_softplus_ibp_around_its_threshold(beta, threshold, left, right, dtype):
     fx = op.forward(xs, **attrs)
     box = op.ibp(Interval(lower, upper), **attrs)
     assert (box.lower <= fx).all() and (fx <= box.upper).all()
+    # and the exact curve, which an ONNX Softplus (no threshold) means
+    bx = beta * xs.double()
+    exact = (torch.relu(bx) + torch.log1p(torch.exp(-bx.abs()))) / beta
+    assert (exact <= box.upper.double()).all()
     ls, lb, us, ub = lines_of(op, lower, upper, attrs)
     x64, f64 = xs.double(), fx.double()
     tol = 1e-12 + 4 * torch.finfo(dtype).eps * (1 + f64.abs())
