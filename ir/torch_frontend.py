@@ -193,7 +193,13 @@ class _Lowering:
             return None
         if key in _BATCH_FILLS and self.value(_size_arg(n)[0:1]) == [BATCH]:
             return self.batch_fill(n, key)
-        if tensor_inputs and not any(i.perturbed for i in tensor_inputs) and key not in _ALIASES:
+        rounding = key in _ALIASES and _rounding_cast(n)
+        if rounding and any(i.perturbed for i in tensor_inputs):
+            raise self.error(f"a cast of the perturbed tensor to {rounding}",
+                             "lirpac bounds float32/float64 values; round explicitly with "
+                             "torch.trunc/floor/round, or remove the cast")
+        if tensor_inputs and not any(i.perturbed for i in tensor_inputs) and (
+                key not in _ALIASES or rounding):
             return self.const_fn(n, name)
         if not tensor_inputs:
             return self.const_fn(n, name)
@@ -624,6 +630,19 @@ _ALIASES = {"dropout.default", "clone.default", "contiguous.default", "alias.def
             "detach.default", "lift_fresh_copy.default", "feature_dropout.default",
             "alpha_dropout.default", "_to_copy.default", "to.dtype", "to.dtype_layout",
             "to.device", "identity.default"}
+
+
+def _rounding_cast(n) -> str | None:
+    """The dtype an alias-like ATen call (``x.long()``, ``x.half()``: ``_to_copy``) casts a
+    float tensor to when that rounds it (an integer, bool or half-precision dtype), else None.
+    Such a cast is no alias: its value is computed (constants) or refused (perturbed tensors)."""
+    out, src = n.meta.get("val"), getattr(n.args[0], "meta", {}).get("val") if n.args else None
+    if (not isinstance(out, torch.Tensor) or not isinstance(src, torch.Tensor)
+            or out.dtype == src.dtype or not src.dtype.is_floating_point):
+        return None     # (token ids cast from one integer type to another keep their values)
+    if not out.dtype.is_floating_point or out.dtype in (torch.float16, torch.bfloat16):
+        return str(out.dtype)
+    return None
 
 
 def _generic_table() -> dict[str, str]:

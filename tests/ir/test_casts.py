@@ -1,0 +1,52 @@
+"""Casts that round (to an integer, bool or half-precision dtype) are no aliases: on a constant
+the frontend computes them, on the perturbed tensor it refuses them, naming the node. They were
+lowered as the identity, so that even a zero-radius ball's bounds missed the model's output."""
+import pytest
+import torch
+import torch.nn as nn
+
+import lirpac
+from lirpac.errors import UnsupportedOperationError
+
+
+class ScaledByIntegerPart(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("scale", torch.tensor([1.5, 2.7, -0.5]))
+
+    def forward(self, x):
+        return x * self.scale.long() + self.scale.half()
+
+
+class Cast(nn.Module):
+    def __init__(self, dtype):
+        super().__init__()
+        self.dtype = dtype
+
+    def forward(self, x):
+        return x.to(self.dtype).to(x.dtype) * 2
+
+
+def test_rounding_cast_of_a_constant_is_computed():
+    model = ScaledByIntegerPart().eval()
+    x = torch.tensor([[0.3, 1.7, -2.5], [0.0, 0.9, 1.2]])
+    net = lirpac.compile(model, x)
+    lower, upper = net.bounds(x, lirpac.LpBall(eps=0.0), method="ibp")
+    expected = model(x)
+    assert torch.allclose(lower, expected) and torch.allclose(upper, expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.bool, torch.float16,
+                                   torch.bfloat16])
+def test_rounding_cast_of_the_perturbed_tensor_is_refused(dtype):
+    with pytest.raises(UnsupportedOperationError,
+                       match=f"cast of the perturbed tensor to {dtype}.*at node %.*test_casts.py"):
+        lirpac.compile(Cast(dtype).eval(), torch.randn(2, 3))
+
+
+def test_exact_casts_stay_aliases():
+    model = Cast(torch.float64).eval()
+    x = torch.randn(2, 3)
+    net = lirpac.compile(model, x)
+    lower, upper = net.bounds(x, lirpac.LpBall(eps=0.1), method="crown")
+    assert torch.allclose(upper - lower, torch.full_like(lower, 0.4))
