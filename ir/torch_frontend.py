@@ -166,6 +166,10 @@ class _Lowering:
                 if isinstance(out, _Permuted):
                     raise self.error("the model returns a tensor whose batch dimension is not "
                                      "dim 0; move it back (e.g. y.transpose(0, 1))")
+                if out is None:
+                    raise self.error("the model returns an output lirpac does not compute (such "
+                                     "as the indices of a max/min: an argmax has no bounds)",
+                                     "return the values of the max/min, or the logits")
                 if not isinstance(out, Node) or not out.perturbed:
                     raise self.error("the model's output does not depend on its perturbed input")
                 self.graph.output = out
@@ -191,6 +195,11 @@ class _Lowering:
         tensor_inputs = [i for i in inputs if isinstance(i, Node)]
         if key.startswith("_assert"):         # shape/dtype checks of the trace: nothing to bound
             return None
+        for a, v in zip(n.all_input_nodes, inputs):
+            if v is None:       # e.g. max.dim's indices (ir/ops/pooling.py)
+                raise self.error(f"'{name}' reads %{a.name}, an output lirpac does not compute "
+                                 "(such as the indices of a max/min: an argmax has no bounds)",
+                                 "use the values of the max/min, not their indices")
         if key in _BATCH_FILLS and self.value(_size_arg(n)[0:1]) == [BATCH]:
             return self.batch_fill(n, key)
         rounding = key in _ALIASES and _rounding_cast(n)

@@ -1,6 +1,8 @@
-"""Casts that round (to an integer, bool or half-precision dtype) are no aliases: on a constant
-the frontend computes them, on the perturbed tensor it refuses them, naming the node. They were
-lowered as the identity, so that even a zero-radius ball's bounds missed the model's output."""
+"""Values the torch frontend must not take as they are. Casts that round (to an integer, bool
+or half-precision dtype) are no aliases: on a constant the frontend computes them, on the
+perturbed tensor it refuses them, naming the node (they were lowered as the identity, so that
+even a zero-radius ball's bounds missed the model's output). The indices of a max/min are
+refused by name where they are read."""
 import pytest
 import torch
 import torch.nn as nn
@@ -50,3 +52,23 @@ def test_exact_casts_stay_aliases():
     net = lirpac.compile(model, x)
     lower, upper = net.bounds(x, lirpac.LpBall(eps=0.1), method="crown")
     assert torch.allclose(upper - lower, torch.full_like(lower, 0.4))
+
+
+class IndexOfMax(nn.Module):
+    def __init__(self, use):
+        super().__init__()
+        self.fc, self.use = nn.Linear(3, 4), use
+
+    def forward(self, x):
+        h = self.fc(x)
+        return self.use(h, h.max(1, keepdim=True)[1])
+
+
+@pytest.mark.parametrize("use", [lambda h, i: h + i, lambda h, i: i.float() * 2,
+                                 lambda h, i: torch.gather(h, 1, i), lambda h, i: i])
+def test_indices_of_a_max_are_refused_by_name(use):
+    """max.dim's indices of a perturbed tensor are not lowered (None): reading them failed
+    deep inside torch ('Expected a proper Tensor but got None', 'must be real number') or
+    claimed the output did not depend on the input."""
+    with pytest.raises(UnsupportedOperationError, match="indices of a max/min"):
+        lirpac.compile(IndexOfMax(use).eval(), torch.randn(2, 3))
