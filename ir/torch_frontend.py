@@ -8,6 +8,7 @@ inputs are all constant become ``const_fn`` nodes that the generated code evalua
 from __future__ import annotations
 
 import contextlib
+import math
 import operator
 import re
 import warnings
@@ -744,7 +745,43 @@ def lower_module(module: torch.nn.Module, example: torch.Tensor) -> Graph:
         warnings.warn("lirpac.compile: the model is in training mode; its dropout is bounded as "
                       "in eval mode (identity); call model.eval() to silence this", stacklevel=3)
     with eval_mode(module):
-        return _lower_in_eval_mode(module, example)
+        graph = _lower_in_eval_mode(module, example)
+        _check_against_module(graph, module, example)
+        return graph
+
+
+CHECK_TOLERANCE = 1e-4      # as the ONNX frontend's check against onnxruntime
+
+
+def _check_against_module(graph: Graph, module: torch.nn.Module, example: torch.Tensor) -> None:
+    """The lowered IR computes the module's output on the example (relative to max(1, |out|)):
+    an op lowered with the wrong semantics is refused here, not found as unsound bounds."""
+    from lirpac.ir.interpret import evaluate
+    with torch.no_grad():
+        try:
+            ref = module(example.clone())   # (a model may write into its input)
+        except Exception:       # noqa: BLE001 - export traced it; nothing to compare with
+            return
+        if not isinstance(ref, torch.Tensor):
+            return
+        ours = evaluate(graph, example.clone())
+    ref, ours = ref.reshape(ref.shape[0], -1).double(), ours.reshape(ours.shape[0], -1).double()
+    if ref.shape != ours.shape:
+        raise UnsupportedOperationError(
+            f"lirpac's IR of this model gives outputs of per-sample size {ours.shape[1]}, the "
+            f"model {ref.shape[1]}; this is a frontend bug: please report it with the model")
+    finite = torch.isfinite(ref)
+    if not torch.equal(finite, torch.isfinite(ours)):
+        error = math.inf
+    elif finite.any():
+        error = float((ours - ref)[finite].abs().max()) / max(1.0, float(ref[finite].abs().max()))
+    else:
+        error = 0.0
+    if not error <= CHECK_TOLERANCE:
+        raise UnsupportedOperationError(
+            f"lirpac's IR of this model disagrees with the model on the example input (max "
+            f"relative error {error:.3g} > {CHECK_TOLERANCE:g}): an op was lowered with other "
+            "semantics than torch's. This is a frontend bug: please report it with the model")
 
 
 def _lower_in_eval_mode(module: torch.nn.Module, example: torch.Tensor) -> Graph:
