@@ -238,7 +238,8 @@ class _Lowering:
                     raise self.unsupported(
                         f"operator '{node.op_type}' is not supported by lirpac's ONNX frontend "
                         f"(supported: {', '.join(sorted(_CONVERTERS))}). Re-export the model with "
-                        "those operators, or open an issue with the model attached")
+                        "those operators, or give lirpac its bound rules with "
+                        f"lirpac.register_op(..., onnx_op='{node.op_type}') (docs/custom_ops.md)")
                 outputs = converter(self, node, inputs)
                 if not isinstance(outputs, (list, tuple)):
                     outputs = [outputs]
