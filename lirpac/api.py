@@ -5,6 +5,7 @@ import contextlib
 import math
 import os
 import sys
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -25,9 +26,18 @@ from lirpac.perturbations.substitution import check_token_ids
 from lirpac.passes import run_passes
 
 
+DUMP_STAGES = ("ir", "passes", "code", "all", "1")
+_WARNED_DUMP: set[str] = set()
+
+
 def _dump_enabled(stage: str) -> bool:
     value = os.environ.get("LIRPAC_DUMP", "")
     stages = {s.strip().lower() for s in value.split(",") if s.strip()}
+    unknown = sorted(stages.difference(DUMP_STAGES))
+    if unknown and value not in _WARNED_DUMP:   # a typo (LIRPAC_DUMP=cdoe) would print nothing
+        _WARNED_DUMP.add(value)
+        warnings.warn(f"LIRPAC_DUMP: unknown stage(s) {', '.join(map(repr, unknown))} ignored; "
+                      f"use a comma-separated list of ir, passes, code (or all)", stacklevel=2)
     return bool(stages & {stage, "all", "1"})
 
 
