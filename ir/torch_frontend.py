@@ -791,6 +791,13 @@ def _lower_in_eval_mode(module: torch.nn.Module, example: torch.Tensor) -> Graph
         exported = export(module, (example,), dynamic_shapes=({0: Dim("batch")},), strict=False)
     except Exception as err:  # torch.export raises many types; report them as one
         _refuse_unbatched(module, given, err)
+        if "DataDependent" in type(err).__name__:
+            raise UnsupportedOperationError(
+                f"torch.export could not trace the model: its control flow or a shape depends on "
+                f"the input's values ({type(err).__name__}: "
+                f"{str(err).splitlines()[0] if str(err) else ''}). lirpac bounds one fixed "
+                "computation: replace `if` on tensor values and boolean-mask indexing with ops "
+                "such as torch.maximum, torch.clamp or torch.relu") from err
         raise UnsupportedOperationError(
             f"torch.export could not trace the model with a free batch dimension: "
             f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}. Models must be "

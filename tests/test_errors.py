@@ -278,3 +278,18 @@ def test_bad_max_memory_is_named(max_memory):
     with pytest.raises(InputError, match="max_memory"):
         lirpac.compile(model, torch.randn(1, 4), max_memory=max_memory)
     assert lirpac.compile(model, torch.randn(1, 4), max_memory=1e9).max_memory == 10 ** 9
+
+
+@pytest.mark.slow      # (torch.export takes seconds to fail on the guard)
+def test_value_dependent_control_flow_is_named():
+    """An `if` on a tensor's value fails torch.export with a guard error; the message says that
+    the control flow depends on the input's values and what to write instead."""
+    class Branches(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(3, 2)
+
+        def forward(self, x):
+            return self.fc(x) if x.sum() > 0 else -self.fc(x)
+    with pytest.raises(UnsupportedOperationError, match="control flow or a shape depends on the input's values"):
+        lirpac.compile(Branches().eval(), torch.randn(2, 3))
