@@ -205,9 +205,7 @@ class _Lowering:
             return self.batch_fill(n, key)
         rounding = key in _ALIASES and _rounding_cast(n)
         if rounding and any(i.perturbed for i in tensor_inputs):
-            raise self.error(f"a cast of the perturbed tensor to {rounding}",
-                             "lirpac bounds float32/float64 values; round explicitly with "
-                             "torch.trunc/floor/round, or remove the cast")
+            return self.rounding_cast(n, self.value(n.args[0]), rounding)
         if tensor_inputs and not any(i.perturbed for i in tensor_inputs) and (
                 key not in _ALIASES or rounding):
             return self.const_fn(n, name)
@@ -228,6 +226,20 @@ class _Lowering:
             "lirpac has no bound rule for it. Supported ATen ops are listed in docs/ops.md: "
             "rewrite the model with those, or give lirpac its bound rules with "
             "lirpac.register_op (docs/custom_ops.md)")
+
+    def rounding_cast(self, n, x: Node, to: str) -> Node:
+        """A cast of the perturbed tensor that rounds: to an integer dtype it is trunc (toward
+        0), to bool it is x != 0, i.e. sign(|x|); both keep x's float dtype in the IR (a later
+        .float() is an alias). A half-precision rounding has no such op: refused."""
+        if n.meta["val"].dtype in (torch.float16, torch.bfloat16):
+            raise self.error(f"a cast of the perturbed tensor to {to}",
+                             "lirpac bounds float32/float64 values (a half-precision cast rounds "
+                             "each value); remove the cast")
+        steps = ["abs", "sign"] if n.meta["val"].dtype == torch.bool else ["trunc"]
+        for i, op in enumerate(steps):
+            x = self.add(op, [x], name=n.name if i == len(steps) - 1 else f"{n.name}_{op}")
+            x.dtype = x.inputs[0].dtype
+        return x
 
     def constant_shape(self, shape) -> tuple[int, ...]:
         """A constant's full shape, with a batch dim of 1 where the graph has the batch size."""
@@ -645,7 +657,8 @@ _ALIASES = {"dropout.default", "clone.default", "contiguous.default", "alias.def
 def _rounding_cast(n) -> str | None:
     """The dtype an alias-like ATen call (``x.long()``, ``x.half()``: ``_to_copy``) casts a
     float tensor to when that rounds it (an integer, bool or half-precision dtype), else None.
-    Such a cast is no alias: its value is computed (constants) or refused (perturbed tensors)."""
+    Such a cast is no alias: its value is computed (constants) or bounded as the rounding it
+    is (perturbed tensors, ``rounding_cast``)."""
     out, src = n.meta.get("val"), getattr(n.args[0], "meta", {}).get("val") if n.args else None
     if (not isinstance(out, torch.Tensor) or not isinstance(src, torch.Tensor)
             or out.dtype == src.dtype or not src.dtype.is_floating_point):

@@ -1,14 +1,18 @@
 """Values the torch frontend must not take as they are. Casts that round (to an integer, bool
-or half-precision dtype) are no aliases: on a constant the frontend computes them, on the
-perturbed tensor it refuses them, naming the node (they were lowered as the identity, so that
-even a zero-radius ball's bounds missed the model's output). The indices of a max/min are
-refused by name where they are read."""
+or half-precision dtype) are no aliases (they were lowered as the identity, so that even a
+zero-radius ball's bounds missed the model's output): on a constant the frontend computes them,
+on the perturbed tensor an integer cast is trunc, a bool cast x != 0, and a half-precision one
+is refused, naming the node. The indices of a max/min are refused by name where they are read."""
+import math
+
 import pytest
 import torch
 import torch.nn as nn
+from hypothesis import given, settings, strategies as st
 
 import lirpac
 from lirpac.errors import UnsupportedOperationError
+from sampling import assert_contains, sample_lp_ball
 
 
 class ScaledByIntegerPart(nn.Module):
@@ -38,12 +42,51 @@ def test_rounding_cast_of_a_constant_is_computed():
     assert torch.allclose(lower, expected) and torch.allclose(upper, expected)
 
 
-@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.bool, torch.float16,
-                                   torch.bfloat16])
-def test_rounding_cast_of_the_perturbed_tensor_is_refused(dtype):
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_cast_of_the_perturbed_tensor_is_refused(dtype):
     with pytest.raises(UnsupportedOperationError,
                        match=f"cast of the perturbed tensor to {dtype}.*at node %.*test_casts.py"):
         lirpac.compile(Cast(dtype).eval(), torch.randn(2, 3))
+
+
+class RoundsHidden(nn.Module):
+    """linear -> cast to ``dtype`` and back -> linear: x.long() truncates toward 0, x.bool()
+    is x != 0."""
+
+    def __init__(self, dtype):
+        super().__init__()
+        self.fc1, self.fc2, self.dtype = nn.Linear(3, 4), nn.Linear(4, 2), dtype
+
+    def forward(self, x):
+        h = self.fc1(x) * 2
+        return self.fc2(h.to(self.dtype).to(h.dtype))
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.bool])
+@settings(max_examples=8, deadline=None)
+@given(seed=st.integers(0, 10_000), eps=st.sampled_from([0.0, 0.05, 0.5, 2.0]))
+def test_integer_and_bool_casts_are_bounded_as_rounding(dtype, seed, eps):
+    """Lowered as trunc and as sign(|x|): every method's bounds contain the outputs at sampled
+    points of the ball, corners included."""
+    model, net = _compiled(dtype)
+    torch.manual_seed(seed)
+    for p in model.parameters():
+        nn.init.normal_(p)
+    x = torch.randn(2, 3, dtype=torch.float64)
+    points = sample_lp_ball(x, eps, math.inf, 64, generator=torch.Generator().manual_seed(seed))
+    for method in ("ibp", "crown", "forward", "crown-ibp"):
+        lower, upper = net.bounds(x, lirpac.LpBall(eps=eps), method=method)
+        assert_contains(model, points, lower, upper, what=method)
+
+
+_NETS = {}
+
+
+def _compiled(dtype):
+    if dtype not in _NETS:
+        model = RoundsHidden(dtype).double().eval()
+        _NETS[dtype] = (model, lirpac.compile(model, torch.zeros(2, 3, dtype=torch.float64)))
+    return _NETS[dtype]
 
 
 def test_exact_casts_stay_aliases():
