@@ -122,6 +122,10 @@ class _Lowering:
     def add(self, op: str, inputs: list[Node], suffix: str = "", **attrs) -> Node:
         """Add an IR node; its shape comes from its forward rule on the dummy batch."""
         opdef = get_op(op)
+        perturbed = any(i.perturbed for i in inputs)
+        refusal = perturbed and opdef.check_attrs and opdef.check_attrs(**attrs)
+        if refusal:
+            raise self.unsupported(refusal)
         n = self.onnx_node
         base = self.base_name() + suffix
         try:
@@ -235,7 +239,8 @@ class _Lowering:
                     raise self.unsupported(
                         f"operator '{node.op_type}' is not supported by lirpac's ONNX frontend "
                         f"(supported: {', '.join(sorted(_CONVERTERS))}). Re-export the model with "
-                        "those operators, or open an issue with the model attached")
+                        "those operators, or give lirpac its bound rules with "
+                        f"lirpac.register_op(..., onnx_op='{node.op_type}') (docs/custom_ops.md)")
                 outputs = converter(self, node, inputs)
                 if not isinstance(outputs, (list, tuple)):
                     outputs = [outputs]

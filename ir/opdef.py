@@ -125,6 +125,10 @@ class OpDef:
     # generically: tensor arguments become inputs, the others attrs named as in the ATen schema.
     aten: tuple[str, ...] = ()
     doc: str = ""
+    # check_attrs(**attrs) -> None, or why the rules cannot bound the op with these attributes
+    # (ELU with a negative alpha is not monotone): both frontends refuse such a node at compile
+    # time, naming it, instead of bounding it unsoundly or failing at bound time.
+    check_attrs: Callable[..., str | None] | None = None
 
     def supported_modes(self) -> list[str]:
         return [m for m in MODES if getattr(self, m) is not None]

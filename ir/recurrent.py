@@ -1,6 +1,6 @@
-"""Unroll nn.LSTM / nn.GRU before export, so the exported graph is made of ops lirpac bounds.
+"""Unroll nn.LSTM / nn.GRU / nn.RNN before export, so the exported graph is made of ops lirpac bounds.
 
-torch.export keeps an RNN as one ``aten.lstm.input`` / ``aten.gru.input`` node whose initial
+torch.export keeps an RNN as one ``aten.lstm.input`` / ``aten.gru.input`` (``rnn_tanh``, ``rnn_relu``) node whose initial
 state is a zeros tensor of the batch size, and ``run_decompositions()`` lowers it time-major
 (the batch moved to dim 1): neither keeps dim 0 as the batch. Instead each RNN module of a
 copy of the model is replaced by the same cell equations written step by step (linear,
@@ -39,7 +39,7 @@ class _Unrolled(nn.Module):
                 "call it without hx")
         finals = []
         for layer in range(self.num_layers):
-            step = _lstm_step if self.mode == "LSTM" else _gru_step
+            step = _STEPS[self.mode]
             state, outputs = None, []
             for t in range(x.shape[1]):
                 state = step(x[:, t], state, *self.weights(layer))
@@ -82,10 +82,21 @@ def _gru_step(x, h, w_ih, w_hh, b_ih, b_hh):
     return n - z * n if h is None else n + z * (h - n)
 
 
+def _elman_step(activation):
+    """nn.RNN's cell: h' = activation(x W_ih^T + b_ih + h W_hh^T + b_hh)."""
+    def step(x, h, w_ih, w_hh, b_ih, b_hh):
+        return activation(_gates(x, h, w_ih, w_hh, b_ih, b_hh))
+    return step
+
+
+_STEPS = {"LSTM": _lstm_step, "GRU": _gru_step, "RNN_TANH": _elman_step(torch.tanh),
+          "RNN_RELU": _elman_step(torch.relu)}
+
+
 def unroll_recurrent(module: nn.Module) -> nn.Module:
-    """``module`` itself when it has no LSTM/GRU, else a copy (sharing every parameter and
+    """``module`` itself when it has no LSTM/GRU/RNN, else a copy (sharing every parameter and
     buffer) with each one replaced by its unrolled form."""
-    rnns = [(name, m) for name, m in module.named_modules() if isinstance(m, (nn.LSTM, nn.GRU))]
+    rnns = [(name, m) for name, m in module.named_modules() if isinstance(m, nn.RNNBase)]
     if not rnns:
         return module
     for name, rnn in rnns:

@@ -8,6 +8,7 @@ inputs are all constant become ``const_fn`` nodes that the generated code evalua
 from __future__ import annotations
 
 import contextlib
+import math
 import operator
 import re
 import warnings
@@ -109,7 +110,10 @@ class _Lowering:
         node = self.graph.add(op, inputs, name=name or n.name, attrs=attrs,
                               shape=tuple(int(s) for s in shape), dtype=dtype, batched=batched,
                               perturbed=any(i.perturbed for i in inputs), source=source_of(n))
-        get_op(op)  # every op the frontend emits must be registered
+        opdef = get_op(op)  # every op the frontend emits must be registered
+        refusal = node.perturbed and opdef.check_attrs and opdef.check_attrs(**attrs)
+        if refusal:
+            raise self.error(refusal)
         return node
 
     def constant(self, value, like: Node) -> Node:
@@ -163,6 +167,10 @@ class _Lowering:
                 if isinstance(out, _Permuted):
                     raise self.error("the model returns a tensor whose batch dimension is not "
                                      "dim 0; move it back (e.g. y.transpose(0, 1))")
+                if out is None:
+                    raise self.error("the model returns an output lirpac does not compute (such "
+                                     "as the indices of a max/min: an argmax has no bounds)",
+                                     "return the values of the max/min, or the logits")
                 if not isinstance(out, Node) or not out.perturbed:
                     raise self.error("the model's output does not depend on its perturbed input")
                 self.graph.output = out
@@ -188,9 +196,18 @@ class _Lowering:
         tensor_inputs = [i for i in inputs if isinstance(i, Node)]
         if key.startswith("_assert"):         # shape/dtype checks of the trace: nothing to bound
             return None
+        for a, v in zip(n.all_input_nodes, inputs):
+            if v is None:       # e.g. max.dim's indices (ir/ops/pooling.py)
+                raise self.error(f"'{name}' reads %{a.name}, an output lirpac does not compute "
+                                 "(such as the indices of a max/min: an argmax has no bounds)",
+                                 "use the values of the max/min, not their indices")
         if key in _BATCH_FILLS and self.value(_size_arg(n)[0:1]) == [BATCH]:
             return self.batch_fill(n, key)
-        if tensor_inputs and not any(i.perturbed for i in tensor_inputs) and key not in _ALIASES:
+        rounding = key in _ALIASES and _rounding_cast(n)
+        if rounding and any(i.perturbed for i in tensor_inputs):
+            return self.rounding_cast(n, self.value(n.args[0]), rounding)
+        if tensor_inputs and not any(i.perturbed for i in tensor_inputs) and (
+                key not in _ALIASES or rounding):
             return self.const_fn(n, name)
         if not tensor_inputs:
             return self.const_fn(n, name)
@@ -207,7 +224,22 @@ class _Lowering:
         raise self.error(
             f"unsupported op '{name}'",
             "lirpac has no bound rule for it. Supported ATen ops are listed in docs/ops.md: "
-            "rewrite the model with those, or add an OpDef for it (see docs/ops.md)")
+            "rewrite the model with those, or give lirpac its bound rules with "
+            "lirpac.register_op (docs/custom_ops.md)")
+
+    def rounding_cast(self, n, x: Node, to: str) -> Node:
+        """A cast of the perturbed tensor that rounds: to an integer dtype it is trunc (toward
+        0), to bool it is x != 0, i.e. sign(|x|); both keep x's float dtype in the IR (a later
+        .float() is an alias). A half-precision rounding has no such op: refused."""
+        if n.meta["val"].dtype in (torch.float16, torch.bfloat16):
+            raise self.error(f"a cast of the perturbed tensor to {to}",
+                             "lirpac bounds float32/float64 values (a half-precision cast rounds "
+                             "each value); remove the cast")
+        steps = ["abs", "sign"] if n.meta["val"].dtype == torch.bool else ["trunc"]
+        for i, op in enumerate(steps):
+            x = self.add(op, [x], name=n.name if i == len(steps) - 1 else f"{n.name}_{op}")
+            x.dtype = x.inputs[0].dtype
+        return x
 
     def constant_shape(self, shape) -> tuple[int, ...]:
         """A constant's full shape, with a batch dim of 1 where the graph has the batch size."""
@@ -622,6 +654,20 @@ _ALIASES = {"dropout.default", "clone.default", "contiguous.default", "alias.def
             "to.device", "identity.default"}
 
 
+def _rounding_cast(n) -> str | None:
+    """The dtype an alias-like ATen call (``x.long()``, ``x.half()``: ``_to_copy``) casts a
+    float tensor to when that rounds it (an integer, bool or half-precision dtype), else None.
+    Such a cast is no alias: its value is computed (constants) or bounded as the rounding it
+    is (perturbed tensors, ``rounding_cast``)."""
+    out, src = n.meta.get("val"), getattr(n.args[0], "meta", {}).get("val") if n.args else None
+    if (not isinstance(out, torch.Tensor) or not isinstance(src, torch.Tensor)
+            or out.dtype == src.dtype or not src.dtype.is_floating_point):
+        return None     # (token ids cast from one integer type to another keep their values)
+    if not out.dtype.is_floating_point or out.dtype in (torch.float16, torch.bfloat16):
+        return str(out.dtype)
+    return None
+
+
 def _generic_table() -> dict[str, str]:
     get_op("input")
     return {aten: op.name for op in REGISTRY.values() for aten in op.aten}
@@ -712,7 +758,43 @@ def lower_module(module: torch.nn.Module, example: torch.Tensor) -> Graph:
         warnings.warn("lirpac.compile: the model is in training mode; its dropout is bounded as "
                       "in eval mode (identity); call model.eval() to silence this", stacklevel=3)
     with eval_mode(module):
-        return _lower_in_eval_mode(module, example)
+        graph = _lower_in_eval_mode(module, example)
+        _check_against_module(graph, module, example)
+        return graph
+
+
+CHECK_TOLERANCE = 1e-4      # as the ONNX frontend's check against onnxruntime
+
+
+def _check_against_module(graph: Graph, module: torch.nn.Module, example: torch.Tensor) -> None:
+    """The lowered IR computes the module's output on the example (relative to max(1, |out|)):
+    an op lowered with the wrong semantics is refused here, not found as unsound bounds."""
+    from lirpac.ir.interpret import evaluate
+    with torch.no_grad():
+        try:
+            ref = module(example.clone())   # (a model may write into its input)
+        except Exception:       # noqa: BLE001 - export traced it; nothing to compare with
+            return
+        if not isinstance(ref, torch.Tensor):
+            return
+        ours = evaluate(graph, example.clone())
+    ref, ours = ref.reshape(ref.shape[0], -1).double(), ours.reshape(ours.shape[0], -1).double()
+    if ref.shape != ours.shape:
+        raise UnsupportedOperationError(
+            f"lirpac's IR of this model gives outputs of per-sample size {ours.shape[1]}, the "
+            f"model {ref.shape[1]}; this is a frontend bug: please report it with the model")
+    finite = torch.isfinite(ref)
+    if not torch.equal(finite, torch.isfinite(ours)):
+        error = math.inf
+    elif finite.any():
+        error = float((ours - ref)[finite].abs().max()) / max(1.0, float(ref[finite].abs().max()))
+    else:
+        error = 0.0
+    if not error <= CHECK_TOLERANCE:
+        raise UnsupportedOperationError(
+            f"lirpac's IR of this model disagrees with the model on the example input (max "
+            f"relative error {error:.3g} > {CHECK_TOLERANCE:g}): an op was lowered with other "
+            "semantics than torch's. This is a frontend bug: please report it with the model")
 
 
 def _lower_in_eval_mode(module: torch.nn.Module, example: torch.Tensor) -> Graph:
@@ -722,6 +804,13 @@ def _lower_in_eval_mode(module: torch.nn.Module, example: torch.Tensor) -> Graph
         exported = export(module, (example,), dynamic_shapes=({0: Dim("batch")},), strict=False)
     except Exception as err:  # torch.export raises many types; report them as one
         _refuse_unbatched(module, given, err)
+        if "DataDependent" in type(err).__name__:
+            raise UnsupportedOperationError(
+                f"torch.export could not trace the model: its control flow or a shape depends on "
+                f"the input's values ({type(err).__name__}: "
+                f"{str(err).splitlines()[0] if str(err) else ''}). lirpac bounds one fixed "
+                "computation: replace `if` on tensor values and boolean-mask indexing with ops "
+                "such as torch.maximum, torch.clamp or torch.relu") from err
         raise UnsupportedOperationError(
             f"torch.export could not trace the model with a free batch dimension: "
             f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}. Models must be "

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import sys
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -24,9 +26,18 @@ from lirpac.perturbations.substitution import check_token_ids
 from lirpac.passes import run_passes
 
 
+DUMP_STAGES = ("ir", "passes", "code", "all", "1")
+_WARNED_DUMP: set[str] = set()
+
+
 def _dump_enabled(stage: str) -> bool:
     value = os.environ.get("LIRPAC_DUMP", "")
     stages = {s.strip().lower() for s in value.split(",") if s.strip()}
+    unknown = sorted(stages.difference(DUMP_STAGES))
+    if unknown and value not in _WARNED_DUMP:   # a typo (LIRPAC_DUMP=cdoe) would print nothing
+        _WARNED_DUMP.add(value)
+        warnings.warn(f"LIRPAC_DUMP: unknown stage(s) {', '.join(map(repr, unknown))} ignored; "
+                      f"use a comma-separated list of ir, passes, code (or all)", stacklevel=2)
     return bool(stages & {stage, "all", "1"})
 
 
@@ -78,6 +89,12 @@ class CompiledNet:
         self.backend = triton_backend.check_backend(backend)
         if conv_mode not in ("auto", "patches", "matrix"):
             raise InputError(f"conv_mode must be 'auto', 'patches' or 'matrix', got {conv_mode!r}")
+        if max_memory is not None:
+            if (isinstance(max_memory, bool) or not isinstance(max_memory, (int, float))
+                    or not 1 <= max_memory < math.inf):
+                raise InputError(f"max_memory must be a number of bytes >= 1 (or None: the "
+                                 f"default), got {max_memory!r}")
+            max_memory = int(max_memory)
         # how backward passes hold coefficients of conv layers, and how much memory they may use
         self.conv_mode, self.max_memory = conv_mode, max_memory
         self.source_graph = graph

@@ -169,7 +169,8 @@ class _Instance:
         x64 = x.detach().double().reshape(-1).numpy()
         if not region.contains(x64):
             return None
-        y = self.net.module(x.detach().reshape(1, *self.shape)).double().reshape(-1).numpy()
+        with torch.no_grad():   # (a torch model's output carries its parameters' grad)
+            y = self.net(x.detach().reshape(1, *self.shape)).double().reshape(-1).numpy()
         unsafe = [p for p in region.outputs if p.satisfied(y)]
         if not unsafe:
             return None

@@ -35,6 +35,7 @@ applied to the box arrays in one vectorised step, which keeps the cost linear in
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import re
 import sys
@@ -306,7 +307,10 @@ class _Parser:
         if token[0] in "0123456789+-.":
             if _NUMBER.fullmatch(token) is None:
                 raise self.error(pos, f"malformed number {token!r}: expected e.g. 0.5, -3, 1e-05")
-            return "num", float(token)
+            value = float(token)
+            if not math.isfinite(value):     # (a bound of 1e400 read as none at all)
+                raise self.error(pos, f"number {token} overflows float64 (largest about 1.8e308)")
+            return "num", value
         raise self.error(pos, f"unknown variable {token!r}: expected X_<i>, Y_<i> or a number")
 
     def comparison(self, node: _Comparison | _List) -> list[tuple]:

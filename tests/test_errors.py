@@ -26,6 +26,7 @@ def test_unsupported_op_names_op_node_and_source():
     msg = str(info.value)
     assert "unsupported op 'aten.linalg_qr.default' at node %linalg_qr (test_errors.py:" in msg
     assert "docs/ops.md" in msg
+    assert "lirpac.register_op (docs/custom_ops.md)" in msg     # where adding an op is explained
 
 
 @pytest.mark.parametrize("eps", [-0.1, float("nan")])
@@ -267,3 +268,28 @@ def test_unbatched_example_is_named():
         lirpac.compile(conv, torch.rand(1, 8, 8))
     with pytest.raises(lirpac.InputError, match="looks unbatched"):
         lirpac.compile(nn.Linear(4, 3).eval(), torch.rand(4))
+
+
+@pytest.mark.parametrize("max_memory", [-1, 0, 0.5, "1GB", float("nan"), float("inf"), True])
+def test_bad_max_memory_is_named(max_memory):
+    """A max_memory no chunk size can honour was accepted silently (a string or a negative
+    number): it is refused when the model is compiled."""
+    model = nn.Sequential(nn.Linear(4, 2)).eval()
+    with pytest.raises(InputError, match="max_memory"):
+        lirpac.compile(model, torch.randn(1, 4), max_memory=max_memory)
+    assert lirpac.compile(model, torch.randn(1, 4), max_memory=1e9).max_memory == 10 ** 9
+
+
+@pytest.mark.slow      # (torch.export takes seconds to fail on the guard)
+def test_value_dependent_control_flow_is_named():
+    """An `if` on a tensor's value fails torch.export with a guard error; the message says that
+    the control flow depends on the input's values and what to write instead."""
+    class Branches(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(3, 2)
+
+        def forward(self, x):
+            return self.fc(x) if x.sum() > 0 else -self.fc(x)
+    with pytest.raises(UnsupportedOperationError, match="control flow or a shape depends on the input's values"):
+        lirpac.compile(Branches().eval(), torch.randn(2, 3))

@@ -259,3 +259,20 @@ def test_vnncomp_test_benchmark_all_decided():
 @pytest.mark.parametrize("name", ["acasxu", "mnistfc"])
 def test_vnncomp_subset_no_wrong_answers(name):
     _benchmark(name, 6, 10)
+
+
+def test_verify_a_compiled_torch_model(tmp_path):
+    """lirpac.verify takes a CompiledNet of a torch module: confirming a counterexample ran
+    the module with autograd on and failed ("Can't call numpy() on Tensor that requires
+    grad"), so every property with a PGD candidate ended in error."""
+    import torch.nn as nn
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 2)).eval()
+    net = lirpac.compile(model, torch.zeros(1, 2))
+    box = "".join(f"(assert (>= X_{i} -0.1))\n(assert (<= X_{i} 0.1))\n" for i in range(2))
+    head = "".join(f"(declare-const {v} Real)\n" for v in ("X_0", "X_1", "Y_0", "Y_1"))
+    for unsafe, status in (("(<= Y_1 Y_0)", "violated"), ("(>= Y_1 Y_0)", "holds")):
+        spec = tmp_path / "p.vnnlib"
+        spec.write_text(head + box + f"(assert {unsafe})\n")
+        result = lirpac.verify(net, str(spec), timeout=5)
+        assert result.status == status, result.message

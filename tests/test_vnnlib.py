@@ -274,6 +274,8 @@ GOOD_HEAD = declare(1, 2)  # 3 lines; line 4 is where each case below starts
         ("(assert (<= X_0 1..5))", 4, 17, "malformed number '1..5'"),
         ("(assert (<= X_0 1e))", 4, 17, "malformed number"),
         ("(assert (<= X_0 inf))", 4, 17, "unknown variable 'inf'"),
+        ("(assert (<= X_0 1e400))", 4, 17, "number 1e400 overflows float64"),
+        ("(assert (>= Y_0 -2e308))", 4, 17, "number -2e308 overflows float64"),
         ("(assert (<= X_3 1))", 4, 13, "undeclared variable X_3"),
         ("(assert (<= Y_9 1))", 4, 13, "undeclared variable Y_9"),
         ("(assert (=> X_0 1))", 4, 10, "unknown operator '=>'"),

@@ -83,7 +83,8 @@ def padded(ibp, absolute=False):
 
 
 def smooth(name, fn, relax, ibp=None, aten=(), doc="", exact_ibp=False, tangent_at=None,
-           blend=False, monotone=False, tangent_start=None, needs_domain=False):
+           blend=False, monotone=False, tangent_start=None, needs_domain=False,
+           check_attrs=None):
     """An elementwise op whose relaxation comes from ``relax(l, u, **attrs) -> Lines``, made
     NaN-free by ``sound_relax`` (constant IBP lines where a line is not finite). The IBP rule
     (monotone by default) is padded unless ``exact_ibp`` (f exact in floating point).
@@ -97,7 +98,7 @@ def smooth(name, fn, relax, ibp=None, aten=(), doc="", exact_ibp=False, tangent_
     alpha = (tangent_alpha_rules(tangent_at, ibp, tangent_start) if tangent_at is not None else
              blend_alpha_rules(relax, ibp) if blend else {})
     return elementwise(name, fn, relax, ibp=ibp, aten=aten, doc=doc, monotone=monotone,
-                       needs_domain=needs_domain, **alpha)
+                       needs_domain=needs_domain, check_attrs=check_attrs, **alpha)
 
 
 def elementwise_with_constants(name, fn, relax, ibp, aten=(), doc="") -> OpDef:
@@ -242,20 +243,48 @@ def _softplus_curve(beta):
                  lambda x: torch.sigmoid(beta * x))
 
 
+def softplus_refusal(beta=1.0, threshold=20.0) -> str | None:
+    """Why softplus cannot be bounded with these attributes (None: it can)."""
+    if not beta > 0:
+        return f"softplus with beta={beta} (only beta > 0 is supported: its rules rest on convexity)"
+    return None
+
+
+def _require(refusal):
+    """The rules' own guard (a node built without the frontends' check_attrs)."""
+    if refusal:
+        raise UnsupportedOperationError(refusal)
+
+
 def softplus_relax(lower, upper, beta=1.0, threshold=20.0):
     """Convex: chord above, midpoint tangent below. torch returns x itself where beta*x >
     threshold, below the true curve by at most log1p(exp(-threshold))/beta: the lower line
     drops by that much where the interval reaches there."""
-    if beta <= 0:
-        raise UnsupportedOperationError(f"softplus: beta={beta} must be positive")
+    _require(softplus_refusal(beta))
     ls, lb, us, ub = convex_lines(_softplus_curve(beta), lower, upper)
     gap = math.log1p(math.exp(-threshold)) / beta
     lb = torch.where(beta * upper > threshold, pad_down(lb - gap), lb)
     return Lines(ls, lb, us, ub)
 
 
+def softplus_ibp(x: Interval, beta=1.0, threshold=20.0) -> Interval:
+    """torch's softplus is not monotone: it follows the (increasing) curve up to beta*x =
+    threshold and returns x past it, up to log1p(exp(-threshold))/beta below the curve. Below:
+    the smaller of the curve at l and of x past the kink; above: the curve at u, which also
+    bounds the exact curve that an ONNX Softplus (no threshold) computes."""
+    _require(softplus_refusal(beta))
+    curve = _softplus_curve(beta).f
+    inf = torch.full_like(x.lower, math.inf)
+    on_curve = beta * x.lower <= threshold          # some x in [l, u] lies up to the kink
+    past = beta * x.upper > threshold               # some x lies past it
+    lower = torch.minimum(torch.where(on_curve, curve(x.lower), inf),
+                          torch.where(past, torch.clamp_min(x.lower, threshold / beta), inf))
+    return Interval(lower, curve(x.upper))
+
+
 smooth("softplus", lambda x, beta=1.0, threshold=20.0: F.softplus(x, beta, threshold),
-       softplus_relax, aten=("softplus.default",), doc="log(1 + exp(beta x)) / beta; convex")
+       softplus_relax, ibp=softplus_ibp, aten=("softplus.default",), check_attrs=softplus_refusal,
+       doc="log(1 + exp(beta x)) / beta (x past the threshold); convex")
 
 
 def _log_sigmoid(x):
@@ -272,14 +301,25 @@ def _elu_fn(x, alpha=1.0, scale=1.0, input_scale=1.0):
     return torch.ops.aten.elu.default(x, alpha, scale, input_scale)
 
 
+def elu_refusal(alpha=1.0, scale=1.0, input_scale=1.0) -> str | None:
+    """Why ELU cannot be bounded with these attributes (None: it can): its rules take it
+    nondecreasing, which needs all three positive (CELU with alpha < 0 has input_scale < 0)."""
+    if not min(alpha, scale, input_scale) > 0:
+        return (f"elu/celu/selu with alpha={alpha}, scale={scale}, input_scale={input_scale} "
+                "(only positive values are supported: the function is then nondecreasing)")
+    return None
+
+
+def _elu_ibp(x: Interval, alpha=1.0, scale=1.0, input_scale=1.0) -> Interval:
+    _require(elu_refusal(alpha, scale, input_scale))
+    return monotone_ibp(_elu_fn)(x, alpha=alpha, scale=scale, input_scale=input_scale)
+
+
 def elu_relax(lower, upper, alpha=1.0, scale=1.0, input_scale=1.0):
     """scale * (x if x > 0 else alpha (exp(input_scale x) - 1)): convex on each side of 0; the
     kink at 0 is convex when alpha*input_scale <= 1, else concave (SELU), then relaxed as an
     S-shape. At 0 the slope is the larger one-sided slope, a valid subgradient for each use."""
-    if min(alpha, scale, input_scale) <= 0:
-        raise UnsupportedOperationError(
-            f"elu: alpha, scale and input_scale must be positive (got {alpha}, {scale}, "
-            f"{input_scale})")
+    _require(elu_refusal(alpha, scale, input_scale))
     a, s, k = alpha, scale, input_scale
     curve = Curve(lambda x: s * torch.where(x > 0, x, a * torch.expm1(k * x.clamp(max=0))),
                   lambda x: s * torch.where(x > 0, torch.ones_like(x),
@@ -290,7 +330,8 @@ def elu_relax(lower, upper, alpha=1.0, scale=1.0, input_scale=1.0):
     return inflection_lines(curve, lower, upper, cuts, convex_first=True)
 
 
-smooth("elu", _elu_fn, elu_relax, aten=("elu.default", "elu_.default"),
+smooth("elu", _elu_fn, elu_relax, ibp=_elu_ibp, check_attrs=elu_refusal,
+       aten=("elu.default", "elu_.default"),
        doc="scale * (x if x > 0 else alpha (exp(input_scale x) - 1)); SELU and CELU lower to it")
 
 

@@ -386,12 +386,14 @@ def monotone_ibp(fn):
 
 
 def elementwise(name: str, fn, relax, ibp=None, aten: tuple[str, ...] = (), doc: str = "",
-                exact_when_sign_known: bool = False, zero_where=None, **alpha_rules) -> OpDef:
+                exact_when_sign_known: bool = False, zero_where=None, check_attrs=None,
+                **alpha_rules) -> OpDef:
     """Register a unary elementwise nonlinear op from its function and relaxation.
 
     ``relax(lower, upper, **attrs)`` returns (l_slope, l_bias, u_slope, u_bias); ``ibp``
     defaults to monotone increasing; ``alpha_rules`` are the optional ``backward_alpha`` and
-    ``alpha_init`` of a parametrised relaxation (alpha-CROWN); ``zero_where``: see OpDef.
+    ``alpha_init`` of a parametrised relaxation (alpha-CROWN); ``zero_where`` and
+    ``check_attrs``: see OpDef.
     """
     def backward(lA, uA, x: Interval, **attrs):
         return relaxed_backward(lA, uA, relax(x.lower, x.upper, **attrs))
@@ -404,7 +406,7 @@ def elementwise(name: str, fn, relax, ibp=None, aten: tuple[str, ...] = (), doc:
                           backward_patches=backward,
                           forward_mode=forward_mode, nonlinear=True, aten=aten, doc=doc,
                           exact_when_sign_known=exact_when_sign_known, relax=relax,
-                          zero_where=zero_where, **alpha_rules))
+                          zero_where=zero_where, check_attrs=check_attrs, **alpha_rules))
 
 
 # -- ops that are linear maps of their single perturbed input ------------------------------

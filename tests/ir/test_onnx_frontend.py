@@ -191,6 +191,7 @@ def test_unsupported_op_names_op_node_and_hint():
         lower_onnx(model(nodes, [1, 4], [1, 3], [init("w", weight(3, 4)), init("b", weight(3))]))
     message = str(err.value)
     assert "Tan" in message and "my_tan" in message and "Re-export" in message
+    assert "lirpac.register_op(..., onnx_op='Tan') (docs/custom_ops.md)" in message
 
 
 def _real_models():

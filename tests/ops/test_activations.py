@@ -274,3 +274,79 @@ def test_relu_lines_on_every_kind_of_interval(dtype):
     assert (u_bias[:, 5:] >= exact_bias).all()
     torch.testing.assert_close(u_bias[:, 5:], exact_bias)
     assert l_slope.dtype == u_slope.dtype == u_bias.dtype == dtype
+
+
+@settings(max_examples=40, deadline=None)
+@given(beta=st.floats(0.25, 4.0), threshold=st.floats(0.25, 20.0), left=st.floats(0.0, 2.0),
+       right=st.floats(0.0, 2.0), dtype=st.sampled_from([torch.float32, torch.float64]))
+def test_softplus_ibp_around_its_threshold(beta, threshold, left, right, dtype):
+    """torch's softplus drops from the curve to x at beta*x = threshold (it is not monotone
+    there): IBP and the lines bound it on intervals that straddle that point."""
+    op, attrs = get_op("softplus"), {"beta": beta, "threshold": threshold}
+    kink = threshold / beta
+    lower = torch.tensor([kink - left, kink - left, kink], dtype=dtype)
+    upper = torch.tensor([kink + right, kink, kink + right], dtype=dtype)
+    xs = dense(lower, upper, m=201)
+    fx = op.forward(xs, **attrs)
+    box = op.ibp(Interval(lower, upper), **attrs)
+    assert (box.lower <= fx).all() and (fx <= box.upper).all()
+    # and the exact curve, which an ONNX Softplus (no threshold) means
+    bx = beta * xs.double()
+    exact = (torch.relu(bx) + torch.log1p(torch.exp(-bx.abs()))) / beta
+    assert (exact <= box.upper.double()).all()
+    ls, lb, us, ub = lines_of(op, lower, upper, attrs)
+    x64, f64 = xs.double(), fx.double()
+    tol = 1e-12 + 4 * torch.finfo(dtype).eps * (1 + f64.abs())
+    assert (ls.double() * x64 + lb.double() <= f64 + tol).all()
+    assert (us.double() * x64 + ub.double() >= f64 - tol).all()
+
+
+@pytest.mark.parametrize("act, words", [
+    (nn.ELU(alpha=-0.5), "elu/celu/selu with alpha=-0.5"),
+    (nn.CELU(alpha=-1.0), "elu/celu/selu with alpha=-1.0"),
+    (nn.Softplus(beta=-1.0), "softplus with beta=-1.0")])
+def test_non_monotone_elu_and_concave_softplus_are_refused_at_compile_time(act, words):
+    """ELU with alpha < 0 decreases below 0: its IBP rule (f(l), f(u)) was unsound. Such
+    attributes are refused when the model is lowered, naming the node, and the rules refuse
+    them too."""
+    model = nn.Sequential(nn.Linear(3, 4), act, nn.Linear(4, 2))
+    with pytest.raises(UnsupportedOperationError, match=words) as info:
+        lirpac.compile(model, torch.randn(2, 3))
+    assert "at node %" in str(info.value)
+    name = "softplus" if isinstance(act, nn.Softplus) else "elu"
+    attrs = {"beta": -1.0} if name == "softplus" else {"alpha": -0.5}
+    with pytest.raises(UnsupportedOperationError, match=name):
+        get_op(name).ibp(Interval(-torch.ones(2), torch.ones(2)), **attrs)
+
+
+def test_onnx_elu_with_negative_alpha_is_refused():
+    import onnx
+    from onnx import TensorProto, helper
+    node = helper.make_node("Elu", ["X"], ["Y"], alpha=-0.5, name="bad_elu")
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, 3])],
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1, 3])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    with pytest.raises(UnsupportedOperationError, match="bad_elu.*alpha=-0.5"):
+        lirpac.compile(model)
+
+
+def test_sqrt_of_softplus_reads_nonnegative_bounds():
+    """softplus >= 0 (threshold >= 0): its IBP lower bound stays >= 0 even when the interval
+    reaches past the threshold, so sqrt after it has a relaxation (fuzzer seed 6209)."""
+    torch.manual_seed(0)
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.fc2 = nn.Linear(3, 4), nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.fc2(torch.sqrt(F.softplus(self.fc1(x))))
+
+    model = Model().double()
+    x = torch.randn(2, 3, dtype=torch.float64) * 10
+    net = lirpac.compile(model, x)
+    points = sample_lp_ball(x, 30.0, math.inf, 64, generator=torch.Generator().manual_seed(0))
+    for method in ("ibp", "crown", "forward", "crown-ibp"):
+        lower, upper = net.bounds(x, lirpac.LpBall(eps=30.0), method=method)
+        assert_contains(model, points, lower, upper, what=method)

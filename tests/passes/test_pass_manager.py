@@ -152,3 +152,12 @@ def test_fold_constants_keeps_parameter_expressions_live():
         model.w.mul_(3.0)
     expected = lirpac.compile(model, x, passes=[]).bounds(x, lirpac.LpBall(eps=0.1), method="crown")
     torch.testing.assert_close(net.bounds(x, lirpac.LpBall(eps=0.1), method="crown"), expected)
+
+
+def test_dump_warns_about_an_unknown_stage(monkeypatch, capsys):
+    """LIRPAC_DUMP=cdoe (a typo of code) printed nothing and said nothing."""
+    monkeypatch.setenv("LIRPAC_DUMP", "ir,cdoe")
+    model, x = _model()
+    with pytest.warns(UserWarning, match="LIRPAC_DUMP: unknown stage.*'cdoe'"):
+        lirpac.compile(model, x)
+    assert "IR from the frontend" in capsys.readouterr().err
