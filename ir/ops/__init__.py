@@ -7,3 +7,4 @@ from lirpac.ir.ops import conv_transpose, scatter, structure  # noqa: F401
 from lirpac.ir.ops import hard_activations  # noqa: F401
 from lirpac.ir.ops import embedding  # noqa: F401
 from lirpac.ir.ops import relu_variants  # noqa: F401
+from lirpac.ir.ops import aten_composites  # noqa: F401

@@ -1,0 +1,86 @@
+"""ATen ops of common PyTorch models lowered onto registered ops, each exactly (the lowered
+graph computes the op's value; its bounds are those of the parts).
+
+- where / masked_fill with a constant condition m: x * m + y * (1 - m), each entry one side
+  times 1 plus the other times 0 (a constant side is folded into one constant).
+- einsum of one perturbed operand and one constant: einsum_const (ir/ops/linear.py).
+- group_norm, instance_norm, rms_norm: statistics as in layer_norm (ir/ops/normalization.py),
+  over each group, each channel's spatial dims, or the normalized dims (no centring).
+- var / std: sum of squares of center(x), scaled by 1 / (N - correction), and its sqrt.
+- reflect, replicate and circular padding, conv padding='same'/'valid': index selections
+  along each padded dim (0/1 matrices), then the convolution.
+- pixel_shuffle / pixel_unshuffle: reshape, permute, reshape.
+- softshrink = x - clamp(x, -l, l); hardshrink and threshold add steps (heaviside) for their
+  jumps; exp2 = exp(x ln 2); adaptive max pooling with uniform windows is max pooling.
+"""
+from __future__ import annotations
+
+import math
+import string
+
+import torch
+
+from lirpac.ir.graph import Node
+from lirpac.ir.opdef import aten_lowering
+from lirpac.ir.ops.bivariate import add_node
+from lirpac.ir.ops.structure import _constant_value, _evaluate
+
+
+def _per_sample(lw) -> tuple[int, ...]:
+    return tuple(int(s) for s in lw.meta_shape()[0][1:])
+
+
+def _batch_dim_of(lw, node: Node, dim: int) -> int:
+    """A batch-first dim index (not the batch) of ``node``."""
+    d = dim % (len(node.shape) + 1)
+    if d == 0:
+        raise lw.error(f"'{lw.fx_node.target}' along the batch dimension (dim 0) cannot be "
+                       "bounded per sample")
+    return d
+
+
+# -- where / masked_fill ------------------------------------------------------------------------
+
+def _condition(lw, cond) -> torch.Tensor:
+    node = lw.value(cond)
+    if isinstance(node, Node) and node.perturbed:
+        raise lw.error(f"'{lw.fx_node.target}' with a condition that depends on the perturbed "
+                       "input", "lirpac bounds where/masked_fill with a constant mask; write a "
+                       "choice that depends on x with torch.maximum, torch.clamp or torch.relu")
+    if isinstance(node, Node) and node.batched:
+        raise lw.error(f"'{lw.fx_node.target}' with a per-sample condition",
+                       "use a constant mask (a registered buffer or a literal tensor)")
+    return _constant_value(lw, cond).bool() if isinstance(node, Node) else torch.tensor(bool(node))
+
+
+def _side_value(lw, side, like: Node):
+    """A constant side's value (a scalar or a constant node), else None."""
+    v = lw.value(side)
+    if isinstance(v, Node):
+        return None if v.perturbed else _evaluate(v).to(like.dtype)
+    return torch.tensor(float(v), dtype=like.dtype)
+
+
+@aten_lowering("where.self", "where.ScalarSelf", "where.ScalarOther", "where.Scalar")
+def _lower_where(lw, cond, x, y):
+    mask = _condition(lw, cond)
+    like = next(v for v in (lw.value(x), lw.value(y)) if isinstance(v, Node) and v.perturbed)
+    keep = mask.to(like.dtype)
+    out_shape = _per_sample(lw)
+    picked, fixed = [], torch.zeros((), dtype=like.dtype)
+    for side, m in ((x, keep), (y, 1 - keep)):
+        value = _side_value(lw, side, like)
+        if value is None:
+            node = lw.value(side)
+            shape = torch.broadcast_shapes((1, *node.shape), m.shape)[1:]
+            picked.append(add_node(lw, "mul", [node, lw.constant(m, like)], shape, "pick"))
+        else:   # the constant side's value where it is chosen, 0 elsewhere
+            fixed = fixed + torch.where(m.bool(), value, torch.zeros((), dtype=like.dtype))
+    if len(picked) == 2:
+        return lw.add("add", picked)
+    return lw.add("add", [picked[0], lw.constant(fixed, like)])
+
+
+@aten_lowering("masked_fill.Scalar", "masked_fill.Tensor")
+def _lower_masked_fill(lw, x, mask, value):
+    return _lower_where(lw, mask, value, x)

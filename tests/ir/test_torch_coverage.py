@@ -1,0 +1,84 @@
+"""ATen ops of common PyTorch models that the torch frontend lowers onto registered ops
+(ir/ops/aten_composites.py): each model's lowered forward is the module's, and the bounds of
+IBP, CROWN, forward mode and alpha-CROWN contain its outputs at sampled points of the ball,
+corners included. Unsupported forms are refused naming the op and the node."""
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from hypothesis import given, settings, strategies as st
+
+import lirpac
+from lirpac.errors import UnsupportedOperationError
+from sampling import assert_contains, sample_lp_ball
+
+
+class Fn(nn.Module):
+    """``fn(self, x)`` after a linear layer (so CROWN's coefficients mix the inputs), with
+    ``modules`` as submodules."""
+
+    def __init__(self, fn, shape, **modules):
+        super().__init__()
+        self.fn, self.shape = fn, shape
+        self.mix = nn.Linear(math.prod(shape), math.prod(shape))
+        for name, m in modules.items():
+            setattr(self, name, m)
+        g = torch.Generator().manual_seed(0)
+        self.register_buffer("mask", torch.rand(shape, generator=g) > 0.5)
+        self.register_buffer("weight", torch.randn(5, shape[0], generator=g))
+
+    def forward(self, x):
+        h = self.mix(x.flatten(1)).view(x.shape[0], *self.shape)
+        return self.fn(self, h)
+
+
+CASES = {
+    "where": (lambda s, x: torch.where(s.mask, x, -2 * x), (3, 4, 4)),
+    "where_constant_side": (lambda s, x: torch.where(s.mask, 0.7, x), (3, 4)),
+    "masked_fill": (lambda s, x: x.masked_fill(s.mask, -1e4), (3, 4, 4)),
+}
+_COMPILED = {}
+
+
+def _compiled(name):
+    if name not in _COMPILED:
+        fn, shape, *modules = CASES[name]
+        model = Fn(fn, shape, **(modules[0] if modules else {})).double().eval()
+        _COMPILED[name] = model, lirpac.compile(model, torch.randn(2, *shape, dtype=torch.float64))
+    return _COMPILED[name]
+
+
+def _check(name, seed, eps):
+    model, net = _compiled(name)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, *model.shape, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        expected = model(x).flatten(1)
+    lower, upper = net.bounds(x, lirpac.LpBall(eps=0.0), method="ibp")
+    assert torch.allclose(lower, expected, atol=1e-6) and torch.allclose(upper, expected, atol=1e-6)
+    points = sample_lp_ball(x, eps, math.inf, 32, generator=g)
+    for method in ("ibp", "crown", "forward", "alpha-crown"):
+        lower, upper = net.bounds(x, lirpac.LpBall(eps=eps), method=method)
+        assert_contains(model, points, lower, upper, what=f"{name} {method}")
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same'")
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_lowered_op_is_exact_and_sound(name):
+    _check(name, seed=0, eps=0.3)
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:Using padding='same'")
+@pytest.mark.parametrize("name", sorted(CASES))
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 10_000), eps=st.sampled_from([0.0, 0.02, 0.3, 1.0]))
+def test_lowered_op_is_sound_over_seeds_and_radii(name, seed, eps):
+    _check(name, seed, eps)
+
+
+def _refusal(fn, shape, match, **modules):
+    with pytest.raises(UnsupportedOperationError, match=match):
+        lirpac.compile(Fn(fn, shape, **modules).eval(), torch.randn(2, *shape))
