@@ -84,3 +84,52 @@ def _lower_where(lw, cond, x, y):
 @aten_lowering("masked_fill.Scalar", "masked_fill.Tensor")
 def _lower_masked_fill(lw, x, mask, value):
     return _lower_where(lw, mask, value, x)
+
+
+# -- einsum ---------------------------------------------------------------------------------
+
+def _explicit(equation: str, shapes) -> tuple[list[str], str]:
+    """The equation's operand subscripts and output with '...' spelled out and an implicit
+    output (no '->') made explicit: the subscripts that occur once, in order, after the
+    broadcast dims."""
+    equation = equation.replace(" ", "")
+    lhs, arrow, out = equation.partition("->")
+    terms = lhs.split(",")
+    free = [c for c in string.ascii_letters if c not in equation]
+    widest = max((len(s) - len(t.replace("...", "")) for t, s in zip(terms, shapes)
+                  if "..." in t), default=0)
+    ellipsis = "".join(free[:widest])
+    spelled = []
+    for t, s in zip(terms, shapes):
+        n = len(s) - len(t.replace("...", ""))
+        spelled.append(t.replace("...", ellipsis[widest - n:]) if "..." in t else t)
+    if arrow:
+        out = out.replace("...", ellipsis)
+    else:
+        letters = "".join(spelled)
+        out = ellipsis + "".join(sorted(c for c in set(letters)
+                                        if letters.count(c) == 1 and c not in ellipsis))
+    return spelled, out
+
+
+@aten_lowering("einsum.default")
+def _lower_einsum(lw, equation, tensors, path=None):
+    nodes = [lw.operand(t, next(lw.value(u) for u in tensors if isinstance(lw.value(u), Node)))
+             for t in tensors]
+    perturbed = [n for n in nodes if n.perturbed]
+    if len(nodes) != 2 or len(perturbed) != 1:
+        raise lw.error(f"einsum of {len(nodes)} operands, {len(perturbed)} of them perturbed",
+                       "lirpac bounds an einsum of one perturbed operand and one constant; "
+                       "write products of perturbed tensors with torch.matmul or *")
+    shapes = [((1,) + n.shape) if n.batched else n.shape for n in nodes]
+    terms, out = _explicit(equation, shapes)
+    x_at = nodes.index(perturbed[0])
+    x_terms, w_terms = terms[x_at], terms[1 - x_at]
+    batch = x_terms[:1]
+    if not batch or out[:1] != batch or batch in w_terms or batch in x_terms[1:]:
+        raise lw.error(f"einsum '{equation}' does not keep the perturbed operand's first "
+                       "subscript (its batch) as the output's first, or uses it elsewhere",
+                       "lirpac keeps dim 0 as the batch: write the batch subscript first in "
+                       "the perturbed operand and the output only")
+    return lw.add("einsum_const", [nodes[x_at], nodes[1 - x_at]],
+                  equation=f"{x_terms},{w_terms}->{out}")

@@ -38,6 +38,10 @@ CASES = {
     "where": (lambda s, x: torch.where(s.mask, x, -2 * x), (3, 4, 4)),
     "where_constant_side": (lambda s, x: torch.where(s.mask, 0.7, x), (3, 4)),
     "masked_fill": (lambda s, x: x.masked_fill(s.mask, -1e4), (3, 4, 4)),
+    "einsum": (lambda s, x: torch.einsum("bchw,dc->bdhw", x, s.weight), (3, 2, 2)),
+    "einsum_ellipsis_const_first": (lambda s, x: torch.einsum("dc,...cw->...dw", s.weight, x),
+                                    (3, 4)),
+    "einsum_implicit": (lambda s, x: torch.einsum("bc,dc", x, s.weight), (3,)),
 }
 _COMPILED = {}
 
@@ -82,3 +86,13 @@ def test_lowered_op_is_sound_over_seeds_and_radii(name, seed, eps):
 def _refusal(fn, shape, match, **modules):
     with pytest.raises(UnsupportedOperationError, match=match):
         lirpac.compile(Fn(fn, shape, **modules).eval(), torch.randn(2, *shape))
+
+
+def test_einsum_of_two_perturbed_operands_is_refused():
+    _refusal(lambda s, x: torch.einsum("bi,bi->b", x, x * 2), (3,),
+             r"einsum of 2 operands, 2 of them perturbed at node %einsum")
+
+
+def test_einsum_that_moves_the_batch_is_refused():
+    _refusal(lambda s, x: torch.einsum("bc,dc->db", x, s.weight).sum(0, keepdim=True).T, (3,),
+             r"first subscript.*at node %einsum")
