@@ -133,3 +133,69 @@ def _lower_einsum(lw, equation, tensors, path=None):
                        "the perturbed operand and the output only")
     return lw.add("einsum_const", [nodes[x_at], nodes[1 - x_at]],
                   equation=f"{x_terms},{w_terms}->{out}")
+
+
+# -- group, instance and RMS normalisation -------------------------------------------------------
+
+def _normalized(lw, node: Node, dims: tuple[int, ...], eps: float, centre: bool) -> Node:
+    """(x - mean) / sqrt(var + eps) over ``dims`` (centre), or x / sqrt(mean(x^2) + eps)."""
+    stat_shape = tuple(1 if d + 1 in dims else s for d, s in enumerate(node.shape))
+    base = add_node(lw, "center", [node], node.shape, "centred", dims=dims) if centre else node
+    square = add_node(lw, "pow", [base], node.shape, "square", exponent=2)
+    mean = add_node(lw, "mean", [square], stat_shape, "meansq", dims=dims, keepdim=True)
+    shifted = add_node(lw, "add", [mean, lw.constant(float(eps), node)], stat_shape, "eps")
+    scale = add_node(lw, "rsqrt_floored", [shifted], stat_shape, "inv_rms", floor=float(eps))
+    return add_node(lw, "mul_bilinear", [base, scale], node.shape, "normed")
+
+
+def _channel_affine(lw, out: Node, weight, bias, spatial: int) -> Node:
+    """out * weight + bias with per-channel (C,) vectors viewed as (C, 1, ..)."""
+    steps = [(op, lw.value(v)) for op, v in (("mul", weight), ("add", bias)) if v is not None]
+    if not steps:
+        return out
+    for i, (op, vector) in enumerate(steps):
+        shape = (vector.shape[0],) + (1,) * spatial
+        viewed = lw.graph.add("const_fn", [vector], name=f"{lw.fx_node.name}_{op}_view",
+                              shape=shape, dtype=vector.dtype, attrs=dict(
+                                  target="aten.reshape.default", args=(("%input", 0), list(shape)),
+                                  kwargs={}))
+        if i == len(steps) - 1:
+            return lw.add(op, [out, viewed])
+        out = add_node(lw, op, [out, viewed], out.shape, op)
+    return out
+
+
+@aten_lowering("group_norm.default")
+def _lower_group_norm(lw, x, num_groups, weight=None, bias=None, eps=1e-5, *rest):
+    node = lw.value(x)
+    channels, spatial = node.shape[0], node.shape[1:]
+    grouped_shape = (num_groups, channels // num_groups, *spatial)
+    grouped = add_node(lw, "reshape", [node], grouped_shape, "grouped", shape=grouped_shape)
+    dims = tuple(range(2, len(grouped_shape) + 1))
+    normed = _normalized(lw, grouped, dims, eps, centre=True)
+    back = add_node(lw, "reshape", [normed], node.shape, "ungrouped", shape=node.shape)
+    return _channel_affine(lw, back, weight, bias, len(spatial))
+
+
+@aten_lowering("instance_norm.default")
+def _lower_instance_norm(lw, x, weight, bias, running_mean, running_var, use_input_stats,
+                         momentum, eps, *rest):
+    """Per-sample statistics (track_running_stats=False) over each channel's spatial dims;
+    running statistics (track_running_stats=True, eval): batch_norm."""
+    node = lw.value(x)
+    if not use_input_stats:
+        from lirpac.ir.torch_frontend import _bn
+        return _bn(lw, x, weight, bias, running_mean, running_var, eps)
+    dims = tuple(range(2, len(node.shape) + 1))
+    normed = _normalized(lw, node, dims, eps, centre=True)
+    return _channel_affine(lw, normed, weight, bias, len(node.shape) - 1)
+
+
+@aten_lowering("rms_norm.default")
+def _lower_rms_norm(lw, x, normalized_shape, weight=None, eps=None):
+    node = lw.value(x)
+    eps = torch.finfo(node.dtype).eps if eps is None else eps
+    rank = len(node.shape)
+    dims = tuple(range(rank + 1 - len(normalized_shape), rank + 1))
+    normed = _normalized(lw, node, dims, eps, centre=False)
+    return normed if weight is None else lw.add("mul", [normed, lw.value(weight)])

@@ -42,6 +42,15 @@ CASES = {
     "einsum_ellipsis_const_first": (lambda s, x: torch.einsum("dc,...cw->...dw", s.weight, x),
                                     (3, 4)),
     "einsum_implicit": (lambda s, x: torch.einsum("bc,dc", x, s.weight), (3,)),
+    "group_norm": (lambda s, x: s.m(x), (4, 3, 3), dict(m=nn.GroupNorm(2, 4))),
+    "group_norm_plain": (lambda s, x: s.m(x), (4, 5), dict(m=nn.GroupNorm(4, 4, affine=False))),
+    "instance_norm": (lambda s, x: s.m(x), (2, 3, 3), dict(m=nn.InstanceNorm2d(2, affine=True))),
+    "instance_norm_1d": (lambda s, x: s.m(x), (2, 5), dict(m=nn.InstanceNorm1d(2))),
+    "instance_norm_running": (lambda s, x: s.m(x), (2, 3, 3),
+                              dict(m=nn.InstanceNorm2d(2, track_running_stats=True))),
+    "rms_norm": (lambda s, x: s.m(x), (3, 4), dict(m=nn.RMSNorm(4))),
+    "rms_norm_plain": (lambda s, x: s.m(x), (2, 3, 2),
+                       dict(m=nn.RMSNorm([3, 2], eps=1e-3, elementwise_affine=False))),
 }
 _COMPILED = {}
 
