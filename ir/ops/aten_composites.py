@@ -199,3 +199,44 @@ def _lower_rms_norm(lw, x, normalized_shape, weight=None, eps=None):
     dims = tuple(range(rank + 1 - len(normalized_shape), rank + 1))
     normed = _normalized(lw, node, dims, eps, centre=False)
     return normed if weight is None else lw.add("mul", [normed, lw.value(weight)])
+
+
+# -- var / std ----------------------------------------------------------------------------------
+
+def _variance(lw, x, dim, correction, keepdim, root: bool):
+    node = lw.value(x)
+    dims = (tuple(range(1, len(node.shape) + 1)) if dim in (None, [], ())
+            else tuple(sorted(_batch_dim_of(lw, node, d) for d in
+                              ([dim] if isinstance(dim, int) else dim))))
+    count = math.prod(node.shape[d - 1] for d in dims)
+    correction = 1 if correction is None else float(correction)
+    if count - correction <= 0:
+        raise lw.error(f"'{lw.fx_node.target}' over {count} entries with correction "
+                       f"{correction:g} (a division by {count - correction:g})",
+                       "reduce over more entries, or use unbiased=False / correction=0")
+    out_shape = _per_sample(lw)
+    centred = add_node(lw, "center", [node], node.shape, "centred", dims=dims)
+    square = add_node(lw, "pow", [centred], node.shape, "square", exponent=2)
+    total = add_node(lw, "sum", [square], out_shape, "sumsq", dims=dims, keepdim=bool(keepdim))
+    scale = lw.constant(1.0 / (count - correction), node)
+    if not root:
+        return lw.add("mul", [total, scale])
+    var = add_node(lw, "mul", [total, scale], out_shape, "var")
+    return lw.add("sqrt_floored", [var], floor=0.0)
+
+
+def _variance_lowering(root: bool):
+    def dim_form(lw, x, dim=None, unbiased=True, keepdim=False):
+        return _variance(lw, x, dim, 1 if unbiased else 0, keepdim, root)
+
+    def correction_form(lw, x, dim=None, *, correction=None, keepdim=False):
+        return _variance(lw, x, dim, correction, keepdim, root)
+    return dim_form, correction_form
+
+
+_var_dim, _var_correction = _variance_lowering(root=False)
+_std_dim, _std_correction = _variance_lowering(root=True)
+aten_lowering("var.dim")(_var_dim)
+aten_lowering("var.correction")(_var_correction)
+aten_lowering("std.dim")(_std_dim)
+aten_lowering("std.correction")(_std_correction)

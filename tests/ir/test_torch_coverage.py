@@ -51,6 +51,10 @@ CASES = {
     "rms_norm": (lambda s, x: s.m(x), (3, 4), dict(m=nn.RMSNorm(4))),
     "rms_norm_plain": (lambda s, x: s.m(x), (2, 3, 2),
                        dict(m=nn.RMSNorm([3, 2], eps=1e-3, elementwise_affine=False))),
+    "std": (lambda s, x: x.std(dim=-1), (3, 4)),
+    "var": (lambda s, x: x.var(dim=(1, 2), unbiased=False, keepdim=True), (2, 3, 3)),
+    "var_flat": (lambda s, x: x.flatten(1).var(1, keepdim=True), (2, 3)),
+    "std_correction": (lambda s, x: torch.std(x, dim=1, correction=2), (5, 2)),
 }
 _COMPILED = {}
 
@@ -105,3 +109,7 @@ def test_einsum_of_two_perturbed_operands_is_refused():
 def test_einsum_that_moves_the_batch_is_refused():
     _refusal(lambda s, x: torch.einsum("bc,dc->db", x, s.weight).sum(0, keepdim=True).T, (3,),
              r"first subscript.*at node %einsum")
+
+
+def test_variance_of_too_few_entries_is_refused():
+    _refusal(lambda s, x: x.var(dim=1), (1, 3), r"correction 1.*division by 0.*at node %var")
