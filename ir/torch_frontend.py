@@ -545,8 +545,12 @@ def _pad(lw: _Lowering, x, pad, value=0.0):
 
 
 def _pad_mode(lw: _Lowering, x, pad, mode="constant", value=None):
+    if mode in ("reflect", "replicate", "circular"):     # index selections, exact
+        from lirpac.ir.ops.aten_composites import pad_by_index
+        return pad_by_index(lw, lw.value(x), list(pad), mode)
     if mode != "constant":
-        raise lw.error(f"pad with mode='{mode}' (only constant padding is supported)")
+        raise lw.error(f"pad with mode='{mode}'", "use 'constant', 'reflect', 'replicate' or "
+                       "'circular'")
     return _pad(lw, x, pad, value or 0.0)
 
 

@@ -240,3 +240,78 @@ aten_lowering("var.dim")(_var_dim)
 aten_lowering("var.correction")(_var_correction)
 aten_lowering("std.dim")(_std_dim)
 aten_lowering("std.correction")(_std_correction)
+
+
+# -- padding by index selection ------------------------------------------------------------------
+
+def _source_index(j: int, size: int, mode: str) -> int:
+    """The input position that output position j (-pad_left <= j < size + pad_right) reads."""
+    if mode == "reflect":
+        period = 2 * (size - 1)
+        j = abs(j) % period if period else 0
+        return period - j if j >= size else j
+    if mode == "replicate":
+        return min(max(j, 0), size - 1)
+    return j % size     # circular
+
+
+def pad_by_index(lw, node: Node, pad, mode: str) -> Node:
+    """F.pad(x, pad, mode) for mode reflect, replicate or circular: one index_select per
+    padded dim (pad lists (left, right) from the last dim backwards)."""
+    pairs = [tuple(pad[i:i + 2]) for i in range(0, len(pad), 2)]
+    if any(p < 0 for pair in pairs for p in pair):
+        raise lw.error(f"pad with mode='{mode}' and a negative pad {tuple(pad)}",
+                       "crop with slicing instead")
+    out = node
+    steps = [(len(node.shape) - k, left, right) for k, (left, right) in enumerate(pairs)
+             if left or right]
+    if any(d < 1 for d, _, _ in steps):
+        raise lw.error(f"pad with mode='{mode}' of the batch dimension")
+    for i, (dim, left, right) in enumerate(steps):
+        size = out.shape[dim - 1]
+        if mode == "reflect" and max(left, right) >= size:
+            raise lw.error(f"reflect padding by {max(left, right)} of a dim of size {size}",
+                           "reflect pads must be smaller than the dim")
+        index = tuple(_source_index(j, size, mode) for j in range(-left, size + right))
+        shape = out.shape[:dim - 1] + (len(index),) + out.shape[dim:]
+        if i == len(steps) - 1:
+            return lw.add("index_select", [out], dim=dim, index=index)
+        out = add_node(lw, "index_select", [out], shape, f"pad{dim}", dim=dim, index=index)
+    return out
+
+
+_PAD_MODES = {"reflection": "reflect", "replication": "replicate"}
+
+
+@aten_lowering("reflection_pad1d.default", "reflection_pad2d.default", "reflection_pad3d.default",
+               "replication_pad1d.default", "replication_pad2d.default",
+               "replication_pad3d.default", "_pad_circular.default")
+def _lower_mode_pad(lw, x, pad):
+    name = str(lw.fx_node.target).removeprefix("aten.")
+    mode = "circular" if name.startswith("_pad_circular") else _PAD_MODES[name.split("_")[0]]
+    return pad_by_index(lw, lw.value(x), list(pad), mode)
+
+
+@aten_lowering("conv1d.padding", "conv2d.padding", "conv3d.padding")
+def _lower_conv_padding(lw, x, weight, bias=None, stride=1, padding="valid", dilation=1,
+                        groups=1):
+    """padding='valid' is 0; 'same' pads dilation * (k - 1) in all, the odd one on the right
+    (as torch): a separate constant pad where the two sides differ."""
+    from lirpac.ir.torch_frontend import _conv
+    w = lw.value(weight)
+    nd = len(w.shape) - 2
+    dilation = list(dilation) if isinstance(dilation, (list, tuple)) else [dilation]
+    dilation = dilation * nd if len(dilation) == 1 else dilation
+    if padding == "valid":
+        return _conv(lw, x, weight, bias, stride, 0, dilation, groups)
+    if padding != "same":
+        raise lw.error(f"conv with padding='{padding}'", "use 'same', 'valid' or integers")
+    totals = [d * (k - 1) for d, k in zip(dilation, w.shape[2:])]
+    lefts = [t // 2 for t in totals]
+    node = lw.value(x)
+    if all(t % 2 == 0 for t in totals):
+        return _conv(lw, node, weight, bias, stride, lefts, dilation, groups)
+    pad = [v for t, left in reversed(list(zip(totals, lefts))) for v in (left, t - left)]
+    shape = node.shape[:1] + tuple(s + t for s, t in zip(node.shape[1:], totals))
+    padded = add_node(lw, "pad", [node], shape, "same", pad=tuple(pad), value=0.0)
+    return _conv(lw, padded, weight, bias, stride, 0, dilation, groups)

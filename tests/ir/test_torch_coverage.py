@@ -55,6 +55,22 @@ CASES = {
     "var": (lambda s, x: x.var(dim=(1, 2), unbiased=False, keepdim=True), (2, 3, 3)),
     "var_flat": (lambda s, x: x.flatten(1).var(1, keepdim=True), (2, 3)),
     "std_correction": (lambda s, x: torch.std(x, dim=1, correction=2), (5, 2)),
+    "reflect_pad": (lambda s, x: F.pad(x, (1, 2, 2, 1), mode="reflect"), (2, 3, 4)),
+    "replicate_pad": (lambda s, x: F.pad(x, (2, 1), mode="replicate"), (2, 3)),
+    "circular_pad": (lambda s, x: F.pad(x, (1, 1, 0, 2), mode="circular"), (2, 3, 3)),
+    "reflection_pad_module": (lambda s, x: s.m(x), (2, 3, 3), dict(m=nn.ReflectionPad2d((2, 0, 1, 1)))),
+    "replication_pad_module": (lambda s, x: s.m(x), (2, 3), dict(m=nn.ReplicationPad1d(2))),
+    "circular_pad_module": (lambda s, x: s.m(x), (2, 3, 3), dict(m=nn.CircularPad2d(1))),
+    "conv_same_even": (lambda s, x: s.m(x), (2, 4, 4), dict(m=nn.Conv2d(2, 3, 2, padding="same"))),
+    "conv1d_same": (lambda s, x: s.m(x), (2, 5), dict(m=nn.Conv1d(2, 2, 3, padding="same",
+                                                                   dilation=2))),
+    "conv_valid": (lambda s, x: s.m(x), (2, 4, 4), dict(m=nn.Conv2d(2, 3, 3, padding="valid"))),
+    "conv_reflect": (lambda s, x: s.m(x), (2, 4, 4),
+                     dict(m=nn.Conv2d(2, 3, 3, padding=1, padding_mode="reflect"))),
+    "conv_circular": (lambda s, x: s.m(x), (2, 4, 4),
+                      dict(m=nn.Conv2d(2, 3, 3, padding=1, padding_mode="circular"))),
+    "conv_replicate": (lambda s, x: s.m(x), (2, 4, 4),
+                       dict(m=nn.Conv2d(2, 3, 3, padding=(1, 2), padding_mode="replicate"))),
 }
 _COMPILED = {}
 
