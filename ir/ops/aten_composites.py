@@ -315,3 +315,33 @@ def _lower_conv_padding(lw, x, weight, bias=None, stride=1, padding="valid", dil
     shape = node.shape[:1] + tuple(s + t for s, t in zip(node.shape[1:], totals))
     padded = add_node(lw, "pad", [node], shape, "same", pad=tuple(pad), value=0.0)
     return _conv(lw, padded, weight, bias, stride, 0, dilation, groups)
+
+
+# -- pixel shuffle ----------------------------------------------------------------------------
+
+def _pixel_rearrange(lw, x, factor: int, shuffle: bool):
+    node = lw.value(x)
+    if len(node.shape) != 3:
+        raise lw.error(f"'{lw.fx_node.target}' of per-sample shape {node.shape}",
+                       "lirpac lowers pixel (un)shuffle of (C, H, W) samples")
+    c, h, w = node.shape
+    r = int(factor)
+    if shuffle:     # (C r r, H, W) -> (C, r, r, H, W) -> (C, H, r, W, r)
+        split, dims = (c // (r * r), r, r, h, w), (0, 1, 4, 2, 5, 3)
+        moved = (c // (r * r), h, r, w, r)
+    else:           # (C, H r, W r) -> (C, H, r, W, r) -> (C, r, r, H, W)
+        split, dims = (c, h // r, r, w // r, r), (0, 1, 3, 5, 2, 4)
+        moved = (c, r, r, h // r, w // r)
+    parts = add_node(lw, "reshape", [node], split, "split", shape=split)
+    turned = add_node(lw, "permute", [parts], moved, "moved", dims=dims)
+    return lw.add("reshape", [turned], shape=_per_sample(lw))
+
+
+@aten_lowering("pixel_shuffle.default")
+def _lower_pixel_shuffle(lw, x, upscale_factor):
+    return _pixel_rearrange(lw, x, upscale_factor, shuffle=True)
+
+
+@aten_lowering("pixel_unshuffle.default")
+def _lower_pixel_unshuffle(lw, x, downscale_factor):
+    return _pixel_rearrange(lw, x, downscale_factor, shuffle=False)

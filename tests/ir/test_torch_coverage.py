@@ -71,6 +71,8 @@ CASES = {
                       dict(m=nn.Conv2d(2, 3, 3, padding=1, padding_mode="circular"))),
     "conv_replicate": (lambda s, x: s.m(x), (2, 4, 4),
                        dict(m=nn.Conv2d(2, 3, 3, padding=(1, 2), padding_mode="replicate"))),
+    "pixel_shuffle": (lambda s, x: s.m(x), (8, 2, 2), dict(m=nn.PixelShuffle(2))),
+    "pixel_unshuffle": (lambda s, x: s.m(x), (2, 4, 4), dict(m=nn.PixelUnshuffle(2))),
 }
 _COMPILED = {}
 
