@@ -345,3 +345,53 @@ def _lower_pixel_shuffle(lw, x, upscale_factor):
 @aten_lowering("pixel_unshuffle.default")
 def _lower_pixel_unshuffle(lw, x, downscale_factor):
     return _pixel_rearrange(lw, x, downscale_factor, shuffle=False)
+
+
+# -- shrinkage, threshold, exp2 ---------------------------------------------------------------
+
+def _step(lw, node: Node, offset: float, sign: float, at_zero: float, suffix: str) -> Node:
+    """heaviside(sign * x + offset, at_zero)."""
+    moved = node
+    if sign < 0:
+        moved = add_node(lw, "neg", [moved], node.shape, f"{suffix}_neg")
+    if offset:
+        moved = add_node(lw, "add", [moved, lw.constant(offset, node)], node.shape,
+                         f"{suffix}_shift")
+    return add_node(lw, "heaviside", [moved, lw.constant(at_zero, node)], node.shape, suffix)
+
+
+def _clamped(lw, node: Node, lambd: float) -> Node:
+    return add_node(lw, "clamp", [node], node.shape, "clamped", min=-lambd, max=lambd)
+
+
+@aten_lowering("softshrink.default")
+def _lower_softshrink(lw, x, lambd=0.5):
+    node = lw.value(x)
+    return lw.add("sub", [node, _clamped(lw, node, float(lambd))])   # x - clamp(x, -l, l)
+
+
+@aten_lowering("hardshrink.default")
+def _lower_hardshrink(lw, x, lambd=0.5):
+    """x for |x| > l, else 0: softshrink(x) + l * (H(x - l) - H(-x - l)), H(0) = 0."""
+    node = lw.value(x)
+    if lambd == 0:
+        return lw.add("sub", [node, _clamped(lw, node, 0.0)])
+    soft = add_node(lw, "sub", [node, _clamped(lw, node, float(lambd))], node.shape, "soft")
+    up = _step(lw, node, -float(lambd), 1.0, 0.0, "above")
+    down = _step(lw, node, -float(lambd), -1.0, 0.0, "below")
+    jumps = add_node(lw, "sub", [up, down], node.shape, "jumps")
+    scaled = add_node(lw, "mul", [jumps, lw.constant(float(lambd), node)], node.shape, "jump")
+    return lw.add("add", [soft, scaled])
+
+
+@aten_lowering("threshold.default")
+def _lower_threshold(lw, x, threshold, value):
+    """x for x > t, else v: max(x, t) + (v - t) * H(t - x), H(0) = 1."""
+    node = lw.value(x)
+    if value == threshold:
+        return lw.add("clamp", [node], min=float(threshold))
+    floor = add_node(lw, "clamp", [node], node.shape, "floor", min=float(threshold))
+    below = _step(lw, node, float(threshold), -1.0, 1.0, "below")
+    jump = add_node(lw, "mul", [below, lw.constant(float(value) - float(threshold), node)],
+                    node.shape, "jump")
+    return lw.add("add", [floor, jump])

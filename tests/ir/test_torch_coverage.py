@@ -71,6 +71,11 @@ CASES = {
                       dict(m=nn.Conv2d(2, 3, 3, padding=1, padding_mode="circular"))),
     "conv_replicate": (lambda s, x: s.m(x), (2, 4, 4),
                        dict(m=nn.Conv2d(2, 3, 3, padding=(1, 2), padding_mode="replicate"))),
+    "threshold": (lambda s, x: s.m(x), (6,), dict(m=nn.Threshold(0.1, 2.0))),
+    "threshold_relu": (lambda s, x: F.threshold(x, 0.3, 0.3), (6,)),
+    "hardshrink": (lambda s, x: s.m(x), (6,), dict(m=nn.Hardshrink(0.3))),
+    "hardshrink_zero": (lambda s, x: F.hardshrink(x, 0.0), (6,)),
+    "softshrink": (lambda s, x: s.m(x), (6,), dict(m=nn.Softshrink(0.3))),
     "pixel_shuffle": (lambda s, x: s.m(x), (8, 2, 2), dict(m=nn.PixelShuffle(2))),
     "pixel_unshuffle": (lambda s, x: s.m(x), (2, 4, 4), dict(m=nn.PixelUnshuffle(2))),
 }
