@@ -395,3 +395,10 @@ def _lower_threshold(lw, x, threshold, value):
     jump = add_node(lw, "mul", [below, lw.constant(float(value) - float(threshold), node)],
                     node.shape, "jump")
     return lw.add("add", [floor, jump])
+
+
+@aten_lowering("exp2.default")
+def _lower_exp2(lw, x):
+    node = lw.value(x)
+    scaled = add_node(lw, "mul", [node, lw.constant(math.log(2.0), node)], node.shape, "ln2")
+    return lw.add("exp", [scaled])

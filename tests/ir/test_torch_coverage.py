@@ -76,6 +76,7 @@ CASES = {
     "hardshrink": (lambda s, x: s.m(x), (6,), dict(m=nn.Hardshrink(0.3))),
     "hardshrink_zero": (lambda s, x: F.hardshrink(x, 0.0), (6,)),
     "softshrink": (lambda s, x: s.m(x), (6,), dict(m=nn.Softshrink(0.3))),
+    "exp2": (lambda s, x: torch.exp2(x), (6,)),
     "pixel_shuffle": (lambda s, x: s.m(x), (8, 2, 2), dict(m=nn.PixelShuffle(2))),
     "pixel_unshuffle": (lambda s, x: s.m(x), (2, 4, 4), dict(m=nn.PixelUnshuffle(2))),
 }
