@@ -402,3 +402,19 @@ def _lower_exp2(lw, x):
     node = lw.value(x)
     scaled = add_node(lw, "mul", [node, lw.constant(math.log(2.0), node)], node.shape, "ln2")
     return lw.add("exp", [scaled])
+
+
+@aten_lowering("adaptive_max_pool2d.default")
+def _lower_adaptive_max_pool(lw, x, output_size):
+    """Uniform windows (each output size divides its input size) are max pooling; the
+    indices output is not computed."""
+    node = lw.value(x)
+    if len(node.shape) != 3:
+        raise lw.error("adaptive_max_pool2d needs per-sample (C, H, W) inputs")
+    spatial, out = node.shape[1:], tuple(int(o) for o in output_size)
+    if any(s % o for s, o in zip(spatial, out)):
+        raise lw.error(f"adaptive max pooling of {spatial} to {out}, whose windows differ in size",
+                       "choose an output size that divides the input size, or use max_pool2d")
+    kernel = tuple(s // o for s, o in zip(spatial, out))
+    return (lw.add("max_pool", [node], kernel_size=kernel, stride=kernel, padding=(0, 0),
+                   dilation=(1, 1), ceil_mode=False), None)

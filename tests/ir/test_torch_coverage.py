@@ -79,6 +79,7 @@ CASES = {
     "exp2": (lambda s, x: torch.exp2(x), (6,)),
     "pixel_shuffle": (lambda s, x: s.m(x), (8, 2, 2), dict(m=nn.PixelShuffle(2))),
     "pixel_unshuffle": (lambda s, x: s.m(x), (2, 4, 4), dict(m=nn.PixelUnshuffle(2))),
+    "adaptive_max_pool": (lambda s, x: s.m(x), (2, 4, 6), dict(m=nn.AdaptiveMaxPool2d((2, 3)))),
 }
 _COMPILED = {}
 
@@ -133,6 +134,11 @@ def test_einsum_of_two_perturbed_operands_is_refused():
 def test_einsum_that_moves_the_batch_is_refused():
     _refusal(lambda s, x: torch.einsum("bc,dc->db", x, s.weight).sum(0, keepdim=True).T, (3,),
              r"first subscript.*at node %einsum")
+
+
+def test_adaptive_max_pool_with_uneven_windows_is_refused():
+    _refusal(lambda s, x: s.m(x), (2, 5, 5), r"windows differ in size.*at node %adaptive",
+             m=nn.AdaptiveMaxPool2d(2))
 
 
 def test_variance_of_too_few_entries_is_refused():
