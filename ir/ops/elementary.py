@@ -387,3 +387,48 @@ rounding("floor", torch.floor, -1.0, 0.0, "largest integer <= x")
 rounding("ceil", torch.ceil, 0.0, 1.0, "smallest integer >= x")
 rounding("round", torch.round, -0.5, 0.5, "nearest integer (half to even)")
 rounding("trunc", torch.trunc, -1.0, 1.0, "integer part, toward 0")
+
+
+# -- tan: increasing on each branch (k pi - pi/2, k pi + pi/2), concave then convex ------------
+
+_POLE_MARGIN = 1e-6     # closer to a pole than this (or past _PERIODIC_REACH): no finite bound
+
+
+def _tan_branch(x):
+    """The branch k of each x, and whether x is well inside it (not near a pole)."""
+    k = torch.floor(x / math.pi + 0.5)
+    clear = ((x - k * math.pi).abs() < math.pi / 2 - _POLE_MARGIN) & (x.abs() < _PERIODIC_REACH)
+    return k, clear
+
+
+def _tan_usable(lower, upper):
+    """Where [l, u] lies inside one branch, away from its poles."""
+    (kl, cl), (ku, cu) = _tan_branch(lower), _tan_branch(upper)
+    return cl & cu & (kl == ku), kl
+
+
+def _tan_ibp(x: Interval) -> Interval:
+    """[tan l, tan u] inside one branch; across a pole tan takes every value."""
+    usable, _ = _tan_usable(x.lower.double(), x.upper.double())
+    inf = torch.full_like(x.lower, math.inf)
+    return Interval(torch.where(usable, torch.tan(x.lower), -inf),
+                    torch.where(usable, torch.tan(x.upper), inf))
+
+
+TAN = Curve(torch.tan, lambda x: 1 / torch.cos(x) ** 2)
+
+
+def _tan_relax(lower, upper):
+    """Concave left of the branch's centre k pi, convex right of it (as sinh around 0); NaN
+    lines across a pole, which sound_relax replaces by the (infinite) interval bounds."""
+    usable, k = _tan_usable(lower, upper)
+    centre = k * math.pi
+    inf = torch.full_like(lower, math.inf)
+    lines = alternating_lines(TAN, lower, upper, lower >= centre,
+                              torch.where(lower < centre, centre, inf), inf)
+    nan = torch.full_like(lower, math.nan)
+    return Lines(*(torch.where(usable, t, nan) for t in lines))
+
+
+smooth("tan", torch.tan, _tan_relax, ibp=_tan_ibp, aten=("tan.default",),
+       doc="tan(x); concave then convex on each branch; unbounded across a pole")
