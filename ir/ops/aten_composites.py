@@ -76,6 +76,11 @@ def _lower_where(lw, cond, x, y):
             picked.append(add_node(lw, "mul", [node, lw.constant(m, like)], shape, "pick"))
         else:   # the constant side's value where it is chosen, 0 elsewhere
             fixed = fixed + torch.where(m.bool(), value, torch.zeros((), dtype=like.dtype))
+    if not bool(torch.isfinite(fixed).all()):
+        # (a softmax after it would take differences -inf - -inf = NaN)
+        raise lw.error(f"'{lw.fx_node.target}' fills with an infinite value",
+                       "lirpac bounds finite values: fill with a large finite one such as -1e4 "
+                       "(a softmax then gives the masked entries e^-1e4, i.e. 0)")
     if len(picked) == 2:
         return lw.add("add", picked)
     return lw.add("add", [picked[0], lw.constant(fixed, like)])

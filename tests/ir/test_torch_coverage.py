@@ -132,6 +132,11 @@ def _refusal(fn, shape, match, **modules):
         lirpac.compile(Fn(fn, shape, **modules).eval(), torch.randn(2, *shape))
 
 
+def test_masked_fill_with_infinity_is_refused():
+    _refusal(lambda s, x: torch.softmax(x.masked_fill(s.mask, float("-inf")), -1), (3, 4),
+             r"fills with an infinite value at node %masked_fill.*-1e4")
+
+
 def test_einsum_of_two_perturbed_operands_is_refused():
     _refusal(lambda s, x: torch.einsum("bi,bi->b", x, x * 2), (3,),
              r"einsum of 2 operands, 2 of them perturbed at node %einsum")
