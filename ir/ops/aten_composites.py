@@ -66,7 +66,6 @@ def _lower_where(lw, cond, x, y):
     mask = _condition(lw, cond)
     like = next(v for v in (lw.value(x), lw.value(y)) if isinstance(v, Node) and v.perturbed)
     keep = mask.to(like.dtype)
-    out_shape = _per_sample(lw)
     picked, fixed = [], torch.zeros((), dtype=like.dtype)
     for side, m in ((x, keep), (y, 1 - keep)):
         value = _side_value(lw, side, like)

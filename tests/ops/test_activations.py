@@ -320,7 +320,6 @@ def test_non_monotone_elu_and_concave_softplus_are_refused_at_compile_time(act, 
 
 
 def test_onnx_elu_with_negative_alpha_is_refused():
-    import onnx
     from onnx import TensorProto, helper
     node = helper.make_node("Elu", ["X"], ["Y"], alpha=-0.5, name="bad_elu")
     graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, 3])],
