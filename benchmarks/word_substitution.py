@@ -5,6 +5,7 @@ random weights), compiled on token ids.
 
     python benchmarks/word_substitution.py
     python benchmarks/word_substitution.py --k 1 2 3 --methods ibp crown alpha-crown --sentences 8
+    python benchmarks/word_substitution.py --archs attention --methods alpha-crown --iterations 50
 """
 import argparse
 import os
@@ -27,6 +28,7 @@ def main(argv=None):
     parser.add_argument("--methods", nargs="+", default=["ibp", "crown-ibp", "crown", "alpha-crown"])
     parser.add_argument("--k", nargs="+", type=int, default=[1, 2, 3])
     parser.add_argument("--sentences", type=int, default=4)
+    parser.add_argument("--iterations", type=int, default=20, help="alpha-CROWN's iterations")
     args = parser.parse_args(argv)
     print(f"{'model':<10} {'k':>2} " + " ".join(f"{m:>12}" for m in args.methods) + "   (mean width ratio; seconds)")
     for name in args.archs:
@@ -41,7 +43,7 @@ def main(argv=None):
                 lo, hi = exact_range(model, ids, subs, k)
             ratios, start = [], time.perf_counter()
             for method in args.methods:
-                options = {"iterations": 20} if method == "alpha-crown" else None
+                options = {"iterations": args.iterations} if method == "alpha-crown" else None
                 with torch.set_grad_enabled(method == "alpha-crown"):
                     lower, upper = net.bounds(ids, lirpac.WordSubstitution(subs, k), method=method,
                                               options=options)
