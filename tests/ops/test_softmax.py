@@ -171,3 +171,15 @@ def test_softmax_over_one_entry_is_constant(log):
         y = model(x)
         assert (lower <= y + 1e-5).all() and (y <= upper + 1e-5).all()
         assert (upper - lower).max() < 1e-5
+
+
+@settings(max_examples=20, deadline=None)
+@given(shape=st.lists(st.integers(1, 5), min_size=2, max_size=4), data=st.data())
+def test_pairwise_diff_backward_is_the_transpose(shape, data):
+    """pairwise_diff's backward (one strided copy) is the transpose of its forward: <A, D x> =
+    <D^T A, x> for random A and x, any K (1 included) and dim."""
+    from lirpac.ir.ops.normalization import _pairwise_diff, _pairwise_transpose
+    dim = data.draw(st.integers(1, len(shape) - 1))
+    x = torch.randn(*shape, dtype=torch.float64)
+    a = torch.randn(*_pairwise_diff(x, dim=dim).shape, dtype=torch.float64)
+    assert torch.allclose((a * _pairwise_diff(x, dim=dim)).sum(), (_pairwise_transpose(a, dim) * x).sum())
