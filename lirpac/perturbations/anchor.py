@@ -65,13 +65,13 @@ def _cross_terms(ga: torch.Tensor, gb: torch.Tensor, exact: bool):
     return (low * off).clamp(max=0), (high * off).clamp(min=0)
 
 
-def _one_position(g: torch.Tensor, dim: int) -> torch.Tensor:
-    """(B, 1, C, ..): each row (``dim`` -1) or column (``dim`` -2) of a factor's single moves
-    g (B, T, C, ..) at the position that moves it most (its only one, for a per-position map
-    such as attention's q = e W^T)."""
+def _one_position(g: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row (``dim`` -1) or column (``dim`` -2) of a factor's single moves g (B, T, C, ..)
+    at the position that moves it most (its only one, for a per-position map such as
+    attention's q = e W^T): (B, 1, C, ..), and that position (B, 1, 1, .., M, 1 or 1, N)."""
     weight = g.abs().sum(2, keepdim=True).sum(dim, keepdim=True)      # (B, T, 1, .., 1 or K)
-    return g.gather(1, weight.argmax(1, keepdim=True).expand(-1, -1, *g.shape[2:])), \
-        weight.argmax(1, keepdim=True)
+    position = weight.argmax(1, keepdim=True)
+    return g.gather(1, position.expand(-1, -1, *g.shape[2:])), position
 
 
 def fitted_slopes(ga: torch.Tensor, gb: torch.Tensor):
