@@ -34,6 +34,10 @@ from lirpac.perturbations.l0 import top_k_sum
 
 # multiply-adds per sample up to which every candidate pair's cross term is computed
 EXACT_CROSS_WORK = 1 << 24
+# elements of the largest tensor over every single move (B T C times the moved sentence, a
+# factor or the product) beyond which a set gives no anchor (256 MB in float32: attention's
+# (B, T, C, heads, T, T) grows with T^3)
+MAX_ELEMENTS = 1 << 26
 
 
 def single_moves(centre: torch.Tensor, moves: torch.Tensor) -> torch.Tensor:

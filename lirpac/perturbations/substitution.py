@@ -26,6 +26,7 @@ differentiable in it.
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 import torch.nn as nn
@@ -34,6 +35,7 @@ import torch.nn.functional as F
 from lirpac.errors import InputError
 from lirpac.ir.ops.common import overflow_unbounded
 from lirpac.ir.opdef import Interval
+from lirpac.perturbations import anchor
 from lirpac.perturbations.anchor import ProductAnchor, single_moves
 from lirpac.perturbations.base import InputSet, Perturbation
 from lirpac.perturbations.l0 import top_k_sum
@@ -244,12 +246,18 @@ class SubstitutionSet(InputSet):
     def product_anchor(self, left, right):
         """The factors at the original sentence and their changes under each single
         substitution (perturbations/anchor.py)."""
+        a0, b0 = left(self.centre), right(self.centre)
+        grid = self.moves.shape[:3]                                       # (B, T, C)
+        out = a0.shape[1:-1] + b0.shape[-1:]
+        sizes = (self.centre[0].numel(), a0[0].numel(), b0[0].numel(), math.prod(out))
+        if math.prod(grid) * max(sizes) > anchor.MAX_ELEMENTS:
+            return None       # (long sentences: McCormick's planes, in the memory they need)
         points = single_moves(self.centre, self.moves)
 
         def moved(factor):
             values = factor(points)
-            return values.reshape(*self.moves.shape[:3], *values.shape[1:])
-        return ProductAnchor(left(self.centre), right(self.centre), moved(left), moved(right), self.k)
+            return values.reshape(*grid, *values.shape[1:])
+        return ProductAnchor(a0, b0, moved(left), moved(right), self.k)
 
     def first_affine(self, op: str, select, *args, **attrs):
         """A linear layer on each position's embedding (B, T, d) -> (B, T, O): each output reads
