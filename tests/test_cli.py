@@ -166,7 +166,14 @@ def test_batch_interrupted_prints_summary_and_exits_130(files, tmp_path):
     """Ctrl-C in the second (slow) instance: exit 130, the table counts the first, the results
     file has both rows, the second as unknown."""
     onnx.save(mlp([64, 512, 512, 512, 1]), tmp_path / "wide.onnx")
-    (tmp_path / "hard.vnnlib").write_text(box_spec(64, 1, ["(>= Y_0 1000)"]))
+    # a threshold between the largest sampled output and CROWN's upper bound: no attack reaches
+    # it and no quick bound proves it (a threshold far above, like 1000, is proved at once)
+    net = lirpac.compile(str(tmp_path / "wide.onnx"))
+    box = lirpac.Box(-torch.ones(1, 64), torch.ones(1, 64))
+    upper = net.bounds(torch.zeros(1, 64), box, method="crown")[1].item()
+    sampled = net(torch.rand(4096, 64) * 2 - 1).max().item()
+    threshold = sampled + 0.5 * (upper - sampled)
+    (tmp_path / "hard.vnnlib").write_text(box_spec(64, 1, [f"(>= Y_0 {threshold})"]))
     (tmp_path / "i.csv").write_text("tiny.onnx,holds.vnnlib,20\nwide.onnx,hard.vnnlib,300\n")
     results = tmp_path / "results.csv"
     process = subprocess.Popen([sys.executable, "-m", "lirpac", "verify", "--instances", str(tmp_path / "i.csv"),
