@@ -630,15 +630,6 @@ class _Emitter:
                 self.emit(f"{m.name}_lin = {m.name}_lin._replace(bounds={self.bounds[m]})")
         self.emit(f"return forward_rows(inp, {target.name}_lin, _rows)")
 
-    def map_of_input(self, chain: list[Node]) -> str:
-        """``lambda _t: ...``: the forward rules of ``chain`` (a path of nodes after the set's
-        leaf, in order) applied to a tensor ``_t`` in the leaf's place; "None" when empty."""
-        expr = "_t"
-        for m in chain:
-            args = [expr if i is self.x or i in chain else i.name for i in m.inputs]
-            expr = self.call(self.rule(m.op, "forward", m), args, self.attrs(m))
-        return f"lambda _t: {expr}" if chain else "None"
-
     def function_of_input(self, name: str, target: Node) -> str:
         """Emit ``def name(_t)``: ``target``'s value (forward rules) with ``_t`` in place of the
         set's leaf; returns ``name``."""
@@ -674,7 +665,8 @@ class _Emitter:
         """Intersect ``n``'s IBP bounds with the set's exact bound of its first affine map
         (``InputSet.first_affine``: the rows' dual norms over an Lp ball, the k largest gains
         over an L0 set; None over a box, where IBP is exact already)."""
-        select = self.map_of_input([m for m in self.region([n]) if m is not self.x and m is not n])
+        below = n.inputs[0]       # (its one perturbed input: single_affine_of_input)
+        select = "None" if below is self.x else self.function_of_input(f"{n.name}_select", below)
         args = [f'"{n.op}"', select] + [i.name for i in n.inputs[1:]]
         self.emit(f"_first = {self.call('inp.first_affine', args, self.attrs(n))}")
         self.emit("if _first is not None:  # the set bounds this affine map exactly")

@@ -108,6 +108,13 @@ def _straddles(lower, upper):
     return (lower < 0) & (upper > 0)
 
 
+def _matmul_blend(a: Interval, b: Interval):
+    """``crown_share`` for the terms a[m, k] b[k, n] as t = 1 - h[m, k] g[k, n]: h = 1/2
+    where a straddles 0, g = 1 where b does (shaped like a's and b's bounds)."""
+    return (0.5 * _straddles(a.lower, a.upper).to(a.lower.dtype),
+            _straddles(b.lower, b.upper).to(b.lower.dtype))
+
+
 def _mul_alpha_init(lower, upper, **attrs):
     """alpha-CROWN's start, on x's shape (the slots take the first operand's: t is shared
     along the dims x broadcasts over): 1/2 where x straddles 0, else 1. ``_share`` maps it
@@ -192,8 +199,7 @@ def _matmul_backward(lA, uA, a: Interval, b: Interval, *, in_shapes):
         return _matmul_backward_per_term(lA, uA, a, b, in_shapes=in_shapes)
     # (both operands are batched, so of the same rank: dim 1 is the spec's)
     la, ua, lb, ub = (t.unsqueeze(1) for t in (*a, *b))
-    h = 0.5 * _straddles(la, ua).to(la.dtype)
-    g = _straddles(lb, ub).to(lb.dtype)
+    h, g = (t.unsqueeze(1) for t in _matmul_blend(a, b))
     blended = not HOST_CHECKS[0] or (bool(h.any()) and bool(g.any()))
     la_lb, la_ub = la.matmul(lb), la.matmul(ub)
     if blended:
@@ -260,8 +266,7 @@ def _matmul_forward_mode(a: Linear, b: Linear) -> Linear:
 def _mccormick_gap_at(a0, b0, a: Interval, b: Interval):
     """Upper minus lower of CROWN's blended planes (``_matmul_backward``) at (a0, b0), summed
     over the terms: per term (uy - ly) (a0 - lx + h g (ux + lx - 2 a0))."""
-    h = 0.5 * _straddles(a.lower, a.upper).to(a0.dtype)
-    g = _straddles(b.lower, b.upper).to(b0.dtype)
+    h, g = _matmul_blend(a, b)
     width = b.upper - b.lower
     return (a0 - a.lower).matmul(width) + (h * (a.upper + a.lower - 2 * a0)).matmul(g * width)
 

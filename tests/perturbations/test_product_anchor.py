@@ -56,15 +56,21 @@ class Scores(nn.Module):
         return (self.q(e) @ self.k(e).transpose(1, 2)).flatten(1)
 
 
-@pytest.mark.parametrize("k", [1, 2, 3])
-def test_scores_are_exact_where_one_position_moves_them(k):
-    """With one substitution every score q_i . k_j is exact (i != j: E = 0; i = j: the fitted
-    slopes interpolate q_i . k_i over i's candidates); with more, the diagonal ones stay exact."""
+def scores_case():
+    """(model, net on token ids, 3 sentences, their substitutes) for the Scores model."""
     torch.manual_seed(0)
     model = Scores().eval()
     net = lirpac.compile(model, torch.zeros(1, T, dtype=torch.long))
     g = torch.Generator().manual_seed(3)
     ids, subs = torch.randint(0, V, (3, T), generator=g), random_substitutes(g, batch=3, most=3)
+    return model, net, ids, subs
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_scores_are_exact_where_one_position_moves_them(k):
+    """With one substitution every score q_i . k_j is exact (i != j: E = 0; i = j: the fitted
+    slopes interpolate q_i . k_i over i's candidates); with more, the diagonal ones stay exact."""
+    model, net, ids, subs = scores_case()
     lower, upper = net.bounds(ids, lirpac.WordSubstitution(subs, k), method="crown")
     with torch.no_grad():
         lo, hi = exact_range(model, ids, subs, k)
@@ -118,11 +124,7 @@ def test_a_non_finite_move_leaves_its_elements_unbounded():
 
 
 def test_over_the_memory_budget_the_scores_keep_mccormick(monkeypatch):
-    torch.manual_seed(0)
-    model = Scores().eval()
-    net = lirpac.compile(model, torch.zeros(1, T, dtype=torch.long))
-    g = torch.Generator().manual_seed(3)
-    ids, subs = torch.randint(0, V, (3, T), generator=g), random_substitutes(g, batch=3, most=3)
+    model, net, ids, subs = scores_case()
     anchored = net.bounds(ids, lirpac.WordSubstitution(subs, 1), method="crown")
     monkeypatch.setattr(anchor_module, "MAX_ELEMENTS", 10)
     lower, upper = net.bounds(ids, lirpac.WordSubstitution(subs, 1), method="crown")
