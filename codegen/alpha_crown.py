@@ -41,6 +41,7 @@ RECOMPUTE_FROM_PASSES = 12
 class AlphaEmitter(torch_backend._Emitter):
     signature = "inp, C, params, ctx"
     restart_reference = False
+    one_side_passes = False     # its slopes are shaped by the rows of two-sided passes
 
     def __init__(self, graph: Graph, plan: Plan):
         super().__init__(graph, plan)

@@ -225,15 +225,26 @@ def _sum_in_window(parts, height: int, width: int) -> torch.Tensor:
 def concretize_pair(inp, lA, lbias, uA, ubias, consume: bool = False):
     """``inp.concretize_pair`` for coefficients that may be Patches: over a box, the centre and
     radius terms are window sums (no dense matrix); other sets get the dense form (dense
-    coefficients that share memory with nothing else may be ``consume``d)."""
+    coefficients that share memory with nothing else may be ``consume``d). A side given as
+    None (a pass over signed rows, runtime.tighten_chunks) stays None."""
+    if lA is None or uA is None:
+        lower = None if lA is None else _concretize(inp, lA, lbias, False, consume)
+        return lower, None if uA is None else _concretize(inp, uA, ubias, True, consume)
     if isinstance(lA, Patches) and isinstance(uA, Patches) and inp.is_box:
-        mid, rad = (t.reshape(inp.lower.shape) for t in inp.box_centre_radius())
-        lower = lA.bias(mid) - (lA.coeff.abs() * lA.windows(rad)).sum((2, 3, 4)) + lbias
-        upper = uA.bias(mid) + (uA.coeff.abs() * uA.windows(rad)).sum((2, 3, 4)) + ubias
-        return overflow_unbounded(lower, False), overflow_unbounded(upper, True)
+        return _concretize(inp, lA, lbias, False), _concretize(inp, uA, ubias, True)
     if isinstance(lA, Patches) or isinstance(uA, Patches):
         consume = False
     return inp.concretize_pair(to_dense(lA), lbias, to_dense(uA), ubias, consume)
+
+
+def _concretize(inp, coeff, bias, upper: bool, consume: bool = False):
+    """One side's extreme over the set: window sums for Patches over a box."""
+    if isinstance(coeff, Patches) and inp.is_box:
+        mid, rad = (t.reshape(inp.lower.shape) for t in inp.box_centre_radius())
+        radius = (coeff.coeff.abs() * coeff.windows(rad)).sum((2, 3, 4))
+        value = coeff.bias(mid) + (radius if upper else -radius) + bias
+        return overflow_unbounded(value, upper)
+    return inp.concretize(to_dense(coeff), bias, upper=upper, consume=consume and not isinstance(coeff, Patches))
 
 
 # -- static sizing, for the code generator's choice between patches and a dense matrix ----------

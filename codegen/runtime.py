@@ -80,6 +80,17 @@ def unfold_coefficients(lA, lbias, uA, ubias, fold: bool) -> tuple:
     return lA[:, :half], 0, -lA[:, half:], 0
 
 
+def sign_rows(t, signs: torch.Tensor):
+    """A pass's start times ``signs`` (B, k) of +-1, one per row: the lower bound of a row
+    times -1 is minus its upper bound (``one_side_first``). ``t``: coefficients (B or 1, k,
+    ...), Patches, a (B or 1, k) bias, or the int 0."""
+    if isinstance(t, int):
+        return t
+    if isinstance(t, Patches):
+        return t.with_coeff(sign_rows(t.coeff, signs))
+    return t * signs.reshape(*signs.shape, *([1] * (t.dim() - 2)))
+
+
 def identity_spec(batch: int, shape: tuple, like: torch.Tensor) -> torch.Tensor:
     """(B, n, *shape) identity coefficients, expanded over the batch (no copy)."""
     n = 1
@@ -354,53 +365,137 @@ DEADLINE_CHUNK_SECONDS = 0.25
 _SECONDS_PER_ROW: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _timed_pass(rows: torch.Tensor, run, whole, max_rows: int, batch: int):
+def _timed_pass(rows: torch.Tensor, run, whole, max_rows: int, batch: int, signs=None):
     """The pass ``run`` over ``rows`` (of ``batch`` samples) under a deadline: at once
     (``whole()``) when the last time it ran says it is cheap, else in chunks of about
     DEADLINE_CHUNK_SECONDS (64 rows the first time; at most ``max_rows``), starting none that
-    would end past the deadline (lirpac.deadline.OutOfTime then)."""
+    would end past the deadline (lirpac.deadline.OutOfTime then). ``signs``: as in
+    ``rows_bounds``."""
     key = getattr(run, "__code__", run)
     per_row = _SECONDS_PER_ROW.get(key)
     count = rows.shape[-1]
     if per_row is not None and per_row * batch * count <= DEADLINE_CHUNK_SECONDS:
         deadline.check(per_row * batch * count, "an intermediate bound pass")
-        return whole()
+        return tuple(whole())
     fit = 64 if per_row is None else int(DEADLINE_CHUNK_SECONDS / max(per_row * batch, 1e-12))
     results = []
-    for chunk in rows.split(max(1, min(max_rows, fit)), dim=-1):
+    step = max(1, min(max_rows, fit))
+    sign_chunks = [None] * len(rows.split(step, dim=-1)) if signs is None else signs.split(step, dim=-1)
+    for chunk, chunk_signs in zip(rows.split(step, dim=-1), sign_chunks):
         if per_row is not None:
             deadline.check(per_row * batch * chunk.shape[-1], "an intermediate bound pass")
         started = time.monotonic()
-        results.append(run(chunk))
+        results.append(run(chunk) if signs is None else run(chunk, chunk_signs))
         per_row = (time.monotonic() - started) / (batch * chunk.shape[-1])
     _SECONDS_PER_ROW[key] = per_row
-    return (torch.cat([r[side] for r in results], 1) for side in (0, 1))
+    return _cat_sides(results)
 
 
 def tighten_chunks(reference: Interval, rows: torch.Tensor, run, bytes_per_row: int,
-                   max_memory: int, intersect: bool = False, straddling: bool = False) -> Interval:
+                   max_memory: int, intersect: bool = False, straddling: bool = False,
+                   one_side: str | None = None) -> Interval:
     """``tighten`` the neurons ``rows`` by ``run(chunk) -> (lower, upper)``, a backward pass
     over a chunk of rows, with chunks small enough for ``max_memory`` bytes: rows are
-    independent, so the bounds are those of one pass, without running out of memory. Nearly
-    all rows (``WHOLE_PASS_FRACTION``), in one chunk: ``run(None)``, a pass over every row,
-    whose bounds at ``rows`` are kept. No rows (no unstable neuron): no pass at all. Rows
-    (B, k) per sample split along k."""
+    independent, so the bounds are those of one pass, without running out of memory. No rows
+    (no unstable neuron): no pass at all. ``one_side`` ("dead" or "stable"): the node's users
+    are all ReLU-like, and ``run(chunk, signs)`` bounds one side per row (``one_side_first``)."""
     if rows.numel() == 0:     # (split would still give one empty chunk)
         return reference
     size = max(1, max_memory // max(1, bytes_per_row))
+    if one_side is not None:
+        lower, upper = one_side_first(reference, rows, run, size, one_side == "stable")
+    else:
+        lower, upper = rows_bounds(reference, rows, run, size)
+    return tighten(reference, lower, upper, rows, intersect, straddling)
+
+
+def rows_bounds(reference: Interval, rows: torch.Tensor, run, size: int, signs=None):
+    """``run`` over ``rows`` in chunks of at most ``size`` rows (under a deadline, chunks that
+    fit it): (lower, upper), (B, k) each. Nearly all rows (``WHOLE_PASS_FRACTION``), in one
+    chunk: ``run(None)``, a pass over every row, whose bounds at ``rows`` are kept. Rows (B, k)
+    per sample split along k. ``signs`` (B, k): one side per row, ``run(chunk, signs)``, whose
+    upper side is None."""
     every, count = reference.lower[0].numel(), rows.shape[-1]
+    if signs is None:
+        def call(r, s=None):
+            return run(r)
+    else:
+        call = run
     if count >= WHOLE_PASS_FRACTION * every and every <= size:
         def whole():
-            return (pick_columns(side, rows) for side in run(None))
+            every_sign = None
+            if signs is not None:
+                at = rows.expand(signs.shape[0], count)
+                every_sign = signs.new_ones(signs.shape[0], every).scatter(1, at, signs)
+            return (None if side is None else pick_columns(side, rows) for side in call(None, every_sign))
     elif count <= size:
         def whole():
-            return run(rows)
+            return call(rows, signs)
     else:
         def whole():
-            results = [run(chunk) for chunk in rows.split(size, dim=-1)]
-            return (torch.cat([r[side] for r in results], 1) for side in (0, 1))
+            chunks = rows.split(size, dim=-1)
+            sign_chunks = [None] * len(chunks) if signs is None else signs.split(size, dim=-1)
+            return _cat_sides([call(chunk, s) for chunk, s in zip(chunks, sign_chunks)])
     if deadline.left() == math.inf:
-        lower, upper = whole()
-    else:
-        lower, upper = _timed_pass(rows, run, whole, size, reference.lower.shape[0])
-    return tighten(reference, lower, upper, rows, intersect, straddling)
+        return tuple(whole())
+    return _timed_pass(rows, run, whole, size, reference.lower.shape[0], signs)
+
+
+def _cat_sides(results) -> tuple:
+    """The chunks' (lower, upper) joined along the rows (a side that is None stays None)."""
+    return tuple(None if results[0][side] is None else torch.cat([r[side] for r in results], 1)
+                 for side in (0, 1))
+
+
+def one_side_first(reference: Interval, rows: torch.Tensor, run, size: int, stable: bool = False):
+    """(lower, upper) of the straddling ``rows`` of a node whose users are all ReLU-like, for
+    far fewer rows' worth of passes. Most rows turn out stable, and a dead neuron's lower bound
+    changes nothing (its ReLU is 0 whatever it is): a row nearer the dead side (reference
+    centre below 0) first gets its upper bound only, as minus the lower bound of the negated
+    row; the others get their lower bound. Then a second pass gives the other side to each row
+    that needs it: the rows the first pass did not prove stable, and the active ones, whose
+    upper bound feeds the IBP references of later passes, unless ``stable`` (no later pass
+    reads them: a stable neuron's relaxation is exact whatever its bounds). Every row thus gets
+    the bounds of the two-sided pass, except on the side a stable row did not need, which keeps
+    the reference. (Predicting by the centre costs nothing: on the calibration models it picked
+    the side that proved every row CROWN proves stable.)"""
+    batch = reference.lower.shape[0]
+    at = rows.expand(batch, rows.shape[-1])
+    ref_lower, ref_upper = reference.lower.flatten(1).gather(1, at), reference.upper.flatten(1).gather(1, at)
+    active = torch.ge(ref_lower + ref_upper, scalar(0.0, ref_lower))
+    one = scalar(1.0, ref_lower)
+    signs = torch.where(active, one, -one)
+    first = rows_bounds(reference, rows, run, size, signs)[0]
+    lower, upper = torch.where(active, first, ref_lower), torch.where(active, ref_upper, -first)
+    # (not >= 0: a NaN bound proves nothing)
+    need = torch.logical_not(torch.ge(first, scalar(0.0, first)))
+    if not stable:
+        need = need | active
+    picked = _needed_rows(rows, need)
+    if picked is None:
+        return lower, upper
+    positions, second_rows = picked
+    second = rows_bounds(reference, second_rows, run, size, -signs.gather(1, positions))[0]
+    done = torch.zeros_like(need).scatter(1, positions, True)
+    value = torch.zeros_like(lower).scatter(1, positions, second)
+    lower = torch.where(done & ~active, value, lower)
+    upper = torch.where(done & active, -value, upper)
+    return lower, upper
+
+
+def _needed_rows(rows: torch.Tensor, need: torch.Tensor):
+    """(positions (B, k2) in ``rows``, the neurons there: (k2,) shared by the batch or (B, k2)
+    per sample) covering every ``need``ed position, or None when none is. As in
+    ``straddling_rows``: shared rows (the union) unless each sample needs far fewer."""
+    counts = need.sum(1)
+    most = int(counts.max())
+    if most == 0:
+        return None
+    union = need.any(0)
+    if need.shape[0] == 1 or most >= PER_SAMPLE_FRACTION * int(union.sum()):
+        kept = union.nonzero().squeeze(1)
+        picked = rows.index_select(-1, kept) if rows.dim() == 1 else rows[:, kept]
+        return kept.expand(need.shape[0], -1), picked
+    # each sample's needed positions first (stable sort), then some others to make k2
+    positions = torch.argsort(torch.logical_not(need).to(torch.uint8), dim=1, stable=True)[:, :most]
+    return positions, rows.expand(need.shape[0], -1).gather(1, positions)

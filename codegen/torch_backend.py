@@ -84,6 +84,8 @@ class _Emitter:
     # IBP references restart from tightened bounds; alpha-CROWN keeps the plain reference,
     # whose unstable rows (the shapes of its slopes) then stay fixed across iterations
     restart_reference = True
+    # intermediate passes of ReLU inputs bound one side per row first (runtime.one_side_first)
+    one_side_passes = True
 
     signature = "inp, C, params"    # arguments of the generated function
 
@@ -196,7 +198,7 @@ class _Emitter:
             self.bounds[n] = f"{n.name}_lin.bounds"
 
     def backward(self, target: Node, spec: bool, lower: bool, upper: bool, rows: str | None = None,
-                 layout: "_PassLayout | None" = None, after_start=None) -> bool:
+                 layout: "_PassLayout | None" = None, after_start=None, signed: bool = False) -> bool:
         """Emit a backward pass from ``target``; leaves lA_<x>, uA_<x>, lbias, ubias.
         ``rows`` names a tensor of neuron indices: the pass then bounds those neurons only.
         ``layout`` says which nodes carry Patches (codegen/patches.py) instead of matrices.
@@ -205,7 +207,9 @@ class _Emitter:
         (runtime.fold_pair: each rule runs once instead of once per side, worth it while the
         folded rows are small), and ``finish_sides`` gives both sides' bounds. ``after_start``
         is called with the names the pass's start defines (its first coefficients, biases and
-        fold decision), before the first rule: intermediate passes close a function there."""
+        fold decision), before the first rule: intermediate passes close a function there.
+        ``signed``: the pass takes ``_signs``, and when given bounds one side per row, the lower
+        side of each row times its sign (runtime.one_side_first)."""
         nodes = self.region([target])
         patched = layout.patched if layout is not None else {}
         fold = lower and upper and not patched
@@ -248,12 +252,21 @@ class _Emitter:
             self.emit(f"uA_{target.name} = {(f'lA_{target.name}' if lower else start) if upper else None}")
             self.emit("lbias = ubias = 0")
             have.add(target)
+        if signed:
+            self.emit("if _signs is not None:  # one side per row: the lower side of signs * row")
+            self.enter()
+            for n in have:
+                self.emit(f"lA_{n.name}, uA_{n.name} = sign_rows(lA_{n.name}, _signs), None")
+            self.emit("lbias, ubias = sign_rows(lbias, _signs), 0")
+            self.leave()
         if fold:
             # one lower-side pass over [c; -c] bounds both sides: max c.f = -min (-c).f
             first = next(iter(have))
             width = max(math.prod(n.shape) for n in nodes if n.perturbed)
-            self.emit(f"_fold = {self.fold_condition(f'fold_worth(lA_{first.name}, {width})')}"
-                      f"  # {width}: the widest node's elements")
+            condition = self.fold_condition(f'fold_worth(lA_{first.name}, {width})')
+            if signed:
+                condition = f"_signs is None and {condition}"
+            self.emit(f"_fold = {condition}  # {width}: the widest node's elements")
             for n in have:
                 self.emit(f"lA_{n.name}, uA_{n.name} = fold_pair(lA_{n.name}, uA_{n.name}, _fold)")
             self.emit("lbias, ubias = fold_bias(lbias, ubias, _fold)")
@@ -530,6 +543,13 @@ class _Emitter:
             picked = f"{'straddling_rows' if sparse else 'all_rows'}({reference})"
             self.emit(f"{rows} = {self.pass_rows(n, picked)}")
             forward = self.forward_when_exact and chosen_mode(self.graph, n) == "forward"
+            # a dead neuron's lower bound changes no ReLU-like user: one side first
+            signed = sparse and not forward and self.one_side_passes and bool(self.users[n]) and all(
+                get_op(u.op).zero_where is not None for u in self.users[n])
+            sign_arg = ", _signs=None" if signed else ""
+            # the side a stable row did not need: only later passes' references would read it
+            one_side = ("dead" if any(n in self.region([m]) for m in self.needs[self.needs.index(n) + 1:])
+                        else "stable") if signed else None
             if forward:
                 self.emit(f"# forward mode: exact for %{n.name} and cheaper (passes/bound_needs.py)")
                 self.emit(f"def {n.name}_pass(_rows):")
@@ -540,22 +560,22 @@ class _Emitter:
             else:
                 layout = self.pass_layout(n)
                 self.relaxations(n, drop_dead=True)
-                self.emit(f"def {n.name}_start(_rows):")
+                self.emit(f"def {n.name}_start(_rows{sign_arg}):")
                 self.enter()
 
-                def open_pass(names, n=n):
+                def open_pass(names, n=n, sign_arg=sign_arg):
                     # the start reads no bounds of the pass: a function of the rows alone
                     # (``start_function``: alpha-CROWN's steps compute it once)
                     listed = ", ".join(names)
                     self.emit(f"return {listed}")
                     self.leave()
                     self.start_function(n)
-                    self.emit(f"def {n.name}_pass(_rows):")
+                    self.emit(f"def {n.name}_pass(_rows{sign_arg}):")
                     self.enter()
-                    self.emit(f"{listed} = {n.name}_start(_rows)")
+                    self.emit(f"{listed} = {n.name}_start(_rows{', _signs' if sign_arg else ''})")
 
                 folded = self.backward(n, spec=False, lower=True, upper=True, rows="_rows", layout=layout,
-                                       after_start=open_pass)
+                                       after_start=open_pass, signed=signed)
                 consume = ", consume=True" if self.owned else ""
                 if folded:
                     self.emit(f"return finish_sides(inp, lA_{x}, lbias, uA_{x}, ubias, _fold{consume})")
@@ -570,7 +590,7 @@ class _Emitter:
                           f"~10 tensors of the widest row ({layout.row_elements} elements) each")
             tightened = (f"tighten_chunks({reference}, {rows}, {self.pass_callable(n)}, {row_bytes}, {budget}"
                          f"{', intersect=True' if self.plan.intersect or self.feeds_domain(n) else ''}"
-                         f"{', straddling=True' if sparse else ''})")
+                         f"{', straddling=True' if sparse else ''}{f', one_side={one_side!r}' if signed else ''})")
             self.emit(f"{n.name}_bounds = {self.kept_bounds(n, tightened)}")
             if self.restart_reference:
                 self.emit(f"{n.name} = {n.name}_bounds")
@@ -755,6 +775,7 @@ def generate(graph: Graph, plan: Plan, emitter: "_Emitter | None" = None) -> tup
                  "straddling_rows": runtime.straddling_rows, "identity_rows": runtime.identity_rows,
                  "tighten": runtime.tighten, "intersect": runtime.intersect, "all_rows": runtime.all_rows,
                  "tighten_chunks": runtime.tighten_chunks, "fold_worth": runtime.fold_worth,
+                 "sign_rows": runtime.sign_rows,
                  "pick_rows": runtime.pick_rows,
                  "fold_pair": runtime.fold_pair, "fold_bias": runtime.fold_bias, "finish_sides": runtime.finish_sides,
                  "once_per_rows": runtime.once_per_rows,

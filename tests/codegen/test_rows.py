@@ -99,3 +99,98 @@ def test_a_sample_gets_its_own_bounds_in_any_batch(name, monkeypatch):
         lower, upper = net.bounds(x, ball, method="crown")
         torch.testing.assert_close(lower, torch.cat([a[0] for a in alone]), rtol=1e-10, atol=1e-10)
         torch.testing.assert_close(upper, torch.cat([a[1] for a in alone]), rtol=1e-10, atol=1e-10)
+
+
+# -- one side first (runtime.one_side_first) ------------------------------------------------
+
+def _table_run(lower, upper, calls):
+    """A pass over rows that reads its bounds from a table: run(rows, signs) gives the lower
+    bound of signs * row, as a generated pass over signed rows does."""
+    def run(rows, signs=None):
+        at = rows.expand(lower.shape[0], rows.shape[-1]) if rows is not None else None
+        lo = lower if at is None else lower.gather(1, at)
+        up = upper if at is None else upper.gather(1, at)
+        calls.append((None if rows is None else rows.clone(), None if signs is None else signs.clone()))
+        if signs is None:
+            return lo, up
+        return torch.where(signs > 0, lo, -up), None
+    return run
+
+
+@pytest.mark.parametrize("stable", [False, True])
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_one_side_first_keeps_every_needed_side(stable, per_sample, monkeypatch):
+    """Straddling rows end with the two-sided pass's bounds; a row proved dead keeps its
+    reference lower bound; a row proved active keeps its reference upper only when no later
+    pass reads it (``stable``). The second pass bounds only the rows that need it."""
+    monkeypatch.setattr(runtime, "PER_SAMPLE_FRACTION", 1.01 if per_sample else 0.0)
+    g = torch.Generator().manual_seed(0)
+    centre = 3 * torch.rand(2, 40, generator=g, dtype=torch.float64) - 1.5
+    radius = 0.5 * torch.rand(2, 40, generator=g, dtype=torch.float64)
+    true_lower, true_upper = centre - radius, centre + radius
+    ref_lower = true_lower - 1.6 - torch.rand(2, 40, generator=g, dtype=torch.float64)
+    ref_upper = true_upper + 1.6 + torch.rand(2, 40, generator=g, dtype=torch.float64)
+    reference = Interval(ref_lower, ref_upper)
+    rows = torch.arange(40)
+    calls = []
+    lower, upper = runtime.one_side_first(reference, rows, _table_run(true_lower, true_upper, calls), 64, stable)
+    dead, active = true_upper <= 0, true_lower >= 0
+    unstable = ~(dead | active)
+    assert dead.any() and active.any() and unstable.any()
+    assert torch.equal(lower[~dead], true_lower[~dead])
+    # (a row may get the side it did not need: predicted the other way, or filling a sample's
+    # rows up to the batch's count)
+    assert torch.all((lower[dead] == ref_lower[dead]) | (lower[dead] == true_lower[dead]))
+    loose = active if stable else torch.zeros_like(active)
+    assert torch.equal(upper[~loose], true_upper[~loose])
+    assert torch.all((upper[loose] == ref_upper[loose]) | (upper[loose] == true_upper[loose]))
+    # (every row straddles: the first pass runs over the whole node, runtime.WHOLE_PASS_FRACTION)
+    assert len(calls) == 2 and calls[0][0] is None and calls[0][1].shape == (2, 40)
+    second_rows = calls[1][0]
+    needed = (unstable | (~stable & (ref_lower + ref_upper >= 0))).sum(1).max()
+    assert second_rows.shape[-1] >= needed and second_rows.shape[-1] < 40
+    assert second_rows.dim() == (2 if per_sample else 1)
+
+
+_TIGHTEN_CHUNKS = runtime.tighten_chunks
+
+
+def _recorded_passes(monkeypatch, one_side: bool, net_args, x, ball):
+    """Final bounds and every intermediate node's bounds of a fresh net, with one side first
+    on or off."""
+    from lirpac.codegen import torch_backend
+    monkeypatch.setattr(torch_backend._Emitter, "one_side_passes", one_side)
+    seen = []
+
+    def record(*args, **kwargs):
+        seen.append((_TIGHTEN_CHUNKS(*args, **kwargs), kwargs.get("one_side")))
+        return seen[-1][0]
+    monkeypatch.setattr(runtime, "tighten_chunks", record)
+    model, kwargs = net_args
+    net = lirpac.compile(model, x[:1], **kwargs)
+    return net.bounds(x, ball, method="crown"), seen
+
+
+@pytest.mark.parametrize("name", sorted(NETS))
+@pytest.mark.parametrize("memory", [None, 4096])
+def test_one_side_first_changes_no_bound_a_later_step_reads(name, memory, monkeypatch):
+    """With one side first, final bounds are those of two-sided passes (rows in chunks too),
+    and so is each intermediate bound, except the sides that no later step reads: a dead
+    neuron's lower bound, and an active one's upper bound when no later pass follows."""
+    cls, shape, conv_mode = NETS[name]
+    model = reinit(cls().double(), 4)
+    g = torch.Generator().manual_seed(4)
+    x = 3 * torch.randn(3, *shape, generator=g, dtype=torch.float64)
+    ball = lirpac.LpBall(eps=0.2, norm=math.inf)
+    kwargs = {"conv_mode": conv_mode, "max_memory": memory}
+    (lower, upper), both = _recorded_passes(monkeypatch, False, (model, kwargs), x, ball)
+    (lower1, upper1), one = _recorded_passes(monkeypatch, True, (model, kwargs), x, ball)
+    torch.testing.assert_close(lower1, lower, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(upper1, upper, rtol=1e-10, atol=1e-10)
+    assert len(one) == len(both) and any(mode is not None for _, mode in one)
+    for (a, mode), (b, _) in zip(one, both):
+        dead, active = b.upper <= 0, b.lower >= 0
+        torch.testing.assert_close(a.lower[~dead], b.lower[~dead], rtol=1e-10, atol=1e-10)
+        loose = active if mode == "stable" else torch.zeros_like(active)
+        torch.testing.assert_close(a.upper[~loose], b.upper[~loose], rtol=1e-10, atol=1e-10)
+        assert torch.all(a.upper[loose] >= b.upper[loose] - 1e-10)      # (the reference's)

@@ -180,8 +180,9 @@ def test_pass_starts_are_functions_of_the_rows():
     steps compute them once per rows tensor (runtime.once_per_rows)."""
     from lirpac.codegen.runtime import once_per_rows
     _, net, _ = _net("mlp")
-    assert "_start(_rows)" in net.source("crown")
+    assert "_start(_rows, _signs)" in net.source("crown")
     alpha_source = net.source("alpha-crown")
+    assert "_start(_rows)" in alpha_source
     assert "once_per_rows(" in alpha_source
     calls = []
     start = once_per_rows(lambda rows: calls.append(rows) or rows * 2)
