@@ -515,7 +515,7 @@ class _Emitter:
         through the pass in chunks whose coefficients fit in ``plan.max_memory``; a node with
         no row to bound costs nothing."""
         x = self.x.name
-        budget = self.plan.max_memory or runtime.DEFAULT_MAX_MEMORY
+        budget = self.plan.max_memory or "default_max_memory(inp.lower)"
         done: set[Node] = set()
         for n in self.needs:
             # the IBP reference restarts from the tightened bounds of earlier nodes (rebound
@@ -586,7 +586,8 @@ class _Emitter:
                 # selections: about 10 coefficient-sized tensors at the widest node (measured
                 # on cnn_4c_bn)
                 row_bytes = f"B * 10 * {layout.row_elements} * inp.lower.element_size()"
-                self.emit(f"# rows in chunks of at most max_memory={budget} bytes of coefficients, "
+                limit = f"max_memory={budget}" if self.plan.max_memory else "the default budget (128 MiB on the CPU)"
+                self.emit(f"# rows in chunks of at most {limit} bytes of coefficients, "
                           f"~10 tensors of the widest row ({layout.row_elements} elements) each")
             tightened = (f"tighten_chunks({reference}, {rows}, {self.pass_callable(n)}, {row_bytes}, {budget}"
                          f"{', intersect=True' if self.plan.intersect or self.feeds_domain(n) else ''}"
@@ -775,7 +776,7 @@ def generate(graph: Graph, plan: Plan, emitter: "_Emitter | None" = None) -> tup
                  "straddling_rows": runtime.straddling_rows, "identity_rows": runtime.identity_rows,
                  "tighten": runtime.tighten, "intersect": runtime.intersect, "all_rows": runtime.all_rows,
                  "tighten_chunks": runtime.tighten_chunks, "fold_worth": runtime.fold_worth,
-                 "sign_rows": runtime.sign_rows,
+                 "sign_rows": runtime.sign_rows, "default_max_memory": runtime.default_max_memory,
                  "pick_rows": runtime.pick_rows,
                  "fold_pair": runtime.fold_pair, "fold_bias": runtime.fold_bias, "finish_sides": runtime.finish_sides,
                  "once_per_rows": runtime.once_per_rows,
