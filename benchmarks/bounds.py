@@ -184,9 +184,10 @@ def _lirpac_call(cfg, model, x, example, res, sync):
     sync()
     res["compile_s"] = time.perf_counter() - t0
     ptb = lirpac.LpBall(eps=cfg["eps"])
+    options = {"optimize_intermediate": False} if cfg["method"] == "alpha-crown" and cfg.get("alpha_fixed") else None
 
     def call():
-        out = net.bounds(x, ptb, method=cfg["method"])
+        out = net.bounds(x, ptb, method=cfg["method"], options=options)
         sync()
         return out
     return call
@@ -486,6 +487,9 @@ def main(argv=None):
                    help="how CROWN's backward passes hold coefficients of conv layers (default auto)")
     p.add_argument("--max-memory", type=int, default=None, metavar="BYTES",
                    help="coefficient memory of one backward pass before rows are chunked")
+    p.add_argument("--alpha-fixed-intermediate", action="store_true",
+                   help="alpha-crown keeps its first evaluation's intermediate bounds "
+                        "(optimize_intermediate=False: what auto_LiRPA's alpha-CROWN does by default)")
     p.add_argument("--json", metavar="OUT", help="also write header and rows to this JSON file")
     args = p.parse_args(argv)
     if args.calibration:
@@ -515,6 +519,8 @@ def main(argv=None):
           f"call(s); peak mem: resident-set growth during one call (see benchmarks/README.md)")
     if args.reference:
         print(f"# reference: auto_LiRPA under {args.reference}, run right after each lirpac row")
+    if args.alpha_fixed_intermediate:
+        print("# alpha-crown: optimize_intermediate=False (intermediate bounds of the first evaluation)")
     print(table_header(args.reference is not None), flush=True)
 
     rows = []
@@ -533,7 +539,7 @@ def main(argv=None):
                            "min_time": min_time, "max_repeat": args.max_repeat,
                            "warmup": warmup, "threads": args.threads,
                            "mem_limit_gb": args.mem_limit_gb, "conv_mode": args.conv_mode,
-                           "max_memory": args.max_memory}
+                           "max_memory": args.max_memory, "alpha_fixed": args.alpha_fixed_intermediate}
                     r = run_config(cfg, args.timeout)
                     err = r.get("error", "")
                     if err.startswith(("Timeout", "Killed", "OOM")):

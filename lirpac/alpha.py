@@ -36,7 +36,9 @@ class AlphaOptions:
     Adam step; lr, lr_decay: Adam's step size and its decay per step; patience: steps without
     a better objective before stopping; alpha_shared: one slope per neuron shared by all rows
     of a pass instead of one per row; optimize_intermediate: also optimise the slopes of the
-    intermediate bounds' passes (else they keep CROWN's); time_limit: seconds after which no
+    intermediate bounds' passes (else the steps keep the intermediate bounds of the first
+    evaluation, CROWN's within IBP's, and run no intermediate pass: auto_LiRPA's default,
+    several times faster and a little looser); time_limit: seconds after which no
     further step starts (the best bound so far is returned; None or inf: no limit); beta_lr: Adam's
     step size for beta-CROWN's multipliers (only with sign constraints: lirpac.bab)."""
     iterations: int = 20
@@ -355,6 +357,10 @@ def optimise(step, inp, C, params, output: str, opts: AlphaOptions, state: Alpha
 def _optimise(step, inp, C, params, output: str, opts: AlphaOptions, state: AlphaState | None,
               branch: BranchContext | None):
     state = state if state is not None else AlphaState()
+    if branch is None and not opts.optimize_intermediate:
+        # no intermediate slope moves: the steps keep the first evaluation's intermediate
+        # bounds instead of recomputing the same ones (as auto_LiRPA's default does)
+        branch = BranchContext(frozen=True)
     ctx = StepContext(state, output, opts, branch)
     params = [p.detach() for p in params]
     started = time.monotonic()

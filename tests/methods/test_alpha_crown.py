@@ -430,3 +430,33 @@ def test_adam_steps_equal_torch_optim_adam(dtype):
         schedule.step()
         for a, b in zip(ours, theirs):
             assert torch.equal(a.detach(), b.detach())
+
+
+@pytest.mark.parametrize("arch", ["mlp", "resnet_tiny"])
+def test_fixed_intermediate_slopes_run_no_intermediate_pass_after_the_first(arch, monkeypatch):
+    """With optimize_intermediate=False no intermediate slope moves: the steps keep the first
+    evaluation's intermediate bounds (within IBP's) and run no intermediate pass, as auto_LiRPA's
+    default does; the bounds stay sound and never looser than CROWN's."""
+    from lirpac.codegen import runtime
+    rows_seen = []
+    tighten_chunks = runtime.tighten_chunks
+
+    def counting(reference, rows, *args, **kwargs):
+        rows_seen.append(rows.numel())
+        return tighten_chunks(reference, rows, *args, **kwargs)
+    monkeypatch.setattr(runtime, "tighten_chunks", counting)
+    cls, shape = ARCHS[arch]
+    model = reinit(cls().eval(), 2)
+    net = lirpac.compile(model, torch.zeros(1, *shape))
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(2, *shape, generator=g)
+    ball = lirpac.LpBall(eps=0.3)
+    crown = net.bounds(x, ball, method="crown")
+    rows_seen.clear()
+    lower, upper = net.bounds(x, ball, method="alpha-crown",
+                              options={"iterations": 4, "optimize_intermediate": False})
+    passes = sum(1 for r in rows_seen if r)
+    # (the first evaluation's passes, then every later evaluation's, with no rows)
+    assert 0 < passes < len(rows_seen) and all(rows_seen[:passes]) and not any(rows_seen[passes:])
+    assert torch.all(lower >= crown[0] - 1e-5) and torch.all(upper <= crown[1] + 1e-5)
+    assert_contains(model, sample_lp_ball(x, 0.3, math.inf, 256, generator=g), lower, upper)
