@@ -263,8 +263,15 @@ def softplus_relax(lower, upper, beta=1.0, threshold=20.0):
     _require(softplus_refusal(beta))
     ls, lb, us, ub = convex_lines(_softplus_curve(beta), lower, upper)
     gap = math.log1p(math.exp(-threshold)) / beta
-    lb = torch.where(beta * upper > threshold, pad_down(lb - gap), lb)
+    lb = torch.where(beta * upper > threshold - _kink_slack(threshold), pad_down(lb - gap), lb)
     return Lines(ls, lb, us, ub)
+
+
+def _kink_slack(threshold) -> float:
+    """How far from the threshold beta*x may round to the other side of torch's own test, made
+    in the input's precision, float32 at most, while the rules may work in float64 (the point
+    interval [threshold/beta] in float32: torch returned x, the lines assumed the curve)."""
+    return 8 * torch.finfo(torch.float32).eps * max(1.0, abs(threshold))
 
 
 def softplus_ibp(x: Interval, beta=1.0, threshold=20.0) -> Interval:
@@ -275,10 +282,11 @@ def softplus_ibp(x: Interval, beta=1.0, threshold=20.0) -> Interval:
     _require(softplus_refusal(beta))
     curve = _softplus_curve(beta).f
     inf = torch.full_like(x.lower, math.inf)
-    on_curve = beta * x.lower <= threshold          # some x in [l, u] lies up to the kink
-    past = beta * x.upper > threshold               # some x lies past it
+    slack = _kink_slack(threshold)
+    on_curve = beta * x.lower <= threshold + slack          # some x in [l, u] lies up to the kink
+    past = beta * x.upper > threshold - slack               # some x lies past it
     lower = torch.minimum(torch.where(on_curve, curve(x.lower), inf),
-                          torch.where(past, torch.clamp_min(x.lower, threshold / beta), inf))
+                          torch.where(past, torch.clamp_min(x.lower, (threshold - slack) / beta), inf))
     return Interval(lower, curve(x.upper))
 
 
