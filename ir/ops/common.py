@@ -189,6 +189,18 @@ class PreparedLines(tuple):
             forms = self._dense = (rows, columns)
         return forms
 
+    def channels_last(self) -> tuple:
+        """The lines of a (B, C, H, W) node in channels-last memory, made once: Patches gather
+        every window from that layout (codegen/patches.py ``windows``), and a pass in row
+        chunks gathers once per chunk (cnn_7layer at batch 32: over a thousand chunks, each
+        of which permuted copies of the whole maps)."""
+        forms = self.__dict__.get("_channels_last")
+        if forms is None:
+            forms = self._channels_last = tuple(
+                t.contiguous(memory_format=torch.channels_last) if isinstance(t, torch.Tensor) and t.dim() == 4
+                else t for t in self)
+        return forms
+
     @property
     def unbounded(self) -> bool:
         """Some bias is infinite (a line at an unbounded interval end, relaxation.finish):
@@ -259,6 +271,8 @@ class RowLayout:
 
     def lines_at(self, lines) -> list:
         """``at`` of each line, a line given as 0 staying 0."""
+        if self.windowed and isinstance(lines, PreparedLines):
+            lines = lines.channels_last()
         return [r if isinstance(r, int) else self.at(r) for r in lines]
 
     def slopes(self, alpha):
