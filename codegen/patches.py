@@ -21,9 +21,9 @@ start (a 1x1 window) and the first few convolutions back from it are far smaller
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from lirpac.ir.ops.common import overflow_unbounded
+from lirpac.ir.ops.linear import conv_transpose_2d
 
 # A window position is an affine function of the starting neuron's position h: a*h + b, with
 # extent K; the code generator tracks (a, b, K) per spatial dim to size windows statically.
@@ -123,10 +123,10 @@ class Patches:
         if shared:
             coeff = coeff[:1]
         batch, k = coeff.shape[:2]
-        # channels last: oneDNN's transposed convolution is several times faster on many
-        # small images than the default layout
-        windows = coeff.reshape(batch * k, *coeff.shape[2:]).contiguous(memory_format=torch.channels_last)
-        new = F.conv_transpose2d(windows, weight, None, tuple(stride), 0, 0, groups, tuple(dilation))
+        windows = coeff.reshape(batch * k, *coeff.shape[2:])
+        size = tuple(read_extent(extent, s, d, w)
+                     for extent, s, d, w in zip(windows.shape[2:], stride, dilation, weight.shape[2:]))
+        new = conv_transpose_2d(windows, weight, stride, (0, 0), dilation, groups, size)
         new = new.reshape(batch, k, *new.shape[1:])
         top = self.top * stride[0] - padding[0]
         left = self.left * stride[1] - padding[1]

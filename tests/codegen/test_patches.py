@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from hypothesis import given, settings, strategies as st
+from hypothesis import assume, given, settings, strategies as st
 
 import lirpac
 from lirpac.codegen.patches import Patches, acc_patches, identity_patches
@@ -160,6 +160,40 @@ def test_conv_transpose_of_patches_matches_the_dense_rule(stride, padding, dilat
     (expect, _), _ = _conv_backward(dense, dense, None, weight, in_shapes=((4, 11, 10), None),
                                     stride=stride, padding=padding, dilation=dilation, groups=groups)[0]
     got = p.conv_transpose(weight, stride, padding, dilation, groups, (4, 11, 10))
+    torch.testing.assert_close(got.to_dense(), expect)
+
+
+@settings(max_examples=30, deadline=None)
+@given(channels=st.integers(1, 5), kernel=st.integers(1, 5), stride=st.integers(1, 3),
+       padding=st.integers(0, 2), height=st.integers(1, 9), width=st.integers(1, 9),
+       extra=st.integers(0, 2), one_channel=st.booleans())
+def test_transposed_convolution_of_one_channel_by_fold_matches_torch(channels, kernel, stride, padding,
+                                                                     height, width, extra, one_channel):
+    """ir/ops/linear.conv_transpose_2d: a convolution that reads one channel goes back by a
+    product and a fold, the others by oneDNN on channels-last; both are torch's adjoint, output
+    padding (``extra`` rows a strided convolution never reads) included."""
+    from lirpac.ir.ops.linear import conv_transpose_2d
+    g = torch.Generator().manual_seed(channels * 131 + kernel * 17 + height)
+    in_channels = 1 if one_channel else 2
+    weight = torch.randn(channels, in_channels, kernel, kernel, generator=g, dtype=torch.float64)
+    size = ((height - 1) * stride - 2 * padding + kernel + min(extra, stride - 1),
+            (width - 1) * stride - 2 * padding + kernel + min(extra, stride - 1))
+    assume(min(size) >= 1)
+    a = torch.randn(3, channels, height, width, generator=g, dtype=torch.float64)
+    out_pad = tuple(s - ((n - 1) * stride - 2 * padding + kernel) for s, n in zip(size, (height, width)))
+    expect = F.conv_transpose2d(a, weight, None, stride, padding, out_pad)
+    got = conv_transpose_2d(a, weight, (stride, stride), (padding, padding), (1, 1), 1, size)
+    torch.testing.assert_close(got, expect)
+
+
+def test_conv_transpose_of_one_channel_patches_matches_the_dense_rule():
+    g = torch.Generator().manual_seed(1)
+    weight = torch.randn(4, 1, 4, 4, generator=g, dtype=torch.float64)
+    p = random_patches(2, 9, (4, 6, 6), 3, g)
+    dense = p.to_dense()
+    (expect, _), _ = _conv_backward(dense, dense, None, weight, in_shapes=((1, 12, 12), None),
+                                    stride=(2, 2), padding=(1, 1), dilation=(1, 1), groups=1)[0]
+    got = p.conv_transpose(weight, (2, 2), (1, 1), (1, 1), 1, (1, 12, 12))
     torch.testing.assert_close(got.to_dense(), expect)
 
 
