@@ -23,7 +23,8 @@ from lirpac.ir.graph import Graph, Node
 from lirpac.ir.opdef import Interval, Linear, REGISTRY, get_op
 from lirpac.ir.ops.common import add_bias, prepare_lines, relaxed_backward_lines
 from lirpac.passes.bound_needs import (affine_of_input, chosen_mode, image_of_bounded_input,
-                                       nodes_needing_bounds, single_affine_of_input)
+                                       nodes_needing_bounds, selection_of_input,
+                                       single_affine_of_input)
 
 MODES = ("ibp", "backward", "forward")   # how a plan bounds intermediate nodes and the output
 _MODE_PREFIX = {"ibp": "ibp", "backward": "bwd", "forward_mode": "fwd", "forward": "val",
@@ -528,7 +529,7 @@ class _Emitter:
                 self.emit(f"{n.name}_bounds = Interval(inp.lower, inp.upper)")
                 self.bounds[n] = f"{n.name}_bounds"
                 continue
-            if single_affine_of_input(self.graph, n):
+            if single_affine_of_input(self.graph, n) or selection_of_input(self.graph, n):
                 # its reference is exact already (centre/radius of a box, dual norm of a ball)
                 self.emit(f"{n.name}_bounds = {self.kept_bounds(n, n.name)}")
                 self.bounds[n] = f"{n.name}_bounds"

@@ -17,6 +17,7 @@ Exit codes, the same for every command:
 from __future__ import annotations
 
 import argparse
+import math
 import contextlib
 import csv
 import os
@@ -40,11 +41,22 @@ _SHOWN_VALUES = 10
 
 
 def _seconds(text: str) -> float:
-    """argparse type of --timeout and --timeout-scale: finite and > 0."""
+    """argparse type of --timeout: finite and > 0."""
     try:
         return validate_timeout(text, "the value")
     except InputError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _scale(text: str) -> float:
+    """argparse type of --timeout-scale: a finite factor > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"the scale must be a finite number > 0, got {text!r}")
+    return value
 
 
 def _positive_int(text: str) -> int:
@@ -71,7 +83,7 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("spec", nargs="?", help="VNNLIB property")
     v.add_argument("--timeout", type=_seconds, default=None,
                    help="seconds per instance, finite and > 0 (default 60; in batch mode the csv's timeout)")
-    v.add_argument("--timeout-scale", type=_seconds, default=1.0, help="multiply every timeout by this")
+    v.add_argument("--timeout-scale", type=_scale, default=1.0, help="multiply every timeout by this")
     v.add_argument("--method", default=None,
                    help=f"bound method, one of {methods} (default: alpha-crown if available, else crown)")
     v.add_argument("--out", help="write the VNN-COMP result (unsat/sat + counterexample/...) here")

@@ -102,6 +102,16 @@ def single_affine_of_input(graph: Graph, target: Node) -> bool:
     return True
 
 
+def selection_of_input(graph: Graph, target: Node) -> bool:
+    """``target`` picks coordinates of the input (SELECTION_OPS only: a perturbed weight cut
+    from a joint input, say): the set's box, which IBP carries, bounds each coordinate exactly,
+    whatever the set (a coordinate's range over an Lp ball is x +- eps), so no pass can tighten
+    it (a backward pass per coordinate would cost the input's size squared)."""
+    return target.op in SELECTION_OPS and all(
+        n is graph.set_leaf or (n.op in SELECTION_OPS and sum(i.perturbed for i in n.inputs) == 1)
+        for n in perturbed_region(graph, target))
+
+
 def affine_of_input(graph: Graph, target: Node) -> bool:
     """Every op between the input and ``target`` is linear with a forward-mode rule: forward
     mode carries one exact affine function, as a backward pass does."""
@@ -200,6 +210,8 @@ def crown_mode(graph: Graph, node: Node) -> tuple[str, str]:
         return "input", "the perturbation set's box"
     if single_affine_of_input(graph, node):
         return "ibp", "exact, one affine map of the input"
+    if selection_of_input(graph, node):
+        return "ibp", "exact, coordinates of the input"
     if image_of_bounded_input(graph, node):
         return "ibp", "a monotone op's image of its input's bounds"
     if forward_exact(graph, node):

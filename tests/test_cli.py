@@ -77,7 +77,8 @@ def test_version(capsys):
 def test_timeouts_must_be_finite_and_positive(files, capsys, option, value):
     with pytest.raises(SystemExit) as exit_:
         main(["verify", str(files["model"]), str(files["holds"]), option, value])
-    assert exit_.value.code == 2 and "number of seconds" in capsys.readouterr().err
+    words = "number of seconds" if option == "--timeout" else "scale must be a finite number > 0"
+    assert exit_.value.code == 2 and words in capsys.readouterr().err
 
 
 def test_unknown_method_is_refused_before_any_work(files, capsys):

@@ -29,7 +29,7 @@ def test_unsupported_op_names_op_node_and_source():
     assert "lirpac.register_op (docs/custom_ops.md)" in msg     # where adding an op is explained
 
 
-@pytest.mark.parametrize("eps", [-0.1, float("nan")])
+@pytest.mark.parametrize("eps", [-0.1, float("nan"), "0.1", True])
 def test_bad_eps(eps):
     with pytest.raises(InputError, match="eps"):
         lirpac.LpBall(eps=eps)
@@ -42,6 +42,14 @@ def test_bad_per_sample_eps(net):
         net.bounds(torch.randn(2, 4), lirpac.LpBall(eps=torch.tensor([0.1, float("nan")])))
     with pytest.raises(InputError, match="broadcast"):
         net.bounds(torch.randn(2, 4), lirpac.LpBall(eps=torch.ones(3)))
+
+
+def test_an_empty_domain_box_is_named_as_such(net):
+    """lower > upper is an empty box, not a ball that misses it."""
+    with pytest.raises(InputError, match="lower > upper at .* the domain box .* is empty"):
+        net.bounds(torch.zeros(1, 4), lirpac.LpBall(eps=0.1, lower=1.0, upper=0.0))
+    with pytest.raises(InputError, match="does not meet the domain box"):
+        net.bounds(torch.full((1, 4), 3.0), lirpac.LpBall(eps=0.1, lower=0.0, upper=1.0))
 
 
 def test_unbounded_input_set(net):

@@ -50,6 +50,8 @@ class LpBall(Perturbation):
     def __post_init__(self):
         self.norm = as_norm(self.norm)
         if not isinstance(self.eps, torch.Tensor):
+            if isinstance(self.eps, (str, bytes, bool)):
+                raise InputError(f"eps must be a number or a tensor, got {self.eps!r}")
             try:
                 eps = float(self.eps)
             except (TypeError, ValueError):
@@ -73,6 +75,11 @@ class LpBall(Perturbation):
             lower = torch.maximum(lower, per_sample(self.lower, x, "lower"))
         if self.upper is not None:
             upper = torch.minimum(upper, per_sample(self.upper, x, "upper"))
+        if self.lower is not None and self.upper is not None:
+            low, high = torch.broadcast_tensors(per_sample(self.lower, x, "lower"), per_sample(self.upper, x, "upper"))
+            if (low > high).any():
+                raise InputError(f"LpBall: lower > upper at {int((low > high).sum())} element(s): "
+                                 "the domain box [lower, upper] is empty")
         if self.lower is not None or self.upper is not None:
             if (lower > upper).any():
                 raise InputError("the eps-ball around x does not meet the domain box [lower, upper] "

@@ -139,3 +139,26 @@ def test_weight_training_example_runs_a_cnn():
                              "--epochs", "1"], cwd=root, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "certified under L2 weight perturbation eps=0.05 of 2.weight (crown)" in result.stdout
+
+
+def test_a_first_layer_weight_costs_no_pass_per_coordinate(monkeypatch):
+    """The weight cut from the joint input is coordinates of the input: the set's box bounds it
+    exactly, so CROWN runs no backward pass per weight entry (a 784-input first layer took
+    gigabytes that way) and the bounds are those of the passes it used to run."""
+    from lirpac.codegen import torch_backend
+    from lirpac.passes import bound_needs
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(30, 6), nn.ReLU(), nn.Linear(6, 3)).eval()
+    wm = lirpac.PerturbedParameters(model, ["1.weight"])
+    x = torch.rand(2, 30)
+    ball = lirpac.LpBall(eps=0.05, norm=2.0)
+    net = lirpac.compile(wm, wm.inputs(x[:1]))
+    assert "crown=ibp (exact, coordinates of the input)" in net.dump()
+    lower, upper = net.bounds(wm.inputs(x), (None, ball), method="crown")
+    for module in (bound_needs, torch_backend):
+        monkeypatch.setattr(module, "selection_of_input", lambda graph, target: False)
+    per_coordinate = lirpac.compile(wm, wm.inputs(x[:1]))
+    assert "crown=ibp (exact, coordinates of the input)" not in per_coordinate.dump()
+    old_lower, old_upper = per_coordinate.bounds(wm.inputs(x), (None, ball), method="crown")
+    torch.testing.assert_close(lower, old_lower, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(upper, old_upper, rtol=1e-6, atol=1e-6)
