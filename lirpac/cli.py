@@ -183,9 +183,17 @@ def _write_result(path: str, text: str) -> None:
         file.write(text)
 
 
+def _looks_like(path: str, suffix: str) -> bool:
+    """The file name ends in ``suffix`` (gzip-compressed too, as VNN-COMP ships them)."""
+    name = str(path).lower()
+    return name.endswith(suffix) or name.endswith(suffix + ".gz")
+
+
 def _verify_one(args) -> int:
     if not args.model or not args.spec:
         raise InputError("give MODEL.onnx SPEC.vnnlib, or --instances CSV")
+    if _looks_like(args.model, ".vnnlib") and _looks_like(args.spec, ".onnx"):
+        raise InputError(f"the model comes first: lirpac verify {args.spec} {args.model}")
     for option in ("results", "expected", "limit", "root"):
         if getattr(args, option) is not None:
             raise InputError(f"--{option} is for batch mode (--instances)")

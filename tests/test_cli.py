@@ -72,6 +72,12 @@ def test_version(capsys):
     assert exit_.value.code == 0 and capsys.readouterr().out.startswith("lirpac ")
 
 
+def test_swapped_model_and_spec_are_named(files, capsys):
+    assert main(["verify", str(files["holds"]), str(files["model"])]) == 2
+    err = capsys.readouterr().err
+    assert f"the model comes first: lirpac verify {files['model']} {files['holds']}" in err
+
+
 @pytest.mark.parametrize("value", ["nan", "inf", "0", "-1", "soon"])
 @pytest.mark.parametrize("option", ["--timeout", "--timeout-scale"])
 def test_timeouts_must_be_finite_and_positive(files, capsys, option, value):
