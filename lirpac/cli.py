@@ -194,6 +194,9 @@ def _verify_one(args) -> int:
         raise InputError("give MODEL.onnx SPEC.vnnlib, or --instances CSV")
     if _looks_like(args.model, ".vnnlib") and _looks_like(args.spec, ".onnx"):
         raise InputError(f"the model comes first: lirpac verify {args.spec} {args.model}")
+    for path, what in ((args.model, "model"), (args.spec, "spec")):
+        if not os.path.isfile(path):
+            raise InputError(f"{path}: no such file (the {what})")
     for option in ("results", "expected", "limit", "root"):
         if getattr(args, option) is not None:
             raise InputError(f"--{option} is for batch mode (--instances)")

@@ -72,6 +72,11 @@ def test_version(capsys):
     assert exit_.value.code == 0 and capsys.readouterr().out.startswith("lirpac ")
 
 
+def test_a_missing_file_is_refused_before_any_work(files, capsys, tmp_path):
+    assert main(["verify", str(tmp_path / "none.onnx"), str(files["holds"])]) == 2
+    assert "none.onnx: no such file (the model)" in capsys.readouterr().err
+
+
 def test_swapped_model_and_spec_are_named(files, capsys):
     assert main(["verify", str(files["holds"]), str(files["model"])]) == 2
     err = capsys.readouterr().err
