@@ -376,12 +376,12 @@ DEADLINE_CHUNK_SECONDS = 0.25
 _SECONDS_PER_ROW: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _timed_pass(rows: torch.Tensor, run, whole, max_rows: int, batch: int, signs=None):
-    """The pass ``run`` over ``rows`` (of ``batch`` samples) under a deadline: at once
-    (``whole()``) when the last time it ran says it is cheap, else in chunks of about
-    DEADLINE_CHUNK_SECONDS (64 rows the first time; at most ``max_rows``), starting none that
-    would end past the deadline (lirpac.deadline.OutOfTime then). ``signs``: as in
-    ``rows_bounds``."""
+def _timed_pass(rows: torch.Tensor, run, call, whole, max_rows: int, batch: int, signs=None):
+    """The pass ``run`` (called as ``call(chunk, chunk_signs)``) over ``rows`` (of ``batch``
+    samples) under a deadline: at once (``whole()``) when the last time it ran says it is
+    cheap, else in chunks of about DEADLINE_CHUNK_SECONDS (64 rows the first time; at most
+    ``max_rows``), starting none that would end past the deadline (lirpac.deadline.OutOfTime
+    then). ``signs``: as in ``rows_bounds``."""
     key = getattr(run, "__code__", run)
     per_row = _SECONDS_PER_ROW.get(key)
     count = rows.shape[-1]
@@ -390,13 +390,11 @@ def _timed_pass(rows: torch.Tensor, run, whole, max_rows: int, batch: int, signs
         return tuple(whole())
     fit = 64 if per_row is None else int(DEADLINE_CHUNK_SECONDS / max(per_row * batch, 1e-12))
     results = []
-    step = max(1, min(max_rows, fit))
-    sign_chunks = [None] * len(rows.split(step, dim=-1)) if signs is None else signs.split(step, dim=-1)
-    for chunk, chunk_signs in zip(rows.split(step, dim=-1), sign_chunks):
+    for chunk, chunk_signs in _row_chunks(rows, signs, max(1, min(max_rows, fit))):
         if per_row is not None:
             deadline.check(per_row * batch * chunk.shape[-1], "an intermediate bound pass")
         started = time.monotonic()
-        results.append(run(chunk) if signs is None else run(chunk, chunk_signs))
+        results.append(call(chunk, chunk_signs))
         per_row = (time.monotonic() - started) / (batch * chunk.shape[-1])
     _SECONDS_PER_ROW[key] = per_row
     return _cat_sides(results)
@@ -444,12 +442,16 @@ def rows_bounds(reference: Interval, rows: torch.Tensor, run, size: int, signs=N
             return call(rows, signs)
     else:
         def whole():
-            chunks = rows.split(size, dim=-1)
-            sign_chunks = [None] * len(chunks) if signs is None else signs.split(size, dim=-1)
-            return _cat_sides([call(chunk, s) for chunk, s in zip(chunks, sign_chunks)])
+            return _cat_sides([call(chunk, s) for chunk, s in _row_chunks(rows, signs, size)])
     if deadline.left() == math.inf:
         return tuple(whole())
-    return _timed_pass(rows, run, whole, size, reference.lower.shape[0], signs)
+    return _timed_pass(rows, run, call, whole, size, reference.lower.shape[0], signs)
+
+
+def _row_chunks(rows: torch.Tensor, signs, size: int):
+    """(rows, their signs or None) in chunks of at most ``size`` rows."""
+    chunks = rows.split(size, dim=-1)
+    return zip(chunks, [None] * len(chunks) if signs is None else signs.split(size, dim=-1))
 
 
 def _cat_sides(results) -> tuple:

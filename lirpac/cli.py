@@ -17,9 +17,9 @@ Exit codes, the same for every command:
 from __future__ import annotations
 
 import argparse
-import math
 import contextlib
 import csv
+import math
 import os
 import sys
 import time

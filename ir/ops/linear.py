@@ -185,13 +185,18 @@ def _conv(x, weight, bias=None, *, stride, padding, dilation, groups):
 def _conv_transpose_of(a, weight, in_shape, stride, padding, dilation, groups):
     """Adjoint of the convolution: coefficients on the output to coefficients on the input."""
     nd = weight.dim() - 2
-    out_pad = []
-    for i in range(nd):
-        full = (a.shape[2 + i] - 1) * stride[i] - 2 * padding[i] + dilation[i] * (weight.shape[2 + i] - 1) + 1
-        out_pad.append(in_shape[1 + i] - full)
     if nd == 2:
         return conv_transpose_2d(a, weight, stride, padding, dilation, groups, tuple(in_shape[1:]))
-    return _CONV_T[nd](a, weight, None, stride, padding, tuple(out_pad), groups, dilation)
+    return _CONV_T[nd](a, weight, None, stride, padding, _output_padding(a, weight, stride, padding, dilation,
+                                                                         in_shape[1:]), groups, dilation)
+
+
+def _output_padding(a, weight, stride, padding, dilation, size) -> tuple:
+    """The rows and columns of the convolution's input (of spatial ``size``) that its strided
+    windows never read: the transposed convolution's output padding."""
+    return tuple(size[i] - ((a.shape[2 + i] - 1) * stride[i] - 2 * padding[i]
+                            + dilation[i] * (weight.shape[2 + i] - 1) + 1)
+                 for i in range(weight.dim() - 2))
 
 
 def conv_transpose_2d(a, weight, stride, padding, dilation, groups, size):
@@ -208,9 +213,7 @@ def conv_transpose_2d(a, weight, stride, padding, dilation, groups, size):
         cols = cols.view(n, height * width, -1).transpose(1, 2)
         return F.fold(cols, size, kernel, 1, tuple(padding), tuple(stride))
     a = a.contiguous(memory_format=torch.channels_last)
-    full = [(a.shape[2 + i] - 1) * stride[i] - 2 * padding[i] + dilation[i] * (weight.shape[2 + i] - 1) + 1
-            for i in range(2)]
-    out_pad = tuple(s - f for s, f in zip(size, full))
+    out_pad = _output_padding(a, weight, stride, padding, dilation, size)
     return F.conv_transpose2d(a, weight, None, tuple(stride), tuple(padding), out_pad, groups, tuple(dilation))
 
 

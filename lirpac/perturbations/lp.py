@@ -71,15 +71,17 @@ class LpBall(Perturbation):
         if (eps < 0).any():
             raise InputError(f"eps must be nonnegative, got a minimum of {eps.min().item():g}")
         lower, upper = x - eps, x + eps
-        if self.lower is not None:
-            lower = torch.maximum(lower, per_sample(self.lower, x, "lower"))
-        if self.upper is not None:
-            upper = torch.minimum(upper, per_sample(self.upper, x, "upper"))
-        if self.lower is not None and self.upper is not None:
-            low, high = torch.broadcast_tensors(per_sample(self.lower, x, "lower"), per_sample(self.upper, x, "upper"))
-            if (low > high).any():
-                raise InputError(f"LpBall: lower > upper at {int((low > high).sum())} element(s): "
+        low = None if self.lower is None else per_sample(self.lower, x, "lower")
+        high = None if self.upper is None else per_sample(self.upper, x, "upper")
+        if low is not None and high is not None:
+            empty = torch.gt(*torch.broadcast_tensors(low, high))
+            if empty.any():
+                raise InputError(f"LpBall: lower > upper at {int(empty.sum())} element(s): "
                                  "the domain box [lower, upper] is empty")
+        if low is not None:
+            lower = torch.maximum(lower, low)
+        if high is not None:
+            upper = torch.minimum(upper, high)
         if self.lower is not None or self.upper is not None:
             if (lower > upper).any():
                 raise InputError("the eps-ball around x does not meet the domain box [lower, upper] "
